@@ -1,0 +1,92 @@
+//! Configuration of the passthrough core.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How the guest may cache data and metadata (virtiofsd's `--cache`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CachePolicy {
+    /// No caching: every access goes to the host (direct I/O, zero timeouts).
+    Never,
+    /// Metadata is cached; file data is not kept across opens.
+    Metadata,
+    /// Short timeouts; data cache dropped on open when the file changed.
+    #[default]
+    Auto,
+    /// Long timeouts and data kept across opens: the guest is the only writer.
+    Always,
+}
+
+impl CachePolicy {
+    /// The entry and attribute timeout the guest is told for this policy.
+    pub fn timeout(self) -> Duration {
+        match self {
+            CachePolicy::Never => Duration::ZERO,
+            CachePolicy::Auto => Duration::from_secs(1),
+            CachePolicy::Metadata | CachePolicy::Always => Duration::from_secs(86400),
+        }
+    }
+}
+
+/// Whether inodes are held by file handles instead of `O_PATH` fds
+/// (virtiofsd's `--inode-file-handles`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InodeFileHandles {
+    /// Always hold an `O_PATH` fd per known inode.
+    #[default]
+    Never,
+    /// Use a file handle where the host filesystem supports one, else an fd.
+    Prefer,
+    /// Require file handles; a lookup on a filesystem without them fails.
+    Mandatory,
+}
+
+/// Everything the core needs to serve one host directory.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The host directory that is the root of the share.
+    pub root_dir: PathBuf,
+    /// Guest caching policy.
+    pub cache: CachePolicy,
+    /// Whether extended attributes are passed through.
+    pub xattr: bool,
+    /// Whether POSIX ACLs are supported (implies `xattr`).
+    pub posix_acl: bool,
+    /// Refuse every operation that would modify the share.
+    pub readonly: bool,
+    /// Inode tracking by file handles.
+    pub inode_file_handles: InodeFileHandles,
+    /// Let the guest use writeback caching.
+    pub writeback: bool,
+    /// Honour `O_DIRECT` from the guest.
+    pub allow_direct_io: bool,
+    /// Tell the guest about host submounts so it gives them their own st_dev.
+    pub announce_submounts: bool,
+    /// Perform each request with the requester's uid/gid. Only effective when
+    /// the process has the capabilities to do so (runs as root).
+    pub switch_credentials: bool,
+    /// Advertise POSIX byte-range locks to the guest (served with OFD locks).
+    pub posix_locks: bool,
+    /// Offer READDIRPLUS (directory listing with attributes).
+    pub readdirplus: bool,
+}
+
+impl Config {
+    /// A configuration with upstream virtiofsd's defaults for `root_dir`.
+    pub fn new(root_dir: impl Into<PathBuf>) -> Self {
+        Config {
+            root_dir: root_dir.into(),
+            cache: CachePolicy::default(),
+            xattr: false,
+            posix_acl: false,
+            readonly: false,
+            inode_file_handles: InodeFileHandles::default(),
+            writeback: false,
+            allow_direct_io: false,
+            announce_submounts: false,
+            switch_credentials: true,
+            posix_locks: false,
+            readdirplus: true,
+        }
+    }
+}

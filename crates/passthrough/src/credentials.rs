@@ -1,0 +1,72 @@
+//! Performing a request with the requester's identity.
+//!
+//! Linux credentials are per thread at the syscall level; glibc's `setresuid`
+//! broadcasts to every thread, so the raw syscalls are used. Changing the
+//! effective uid away from 0 drops the effective capabilities (the permitted
+//! set stays because the real and saved uids remain 0), so the host kernel
+//! checks permissions exactly as it would for the guest's user, and files are
+//! created with the guest's uid/gid. Dropping the guard restores root.
+
+use std::io;
+
+/// While alive, the calling thread acts as `uid`/`gid`.
+#[must_use = "credentials are restored when the guard is dropped"]
+pub struct CredGuard {
+    switched_uid: bool,
+    switched_gid: bool,
+}
+
+fn set_euid(uid: libc::uid_t) -> io::Result<()> {
+    // SAFETY: raw syscall with integer arguments; -1 leaves an id unchanged.
+    let ret = unsafe { libc::syscall(libc::SYS_setresuid, -1i64, uid as i64, -1i64) };
+    crate::sys::cvt_long(ret).map(drop)
+}
+
+fn set_egid(gid: libc::gid_t) -> io::Result<()> {
+    // SAFETY: raw syscall with integer arguments; -1 leaves an id unchanged.
+    let ret = unsafe { libc::syscall(libc::SYS_setresgid, -1i64, gid as i64, -1i64) };
+    crate::sys::cvt_long(ret).map(drop)
+}
+
+impl CredGuard {
+    /// Switches the calling thread to `uid`/`gid` when `enabled`; a no-op for
+    /// root requests or when switching is disabled.
+    pub fn new(enabled: bool, uid: libc::uid_t, gid: libc::gid_t) -> io::Result<CredGuard> {
+        let mut guard = CredGuard {
+            switched_uid: false,
+            switched_gid: false,
+        };
+        if !enabled {
+            return Ok(guard);
+        }
+        // The gid must change first: after the uid changes we lack CAP_SETGID.
+        if gid != 0 {
+            set_egid(gid)?;
+            guard.switched_gid = true;
+        }
+        if uid != 0 {
+            set_euid(uid)?;
+            guard.switched_uid = true;
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for CredGuard {
+    fn drop(&mut self) {
+        // Restoring can only fail if the permitted set was lost, which would
+        // leave the thread unable to serve anyone correctly: abort loudly.
+        if self.switched_uid {
+            if let Err(e) = set_euid(0) {
+                log::error!("cannot restore euid 0: {e}");
+                std::process::abort();
+            }
+        }
+        if self.switched_gid {
+            if let Err(e) = set_egid(0) {
+                log::error!("cannot restore egid 0: {e}");
+                std::process::abort();
+            }
+        }
+    }
+}

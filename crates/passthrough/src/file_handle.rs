@@ -1,0 +1,136 @@
+//! Holding inodes by file handle (`name_to_handle_at`/`open_by_handle_at`)
+//! instead of an open fd, so a large tree does not exhaust the fd limit.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, RwLock};
+
+use crate::sys::{cvt, EMPTY};
+
+/// `MAX_HANDLE_SZ` from `linux/exportfs.h`.
+const MAX_HANDLE_SZ: usize = 128;
+
+/// `struct file_handle` with room for the largest handle.
+#[repr(C)]
+struct RawFileHandle {
+    handle_bytes: libc::c_uint,
+    handle_type: libc::c_int,
+    f_handle: [u8; MAX_HANDLE_SZ],
+}
+
+/// A host file handle: names an inode without keeping it open.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FileHandle {
+    mount_id: libc::c_int,
+    handle_type: libc::c_int,
+    bytes: Vec<u8>,
+}
+
+impl FileHandle {
+    /// The handle of the object `fd` (which may be an `O_PATH` fd) refers to.
+    ///
+    /// Fails with `EOPNOTSUPP` where the host filesystem cannot export handles.
+    pub fn from_fd(fd: RawFd) -> io::Result<FileHandle> {
+        let mut raw = RawFileHandle {
+            handle_bytes: MAX_HANDLE_SZ as libc::c_uint,
+            handle_type: 0,
+            f_handle: [0; MAX_HANDLE_SZ],
+        };
+        let mut mount_id: libc::c_int = 0;
+        // SAFETY: `raw` is a `struct file_handle` whose `handle_bytes` says how much
+        // room follows; `mount_id` is a valid out-pointer; EMPTY is NUL-terminated.
+        cvt(unsafe {
+            libc::syscall(
+                libc::SYS_name_to_handle_at,
+                fd,
+                EMPTY.as_ptr(),
+                &mut raw as *mut RawFileHandle,
+                &mut mount_id as *mut libc::c_int,
+                libc::AT_EMPTY_PATH,
+            ) as libc::c_int
+        })?;
+        let len = (raw.handle_bytes as usize).min(MAX_HANDLE_SZ);
+        Ok(FileHandle {
+            mount_id,
+            handle_type: raw.handle_type,
+            bytes: raw.f_handle[..len].to_vec(),
+        })
+    }
+
+    /// The id of the mount the handle belongs to.
+    pub fn mount_id(&self) -> libc::c_int {
+        self.mount_id
+    }
+
+    /// Opens the inode with `flags` relative to `mount_fd`, any fd on the same mount.
+    ///
+    /// Needs `CAP_DAC_READ_SEARCH`.
+    pub fn open(&self, mount_fd: RawFd, flags: libc::c_int) -> io::Result<OwnedFd> {
+        let mut raw = RawFileHandle {
+            handle_bytes: self.bytes.len() as libc::c_uint,
+            handle_type: self.handle_type,
+            f_handle: [0; MAX_HANDLE_SZ],
+        };
+        raw.f_handle[..self.bytes.len()].copy_from_slice(&self.bytes);
+        // SAFETY: `raw` is a valid `struct file_handle` built from a handle the
+        // kernel gave us; the kernel validates `mount_fd` and the flags.
+        let fd = cvt(unsafe {
+            libc::syscall(
+                libc::SYS_open_by_handle_at,
+                mount_fd,
+                &mut raw as *mut RawFileHandle,
+                flags | libc::O_CLOEXEC,
+            ) as libc::c_int
+        })?;
+        // SAFETY: the kernel just returned this fd to us.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+}
+
+/// One fd per host mount, to resolve file handles against.
+#[derive(Default)]
+pub struct MountFds {
+    fds: RwLock<HashMap<libc::c_int, Arc<OwnedFd>>>,
+}
+
+impl MountFds {
+    /// Remembers `fd` (duplicated) as the resolver for `mount_id` if none is known yet.
+    pub fn remember(&self, mount_id: libc::c_int, fd: RawFd) -> io::Result<()> {
+        if self
+            .fds
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&mount_id)
+        {
+            return Ok(());
+        }
+        // SAFETY: F_DUPFD_CLOEXEC on a valid fd returns a new fd we own.
+        let dup = cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) })?;
+        // SAFETY: `dup` was just created for us.
+        let owned = Arc::new(unsafe { OwnedFd::from_raw_fd(dup) });
+        self.fds
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(mount_id)
+            .or_insert(owned);
+        Ok(())
+    }
+
+    /// Opens `handle` with `flags`.
+    pub fn open(&self, handle: &FileHandle, flags: libc::c_int) -> io::Result<OwnedFd> {
+        let mount_fd = self
+            .fds
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&handle.mount_id)
+            .cloned()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ESTALE))?;
+        handle.open(mount_fd.as_raw_fd(), flags)
+    }
+
+    /// Forgets every mount (on session reset).
+    pub fn clear(&self) {
+        self.fds.write().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}

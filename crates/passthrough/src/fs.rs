@@ -1,0 +1,1170 @@
+//! `PassthroughFs`: fuse-backend-rs's `FileSystem` trait over a host directory.
+//!
+//! Every request is resolved relative to an inode the guest already holds,
+//! one validated component at a time, with symlinks never followed on the
+//! host side. Operations whose permission checks matter run under the
+//! requester's credentials ([`CredGuard`]).
+
+use std::ffi::{CStr, CString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuse_backend_rs::abi::fuse_abi::{
+    stat64, statvfs64, CreateIn, FsOptions, OpenOptions, SetattrValid,
+};
+use fuse_backend_rs::api::filesystem::{
+    Context, DirEntry, Entry, FileLock, FileSystem, GetxattrReply, ListxattrReply, ZeroCopyReader,
+    ZeroCopyWriter,
+};
+
+use crate::config::{CachePolicy, Config, InodeFileHandles};
+use crate::credentials::CredGuard;
+use crate::error::Error;
+use crate::file_handle::{FileHandle, MountFds};
+use crate::handle_table::{HandleData, HandleTable};
+use crate::inode_store::{InodeData, InodeFd, InodeKey, InodeSource, InodeStore, ROOT_ID};
+use crate::name::{check_name, check_name_for_removal, classify, NameKind};
+use crate::sys::{self, cvt, errno, BorrowedFile, EMPTY};
+
+/// `FUSE_ATTR_SUBMOUNT`: the entry is the root of a host submount.
+const FUSE_ATTR_SUBMOUNT: u32 = 1 << 0;
+
+/// Open flags a guest may pass through to the host; everything else
+/// (`O_PATH`, `O_CREAT` outside create, `O_NOFOLLOW` games, ...) is dropped.
+const ALLOWED_OPEN_FLAGS: libc::c_int = libc::O_ACCMODE
+    | libc::O_APPEND
+    | libc::O_TRUNC
+    | libc::O_DIRECT
+    | libc::O_DSYNC
+    | libc::O_SYNC
+    | libc::O_NOATIME
+    | libc::O_NONBLOCK
+    | libc::O_LARGEFILE
+    | libc::O_EXCL;
+
+/// The shared filesystem core: a confined passthrough of one host directory.
+pub struct PassthroughFs {
+    cfg: Config,
+    inodes: InodeStore,
+    handles: HandleTable,
+    mounts: MountFds,
+    /// `/proc/self/fd`, opened before any sandboxing, to reopen `O_PATH` fds.
+    proc_self_fd: OwnedFd,
+    root_key: InodeKey,
+    switch_creds: bool,
+}
+
+fn fd_name(fd: RawFd) -> CString {
+    // A decimal number never contains NUL.
+    CString::new(fd.to_string()).unwrap_or_default()
+}
+
+fn is_readonly_violation(flags: libc::c_int) -> bool {
+    (flags & libc::O_ACCMODE) != libc::O_RDONLY || flags & (libc::O_TRUNC | libc::O_CREAT) != 0
+}
+
+impl PassthroughFs {
+    /// Opens `cfg.root_dir` and prepares to serve it.
+    ///
+    /// Sets the process umask to 0: the wire protocols deliver modes that the
+    /// guest already masked, and the host must not mask them again.
+    pub fn new(cfg: Config) -> Result<PassthroughFs, Error> {
+        let path = cfg.root_dir.clone();
+        let cpath =
+            CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| Error::OpenRoot {
+                path: path.clone(),
+                source: errno(libc::EINVAL),
+            })?;
+        let root = sys::openat(libc::AT_FDCWD, &cpath, libc::O_PATH | libc::O_DIRECTORY, 0)
+            .map_err(|source| {
+                if source.raw_os_error() == Some(libc::ENOTDIR) {
+                    Error::NotADirectory(path.clone())
+                } else {
+                    Error::OpenRoot {
+                        path: path.clone(),
+                        source,
+                    }
+                }
+            })?;
+        // The root must be searchable and readable, or nothing will work.
+        let probe = sys::openat(
+            root.as_raw_fd(),
+            c".",
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )
+        .map_err(|source| Error::OpenRoot {
+            path: path.clone(),
+            source,
+        })?;
+        drop(probe);
+        let st = sys::fstat(root.as_raw_fd()).map_err(|source| Error::OpenRoot {
+            path: path.clone(),
+            source,
+        })?;
+        if cfg.inode_file_handles == InodeFileHandles::Mandatory {
+            FileHandle::from_fd(root.as_raw_fd()).map_err(|source| {
+                Error::FileHandlesUnsupported {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+        }
+        let proc_self_fd = sys::openat(
+            libc::AT_FDCWD,
+            c"/proc/self/fd",
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )
+        .map_err(Error::ProcSelfFd)?;
+        sys::clear_umask();
+        let root_key = InodeKey::from_stat(&st);
+        let inodes = InodeStore::default();
+        inodes.insert_root(root_key, root);
+        // SAFETY: geteuid cannot fail.
+        let switch_creds = cfg.switch_credentials && unsafe { libc::geteuid() } == 0;
+        Ok(PassthroughFs {
+            cfg,
+            inodes,
+            handles: HandleTable::default(),
+            mounts: MountFds::default(),
+            proc_self_fd,
+            root_key,
+            switch_creds,
+        })
+    }
+
+    /// The configuration this core serves with.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The open handle `handle` on `inode`, for a data-path engine that wants
+    /// the host fd ([`HandleData::as_raw_fd`]). Keep the `Arc` until the I/O
+    /// completes.
+    pub fn handle(&self, inode: u64, handle: u64) -> io::Result<Arc<HandleData>> {
+        self.handles.get(inode, handle)
+    }
+
+    /// The inode table (lookup counts), for tests and diagnostics.
+    pub fn inodes(&self) -> &InodeStore {
+        &self.inodes
+    }
+
+    /// The number of open handles, for tests and diagnostics.
+    pub fn open_handles(&self) -> usize {
+        self.handles.len()
+    }
+
+    fn creds(&self, ctx: &Context) -> io::Result<CredGuard> {
+        CredGuard::new(self.switch_creds, ctx.uid, ctx.gid)
+    }
+
+    fn check_writable(&self) -> io::Result<()> {
+        if self.cfg.readonly {
+            Err(errno(libc::EROFS))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        self.cfg.cache.timeout()
+    }
+
+    /// Reopens an `O_PATH` fd with real access `flags` through `/proc/self/fd`.
+    /// Only regular files and directories are ever reopened: device nodes,
+    /// FIFOs and sockets are never opened on the host.
+    fn reopen(&self, inode: &InodeData, fd: &InodeFd<'_>, flags: libc::c_int) -> io::Result<File> {
+        if !(inode.is_reg() || inode.is_dir()) {
+            return Err(errno(if inode.is_symlink() {
+                libc::ELOOP
+            } else {
+                libc::ENXIO
+            }));
+        }
+        let name = fd_name(fd.as_raw_fd());
+        let owned = sys::openat(
+            self.proc_self_fd.as_raw_fd(),
+            &name,
+            flags & !libc::O_NOFOLLOW,
+            0,
+        )?;
+        Ok(File::from(owned))
+    }
+
+    /// Opens `name` in `dir` as `O_PATH`, never following a symlink and never
+    /// leaving `dir`.
+    fn open_child(&self, dir: RawFd, name: &CStr) -> io::Result<OwnedFd> {
+        let flags = libc::O_PATH | libc::O_NOFOLLOW;
+        match sys::openat2_beneath(dir, name, flags) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+                // Pre-5.6 kernels: `name` is a single validated component and
+                // O_NOFOLLOW stops at a trailing symlink, which is as strict.
+                sys::openat(dir, name, flags, 0)
+            }
+            r => r,
+        }
+    }
+
+    /// Whether the directory `fd` lies beneath the share root, by walking up.
+    fn is_beneath_root(&self, fd: OwnedFd) -> io::Result<bool> {
+        let mut cur = fd;
+        for _ in 0..4096 {
+            let st = sys::fstat(cur.as_raw_fd())?;
+            if InodeKey::from_stat(&st) == self.root_key {
+                return Ok(true);
+            }
+            let parent = sys::openat(cur.as_raw_fd(), c"..", libc::O_PATH | libc::O_DIRECTORY, 0)?;
+            let pst = sys::fstat(parent.as_raw_fd())?;
+            if InodeKey::from_stat(&pst) == InodeKey::from_stat(&st) {
+                return Ok(false);
+            }
+            cur = parent;
+        }
+        Ok(false)
+    }
+
+    fn entry_for(&self, data: &InodeData, st: stat64, parent_dev: Option<u64>) -> Entry {
+        let mut attr_flags = 0;
+        if self.cfg.announce_submounts
+            && data.is_dir()
+            && parent_dev.is_some_and(|d| d != st.st_dev)
+        {
+            attr_flags |= FUSE_ATTR_SUBMOUNT;
+        }
+        Entry {
+            inode: data.nodeid,
+            generation: 0,
+            attr: st,
+            attr_flags,
+            attr_timeout: self.timeout(),
+            entry_timeout: self.timeout(),
+        }
+    }
+
+    /// Registers the object `fd` (just opened) and returns its entry with one
+    /// more lookup counted.
+    fn register(&self, fd: OwnedFd, parent_dev: Option<u64>) -> io::Result<Entry> {
+        let st = sys::fstat(fd.as_raw_fd())?;
+        let key = InodeKey::from_stat(&st);
+        if let Some(data) = self.inodes.get_by_key_and_ref(&key) {
+            return Ok(self.entry_for(&data, st, parent_dev));
+        }
+        let source = match self.cfg.inode_file_handles {
+            InodeFileHandles::Never => InodeSource::Fd(fd),
+            InodeFileHandles::Prefer | InodeFileHandles::Mandatory => {
+                match FileHandle::from_fd(fd.as_raw_fd()) {
+                    Ok(h) => {
+                        self.mounts.remember(h.mount_id(), fd.as_raw_fd())?;
+                        InodeSource::Handle(h)
+                    }
+                    Err(e) if self.cfg.inode_file_handles == InodeFileHandles::Mandatory => {
+                        return Err(e)
+                    }
+                    Err(_) => InodeSource::Fd(fd),
+                }
+            }
+        };
+        let data = self
+            .inodes
+            .insert_or_ref(key, st.st_mode & libc::S_IFMT, source);
+        Ok(self.entry_for(&data, st, parent_dev))
+    }
+
+    /// Looks up `name` in `parent`, counting one lookup on success.
+    fn do_lookup(&self, parent: &InodeData, name: &CStr) -> io::Result<Entry> {
+        if !parent.is_dir() {
+            return Err(errno(libc::ENOTDIR));
+        }
+        let pfd = parent.path_fd(&self.mounts)?;
+        let parent_dev = Some(parent.key.dev);
+        match classify(name)? {
+            NameKind::Normal => {
+                let fd = self.open_child(pfd.as_raw_fd(), name)?;
+                self.register(fd, parent_dev)
+            }
+            NameKind::Dot => {
+                let st = sys::fstat(pfd.as_raw_fd())?;
+                self.inodes.add_ref(parent);
+                Ok(self.entry_for(parent, st, None))
+            }
+            NameKind::DotDot => {
+                if parent.nodeid == ROOT_ID || parent.key == self.root_key {
+                    // `..` at the root is the root: the share has no outside.
+                    let st = sys::fstat(pfd.as_raw_fd())?;
+                    self.inodes.add_ref(parent);
+                    return Ok(self.entry_for(parent, st, None));
+                }
+                let up = sys::openat(pfd.as_raw_fd(), c"..", libc::O_PATH | libc::O_DIRECTORY, 0)?;
+                let check = sys::openat(up.as_raw_fd(), c".", libc::O_PATH | libc::O_DIRECTORY, 0)?;
+                if !self.is_beneath_root(check)? {
+                    return Err(errno(libc::EACCES));
+                }
+                self.register(up, None)
+            }
+        }
+    }
+
+    fn lookup_after_create(&self, parent: &InodeData, name: &CStr) -> io::Result<Entry> {
+        self.do_lookup(parent, name)
+    }
+
+    fn stat_inode(&self, data: &InodeData) -> io::Result<stat64> {
+        let fd = data.path_fd(&self.mounts)?;
+        sys::fstat(fd.as_raw_fd())
+    }
+
+    fn open_flags(&self, flags: u32) -> libc::c_int {
+        let mut f = flags as libc::c_int & ALLOWED_OPEN_FLAGS;
+        if !self.cfg.allow_direct_io {
+            f &= !libc::O_DIRECT;
+        }
+        if self.cfg.writeback {
+            // The guest's page cache may read back what it writes, and it
+            // tracks the file size itself, so appends carry explicit offsets.
+            if f & libc::O_ACCMODE == libc::O_WRONLY {
+                f = (f & !libc::O_ACCMODE) | libc::O_RDWR;
+            }
+            f &= !libc::O_APPEND;
+        }
+        f
+    }
+
+    fn open_options(&self, is_dir: bool) -> OpenOptions {
+        match self.cfg.cache {
+            CachePolicy::Never if !is_dir => OpenOptions::DIRECT_IO,
+            CachePolicy::Always if is_dir => OpenOptions::CACHE_DIR,
+            CachePolicy::Always => OpenOptions::KEEP_CACHE,
+            _ => OpenOptions::empty(),
+        }
+    }
+
+    fn do_open(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        flags: libc::c_int,
+        want_dir: bool,
+    ) -> io::Result<u64> {
+        let data = self.inodes.get(inode)?;
+        if want_dir && !data.is_dir() {
+            return Err(errno(libc::ENOTDIR));
+        }
+        if self.cfg.readonly && is_readonly_violation(flags) {
+            return Err(errno(libc::EROFS));
+        }
+        let fd = data.path_fd(&self.mounts)?;
+        let file = {
+            let _c = self.creds(ctx)?;
+            self.reopen(&data, &fd, flags | libc::O_CLOEXEC)?
+        };
+        Ok(self.handles.insert(inode, file))
+    }
+
+    /// Iterates the raw directory stream of `handle` from `offset`, calling
+    /// `add(name, ino, next_offset, d_type)` until it returns 0 (buffer full).
+    fn for_each_dirent(
+        &self,
+        inode: u64,
+        handle: u64,
+        size: u32,
+        offset: u64,
+        mut add: impl FnMut(&[u8], u64, u64, u32) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        let h = self.handles.get(inode, handle)?;
+        let _pos = h.lock_dir();
+        let fd = h.as_raw_fd();
+        sys::lseek(fd, offset as i64, libc::SEEK_SET)?;
+        let mut buf = vec![0u8; (size as usize).clamp(1024, 64 * 1024)];
+        loop {
+            let n = sys::getdents64(fd, &mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            let mut pos = 0;
+            while pos + 19 <= n {
+                // linux_dirent64: d_ino u64, d_off i64, d_reclen u16, d_type u8, d_name[].
+                let ino = u64::from_ne_bytes(buf[pos..pos + 8].try_into().unwrap_or_default());
+                let off = i64::from_ne_bytes(buf[pos + 8..pos + 16].try_into().unwrap_or_default());
+                let reclen = u16::from_ne_bytes([buf[pos + 16], buf[pos + 17]]) as usize;
+                let d_type = buf[pos + 18] as u32;
+                if reclen < 19 || pos + reclen > n {
+                    return Err(errno(libc::EIO));
+                }
+                let raw = &buf[pos + 19..pos + reclen];
+                let name = &raw[..raw.iter().position(|&b| b == 0).unwrap_or(raw.len())];
+                pos += reclen;
+                if add(name, ino, off as u64, d_type)? == 0 {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn with_xattr_file<T>(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        f: impl FnOnce(RawFd) -> io::Result<T>,
+    ) -> io::Result<T> {
+        if !self.cfg.xattr {
+            return Err(errno(libc::ENOSYS));
+        }
+        let data = self.inodes.get(inode)?;
+        let fd = data.path_fd(&self.mounts)?;
+        if !(data.is_reg() || data.is_dir()) {
+            // Symlinks and special files: user xattrs are not allowed on them
+            // by Linux, and they are never opened on the host.
+            return Err(errno(libc::ENOTSUP));
+        }
+        // Opened as the daemon so that a mode-000 file still has its xattrs
+        // reachable; the xattr call itself runs with the requester's
+        // credentials, which is where the kernel checks permission.
+        let file = self.reopen(&data, &fd, libc::O_RDONLY | libc::O_NONBLOCK)?;
+        let _c = self.creds(ctx)?;
+        f(file.as_raw_fd())
+    }
+
+    /// Copies `len` bytes between two open handles on the host
+    /// (`copy_file_range(2)`), for the FUSE opcode fuse-backend-rs does not
+    /// dispatch itself.
+    #[allow(clippy::too_many_arguments)]
+    pub fn copy_file_range(
+        &self,
+        _ctx: &Context,
+        inode_in: u64,
+        handle_in: u64,
+        offset_in: u64,
+        inode_out: u64,
+        handle_out: u64,
+        offset_out: u64,
+        len: u64,
+        flags: u64,
+    ) -> io::Result<usize> {
+        self.check_writable()?;
+        if flags != 0 {
+            return Err(errno(libc::EINVAL));
+        }
+        let hin = self.handles.get(inode_in, handle_in)?;
+        let hout = self.handles.get(inode_out, handle_out)?;
+        let mut off_in = i64::try_from(offset_in).map_err(|_| errno(libc::EINVAL))?;
+        let mut off_out = i64::try_from(offset_out).map_err(|_| errno(libc::EINVAL))?;
+        // SAFETY: both fds are held open by the handle Arcs; the offsets are
+        // valid out-pointers.
+        let ret = unsafe {
+            libc::copy_file_range(
+                hin.as_raw_fd(),
+                &mut off_in,
+                hout.as_raw_fd(),
+                &mut off_out,
+                len as usize,
+                0,
+            )
+        };
+        sys::cvt_long(ret as libc::c_long).map(|n| n as usize)
+    }
+}
+
+fn flock_from(lock: &FileLock) -> libc::flock {
+    // SAFETY: flock is plain data; all-zero is a valid value.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = lock.lock_type as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = lock.start as libc::off_t;
+    // FUSE ranges are inclusive, with OFFSET_MAX meaning "to the end".
+    fl.l_len = if lock.end >= i64::MAX as u64 {
+        0
+    } else {
+        (lock.end.saturating_sub(lock.start) + 1) as libc::off_t
+    };
+    fl
+}
+
+impl FileSystem for PassthroughFs {
+    type Inode = u64;
+    type Handle = u64;
+
+    fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
+        let mut want = FsOptions::ASYNC_READ
+            | FsOptions::PARALLEL_DIROPS
+            | FsOptions::BIG_WRITES
+            | FsOptions::ATOMIC_O_TRUNC
+            | FsOptions::HAS_IOCTL_DIR
+            | FsOptions::MAX_PAGES
+            | FsOptions::AUTO_INVAL_DATA;
+        if self.cfg.readdirplus {
+            want |= FsOptions::DO_READDIRPLUS | FsOptions::READDIRPLUS_AUTO;
+        }
+        if self.cfg.writeback {
+            want |= FsOptions::WRITEBACK_CACHE;
+        }
+        if self.cfg.announce_submounts {
+            want |= FsOptions::SUBMOUNTS;
+        }
+        if self.cfg.posix_acl && self.cfg.xattr {
+            want |= FsOptions::POSIX_ACL;
+        }
+        if self.cfg.posix_locks {
+            want |= FsOptions::POSIX_LOCKS;
+        }
+        Ok(want & capable)
+    }
+
+    fn destroy(&self) {
+        self.handles.clear();
+        self.inodes.clear_except_root();
+        self.mounts.clear();
+    }
+
+    fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
+        let parent = self.inodes.get(parent)?;
+        let _c = self.creds(ctx)?;
+        self.do_lookup(&parent, name)
+    }
+
+    fn forget(&self, _ctx: &Context, inode: u64, count: u64) {
+        self.inodes.forget(inode, count);
+    }
+
+    fn batch_forget(&self, _ctx: &Context, requests: Vec<(u64, u64)>) {
+        for (inode, count) in requests {
+            self.inodes.forget(inode, count);
+        }
+    }
+
+    fn getattr(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        handle: Option<u64>,
+    ) -> io::Result<(stat64, Duration)> {
+        let st = match handle {
+            Some(h) => match self.handles.get(inode, h) {
+                Ok(h) => sys::fstat(h.as_raw_fd())?,
+                Err(_) => self.stat_inode(&*self.inodes.get(inode)?)?,
+            },
+            None => self.stat_inode(&*self.inodes.get(inode)?)?,
+        };
+        Ok((st, self.timeout()))
+    }
+
+    fn setattr(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        attr: stat64,
+        handle: Option<u64>,
+        valid: SetattrValid,
+    ) -> io::Result<(stat64, Duration)> {
+        self.check_writable()?;
+        let data = self.inodes.get(inode)?;
+        let fd = data.path_fd(&self.mounts)?;
+        let h = handle.and_then(|h| self.handles.get(inode, h).ok());
+        let proc_name = fd_name(fd.as_raw_fd());
+        let proc_fd = self.proc_self_fd.as_raw_fd();
+        let _c = self.creds(ctx)?;
+
+        if valid.contains(SetattrValid::MODE) {
+            let mode = attr.st_mode & 0o7777;
+            // SAFETY: plain syscalls on fds we hold; proc_name is NUL-terminated.
+            cvt(unsafe {
+                match &h {
+                    Some(h) => libc::fchmod(h.as_raw_fd(), mode),
+                    None => libc::fchmodat(proc_fd, proc_name.as_ptr(), mode, 0),
+                }
+            })?;
+        }
+        if valid.intersects(SetattrValid::UID | SetattrValid::GID) {
+            let uid = if valid.contains(SetattrValid::UID) {
+                attr.st_uid
+            } else {
+                u32::MAX
+            };
+            let gid = if valid.contains(SetattrValid::GID) {
+                attr.st_gid
+            } else {
+                u32::MAX
+            };
+            // SAFETY: AT_EMPTY_PATH on an fd we hold; EMPTY is NUL-terminated.
+            cvt(unsafe {
+                libc::fchownat(
+                    fd.as_raw_fd(),
+                    EMPTY.as_ptr(),
+                    uid,
+                    gid,
+                    libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+                )
+            })?;
+        }
+        if valid.contains(SetattrValid::SIZE) {
+            let size = attr.st_size;
+            match &h {
+                // SAFETY: ftruncate on an fd held open by the handle Arc.
+                Some(h) => cvt(unsafe { libc::ftruncate64(h.as_raw_fd(), size) })?,
+                None => {
+                    let f = self.reopen(&data, &fd, libc::O_WRONLY | libc::O_NONBLOCK)?;
+                    // SAFETY: ftruncate on the file we just opened.
+                    cvt(unsafe { libc::ftruncate64(f.as_raw_fd(), size) })?
+                }
+            };
+        }
+        if valid.intersects(SetattrValid::ATIME | SetattrValid::MTIME) {
+            let ts = |set: bool, now: bool, sec: i64, nsec: i64| libc::timespec {
+                tv_sec: if set && !now { sec } else { 0 },
+                tv_nsec: if !set {
+                    libc::UTIME_OMIT
+                } else if now {
+                    libc::UTIME_NOW
+                } else {
+                    nsec
+                },
+            };
+            let times = [
+                ts(
+                    valid.contains(SetattrValid::ATIME),
+                    valid.contains(SetattrValid::ATIME_NOW),
+                    attr.st_atime,
+                    attr.st_atime_nsec,
+                ),
+                ts(
+                    valid.contains(SetattrValid::MTIME),
+                    valid.contains(SetattrValid::MTIME_NOW),
+                    attr.st_mtime,
+                    attr.st_mtime_nsec,
+                ),
+            ];
+            // SAFETY: `times` is a valid two-element array; fds are held.
+            cvt(unsafe {
+                match &h {
+                    Some(h) => libc::futimens(h.as_raw_fd(), times.as_ptr()),
+                    None => libc::utimensat(proc_fd, proc_name.as_ptr(), times.as_ptr(), 0),
+                }
+            })?;
+        }
+        let st = match &h {
+            Some(h) => sys::fstat(h.as_raw_fd())?,
+            None => sys::fstat(fd.as_raw_fd())?,
+        };
+        Ok((st, self.timeout()))
+    }
+
+    fn readlink(&self, _ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
+        let data = self.inodes.get(inode)?;
+        if !data.is_symlink() {
+            return Err(errno(libc::EINVAL));
+        }
+        let fd = data.path_fd(&self.mounts)?;
+        let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+        // SAFETY: `buf` is writable for the length passed; EMPTY is NUL-terminated.
+        let n = sys::cvt_long(unsafe {
+            libc::readlinkat(
+                fd.as_raw_fd(),
+                EMPTY.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            ) as libc::c_long
+        })? as usize;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    fn symlink(
+        &self,
+        ctx: &Context,
+        linkname: &CStr,
+        parent: u64,
+        name: &CStr,
+    ) -> io::Result<Entry> {
+        self.check_writable()?;
+        check_name(name)?;
+        if linkname.to_bytes().is_empty() {
+            return Err(errno(libc::ENOENT));
+        }
+        let parent = self.inodes.get(parent)?;
+        let pfd = parent.path_fd(&self.mounts)?;
+        let _c = self.creds(ctx)?;
+        // The target is stored verbatim and never resolved by the host.
+        // SAFETY: both strings are NUL-terminated; pfd is held.
+        cvt(unsafe { libc::symlinkat(linkname.as_ptr(), pfd.as_raw_fd(), name.as_ptr()) })?;
+        self.lookup_after_create(&parent, name)
+    }
+
+    fn mknod(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        mode: u32,
+        rdev: u32,
+        umask: u32,
+    ) -> io::Result<Entry> {
+        self.check_writable()?;
+        check_name(name)?;
+        let parent = self.inodes.get(parent)?;
+        let pfd = parent.path_fd(&self.mounts)?;
+        let _c = self.creds(ctx)?;
+        let _ = umask;
+        // SAFETY: NUL-terminated name; pfd is held.
+        cvt(unsafe { libc::mknodat(pfd.as_raw_fd(), name.as_ptr(), mode, rdev as libc::dev_t) })?;
+        self.lookup_after_create(&parent, name)
+    }
+
+    fn mkdir(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        mode: u32,
+        _umask: u32,
+    ) -> io::Result<Entry> {
+        self.check_writable()?;
+        check_name(name)?;
+        let parent = self.inodes.get(parent)?;
+        let pfd = parent.path_fd(&self.mounts)?;
+        let _c = self.creds(ctx)?;
+        // SAFETY: NUL-terminated name; pfd is held.
+        cvt(unsafe { libc::mkdirat(pfd.as_raw_fd(), name.as_ptr(), mode) })?;
+        self.lookup_after_create(&parent, name)
+    }
+
+    fn unlink(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
+        self.check_writable()?;
+        check_name_for_removal(name)?;
+        let parent = self.inodes.get(parent)?;
+        let pfd = parent.path_fd(&self.mounts)?;
+        let _c = self.creds(ctx)?;
+        // SAFETY: NUL-terminated name; pfd is held.
+        cvt(unsafe { libc::unlinkat(pfd.as_raw_fd(), name.as_ptr(), 0) }).map(drop)
+    }
+
+    fn rmdir(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
+        self.check_writable()?;
+        check_name_for_removal(name)?;
+        let parent = self.inodes.get(parent)?;
+        let pfd = parent.path_fd(&self.mounts)?;
+        let _c = self.creds(ctx)?;
+        // SAFETY: NUL-terminated name; pfd is held.
+        cvt(unsafe { libc::unlinkat(pfd.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR) }).map(drop)
+    }
+
+    fn rename(
+        &self,
+        ctx: &Context,
+        olddir: u64,
+        oldname: &CStr,
+        newdir: u64,
+        newname: &CStr,
+        flags: u32,
+    ) -> io::Result<()> {
+        self.check_writable()?;
+        check_name_for_removal(oldname)?;
+        check_name_for_removal(newname)?;
+        // RENAME_WHITEOUT creates a device node on the host: not for guests.
+        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 {
+            return Err(errno(libc::EINVAL));
+        }
+        let old = self.inodes.get(olddir)?;
+        let new = self.inodes.get(newdir)?;
+        let ofd = old.path_fd(&self.mounts)?;
+        let nfd = new.path_fd(&self.mounts)?;
+        let _c = self.creds(ctx)?;
+        sys::renameat2(ofd.as_raw_fd(), oldname, nfd.as_raw_fd(), newname, flags)
+    }
+
+    fn link(&self, ctx: &Context, inode: u64, newparent: u64, newname: &CStr) -> io::Result<Entry> {
+        self.check_writable()?;
+        check_name(newname)?;
+        let data = self.inodes.get(inode)?;
+        let parent = self.inodes.get(newparent)?;
+        let fd = data.path_fd(&self.mounts)?;
+        let pfd = parent.path_fd(&self.mounts)?;
+        let proc_name = fd_name(fd.as_raw_fd());
+        let _c = self.creds(ctx)?;
+        // Linking through /proc/self/fd needs no CAP_DAC_READ_SEARCH (unlike
+        // AT_EMPTY_PATH), so it works under the requester's credentials.
+        // SAFETY: NUL-terminated names; fds are held.
+        cvt(unsafe {
+            libc::linkat(
+                self.proc_self_fd.as_raw_fd(),
+                proc_name.as_ptr(),
+                pfd.as_raw_fd(),
+                newname.as_ptr(),
+                libc::AT_SYMLINK_FOLLOW,
+            )
+        })?;
+        self.lookup_after_create(&parent, newname)
+    }
+
+    fn open(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        flags: u32,
+        _fuse_flags: u32,
+    ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
+        let flags = self.open_flags(flags);
+        let handle = self.do_open(ctx, inode, flags, false)?;
+        Ok((Some(handle), self.open_options(false), None))
+    }
+
+    fn create(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        args: CreateIn,
+    ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
+        self.check_writable()?;
+        check_name(name)?;
+        let parent = self.inodes.get(parent)?;
+        let pfd = parent.path_fd(&self.mounts)?;
+        let flags = self.open_flags(args.flags) | libc::O_CREAT | libc::O_NOFOLLOW;
+        let (file, entry) = {
+            let _c = self.creds(ctx)?;
+            let fd = sys::openat(pfd.as_raw_fd(), name, flags, args.mode)?;
+            let entry = self.do_lookup(&parent, name)?;
+            (File::from(fd), entry)
+        };
+        let handle = self.handles.insert(entry.inode, file);
+        Ok((entry, Some(handle), self.open_options(false), None))
+    }
+
+    fn read(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        handle: u64,
+        w: &mut dyn ZeroCopyWriter,
+        size: u32,
+        offset: u64,
+        _lock_owner: Option<u64>,
+        _flags: u32,
+    ) -> io::Result<usize> {
+        let h = self.handles.get(inode, handle)?;
+        let mut f = BorrowedFile::new(&*h);
+        w.write_from(f.file(), size as usize, offset)
+    }
+
+    fn write(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        handle: u64,
+        r: &mut dyn ZeroCopyReader,
+        size: u32,
+        offset: u64,
+        _lock_owner: Option<u64>,
+        _delayed_write: bool,
+        _flags: u32,
+        _fuse_flags: u32,
+    ) -> io::Result<usize> {
+        self.check_writable()?;
+        let h = self.handles.get(inode, handle)?;
+        let mut f = BorrowedFile::new(&*h);
+        r.read_to(f.file(), size as usize, offset)
+    }
+
+    fn flush(&self, _ctx: &Context, inode: u64, handle: u64, _lock_owner: u64) -> io::Result<()> {
+        // Nothing is buffered in the daemon; POSIX locks are OFD locks that
+        // live until release. Only validate the handle.
+        self.handles.get(inode, handle).map(drop)
+    }
+
+    fn fsync(&self, _ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
+        let h = self.handles.get(inode, handle)?;
+        // SAFETY: plain syscall on an fd held open by the handle Arc.
+        cvt(unsafe {
+            if datasync {
+                libc::fdatasync(h.as_raw_fd())
+            } else {
+                libc::fsync(h.as_raw_fd())
+            }
+        })
+        .map(drop)
+    }
+
+    fn fallocate(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        handle: u64,
+        mode: u32,
+        offset: u64,
+        length: u64,
+    ) -> io::Result<()> {
+        self.check_writable()?;
+        let h = self.handles.get(inode, handle)?;
+        let off = i64::try_from(offset).map_err(|_| errno(libc::EINVAL))?;
+        let len = i64::try_from(length).map_err(|_| errno(libc::EINVAL))?;
+        // SAFETY: plain syscall on an fd held open by the handle Arc.
+        cvt(unsafe { libc::fallocate64(h.as_raw_fd(), mode as libc::c_int, off, len) }).map(drop)
+    }
+
+    fn release(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _flags: u32,
+        handle: u64,
+        _flush: bool,
+        _flock_release: bool,
+        _lock_owner: Option<u64>,
+    ) -> io::Result<()> {
+        self.handles.remove(inode, handle)
+    }
+
+    fn statfs(&self, _ctx: &Context, inode: u64) -> io::Result<statvfs64> {
+        let data = self.inodes.get(inode)?;
+        let fd = data.path_fd(&self.mounts)?;
+        let mut st = std::mem::MaybeUninit::<statvfs64>::zeroed();
+        // SAFETY: valid out-pointer; fstatvfs accepts O_PATH fds.
+        cvt(unsafe { libc::fstatvfs64(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+        // SAFETY: the call succeeded and filled the struct.
+        Ok(unsafe { st.assume_init() })
+    }
+
+    fn setxattr(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        name: &CStr,
+        value: &[u8],
+        flags: u32,
+    ) -> io::Result<()> {
+        self.check_writable()?;
+        self.with_xattr_file(ctx, inode, |fd| {
+            // SAFETY: NUL-terminated name; `value` is valid for its length.
+            cvt(unsafe {
+                libc::fsetxattr(
+                    fd,
+                    name.as_ptr(),
+                    value.as_ptr().cast(),
+                    value.len(),
+                    flags as libc::c_int,
+                )
+            })
+            .map(drop)
+        })
+    }
+
+    fn getxattr(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        name: &CStr,
+        size: u32,
+    ) -> io::Result<GetxattrReply> {
+        self.with_xattr_file(ctx, inode, |fd| {
+            let mut buf = vec![0u8; size as usize];
+            // SAFETY: `buf` is writable for `size` bytes (0 asks for the size).
+            let n = sys::cvt_long(unsafe {
+                libc::fgetxattr(fd, name.as_ptr(), buf.as_mut_ptr().cast(), size as usize)
+                    as libc::c_long
+            })? as usize;
+            if size == 0 {
+                Ok(GetxattrReply::Count(n as u32))
+            } else {
+                buf.truncate(n);
+                Ok(GetxattrReply::Value(buf))
+            }
+        })
+    }
+
+    fn listxattr(&self, ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
+        self.with_xattr_file(ctx, inode, |fd| {
+            let mut buf = vec![0u8; size as usize];
+            // SAFETY: `buf` is writable for `size` bytes (0 asks for the size).
+            let n = sys::cvt_long(unsafe {
+                libc::flistxattr(fd, buf.as_mut_ptr().cast(), size as usize) as libc::c_long
+            })? as usize;
+            if size == 0 {
+                Ok(ListxattrReply::Count(n as u32))
+            } else {
+                buf.truncate(n);
+                Ok(ListxattrReply::Names(buf))
+            }
+        })
+    }
+
+    fn removexattr(&self, ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
+        self.check_writable()?;
+        self.with_xattr_file(ctx, inode, |fd| {
+            // SAFETY: NUL-terminated name.
+            cvt(unsafe { libc::fremovexattr(fd, name.as_ptr()) }).map(drop)
+        })
+    }
+
+    fn opendir(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        _flags: u32,
+    ) -> io::Result<(Option<u64>, OpenOptions)> {
+        let handle = self.do_open(ctx, inode, libc::O_RDONLY | libc::O_DIRECTORY, true)?;
+        Ok((Some(handle), self.open_options(true)))
+    }
+
+    fn readdir(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        handle: u64,
+        size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        self.for_each_dirent(inode, handle, size, offset, |name, ino, off, type_| {
+            add_entry(DirEntry {
+                ino,
+                offset: off,
+                type_,
+                name,
+            })
+        })
+    }
+
+    fn readdirplus(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        let parent = self.inodes.get(inode)?;
+        let _c = self.creds(ctx)?;
+        self.for_each_dirent(inode, handle, size, offset, |name, ino, off, type_| {
+            let dirent = DirEntry {
+                ino,
+                offset: off,
+                type_,
+                name,
+            };
+            if name == b"." || name == b".." {
+                // A zero node id tells the guest to resolve these itself.
+                return add_entry(dirent, Entry::default());
+            }
+            let Ok(cname) = CString::new(name) else {
+                return Ok(1);
+            };
+            let entry = match self.do_lookup(&parent, &cname) {
+                Ok(e) => e,
+                // Removed between getdents and the lookup: skip it.
+                Err(_) => return Ok(1),
+            };
+            let nodeid = entry.inode;
+            let n = add_entry(dirent, entry)?;
+            if n == 0 {
+                // Not delivered: give back the lookup we took.
+                self.inodes.forget(nodeid, 1);
+            }
+            Ok(n)
+        })
+    }
+
+    fn fsyncdir(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
+        self.fsync(ctx, inode, datasync, handle)
+    }
+
+    fn releasedir(&self, _ctx: &Context, inode: u64, _flags: u32, handle: u64) -> io::Result<()> {
+        self.handles.remove(inode, handle)
+    }
+
+    fn access(&self, ctx: &Context, inode: u64, mask: u32) -> io::Result<()> {
+        let data = self.inodes.get(inode)?;
+        let fd = data.path_fd(&self.mounts)?;
+        if data.is_symlink() {
+            return Ok(());
+        }
+        if mask & libc::W_OK as u32 != 0 && self.cfg.readonly {
+            return Err(errno(libc::EROFS));
+        }
+        let proc_name = fd_name(fd.as_raw_fd());
+        let _c = self.creds(ctx)?;
+        // AT_EACCESS: check with the effective ids, which are the requester's.
+        // SAFETY: NUL-terminated name relative to the held /proc/self/fd.
+        cvt(unsafe {
+            libc::faccessat(
+                self.proc_self_fd.as_raw_fd(),
+                proc_name.as_ptr(),
+                mask as libc::c_int,
+                libc::AT_EACCESS,
+            )
+        })
+        .map(drop)
+    }
+
+    fn lseek(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        handle: u64,
+        offset: u64,
+        whence: u32,
+    ) -> io::Result<u64> {
+        let h = self.handles.get(inode, handle)?;
+        let off = i64::try_from(offset).map_err(|_| errno(libc::EINVAL))?;
+        sys::lseek(h.as_raw_fd(), off, whence as libc::c_int)
+    }
+
+    fn getlk(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        handle: u64,
+        _owner: u64,
+        lock: FileLock,
+        _flags: u32,
+    ) -> io::Result<FileLock> {
+        let h = self.handles.get(inode, handle)?;
+        let mut fl = flock_from(&lock);
+        // SAFETY: `fl` is a valid flock; the fd is held by the handle Arc.
+        cvt(unsafe { libc::fcntl(h.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) })?;
+        let start = fl.l_start as u64;
+        Ok(FileLock {
+            start,
+            end: if fl.l_len == 0 {
+                i64::MAX as u64
+            } else {
+                start + fl.l_len as u64 - 1
+            },
+            lock_type: fl.l_type as u32,
+            pid: 0,
+        })
+    }
+
+    fn setlk(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        handle: u64,
+        _owner: u64,
+        lock: FileLock,
+        _flags: u32,
+    ) -> io::Result<()> {
+        let h = self.handles.get(inode, handle)?;
+        let fl = flock_from(&lock);
+        // SAFETY: `fl` is a valid flock; the fd is held by the handle Arc.
+        cvt(unsafe { libc::fcntl(h.as_raw_fd(), libc::F_OFD_SETLK, &fl) }).map(drop)
+    }
+
+    fn setlkw(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        handle: u64,
+        _owner: u64,
+        lock: FileLock,
+        _flags: u32,
+    ) -> io::Result<()> {
+        let h = self.handles.get(inode, handle)?;
+        let fl = flock_from(&lock);
+        // SAFETY: `fl` is a valid flock; the fd is held by the handle Arc.
+        cvt(unsafe { libc::fcntl(h.as_raw_fd(), libc::F_OFD_SETLKW, &fl) }).map(drop)
+    }
+}

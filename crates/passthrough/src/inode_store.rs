@@ -1,0 +1,245 @@
+//! The table of inodes the guest knows about, with their lookup counts.
+//!
+//! FUSE's contract: every reply that hands the guest a node id (lookup,
+//! create, mkdir, mknod, symlink, link, each readdirplus entry) adds one to
+//! that node's lookup count, and `forget(n)` subtracts `n`. A node is dropped,
+//! and its host fd closed, when its count reaches zero. The root is never
+//! dropped.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use crate::file_handle::{FileHandle, MountFds};
+
+/// The FUSE node id of the share's root.
+pub const ROOT_ID: u64 = 1;
+
+/// Identifies a host inode: the same host object always maps to one node id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct InodeKey {
+    /// Host inode number.
+    pub ino: u64,
+    /// Host device.
+    pub dev: u64,
+}
+
+impl InodeKey {
+    /// The key of the object `st` describes.
+    pub fn from_stat(st: &libc::stat64) -> Self {
+        InodeKey {
+            ino: st.st_ino,
+            dev: st.st_dev,
+        }
+    }
+}
+
+/// How the core keeps hold of a host inode.
+pub enum InodeSource {
+    /// An `O_PATH` fd.
+    Fd(OwnedFd),
+    /// A file handle, reopened on demand.
+    Handle(FileHandle),
+}
+
+/// An fd for an inode: borrowed from the store, or opened for this request.
+pub enum InodeFd<'a> {
+    /// The inode's own `O_PATH` fd.
+    Borrowed(BorrowedFd<'a>),
+    /// A fresh `O_PATH` fd opened from a file handle.
+    Owned(OwnedFd),
+}
+
+impl AsRawFd for InodeFd<'_> {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            InodeFd::Borrowed(fd) => fd.as_raw_fd(),
+            InodeFd::Owned(fd) => fd.as_raw_fd(),
+        }
+    }
+}
+
+/// One host inode known to the guest.
+pub struct InodeData {
+    /// The node id the guest uses.
+    pub nodeid: u64,
+    /// The host identity.
+    pub key: InodeKey,
+    /// `st_mode & S_IFMT` at lookup time (a host inode never changes type).
+    pub file_type: libc::mode_t,
+    source: InodeSource,
+    refcount: AtomicU64,
+}
+
+impl InodeData {
+    /// An `O_PATH` fd for this inode.
+    pub fn path_fd<'a>(&'a self, mounts: &MountFds) -> io::Result<InodeFd<'a>> {
+        match &self.source {
+            // SAFETY: the fd is owned by `self`, which outlives the borrow.
+            InodeSource::Fd(fd) => Ok(InodeFd::Borrowed(unsafe {
+                BorrowedFd::borrow_raw(fd.as_raw_fd())
+            })),
+            InodeSource::Handle(h) => mounts
+                .open(h, libc::O_PATH | libc::O_NOFOLLOW)
+                .map(InodeFd::Owned),
+        }
+    }
+
+    /// Whether this inode is a directory.
+    pub fn is_dir(&self) -> bool {
+        self.file_type == libc::S_IFDIR
+    }
+
+    /// Whether this inode is a regular file.
+    pub fn is_reg(&self) -> bool {
+        self.file_type == libc::S_IFREG
+    }
+
+    /// Whether this inode is a symbolic link.
+    pub fn is_symlink(&self) -> bool {
+        self.file_type == libc::S_IFLNK
+    }
+
+    /// The current lookup count (for tests and diagnostics).
+    pub fn lookup_count(&self) -> u64 {
+        self.refcount.load(Ordering::Acquire)
+    }
+}
+
+#[derive(Default)]
+struct Maps {
+    by_id: HashMap<u64, Arc<InodeData>>,
+    by_key: HashMap<InodeKey, u64>,
+}
+
+/// All inodes the guest currently holds a reference to.
+pub struct InodeStore {
+    maps: RwLock<Maps>,
+    next_id: AtomicU64,
+}
+
+impl Default for InodeStore {
+    fn default() -> Self {
+        InodeStore {
+            maps: RwLock::new(Maps::default()),
+            next_id: AtomicU64::new(ROOT_ID + 1),
+        }
+    }
+}
+
+impl InodeStore {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Maps> {
+        self.maps.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Maps> {
+        self.maps.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Installs the root inode (node id 1) with a count that never reaches zero.
+    pub fn insert_root(&self, key: InodeKey, fd: OwnedFd) {
+        let data = Arc::new(InodeData {
+            nodeid: ROOT_ID,
+            key,
+            file_type: libc::S_IFDIR,
+            source: InodeSource::Fd(fd),
+            refcount: AtomicU64::new(2),
+        });
+        let mut maps = self.write();
+        maps.by_key.insert(key, ROOT_ID);
+        maps.by_id.insert(ROOT_ID, data);
+    }
+
+    /// The inode with node id `nodeid`; `EBADF` if the guest does not hold it.
+    pub fn get(&self, nodeid: u64) -> io::Result<Arc<InodeData>> {
+        self.read()
+            .by_id
+            .get(&nodeid)
+            .cloned()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))
+    }
+
+    /// If `key` is known, adds one lookup and returns it.
+    pub fn get_by_key_and_ref(&self, key: &InodeKey) -> Option<Arc<InodeData>> {
+        let maps = self.read();
+        let data = maps.by_id.get(maps.by_key.get(key)?)?;
+        // Under the read lock: `forget` needs the write lock to drop a node,
+        // so the node cannot disappear between this increment and our return.
+        data.refcount.fetch_add(1, Ordering::AcqRel);
+        Some(data.clone())
+    }
+
+    /// Adds one lookup to a node the caller already holds.
+    pub fn add_ref(&self, data: &InodeData) {
+        let _maps = self.read();
+        data.refcount.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Adds `key` with `source`, or, if another thread added it meanwhile, adds
+    /// one lookup to that one and drops `source`.
+    pub fn insert_or_ref(
+        &self,
+        key: InodeKey,
+        file_type: libc::mode_t,
+        source: InodeSource,
+    ) -> Arc<InodeData> {
+        let mut maps = self.write();
+        if let Some(existing) = maps.by_key.get(&key).and_then(|id| maps.by_id.get(id)) {
+            existing.refcount.fetch_add(1, Ordering::AcqRel);
+            return existing.clone();
+        }
+        let nodeid = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let data = Arc::new(InodeData {
+            nodeid,
+            key,
+            file_type,
+            source,
+            refcount: AtomicU64::new(1),
+        });
+        maps.by_key.insert(key, nodeid);
+        maps.by_id.insert(nodeid, data.clone());
+        data
+    }
+
+    /// Subtracts `count` lookups from `nodeid`, dropping it at zero.
+    /// Unknown ids and over-large counts are tolerated: a guest cannot make
+    /// the count wrap or remove the root.
+    pub fn forget(&self, nodeid: u64, count: u64) {
+        let mut maps = self.write();
+        let Some(data) = maps.by_id.get(&nodeid) else {
+            return;
+        };
+        let old = data.refcount.load(Ordering::Acquire);
+        let new = old.saturating_sub(count);
+        data.refcount.store(new, Ordering::Release);
+        if new == 0 && nodeid != ROOT_ID {
+            let key = data.key;
+            maps.by_id.remove(&nodeid);
+            if maps.by_key.get(&key) == Some(&nodeid) {
+                maps.by_key.remove(&key);
+            }
+        }
+    }
+
+    /// Drops every inode but the root (session end).
+    pub fn clear_except_root(&self) {
+        let mut maps = self.write();
+        maps.by_id.retain(|id, _| *id == ROOT_ID);
+        maps.by_key.retain(|_, id| *id == ROOT_ID);
+        if let Some(root) = maps.by_id.get(&ROOT_ID) {
+            root.refcount.store(2, Ordering::Release);
+        }
+    }
+
+    /// How many inodes are held (root included).
+    pub fn len(&self) -> usize {
+        self.read().by_id.len()
+    }
+
+    /// Whether no inode is held (not even the root).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,44 @@
+//! The host filesystem core shared by every protocol front end.
+//!
+//! [`PassthroughFs`] serves one host directory through fuse-backend-rs's
+//! [`FileSystem`](fuse_backend_rs::api::filesystem::FileSystem) trait. The
+//! virtio-fs device hands it decoded FUSE requests; the 9P server maps fids
+//! onto the same inodes and handles. It owns:
+//!
+//! - the inode table (`inode_store`), holding each host inode by an `O_PATH`
+//!   fd or a file handle, with FUSE lookup counts;
+//! - the handle table (`handle_table`), whose host fds a data-path engine may
+//!   borrow;
+//! - confinement (`name`, and `openat2(RESOLVE_BENEATH)` in `fs`): every name
+//!   is one component, symlinks are never followed on the host, `..` at the
+//!   root is the root, and special files are never opened;
+//! - credentials (`credentials`): requests run with the requester's uid/gid.
+//!
+//! ```no_run
+//! use passthrough::{Config, PassthroughFs};
+//! use fuse_backend_rs::api::server::Server;
+//! use std::sync::Arc;
+//!
+//! let fs = PassthroughFs::new(Config::new("/srv/share")).expect("share");
+//! let server = Arc::new(Server::new(Arc::new(fs)));
+//! // Hand `server` FUSE requests from /dev/fuse or a virtqueue.
+//! # let _ = server;
+//! ```
+
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod credentials;
+pub mod error;
+pub mod file_handle;
+pub mod fs;
+pub mod handle_table;
+pub mod inode_store;
+pub mod name;
+pub mod sys;
+
+pub use config::{CachePolicy, Config, InodeFileHandles};
+pub use error::Error;
+pub use fs::PassthroughFs;
+pub use handle_table::HandleData;
+pub use inode_store::ROOT_ID;

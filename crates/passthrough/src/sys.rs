@@ -1,0 +1,198 @@
+//! Thin, safe wrappers over the host syscalls the core needs.
+//!
+//! Every function here takes already-validated arguments (a single path
+//! component, or an fd) and returns `io::Result`; nothing here interprets
+//! guest input.
+
+use std::ffi::CStr;
+use std::fs::File;
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// An empty C string, for the `AT_EMPTY_PATH` family of calls.
+pub const EMPTY: &CStr = c"";
+
+/// Turns a `-1`-on-error return value into an `io::Result`.
+pub fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Like [`cvt`] for calls returning `ssize_t`/`c_long`.
+pub fn cvt_long(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Builds an `io::Error` from an errno value.
+pub fn errno(e: libc::c_int) -> io::Error {
+    io::Error::from_raw_os_error(e)
+}
+
+/// `openat(2)`, returning an owned fd. `O_CLOEXEC` is always added.
+pub fn openat(
+    dir: RawFd,
+    name: &CStr,
+    flags: libc::c_int,
+    mode: libc::mode_t,
+) -> io::Result<OwnedFd> {
+    // SAFETY: `name` is a valid NUL-terminated string; the kernel validates `dir`.
+    let fd = cvt(unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC, mode) })?;
+    // SAFETY: the kernel just returned this fd to us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `struct open_how` for `openat2(2)` (not yet in the libc crate for all targets).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// `RESOLVE_NO_XDEV`..`RESOLVE_BENEATH` from `linux/openat2.h`.
+pub const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+/// Refuse every symlink during resolution.
+pub const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+/// Refuse any resolution that leaves the starting directory.
+pub const RESOLVE_BENEATH: u64 = 0x08;
+
+/// `openat2(2)` with `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS`.
+///
+/// Returns `Err(ENOSYS)` on kernels older than 5.6, so callers can fall back.
+pub fn openat2_beneath(dir: RawFd, name: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS,
+    };
+    // SAFETY: `how` is a properly initialised `struct open_how` whose size we pass;
+    // `name` is NUL-terminated.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir,
+            name.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    let fd = cvt_long(ret)? as RawFd;
+    // SAFETY: the kernel just returned this fd to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `fstatat(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW)`: the attributes of the
+/// object `fd` refers to, which may be an `O_PATH` fd.
+pub fn fstat(fd: RawFd) -> io::Result<libc::stat64> {
+    let mut st = MaybeUninit::<libc::stat64>::zeroed();
+    // SAFETY: `st` is a valid out-pointer of the right type; EMPTY is NUL-terminated.
+    cvt(unsafe {
+        libc::fstatat64(
+            fd,
+            EMPTY.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    // SAFETY: fstatat64 succeeded and filled the struct.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`.
+pub fn statat(dir: RawFd, name: &CStr) -> io::Result<libc::stat64> {
+    let mut st = MaybeUninit::<libc::stat64>::zeroed();
+    // SAFETY: valid out-pointer and NUL-terminated name.
+    cvt(unsafe {
+        libc::fstatat64(
+            dir,
+            name.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    // SAFETY: fstatat64 succeeded.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// `renameat2(2)`.
+pub fn renameat2(
+    olddir: RawFd,
+    oldname: &CStr,
+    newdir: RawFd,
+    newname: &CStr,
+    flags: libc::c_uint,
+) -> io::Result<()> {
+    // SAFETY: both names are NUL-terminated; the kernel validates the fds and flags.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            olddir,
+            oldname.as_ptr(),
+            newdir,
+            newname.as_ptr(),
+            flags,
+        )
+    };
+    cvt_long(ret).map(drop)
+}
+
+/// A `File` view of an fd that does not close it when dropped.
+///
+/// Lets fuse-backend-rs's `FileReadWriteVolatile` impl for `File` (which uses
+/// `preadv`/`pwritev` straight into guest memory) run on an fd that the handle
+/// table owns.
+pub struct BorrowedFile(std::mem::ManuallyDrop<File>);
+
+impl BorrowedFile {
+    /// Wraps `fd` without taking ownership.
+    ///
+    /// The caller must keep the owner of `fd` alive for as long as the
+    /// returned value is used.
+    pub fn new(fd: &impl AsRawFd) -> Self {
+        // SAFETY: the `File` is wrapped in `ManuallyDrop`, so it never closes the
+        // fd; the caller keeps the owning object alive while this view is used.
+        BorrowedFile(std::mem::ManuallyDrop::new(unsafe {
+            File::from_raw_fd(fd.as_raw_fd())
+        }))
+    }
+
+    /// The borrowed fd as a `File`.
+    pub fn file(&mut self) -> &mut File {
+        &mut self.0
+    }
+}
+
+/// `getdents64(2)` into `buf`; returns the number of bytes filled.
+pub fn getdents64(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a valid writable buffer of the length we pass.
+    let ret = unsafe { libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len()) };
+    cvt_long(ret).map(|n| n as usize)
+}
+
+/// `lseek64(2)`.
+pub fn lseek(fd: RawFd, offset: i64, whence: libc::c_int) -> io::Result<u64> {
+    // SAFETY: plain syscall on an fd; no memory is passed.
+    let ret = unsafe { libc::lseek64(fd, offset, whence) };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as u64)
+    }
+}
+
+/// Sets the calling thread's umask to 0 and returns the previous one.
+///
+/// FUSE and 9P send the requester's already-masked mode (or the umask
+/// separately), so the daemon must not mask a second time.
+pub fn clear_umask() -> libc::mode_t {
+    // SAFETY: umask cannot fail.
+    unsafe { libc::umask(0) }
+}

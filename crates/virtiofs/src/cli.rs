@@ -1,0 +1,543 @@
+//! The `virtiofsd-rs` command line: upstream virtiofsd's flags, parsed into a
+//! [`DaemonConfig`]. See `docs/virtiofsd-compat.md` for the status of each.
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+use passthrough::{CachePolicy, Config, InodeFileHandles};
+
+use crate::daemon::{DaemonConfig, Listen};
+use crate::sandbox::SandboxMode;
+
+/// `--cache` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CacheArg {
+    /// Short timeouts.
+    Auto,
+    /// Long timeouts, data kept across opens.
+    Always,
+    /// No caching.
+    Never,
+    /// Metadata cached, data not.
+    Metadata,
+}
+
+/// `--sandbox` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SandboxArg {
+    /// Mount namespace + pivot_root.
+    Namespace,
+    /// chroot.
+    Chroot,
+    /// None.
+    None,
+}
+
+/// `--inode-file-handles` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FileHandlesArg {
+    /// Never use file handles.
+    Never,
+    /// Use them where possible.
+    Prefer,
+    /// Require them.
+    Mandatory,
+}
+
+/// `--posix-acl` / `--security-label` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NegotiationArg {
+    /// Off.
+    Never,
+    /// On when the guest asks for it.
+    Auto,
+    /// On.
+    Always,
+}
+
+/// `--seccomp` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SeccompArg {
+    /// No filter.
+    None,
+    /// Kill on a forbidden syscall.
+    Kill,
+    /// Log forbidden syscalls.
+    Log,
+    /// Send SIGSYS.
+    Trap,
+}
+
+/// `--log-level` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevelArg {
+    /// Errors only.
+    Error,
+    /// Warnings and errors.
+    Warn,
+    /// Informational messages.
+    Info,
+    /// Debugging messages.
+    Debug,
+    /// Everything.
+    Trace,
+    /// Nothing.
+    Off,
+}
+
+impl LogLevelArg {
+    /// The `log` filter for this level.
+    pub fn filter(self) -> log::LevelFilter {
+        match self {
+            LogLevelArg::Error => log::LevelFilter::Error,
+            LogLevelArg::Warn => log::LevelFilter::Warn,
+            LogLevelArg::Info => log::LevelFilter::Info,
+            LogLevelArg::Debug => log::LevelFilter::Debug,
+            LogLevelArg::Trace => log::LevelFilter::Trace,
+            LogLevelArg::Off => log::LevelFilter::Off,
+        }
+    }
+}
+
+/// The command line, flag for flag compatible with upstream virtiofsd.
+#[derive(Debug, Parser)]
+#[command(
+    name = "virtiofsd-rs",
+    version,
+    about = "vhost-user virtio-fs device backend: shares a host directory with a guest",
+    after_help = "Compatible with upstream virtiofsd's command line; see docs/virtiofsd-compat.md."
+)]
+pub struct Cli {
+    /// Shared directory path.
+    #[arg(long)]
+    pub shared_dir: Option<PathBuf>,
+
+    /// Tag reported in the device config space (needs a frontend that reads it).
+    #[arg(long)]
+    pub tag: Option<String>,
+
+    /// vhost-user socket path.
+    #[arg(long, visible_alias = "socket")]
+    pub socket_path: Option<PathBuf>,
+
+    /// Name or id of the group to give the socket to.
+    #[arg(long)]
+    pub socket_group: Option<String>,
+
+    /// File descriptor of an already listening vhost-user socket.
+    #[arg(long)]
+    pub fd: Option<i32>,
+
+    /// Serve the share over the host's /dev/fuse at this mount point instead
+    /// of vhost-user (for testing the core at native speed).
+    #[arg(long, conflicts_with_all = ["socket_path", "fd"])]
+    pub fuse_mount: Option<PathBuf>,
+
+    /// Worker threads. With vhost-user, each queue is served by its own
+    /// thread and this is accepted for compatibility; with --fuse-mount it is
+    /// the number of /dev/fuse readers (0 = 1).
+    #[arg(long, default_value_t = 0)]
+    pub thread_pool_size: usize,
+
+    /// Number of request queues offered to the frontend.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub request_queues: u16,
+
+    /// Enable extended attributes.
+    #[arg(long)]
+    pub xattr: bool,
+
+    /// Extended attribute name mapping (not supported: refused).
+    #[arg(long)]
+    pub xattrmap: Option<String>,
+
+    /// POSIX ACL support (implies --xattr); no value means always.
+    #[arg(long, value_enum, num_args = 0..=1, default_value = "never", default_missing_value = "always", require_equals = true)]
+    pub posix_acl: NegotiationArg,
+
+    /// Sandbox mechanism.
+    #[arg(long, value_enum, default_value = "namespace")]
+    pub sandbox: SandboxArg,
+
+    /// Action on a syscall outside the seccomp filter (accepted; the filter
+    /// itself is not installed yet).
+    #[arg(long, value_enum, default_value = "kill")]
+    pub seccomp: SeccompArg,
+
+    /// Tell the guest about submounts so they get their own st_dev.
+    #[arg(long)]
+    pub announce_submounts: bool,
+
+    /// Hold inodes by file handles instead of O_PATH fds (no value: prefer).
+    #[arg(long, value_enum, num_args = 0..=1, default_value = "never", default_missing_value = "prefer", require_equals = true)]
+    pub inode_file_handles: FileHandlesArg,
+
+    /// Caching policy of the guest.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub cache: CacheArg,
+
+    /// Honour O_DIRECT from the guest.
+    #[arg(long)]
+    pub allow_direct_io: bool,
+
+    /// Enable writeback caching in the guest.
+    #[arg(long)]
+    pub writeback: bool,
+
+    /// Let the guest mmap files with DAX (not supported: accepted, no DAX window is offered).
+    #[arg(long)]
+    pub allow_mmap: bool,
+
+    /// Serve the share read-only.
+    #[arg(long)]
+    pub readonly: bool,
+
+    /// Disable READDIRPLUS.
+    #[arg(long)]
+    pub no_readdirplus: bool,
+
+    /// Set RLIMIT_NOFILE (default: min(1000000, fs.nr_open); 0 leaves it alone).
+    #[arg(long)]
+    pub rlimit_nofile: Option<u64>,
+
+    /// Log level.
+    #[arg(long, value_enum, default_value = "info")]
+    pub log_level: LogLevelArg,
+
+    /// Log to syslog (accepted; logs go to stderr).
+    #[arg(long)]
+    pub syslog: bool,
+
+    /// Print the vhost-user capabilities JSON (for libvirt) and exit.
+    #[arg(long)]
+    pub print_capabilities: bool,
+
+    /// Enable FUSE_HANDLE_KILLPRIV_V2 (accepted; the guest clears suid/sgid itself).
+    #[arg(long)]
+    pub killpriv_v2: bool,
+
+    /// Disable FUSE_HANDLE_KILLPRIV_V2 (the default).
+    #[arg(long)]
+    pub no_killpriv_v2: bool,
+
+    /// Security label support; only `never` is supported, other values are refused.
+    #[arg(long, value_enum, num_args = 0..=1, default_value = "never", default_missing_value = "always", require_equals = true)]
+    pub security_label: NegotiationArg,
+
+    /// Capability modifications (accepted and ignored).
+    #[arg(long)]
+    pub modcaps: Option<String>,
+
+    /// Preserve O_NOATIME (accepted; O_NOATIME is always passed through).
+    #[arg(long)]
+    pub preserve_noatime: bool,
+
+    /// uid translation (not supported: refused).
+    #[arg(long, num_args = 1)]
+    pub translate_uid: Vec<String>,
+
+    /// gid translation (not supported: refused).
+    #[arg(long, num_args = 1)]
+    pub translate_gid: Vec<String>,
+
+    /// Deprecated uid map (not supported: refused).
+    #[arg(long)]
+    pub uid_map: Option<String>,
+
+    /// Deprecated gid map (not supported: refused).
+    #[arg(long)]
+    pub gid_map: Option<String>,
+
+    /// Migration mode (accepted; migration is not offered to the frontend).
+    #[arg(long)]
+    pub migration_mode: Option<String>,
+
+    /// Migration error policy (accepted; migration is not offered).
+    #[arg(long)]
+    pub migration_on_error: Option<String>,
+
+    /// Migration handle verification (accepted; migration is not offered).
+    #[arg(long)]
+    pub migration_verify_handles: bool,
+
+    /// Migration path confirmation (accepted; migration is not offered).
+    #[arg(long)]
+    pub migration_confirm_paths: bool,
+
+    /// Legacy options, comma separated (source=DIR, cache=, xattr, no_xattr,
+    /// flock, no_flock, posix_lock, no_posix_lock, readdirplus, no_readdirplus,
+    /// writeback, no_writeback, announce_submounts, log_level=, sandbox=).
+    #[arg(short = 'o')]
+    pub compat_options: Vec<String>,
+
+    /// Debug logging (same as --log-level debug).
+    #[arg(short = 'd')]
+    pub debug: bool,
+
+    /// Stay in the foreground (always the case).
+    #[arg(short = 'f')]
+    pub foreground: bool,
+}
+
+/// Why a command line cannot be served.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CliError {
+    /// No shared directory was given.
+    #[error("--shared-dir is required")]
+    NoSharedDir,
+    /// None of --socket-path, --fd, --fuse-mount was given.
+    #[error("one of --socket-path, --fd or --fuse-mount is required")]
+    NoListener,
+    /// Both --socket-path and --fd were given.
+    #[error("--socket-path and --fd are mutually exclusive")]
+    TwoListeners,
+    /// A flag whose behaviour we do not implement, and which would change
+    /// what the guest sees if silently ignored.
+    #[error("{0} is not supported by virtiofsd-rs")]
+    Unsupported(&'static str),
+    /// A legacy `-o` option we do not know.
+    #[error("unknown -o option {0:?}")]
+    UnknownCompatOption(String),
+    /// A legacy `-o` option with a bad value.
+    #[error("bad value in -o option {0:?}")]
+    BadCompatValue(String),
+}
+
+/// The JSON `--print-capabilities` prints, as libvirt expects.
+pub const CAPABILITIES_JSON: &str =
+    r#"{"type":"fs","features":["posix-acl-negotiation-mode","separate-options"]}"#;
+
+impl Cli {
+    fn apply_compat_options(&mut self) -> Result<(), CliError> {
+        let opts: Vec<String> = self
+            .compat_options
+            .iter()
+            .flat_map(|o| o.split(',').map(str::to_owned).collect::<Vec<_>>())
+            .filter(|o| !o.is_empty())
+            .collect();
+        for opt in opts {
+            let (key, value) = match opt.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (opt.as_str(), None),
+            };
+            let bad = || CliError::BadCompatValue(opt.clone());
+            match (key, value) {
+                ("source", Some(v)) => self.shared_dir = Some(PathBuf::from(v)),
+                ("cache", Some("none")) => self.cache = CacheArg::Never,
+                ("cache", Some(v)) => {
+                    self.cache = CacheArg::from_str(v, true).map_err(|_| bad())?
+                }
+                ("sandbox", Some(v)) => {
+                    self.sandbox = SandboxArg::from_str(v, true).map_err(|_| bad())?
+                }
+                ("loglevel", Some("err")) => self.log_level = LogLevelArg::Error,
+                ("loglevel", Some(v)) => {
+                    self.log_level = LogLevelArg::from_str(v, true).map_err(|_| bad())?
+                }
+                ("xattrmap", Some(v)) => self.xattrmap = Some(v.to_owned()),
+                ("modcaps", Some(v)) => self.modcaps = Some(v.to_owned()),
+                ("posix_acl", None) => self.posix_acl = NegotiationArg::Always,
+                ("no_posix_acl", None) => self.posix_acl = NegotiationArg::Never,
+                ("security_label", None) => self.security_label = NegotiationArg::Always,
+                ("no_security_label", None) => self.security_label = NegotiationArg::Never,
+                ("xattr", None) => self.xattr = true,
+                ("no_xattr", None) => self.xattr = false,
+                ("readdirplus", None) => self.no_readdirplus = false,
+                ("no_readdirplus", None) => self.no_readdirplus = true,
+                ("writeback", None) => self.writeback = true,
+                ("no_writeback", None) => self.writeback = false,
+                ("announce_submounts", None) => self.announce_submounts = true,
+                ("allow_direct_io", None) => self.allow_direct_io = true,
+                ("no_allow_direct_io", None) => self.allow_direct_io = false,
+                ("flock" | "no_flock" | "posix_lock" | "no_posix_lock", None) => {}
+                ("killpriv_v2" | "no_killpriv_v2", None) => {}
+                _ => return Err(CliError::UnknownCompatOption(opt.clone())),
+            }
+        }
+        Ok(())
+    }
+
+    /// The log filter these flags ask for.
+    pub fn log_filter(&self) -> log::LevelFilter {
+        if self.debug {
+            log::LevelFilter::Debug
+        } else {
+            self.log_level.filter()
+        }
+    }
+
+    /// Checks the flags and builds the daemon configuration.
+    pub fn into_config(mut self) -> Result<DaemonConfig, CliError> {
+        self.apply_compat_options()?;
+        if self.xattrmap.is_some() {
+            return Err(CliError::Unsupported("--xattrmap"));
+        }
+        if self.security_label != NegotiationArg::Never {
+            return Err(CliError::Unsupported("--security-label"));
+        }
+        if !self.translate_uid.is_empty() || self.uid_map.is_some() {
+            return Err(CliError::Unsupported(
+                "uid translation (--translate-uid/--uid-map)",
+            ));
+        }
+        if !self.translate_gid.is_empty() || self.gid_map.is_some() {
+            return Err(CliError::Unsupported(
+                "gid translation (--translate-gid/--gid-map)",
+            ));
+        }
+        let shared_dir = self.shared_dir.ok_or(CliError::NoSharedDir)?;
+        let listen = match (self.socket_path, self.fd, self.fuse_mount) {
+            (Some(_), Some(_), _) => return Err(CliError::TwoListeners),
+            (Some(path), None, None) => Listen::SocketPath {
+                path,
+                group: self.socket_group,
+            },
+            (None, Some(fd), None) => Listen::Fd(fd),
+            (None, None, Some(mnt)) => Listen::FuseMount(mnt),
+            (None, None, None) => return Err(CliError::NoListener),
+            (Some(_), None, Some(_)) | (None, Some(_), Some(_)) => {
+                return Err(CliError::TwoListeners)
+            }
+        };
+        let mut fs = Config::new(shared_dir);
+        fs.cache = match self.cache {
+            CacheArg::Auto => CachePolicy::Auto,
+            CacheArg::Always => CachePolicy::Always,
+            CacheArg::Never => CachePolicy::Never,
+            CacheArg::Metadata => CachePolicy::Metadata,
+        };
+        let posix_acl = self.posix_acl != NegotiationArg::Never;
+        fs.xattr = self.xattr || posix_acl;
+        fs.posix_acl = posix_acl;
+        fs.readonly = self.readonly;
+        fs.inode_file_handles = match self.inode_file_handles {
+            FileHandlesArg::Never => InodeFileHandles::Never,
+            FileHandlesArg::Prefer => InodeFileHandles::Prefer,
+            FileHandlesArg::Mandatory => InodeFileHandles::Mandatory,
+        };
+        fs.writeback = self.writeback;
+        fs.allow_direct_io = self.allow_direct_io;
+        fs.announce_submounts = self.announce_submounts;
+        fs.readdirplus = !self.no_readdirplus;
+        Ok(DaemonConfig {
+            fs,
+            listen,
+            tag: self.tag,
+            request_queues: self.request_queues as usize,
+            thread_pool_size: self.thread_pool_size,
+            sandbox: match self.sandbox {
+                SandboxArg::Namespace => SandboxMode::Namespace,
+                SandboxArg::Chroot => SandboxMode::Chroot,
+                SandboxArg::None => SandboxMode::None,
+            },
+            rlimit_nofile: self.rlimit_nofile,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<DaemonConfig, CliError> {
+        let mut v = vec!["virtiofsd-rs"];
+        v.extend_from_slice(args);
+        Cli::try_parse_from(v).expect("clap accepts").into_config()
+    }
+
+    #[test]
+    fn upstream_minimal_command_line_gives_upstream_defaults() {
+        let cfg = parse(&["--shared-dir", "/tmp", "--socket-path", "/tmp/s"]).unwrap();
+        assert_eq!(cfg.sandbox, SandboxMode::Namespace);
+        assert_eq!(cfg.fs.cache, CachePolicy::Auto);
+        assert_eq!(cfg.fs.inode_file_handles, InodeFileHandles::Never);
+        assert!(!cfg.fs.xattr && !cfg.fs.readonly);
+        assert!(matches!(cfg.listen, Listen::SocketPath { .. }));
+    }
+
+    #[test]
+    fn inode_file_handles_without_value_means_prefer() {
+        let cfg = parse(&["--shared-dir", "/tmp", "--fd", "3", "--inode-file-handles"]).unwrap();
+        assert_eq!(cfg.fs.inode_file_handles, InodeFileHandles::Prefer);
+        let cfg = parse(&[
+            "--shared-dir",
+            "/tmp",
+            "--fd",
+            "3",
+            "--inode-file-handles=mandatory",
+        ])
+        .unwrap();
+        assert_eq!(cfg.fs.inode_file_handles, InodeFileHandles::Mandatory);
+    }
+
+    #[test]
+    fn legacy_o_options_are_applied() {
+        let cfg = parse(&[
+            "-o",
+            "source=/srv,cache=always,xattr,loglevel=debug",
+            "--socket",
+            "/s",
+        ])
+        .unwrap();
+        assert_eq!(cfg.fs.root_dir, PathBuf::from("/srv"));
+        assert_eq!(cfg.fs.cache, CachePolicy::Always);
+        assert!(cfg.fs.xattr);
+        assert_eq!(
+            parse(&["-o", "bogus", "--shared-dir", "/", "--fd", "3"]).unwrap_err(),
+            CliError::UnknownCompatOption("bogus".into())
+        );
+    }
+
+    #[test]
+    fn missing_or_conflicting_listeners_are_errors() {
+        assert_eq!(
+            parse(&["--shared-dir", "/tmp"]).unwrap_err(),
+            CliError::NoListener
+        );
+        assert_eq!(
+            parse(&["--shared-dir", "/tmp", "--fd", "3", "--socket-path", "/s"]).unwrap_err(),
+            CliError::TwoListeners
+        );
+        assert_eq!(
+            parse(&["--socket-path", "/s"]).unwrap_err(),
+            CliError::NoSharedDir
+        );
+    }
+
+    #[test]
+    fn posix_acl_takes_an_optional_mode() {
+        let cfg = parse(&["--shared-dir", "/", "--fd", "3", "--posix-acl"]).unwrap();
+        assert!(cfg.fs.posix_acl && cfg.fs.xattr);
+        let cfg = parse(&["--shared-dir", "/", "--fd", "3", "--posix-acl=never"]).unwrap();
+        assert!(!cfg.fs.posix_acl && !cfg.fs.xattr);
+    }
+
+    #[test]
+    fn capabilities_are_valid_json_naming_the_fs_type() {
+        assert!(CAPABILITIES_JSON.starts_with(r#"{"type":"fs""#));
+        assert_eq!(
+            CAPABILITIES_JSON.matches('{').count(),
+            CAPABILITIES_JSON.matches('}').count()
+        );
+    }
+
+    #[test]
+    fn semantics_changing_flags_are_refused_not_ignored() {
+        let err = parse(&[
+            "--shared-dir",
+            "/",
+            "--fd",
+            "3",
+            "--xattrmap",
+            ":map::user.:",
+        ])
+        .unwrap_err();
+        assert_eq!(err, CliError::Unsupported("--xattrmap"));
+    }
+
+    #[test]
+    fn unknown_flags_are_rejected_by_the_parser() {
+        assert!(Cli::try_parse_from(["virtiofsd-rs", "--no-such-flag"]).is_err());
+        assert!(Cli::try_parse_from(["virtiofsd-rs", "--cache", "sometimes"]).is_err());
+    }
+}

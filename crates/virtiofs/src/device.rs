@@ -1,0 +1,265 @@
+//! The vhost-user virtio-fs device: virtqueues in, FUSE dispatch, replies out.
+//!
+//! Queue 0 is the hiprio queue (FORGET, BATCH_FORGET, INTERRUPT); queues 1..
+//! are request queues. Each available descriptor chain holds one FUSE request
+//! (device-readable part) and room for its reply (device-writable part). A
+//! chain that cannot be parsed, or whose request is malformed, is logged and
+//! returned to the guest with whatever reply the FUSE server could write
+//! (often an errno reply, else zero bytes): the device never panics on guest
+//! input.
+
+use std::io;
+use std::sync::Arc;
+
+use fuse_backend_rs::api::server::Server;
+use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
+use log::{debug, warn};
+use passthrough::PassthroughFs;
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_queue::{DescriptorChain, QueueOwnedT};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+use crate::fast_path;
+
+/// Guest memory as the vhost-user backend sees it.
+pub type GuestMem = GuestMemoryAtomic<GuestMemoryMmap>;
+type MemGuard = GuestMemoryLoadGuard<GuestMemoryMmap>;
+
+/// The largest queue the device accepts (the split-ring maximum).
+pub const MAX_QUEUE_SIZE: usize = 32768;
+/// Index of the high-priority queue.
+pub const HIPRIO_QUEUE: u16 = 0;
+/// The longest tag the virtio-fs config space holds.
+pub const TAG_LEN: usize = 36;
+
+/// Why the device could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The tag does not fit the config space.
+    #[error("tag {0:?} is longer than {TAG_LEN} bytes")]
+    TagTooLong(String),
+    /// No request queue was asked for.
+    #[error("at least one request queue is needed")]
+    NoRequestQueues,
+    /// The exit eventfd could not be created.
+    #[error("cannot create exit event: {0}")]
+    ExitEvent(io::Error),
+}
+
+/// The virtio-fs device model served over vhost-user.
+pub struct VirtioFsBackend {
+    server: Arc<Server<Arc<PassthroughFs>>>,
+    fs: Arc<PassthroughFs>,
+    mem: Option<GuestMem>,
+    event_idx: bool,
+    request_queues: usize,
+    tag: Option<String>,
+    exit: (EventConsumer, EventNotifier),
+}
+
+impl VirtioFsBackend {
+    /// A device serving `fs` with `request_queues` request queues. With a
+    /// `tag`, the device offers the CONFIG protocol feature and reports the
+    /// tag in its config space (for frontends that read it from the device).
+    pub fn new(
+        fs: Arc<PassthroughFs>,
+        request_queues: usize,
+        tag: Option<String>,
+    ) -> Result<Self, DeviceError> {
+        if request_queues == 0 {
+            return Err(DeviceError::NoRequestQueues);
+        }
+        if let Some(t) = &tag {
+            if t.len() > TAG_LEN {
+                return Err(DeviceError::TagTooLong(t.clone()));
+            }
+        }
+        let exit =
+            new_event_consumer_and_notifier(EventFlag::NONBLOCK).map_err(DeviceError::ExitEvent)?;
+        Ok(VirtioFsBackend {
+            server: Arc::new(Server::new(fs.clone())),
+            fs,
+            mem: None,
+            event_idx: false,
+            request_queues,
+            tag,
+            exit,
+        })
+    }
+
+    /// A notifier that stops the worker threads when written.
+    pub fn exit_notifier(&self) -> io::Result<EventNotifier> {
+        self.exit.1.try_clone()
+    }
+
+    /// The filesystem core this device serves.
+    pub fn fs(&self) -> &Arc<PassthroughFs> {
+        &self.fs
+    }
+
+    /// Serves one descriptor chain; returns the number of reply bytes written.
+    fn handle_chain(
+        &self,
+        mem: &MemGuard,
+        chain: DescriptorChain<MemGuard>,
+    ) -> Result<usize, ChainError> {
+        let reader =
+            Reader::from_descriptor_chain(&**mem, chain.clone()).map_err(ChainError::Reader)?;
+        let writer = VirtioFsWriter::new(&**mem, chain).map_err(ChainError::Writer)?;
+        let mut writer: Writer<_> = writer.into();
+        if let Some(n) = fast_path::try_handle(&self.fs, reader.clone(), &mut writer)
+            .map_err(ChainError::Fuse)?
+        {
+            return Ok(n);
+        }
+        self.server
+            .handle_message(reader, writer, None, None)
+            .map_err(ChainError::Fuse)
+    }
+
+    /// Drains `vring`, replying to every chain; signals the guest if needed.
+    fn process_queue(&self, vring: &VringRwLock, queue: u16) -> io::Result<()> {
+        let Some(mem) = self.mem.as_ref().map(|m| m.memory()) else {
+            warn!("queue {queue} kicked before guest memory was set");
+            return Ok(());
+        };
+        let chains: Vec<_> = vring
+            .get_mut()
+            .get_queue_mut()
+            .iter(mem.clone())
+            .map_err(|e| io::Error::other(format!("queue {queue}: {e}")))?
+            .collect();
+        if chains.is_empty() {
+            return Ok(());
+        }
+        for chain in chains {
+            let head = chain.head_index();
+            let used = match self.handle_chain(&mem, chain) {
+                Ok(n) => n,
+                Err(e) => {
+                    warn!("queue {queue}: dropping request in chain {head}: {e}");
+                    0
+                }
+            };
+            if let Err(e) = vring.add_used(head, used as u32) {
+                warn!("queue {queue}: cannot return chain {head}: {e}");
+            }
+        }
+        match vring.needs_notification() {
+            Ok(true) | Err(_) => vring.signal_used_queue(),
+            Ok(false) => Ok(()),
+        }
+    }
+}
+
+/// Why one descriptor chain got no regular reply.
+#[derive(Debug, thiserror::Error)]
+enum ChainError {
+    #[error("bad device-readable descriptors: {0}")]
+    Reader(fuse_backend_rs::transport::Error),
+    #[error("bad device-writable descriptors: {0}")]
+    Writer(fuse_backend_rs::transport::Error),
+    #[error("malformed FUSE request: {0}")]
+    Fuse(fuse_backend_rs::Error),
+}
+
+impl VhostUserBackendMut for VirtioFsBackend {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        1 + self.request_queues
+    }
+
+    fn max_queue_size(&self) -> usize {
+        MAX_QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        let mut f = VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
+        if self.tag.is_some() {
+            f |= VhostUserProtocolFeatures::CONFIG;
+        }
+        f
+    }
+
+    fn set_event_idx(&mut self, enabled: bool) {
+        self.event_idx = enabled;
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        // struct virtio_fs_config { u8 tag[36]; le32 num_request_queues; }
+        let mut config = [0u8; TAG_LEN + 4];
+        if let Some(tag) = &self.tag {
+            config[..tag.len()].copy_from_slice(tag.as_bytes());
+        }
+        config[TAG_LEN..].copy_from_slice(&(self.request_queues as u32).to_le_bytes());
+        let start = (offset as usize).min(config.len());
+        let end = start.saturating_add(size as usize).min(config.len());
+        config[start..end].to_vec()
+    }
+
+    fn update_memory(&mut self, mem: GuestMem) -> io::Result<()> {
+        self.mem = Some(mem);
+        Ok(())
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        Some((self.exit.0.try_clone().ok()?, self.exit.1.try_clone().ok()?))
+    }
+
+    fn handle_event(
+        &mut self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[VringRwLock],
+        _thread: usize,
+    ) -> io::Result<()> {
+        if evset != EventSet::IN {
+            return Err(io::Error::other(format!("unexpected event set {evset:?}")));
+        }
+        let Some(vring) = vrings.get(device_event as usize) else {
+            return Err(io::Error::other(format!(
+                "event for unknown queue {device_event}"
+            )));
+        };
+        if device_event == HIPRIO_QUEUE {
+            debug!("hiprio queue kicked");
+        }
+        if self.event_idx {
+            // Keep draining until the guest has added nothing new since we
+            // re-enabled notifications, so no kick is lost.
+            loop {
+                vring
+                    .disable_notification()
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+                self.process_queue(vring, device_event)?;
+                if !vring
+                    .enable_notification()
+                    .map_err(|e| io::Error::other(e.to_string()))?
+                {
+                    break;
+                }
+            }
+        } else {
+            self.process_queue(vring, device_event)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,39 @@
+//! The vhost-user virtio-fs device and the `virtiofsd-rs` daemon.
+//!
+//! Request flow: the guest's virtiofs driver puts a FUSE request in a split
+//! virtqueue -> the vhost-user-backend worker calls
+//! [`VirtioFsBackend`]'s `handle_event` -> each descriptor chain becomes a
+//! fuse-backend-rs `Reader`/`Writer` over guest memory -> FUSE dispatch into
+//! the shared [`passthrough::PassthroughFs`] core -> the reply is written into
+//! the chain's device-writable buffers and the chain goes to the used ring.
+//!
+//! Linking it into a VMM:
+//!
+//! ```no_run
+//! use std::path::PathBuf;
+//! use virtiofs::{run, DaemonConfig, Listen, SandboxMode};
+//!
+//! let cfg = DaemonConfig {
+//!     fs: passthrough::Config::new("/srv/share"),
+//!     listen: Listen::SocketPath { path: PathBuf::from("/run/vfs.sock"), group: None },
+//!     tag: None,
+//!     request_queues: 1,
+//!     thread_pool_size: 0,
+//!     sandbox: SandboxMode::None,
+//!     rlimit_nofile: None,
+//! };
+//! run(cfg).expect("virtio-fs daemon");
+//! ```
+
+#![deny(missing_docs)]
+
+pub mod cli;
+pub mod daemon;
+pub mod device;
+pub mod fast_path;
+pub mod fuse_mount;
+pub mod sandbox;
+
+pub use daemon::{run, DaemonConfig, DaemonError, Listen};
+pub use device::{DeviceError, VirtioFsBackend};
+pub use sandbox::SandboxMode;
