@@ -95,26 +95,24 @@ pub struct MountFds {
 }
 
 impl MountFds {
-    /// Remembers `fd` (duplicated) as the resolver for `mount_id` if none is known yet.
-    pub fn remember(&self, mount_id: libc::c_int, fd: RawFd) -> io::Result<()> {
-        if self
-            .fds
+    /// Whether a resolver for `mount_id` is known.
+    pub fn knows(&self, mount_id: libc::c_int) -> bool {
+        self.fds
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .contains_key(&mount_id)
-        {
-            return Ok(());
-        }
-        // SAFETY: F_DUPFD_CLOEXEC on a valid fd returns a new fd we own.
-        let dup = cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) })?;
-        // SAFETY: `dup` was just created for us.
-        let owned = Arc::new(unsafe { OwnedFd::from_raw_fd(dup) });
+    }
+
+    /// Remembers `fd` as the resolver for `mount_id` if none is known yet.
+    ///
+    /// `fd` must be a real (not `O_PATH`) fd: `open_by_handle_at` ignores
+    /// `O_PATH` fds as mount references.
+    pub fn remember(&self, mount_id: libc::c_int, fd: OwnedFd) {
         self.fds
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .entry(mount_id)
-            .or_insert(owned);
-        Ok(())
+            .or_insert_with(|| Arc::new(fd));
     }
 
     /// Opens `handle` with `flags`.
@@ -129,8 +127,11 @@ impl MountFds {
         handle.open(mount_fd.as_raw_fd(), flags)
     }
 
-    /// Forgets every mount (on session reset).
-    pub fn clear(&self) {
-        self.fds.write().unwrap_or_else(|e| e.into_inner()).clear();
+    /// Forgets every mount but `keep` (on session reset).
+    pub fn retain_only(&self, keep: Option<libc::c_int>) {
+        self.fds
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|id, _| Some(*id) == keep);
     }
 }

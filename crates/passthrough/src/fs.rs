@@ -51,6 +51,8 @@ pub struct PassthroughFs {
     inodes: InodeStore,
     handles: HandleTable,
     mounts: MountFds,
+    /// The mount id of the share root, whose resolver survives a reset.
+    root_mount: Option<libc::c_int>,
     /// `/proc/self/fd`, opened before any sandboxing, to reopen `O_PATH` fds.
     proc_self_fd: OwnedFd,
     root_key: InodeKey,
@@ -105,13 +107,29 @@ impl PassthroughFs {
             path: path.clone(),
             source,
         })?;
-        if cfg.inode_file_handles == InodeFileHandles::Mandatory {
-            FileHandle::from_fd(root.as_raw_fd()).map_err(|source| {
-                Error::FileHandlesUnsupported {
-                    path: path.clone(),
-                    source,
+        let mounts = MountFds::default();
+        let mut root_mount = None;
+        if cfg.inode_file_handles != InodeFileHandles::Never {
+            match FileHandle::from_fd(root.as_raw_fd()) {
+                Ok(h) => {
+                    let dirfd = sys::openat(
+                        root.as_raw_fd(),
+                        c".",
+                        libc::O_RDONLY | libc::O_DIRECTORY,
+                        0,
+                    )
+                    .map_err(|source| Error::OpenRoot {
+                        path: path.clone(),
+                        source,
+                    })?;
+                    mounts.remember(h.mount_id(), dirfd);
+                    root_mount = Some(h.mount_id());
                 }
-            })?;
+                Err(source) if cfg.inode_file_handles == InodeFileHandles::Mandatory => {
+                    return Err(Error::FileHandlesUnsupported { path, source })
+                }
+                Err(_) => {}
+            }
         }
         let proc_self_fd = sys::openat(
             libc::AT_FDCWD,
@@ -130,7 +148,8 @@ impl PassthroughFs {
             cfg,
             inodes,
             handles: HandleTable::default(),
-            mounts: MountFds::default(),
+            mounts,
+            root_mount,
             proc_self_fd,
             root_key,
             switch_creds,
@@ -257,15 +276,25 @@ impl PassthroughFs {
         let source = match self.cfg.inode_file_handles {
             InodeFileHandles::Never => InodeSource::Fd(fd),
             InodeFileHandles::Prefer | InodeFileHandles::Mandatory => {
+                let mandatory = self.cfg.inode_file_handles == InodeFileHandles::Mandatory;
                 match FileHandle::from_fd(fd.as_raw_fd()) {
-                    Ok(h) => {
-                        self.mounts.remember(h.mount_id(), fd.as_raw_fd())?;
+                    Ok(h) if self.mounts.knows(h.mount_id()) => InodeSource::Handle(h),
+                    // A submount's root: its directory fd resolves its handles.
+                    Ok(h) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
+                        let name = fd_name(fd.as_raw_fd());
+                        let dirfd = sys::openat(
+                            self.proc_self_fd.as_raw_fd(),
+                            &name,
+                            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NONBLOCK,
+                            0,
+                        )?;
+                        self.mounts.remember(h.mount_id(), dirfd);
                         InodeSource::Handle(h)
                     }
-                    Err(e) if self.cfg.inode_file_handles == InodeFileHandles::Mandatory => {
-                        return Err(e)
-                    }
-                    Err(_) => InodeSource::Fd(fd),
+                    Ok(_) if mandatory => return Err(errno(libc::EOPNOTSUPP)),
+                    Err(e) if mandatory => return Err(e),
+                    // A file on a mount we cannot resolve handles for.
+                    Ok(_) | Err(_) => InodeSource::Fd(fd),
                 }
             }
         };
@@ -517,7 +546,7 @@ impl FileSystem for PassthroughFs {
     fn destroy(&self) {
         self.handles.clear();
         self.inodes.clear_except_root();
-        self.mounts.clear();
+        self.mounts.retain_only(self.root_mount);
     }
 
     fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {

@@ -1,11 +1,17 @@
-//! FUSE opcodes the device serves itself, ahead of fuse-backend-rs's `Server`.
+//! FUSE opcodes the device serves or checks itself, ahead of fuse-backend-rs's
+//! `Server`.
+//!
+//! Names are validated here, at the edge: fuse-backend-rs stops a name at its
+//! first NUL, so `"a\0b"` would silently become `"a"`. Every opcode that
+//! carries names must carry exactly that many NUL-terminated strings after
+//! its fixed part, each non-empty, or it gets `EINVAL`.
 //!
 //! fuse-backend-rs 0.14 does not dispatch `FUSE_COPY_FILE_RANGE`; without it
 //! the guest falls back to reading and writing every byte through the queue.
 //! Serving it here lets the host copy (and reflink, where the filesystem can)
 //! without the data ever crossing guest memory.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 
 use fuse_backend_rs::abi::fuse_abi::{CopyFileRangeIn, InHeader, Opcode, OutHeader, WriteOut};
 use fuse_backend_rs::api::filesystem::Context;
@@ -27,6 +33,23 @@ pub fn try_handle<S: BitmapSlice>(
         // Let the regular server produce its own error for short requests.
         Err(_) => return Ok(None),
     };
+    if let Some((fixed, names)) = name_layout(header.opcode) {
+        let body_len = (header.len as usize).saturating_sub(std::mem::size_of::<InHeader>());
+        if body_len > MAX_NAME_BODY {
+            // Longer than any valid name request: leave the refusal to the server.
+            return Ok(None);
+        }
+        let mut body = vec![0u8; body_len];
+        if r.read_exact(&mut body).is_err() || !names_well_formed(&body, fixed, names) {
+            return reply(
+                w,
+                header.unique,
+                Err(io::Error::from_raw_os_error(libc::EINVAL)),
+            )
+            .map(Some);
+        }
+        return Ok(None);
+    }
     if header.opcode != Opcode::CopyFileRange as u32 {
         return Ok(None);
     }
@@ -48,6 +71,40 @@ pub fn try_handle<S: BitmapSlice>(
         Err(_) => Err(io::Error::from_raw_os_error(libc::EINVAL)),
     };
     reply(w, header.unique, result).map(Some)
+}
+
+/// The largest body a name-carrying request can have (fixed part + two
+/// `PATH_MAX` strings), to bound the copy made for validation.
+const MAX_NAME_BODY: usize = 64 + 2 * 4096;
+
+/// (size of the fixed part, number of names) for opcodes that carry names.
+fn name_layout(opcode: u32) -> Option<(usize, usize)> {
+    Some(match opcode {
+        x if x == Opcode::Lookup as u32 => (0, 1),
+        x if x == Opcode::Unlink as u32 => (0, 1),
+        x if x == Opcode::Rmdir as u32 => (0, 1),
+        x if x == Opcode::Symlink as u32 => (0, 2),
+        x if x == Opcode::Mkdir as u32 => (8, 1),
+        x if x == Opcode::Link as u32 => (8, 1),
+        x if x == Opcode::Rename as u32 => (8, 2),
+        x if x == Opcode::Mknod as u32 => (16, 1),
+        x if x == Opcode::Create as u32 => (16, 1),
+        x if x == Opcode::Rename2 as u32 => (16, 2),
+        _ => return None,
+    })
+}
+
+/// Whether `body` is `fixed` bytes followed by exactly `names` non-empty,
+/// NUL-terminated strings and nothing else.
+pub fn names_well_formed(body: &[u8], fixed: usize, names: usize) -> bool {
+    let Some(rest) = body.get(fixed..) else {
+        return false;
+    };
+    if rest.last() != Some(&0) {
+        return false;
+    }
+    let parts: Vec<&[u8]> = rest[..rest.len() - 1].split(|&b| b == 0).collect();
+    parts.len() == names && parts.iter().all(|p| !p.is_empty())
 }
 
 fn reply<S: BitmapSlice>(
@@ -77,4 +134,20 @@ fn reply<S: BitmapSlice>(
     }
     w.commit(None).map_err(Error::EncodeMessage)?;
     Ok(out.len as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_well_formed;
+
+    #[test]
+    fn name_bodies_must_be_exactly_the_expected_strings() {
+        assert!(names_well_formed(b"abc\0", 0, 1));
+        assert!(names_well_formed(b"12345678old\0new\0", 8, 2));
+        assert!(!names_well_formed(b"a\0b\0", 0, 1), "embedded NUL");
+        assert!(!names_well_formed(b"\0", 0, 1), "empty name");
+        assert!(!names_well_formed(b"abc", 0, 1), "no terminator");
+        assert!(!names_well_formed(b"1234", 8, 1), "short fixed part");
+        assert!(!names_well_formed(b"old\0\0", 0, 2), "empty second name");
+    }
 }

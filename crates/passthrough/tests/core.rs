@@ -1,0 +1,418 @@
+//! Behaviour of the core through the `FileSystem` trait.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::time::{Duration, Instant};
+
+use common::*;
+use fuse_backend_rs::abi::fuse_abi::SetattrValid;
+use fuse_backend_rs::api::filesystem::FileSystem;
+use passthrough::{Config, InodeFileHandles, PassthroughFs, ROOT_ID};
+
+fn errno(r: std::io::Result<impl Sized>) -> i32 {
+    match r {
+        Ok(_) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(-1),
+    }
+}
+
+#[test]
+fn lookup_counts_track_lookups_and_forgets() {
+    let (dir, fs) = new_fs();
+    std::fs::write(dir.path().join("f"), b"x").unwrap();
+    let a = fs.lookup(&root(), ROOT_ID, &cs("f")).unwrap();
+    let b = fs.lookup(&root(), ROOT_ID, &cs("f")).unwrap();
+    assert_eq!(a.inode, b.inode, "one host inode, one node id");
+    assert_eq!(fs.inodes().get(a.inode).unwrap().lookup_count(), 2);
+    fs.forget(&root(), a.inode, 1);
+    assert!(
+        fs.getattr(&root(), a.inode, None).is_ok(),
+        "still held once"
+    );
+    fs.forget(&root(), a.inode, 1);
+    assert_eq!(errno(fs.getattr(&root(), a.inode, None)), libc::EBADF);
+    assert_eq!(fs.inodes().len(), 1, "only the root remains");
+}
+
+#[test]
+fn forget_of_unknown_or_root_or_huge_count_is_harmless() {
+    let (_dir, fs) = new_fs();
+    fs.forget(&root(), 999_999, 5);
+    fs.forget(&root(), ROOT_ID, u64::MAX);
+    fs.batch_forget(&root(), vec![(ROOT_ID, u64::MAX), (12345, 1)]);
+    assert!(
+        fs.getattr(&root(), ROOT_ID, None).is_ok(),
+        "the root is never dropped"
+    );
+}
+
+#[test]
+fn hard_links_share_one_node_id() {
+    let (_dir, fs) = new_fs();
+    let e = create_file(&fs, ROOT_ID, "a", b"data").unwrap();
+    let l = fs.link(&root(), e.inode, ROOT_ID, &cs("b")).unwrap();
+    assert_eq!(l.inode, e.inode);
+    assert_eq!(l.attr.st_nlink, 2);
+}
+
+#[test]
+fn dotdot_at_root_is_root() {
+    let (_dir, fs) = new_fs();
+    let e = fs.lookup(&root(), ROOT_ID, &cs("..")).unwrap();
+    assert_eq!(e.inode, ROOT_ID);
+    let e = fs.lookup(&root(), ROOT_ID, &cs(".")).unwrap();
+    assert_eq!(e.inode, ROOT_ID);
+}
+
+#[test]
+fn dotdot_below_root_is_the_parent() {
+    let (_dir, fs) = new_fs();
+    let d = fs.mkdir(&root(), ROOT_ID, &cs("d"), 0o755, 0).unwrap();
+    let up = fs.lookup(&root(), d.inode, &cs("..")).unwrap();
+    assert_eq!(up.inode, ROOT_ID);
+}
+
+#[test]
+fn names_with_slash_or_empty_are_einval_for_every_operation() {
+    let (dir, fs) = new_fs();
+    let outside = tempfile::tempdir().unwrap();
+    let rel = format!(
+        "../{}/x",
+        outside.path().file_name().unwrap().to_str().unwrap()
+    );
+    for name in ["a/b", "/etc", "", rel.as_str(), "../x"] {
+        let n = cs(name);
+        assert_eq!(
+            errno(fs.lookup(&root(), ROOT_ID, &n)),
+            libc::EINVAL,
+            "lookup {name:?}"
+        );
+        assert_eq!(
+            errno(fs.mkdir(&root(), ROOT_ID, &n, 0o755, 0)),
+            libc::EINVAL,
+            "mkdir {name:?}"
+        );
+        assert_eq!(
+            errno(fs.mknod(&root(), ROOT_ID, &n, libc::S_IFREG | 0o644, 0, 0)),
+            libc::EINVAL
+        );
+        assert_eq!(
+            errno(fs.symlink(&root(), &cs("t"), ROOT_ID, &n)),
+            libc::EINVAL
+        );
+        assert_eq!(errno(fs.unlink(&root(), ROOT_ID, &n)), libc::EINVAL);
+        assert_eq!(errno(fs.rmdir(&root(), ROOT_ID, &n)), libc::EINVAL);
+        assert_eq!(errno(create_file(&fs, ROOT_ID, name, b"")), libc::EINVAL);
+    }
+    create_file(&fs, ROOT_ID, "victim", b"v").unwrap();
+    assert_eq!(
+        errno(fs.rename(&root(), ROOT_ID, &cs("victim"), ROOT_ID, &cs(&rel), 0)),
+        libc::EINVAL
+    );
+    let e = walk(&fs, "victim").unwrap();
+    assert_eq!(
+        errno(fs.link(&root(), e.inode, ROOT_ID, &cs(&rel))),
+        libc::EINVAL
+    );
+    assert!(dir.path().join("victim").exists());
+    assert_eq!(
+        std::fs::read_dir(outside.path()).unwrap().count(),
+        0,
+        "nothing escaped"
+    );
+}
+
+#[test]
+fn symlinks_are_never_followed_on_the_host() {
+    let (dir, fs) = new_fs();
+    std::os::unix::fs::symlink("/etc", dir.path().join("etc")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", dir.path().join("pw")).unwrap();
+    let l = fs.lookup(&root(), ROOT_ID, &cs("etc")).unwrap();
+    assert_eq!(l.attr.st_mode & libc::S_IFMT, libc::S_IFLNK);
+    // Walking "through" the link is refused: it is not a directory here.
+    assert_eq!(
+        errno(fs.lookup(&root(), l.inode, &cs("passwd"))),
+        libc::ENOTDIR
+    );
+    assert_eq!(errno(fs.opendir(&root(), l.inode, 0)), libc::ENOTDIR);
+    let pw = fs.lookup(&root(), ROOT_ID, &cs("pw")).unwrap();
+    assert_eq!(
+        errno(fs.open(&root(), pw.inode, libc::O_RDONLY as u32, 0)),
+        libc::ELOOP
+    );
+    assert_eq!(fs.readlink(&root(), pw.inode).unwrap(), b"/etc/passwd");
+    // Creating over a symlink name never writes through it.
+    assert_eq!(
+        errno(create_file(&fs, ROOT_ID, "pw", b"pwned")),
+        libc::ELOOP
+    );
+}
+
+#[test]
+fn fifos_and_device_nodes_are_never_opened_on_the_host() {
+    let (_dir, fs) = new_fs();
+    let fifo = fs
+        .mknod(&root(), ROOT_ID, &cs("fifo"), libc::S_IFIFO | 0o666, 0, 0)
+        .unwrap();
+    let start = Instant::now();
+    assert_eq!(
+        errno(fs.open(&root(), fifo.inode, libc::O_RDONLY as u32, 0)),
+        libc::ENXIO
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "open must not block"
+    );
+    // /dev/null's numbers: a guest-made node must not reach the host device.
+    let dev = fs
+        .mknod(
+            &root(),
+            ROOT_ID,
+            &cs("null"),
+            libc::S_IFCHR | 0o666,
+            libc::makedev(1, 3) as u32,
+            0,
+        )
+        .unwrap();
+    assert_eq!(
+        errno(fs.open(&root(), dev.inode, libc::O_RDWR as u32, 0)),
+        libc::ENXIO
+    );
+}
+
+#[test]
+fn requests_run_with_the_requesters_credentials() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to switch credentials");
+        return;
+    }
+    let (dir, fs) = new_fs();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let user = ctx(1234, 5678);
+    fs.mkdir(&user, ROOT_ID, &cs("mine"), 0o700, 0).unwrap();
+    let md = std::fs::metadata(dir.path().join("mine")).unwrap();
+    assert_eq!(
+        (md.uid(), md.gid()),
+        (1234, 5678),
+        "created with the guest's ids"
+    );
+    // Another user cannot look inside a 0700 directory of 1234.
+    let other = ctx(4321, 4321);
+    let mine = fs.lookup(&root(), ROOT_ID, &cs("mine")).unwrap();
+    assert_eq!(
+        errno(fs.mkdir(&other, mine.inode, &cs("x"), 0o755, 0)),
+        libc::EACCES
+    );
+    assert_eq!(errno(fs.lookup(&other, mine.inode, &cs("x"))), libc::EACCES);
+    // A user cannot chown to someone else.
+    let mut attr = mine.attr;
+    attr.st_uid = 0;
+    assert_eq!(
+        errno(fs.setattr(&user, mine.inode, attr, None, SetattrValid::UID)),
+        libc::EPERM
+    );
+    // And the thread is root again afterwards.
+    assert_eq!(unsafe { libc::geteuid() }, 0);
+}
+
+#[test]
+fn readonly_share_refuses_modifications() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), b"x").unwrap();
+    let mut cfg = Config::new(dir.path());
+    cfg.readonly = true;
+    let fs = PassthroughFs::new(cfg).unwrap();
+    assert_eq!(
+        errno(fs.mkdir(&root(), ROOT_ID, &cs("d"), 0o755, 0)),
+        libc::EROFS
+    );
+    let f = fs.lookup(&root(), ROOT_ID, &cs("f")).unwrap();
+    assert_eq!(
+        errno(fs.open(&root(), f.inode, libc::O_WRONLY as u32, 0)),
+        libc::EROFS
+    );
+    assert!(fs.open(&root(), f.inode, libc::O_RDONLY as u32, 0).is_ok());
+}
+
+#[test]
+fn file_handle_mode_serves_the_same_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::new(dir.path());
+    cfg.inode_file_handles = InodeFileHandles::Prefer;
+    let fs = PassthroughFs::new(cfg).unwrap();
+    let d = fs.mkdir(&root(), ROOT_ID, &cs("d"), 0o755, 0).unwrap();
+    create_file(&fs, d.inode, "f", b"hello").unwrap();
+    let f = walk(&fs, "d/f").unwrap();
+    let (h, _, _) = fs.open(&root(), f.inode, libc::O_RDONLY as u32, 0).unwrap();
+    let mut w = BufWriter::default();
+    fs.read(&root(), f.inode, h.unwrap(), &mut w, 100, 0, None, 0)
+        .unwrap();
+    assert_eq!(w.data, b"hello");
+}
+
+#[test]
+fn handles_are_bound_to_their_inode() {
+    let (_dir, fs) = new_fs();
+    let a = create_file(&fs, ROOT_ID, "a", b"aaaa").unwrap();
+    let b = create_file(&fs, ROOT_ID, "b", b"bbbb").unwrap();
+    let (h, _, _) = fs.open(&root(), a.inode, libc::O_RDONLY as u32, 0).unwrap();
+    let mut w = BufWriter::default();
+    assert_eq!(
+        errno(fs.read(&root(), b.inode, h.unwrap(), &mut w, 4, 0, None, 0)),
+        libc::EBADF,
+        "a handle of a cannot be used as b"
+    );
+    assert_eq!(
+        errno(fs.release(&root(), b.inode, 0, h.unwrap(), false, false, None)),
+        libc::EBADF
+    );
+    assert!(fs
+        .release(&root(), a.inode, 0, h.unwrap(), false, false, None)
+        .is_ok());
+    assert_eq!(fs.open_handles(), 0);
+}
+
+#[test]
+fn readdirplus_counts_each_delivered_entry_once() {
+    let (_dir, fs) = new_fs();
+    for i in 0..50 {
+        create_file(&fs, ROOT_ID, &format!("f{i}"), b"").unwrap();
+    }
+    // create_file took one lookup each; drop them to start from zero.
+    let ids: Vec<u64> = (0..50)
+        .map(|i| walk(&fs, &format!("f{i}")).unwrap().inode)
+        .collect();
+    for id in &ids {
+        fs.forget(&root(), *id, 2);
+    }
+    assert_eq!(fs.inodes().len(), 1);
+    let (h, _) = fs.opendir(&root(), ROOT_ID, 0).unwrap();
+    let h = h.unwrap();
+    let mut offset = 0;
+    let mut seen = Vec::new();
+    loop {
+        let mut budget = 7; // deliver at most 7 entries per call
+        let mut last_off = None;
+        fs.readdirplus(&root(), ROOT_ID, h, 4096, offset, &mut |d, e| {
+            if budget == 0 {
+                return Ok(0);
+            }
+            budget -= 1;
+            last_off = Some(d.offset);
+            if e.inode != 0 {
+                seen.push(e.inode);
+            }
+            Ok(1)
+        })
+        .unwrap();
+        match last_off {
+            Some(o) => offset = o,
+            None => break,
+        }
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 50, "every file listed exactly once");
+    for id in seen {
+        assert_eq!(
+            fs.inodes().get(id).unwrap().lookup_count(),
+            1,
+            "one lookup per delivered entry"
+        );
+    }
+}
+
+#[test]
+fn seek_data_and_hole_find_the_sparse_layout() {
+    let (_dir, fs) = new_fs();
+    let e = create_file(&fs, ROOT_ID, "sparse", b"").unwrap();
+    let (h, _, _) = fs.open(&root(), e.inode, libc::O_RDWR as u32, 0).unwrap();
+    let h = h.unwrap();
+    let mut r = BufReader::new(vec![7u8; 4096]);
+    fs.write(
+        &root(),
+        e.inode,
+        h,
+        &mut r,
+        4096,
+        1 << 20,
+        None,
+        false,
+        0,
+        0,
+    )
+    .unwrap();
+    let data = fs
+        .lseek(&root(), e.inode, h, 0, libc::SEEK_DATA as u32)
+        .unwrap();
+    assert_eq!(data, 1 << 20);
+    let hole = fs
+        .lseek(&root(), e.inode, h, 0, libc::SEEK_HOLE as u32)
+        .unwrap();
+    assert_eq!(hole, 0);
+}
+
+#[test]
+fn rename_flags_noreplace_and_exchange() {
+    let (dir, fs) = new_fs();
+    create_file(&fs, ROOT_ID, "a", b"A").unwrap();
+    create_file(&fs, ROOT_ID, "b", b"B").unwrap();
+    assert_eq!(
+        errno(fs.rename(
+            &root(),
+            ROOT_ID,
+            &cs("a"),
+            ROOT_ID,
+            &cs("b"),
+            libc::RENAME_NOREPLACE
+        )),
+        libc::EEXIST
+    );
+    fs.rename(
+        &root(),
+        ROOT_ID,
+        &cs("a"),
+        ROOT_ID,
+        &cs("b"),
+        libc::RENAME_EXCHANGE,
+    )
+    .unwrap();
+    assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"B");
+    assert_eq!(std::fs::read(dir.path().join("b")).unwrap(), b"A");
+    assert_eq!(
+        errno(fs.rename(
+            &root(),
+            ROOT_ID,
+            &cs("a"),
+            ROOT_ID,
+            &cs("c"),
+            libc::RENAME_WHITEOUT
+        )),
+        libc::EINVAL
+    );
+}
+
+#[test]
+fn copy_file_range_copies_between_handles() {
+    let (dir, fs) = new_fs();
+    let a = create_file(&fs, ROOT_ID, "a", b"0123456789").unwrap();
+    let b = create_file(&fs, ROOT_ID, "b", b"").unwrap();
+    let (ha, _, _) = fs.open(&root(), a.inode, libc::O_RDONLY as u32, 0).unwrap();
+    let (hb, _, _) = fs.open(&root(), b.inode, libc::O_WRONLY as u32, 0).unwrap();
+    let n = fs
+        .copy_file_range(
+            &root(),
+            a.inode,
+            ha.unwrap(),
+            2,
+            b.inode,
+            hb.unwrap(),
+            0,
+            5,
+            0,
+        )
+        .unwrap();
+    assert_eq!(n, 5);
+    assert_eq!(std::fs::read(dir.path().join("b")).unwrap(), b"23456");
+}

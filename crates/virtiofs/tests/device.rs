@@ -1,0 +1,433 @@
+//! The virtio-fs device attacked from the driver side: crafted FUSE requests
+//! no kernel would send, and broken descriptor chains, put into a real split
+//! virtqueue in guest memory and served by `VirtioFsBackend::handle_event`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use passthrough::{Config, PassthroughFs};
+use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
+use virtiofs::VirtioFsBackend;
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+
+const QSIZE: u16 = 16;
+const DESC: u64 = 0x0;
+const AVAIL: u64 = 0x1000;
+const USED: u64 = 0x2000;
+const REQ: u64 = 0x10000;
+const REPLY: u64 = 0x40000;
+const MEM_SIZE: usize = 1 << 20;
+
+const VIRTQ_DESC_F_NEXT: u16 = 1;
+const VIRTQ_DESC_F_WRITE: u16 = 2;
+
+// FUSE opcodes.
+const LOOKUP: u32 = 1;
+const FORGET: u32 = 2;
+const GETATTR: u32 = 3;
+const SYMLINK: u32 = 6;
+const MKNOD: u32 = 8;
+const MKDIR: u32 = 9;
+const UNLINK: u32 = 10;
+const RENAME: u32 = 12;
+const LINK: u32 = 13;
+const OPEN: u32 = 14;
+const INIT: u32 = 26;
+const CREATE: u32 = 35;
+const RENAME2: u32 = 45;
+const COPY_FILE_RANGE: u32 = 47;
+
+struct Driver {
+    mem: GuestMemoryAtomic<GuestMemoryMmap>,
+    dev: VirtioFsBackend,
+    vrings: Vec<VringRwLock>,
+    avail_idx: u16,
+    used_seen: u16,
+    unique: u64,
+}
+
+/// One reply: (used length reported by the device, errno from the header, body).
+#[derive(Debug)]
+struct Reply {
+    used: u32,
+    error: i32,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn nodeid(&self) -> u64 {
+        assert_eq!(self.error, 0, "expected success, got errno {}", -self.error);
+        u64::from_le_bytes(self.body[0..8].try_into().unwrap())
+    }
+}
+
+fn name(s: &[u8]) -> Vec<u8> {
+    let mut v = s.to_vec();
+    v.push(0);
+    v
+}
+
+impl Driver {
+    fn new(share: &Path) -> Driver {
+        let gm = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+        let mem = GuestMemoryAtomic::new(gm);
+        let fs = Arc::new(PassthroughFs::new(Config::new(share)).unwrap());
+        let mut dev = VirtioFsBackend::new(fs, 1, None).unwrap();
+        dev.update_memory(mem.clone()).unwrap();
+        let mut vrings = Vec::new();
+        for q in 0..2u64 {
+            let v = VringRwLock::new(mem.clone(), QSIZE).unwrap();
+            v.set_queue_size(QSIZE);
+            let base = q * 0x4000;
+            v.set_queue_info(DESC + base, AVAIL + base, USED + base)
+                .unwrap();
+            v.set_queue_ready(true);
+            v.set_enabled(true);
+            vrings.push(v);
+        }
+        let mut d = Driver {
+            mem,
+            dev,
+            vrings,
+            avail_idx: 0,
+            used_seen: 0,
+            unique: 0,
+        };
+        // FUSE_INIT 7.31, as a 6.1 kernel would.
+        let mut init = Vec::new();
+        for v in [7u32, 31, 0x20000, 0] {
+            init.extend_from_slice(&v.to_le_bytes());
+        }
+        let r = d.request(INIT, 0, &init);
+        assert_eq!(r.error, 0, "INIT failed");
+        d
+    }
+
+    fn write_desc(&self, queue: u64, idx: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let m = self.mem.memory();
+        let base = DESC + queue * 0x4000 + idx as u64 * 16;
+        m.write_obj(addr, GuestAddress(base)).unwrap();
+        m.write_obj(len, GuestAddress(base + 8)).unwrap();
+        m.write_obj(flags, GuestAddress(base + 12)).unwrap();
+        m.write_obj(next, GuestAddress(base + 14)).unwrap();
+    }
+
+    /// Publishes the chain starting at descriptor `head` on `queue`, kicks the
+    /// device and returns the used element (or `None` if nothing was used).
+    fn kick(&mut self, queue: u64, head: u16) -> Option<(u32, u32)> {
+        let m = self.mem.memory();
+        let avail = AVAIL + queue * 0x4000;
+        let used = USED + queue * 0x4000;
+        let slot = self.avail_idx % QSIZE;
+        m.write_obj(head, GuestAddress(avail + 4 + 2 * slot as u64))
+            .unwrap();
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        m.write_obj(self.avail_idx, GuestAddress(avail + 2))
+            .unwrap();
+        self.dev
+            .handle_event(queue as u16, EventSet::IN, &self.vrings, 0)
+            .expect("handle_event must not fail on guest input");
+        let used_idx: u16 = m.read_obj(GuestAddress(used + 2)).unwrap();
+        if used_idx == self.used_seen {
+            return None;
+        }
+        let elem = used + 4 + 8 * (self.used_seen % QSIZE) as u64;
+        self.used_seen = self.used_seen.wrapping_add(1);
+        Some((
+            m.read_obj(GuestAddress(elem)).unwrap(),
+            m.read_obj(GuestAddress(elem + 4)).unwrap(),
+        ))
+    }
+
+    /// Sends raw request bytes on the request queue with a reply buffer of `reply_len`.
+    fn raw(&mut self, req: &[u8], reply_len: u32) -> Reply {
+        let m = self.mem.memory();
+        m.write_slice(req, GuestAddress(REQ)).unwrap();
+        m.write_slice(&vec![0xaa; reply_len as usize], GuestAddress(REPLY))
+            .unwrap();
+        self.write_desc(1, 0, REQ, req.len() as u32, VIRTQ_DESC_F_NEXT, 1);
+        self.write_desc(1, 1, REPLY, reply_len, VIRTQ_DESC_F_WRITE, 0);
+        let (id, used) = self
+            .kick(1, 0)
+            .expect("every chain is returned to the guest");
+        assert_eq!(id, 0);
+        let mut out = vec![0u8; used as usize];
+        m.read_slice(&mut out, GuestAddress(REPLY)).unwrap();
+        let error = if used >= 16 {
+            i32::from_le_bytes(out[4..8].try_into().unwrap())
+        } else {
+            0
+        };
+        Reply {
+            used,
+            error,
+            body: out.get(16..).unwrap_or_default().to_vec(),
+        }
+    }
+
+    fn header(&mut self, opcode: u32, nodeid: u64, body_len: usize, uid: u32) -> Vec<u8> {
+        self.unique += 1;
+        let mut h = Vec::new();
+        h.extend_from_slice(&((40 + body_len) as u32).to_le_bytes());
+        h.extend_from_slice(&opcode.to_le_bytes());
+        h.extend_from_slice(&self.unique.to_le_bytes());
+        h.extend_from_slice(&nodeid.to_le_bytes());
+        h.extend_from_slice(&uid.to_le_bytes()); // uid
+        h.extend_from_slice(&uid.to_le_bytes()); // gid
+        h.extend_from_slice(&1u32.to_le_bytes()); // pid
+        h.extend_from_slice(&0u32.to_le_bytes());
+        h
+    }
+
+    fn request(&mut self, opcode: u32, nodeid: u64, body: &[u8]) -> Reply {
+        let mut req = self.header(opcode, nodeid, body.len(), 0);
+        req.extend_from_slice(body);
+        self.raw(&req, 4096)
+    }
+}
+
+fn u32s(v: &[u32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn setup() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let base = tempfile::tempdir().unwrap();
+    let share = base.path().join("share");
+    let outside = base.path().join("outside");
+    std::fs::create_dir(&share).unwrap();
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("secret"), b"host secret").unwrap();
+    std::fs::write(share.join("inside"), b"guest data").unwrap();
+    (base, share, outside)
+}
+
+const EINVAL: i32 = -libc::EINVAL;
+
+#[test]
+fn lookup_dotdot_at_root_returns_the_root() {
+    let (_b, share, _o) = setup();
+    let mut d = Driver::new(&share);
+    assert_eq!(d.request(LOOKUP, 1, &name(b"..")).nodeid(), 1);
+    let inside = d.request(LOOKUP, 1, &name(b"inside")).nodeid();
+    assert_ne!(inside, 1);
+}
+
+#[test]
+fn names_with_slash_are_refused_by_every_operation() {
+    let (_b, share, outside) = setup();
+    let mut d = Driver::new(&share);
+    let evil = b"../outside/pwned";
+    assert_eq!(
+        d.request(LOOKUP, 1, &name(b"../outside/secret")).error,
+        EINVAL
+    );
+    assert_eq!(d.request(LOOKUP, 1, &name(b"/etc")).error, EINVAL);
+
+    let mut mkdir = u32s(&[0o755, 0]);
+    mkdir.extend(name(evil));
+    assert_eq!(d.request(MKDIR, 1, &mkdir).error, EINVAL);
+
+    let mut create = u32s(&[
+        (libc::O_CREAT | libc::O_RDWR) as u32,
+        0o644 | libc::S_IFREG,
+        0,
+        0,
+    ]);
+    create.extend(name(evil));
+    assert_eq!(d.request(CREATE, 1, &create).error, EINVAL);
+
+    let mut mknod = u32s(&[libc::S_IFREG | 0o644, 0, 0, 0]);
+    mknod.extend(name(evil));
+    assert_eq!(d.request(MKNOD, 1, &mknod).error, EINVAL);
+
+    let mut symlink = name(evil);
+    symlink.extend(name(b"/etc/passwd"));
+    assert_eq!(d.request(SYMLINK, 1, &symlink).error, EINVAL);
+
+    let mut rename = 1u64.to_le_bytes().to_vec();
+    rename.extend(name(b"inside"));
+    rename.extend(name(evil));
+    assert_eq!(d.request(RENAME, 1, &rename).error, EINVAL);
+
+    let mut rename2 = 1u64.to_le_bytes().to_vec();
+    rename2.extend(u32s(&[0, 0]));
+    rename2.extend(name(b"inside"));
+    rename2.extend(name(evil));
+    assert_eq!(d.request(RENAME2, 1, &rename2).error, EINVAL);
+
+    let inside = d.request(LOOKUP, 1, &name(b"inside")).nodeid();
+    let mut link = inside.to_le_bytes().to_vec();
+    link.extend(name(evil));
+    assert_eq!(d.request(LINK, 1, &link).error, EINVAL);
+
+    assert_eq!(
+        d.request(UNLINK, 1, &name(b"../outside/secret")).error,
+        EINVAL
+    );
+
+    assert!(
+        !outside.join("pwned").exists(),
+        "nothing was created outside"
+    );
+    assert_eq!(
+        std::fs::read(outside.join("secret")).unwrap(),
+        b"host secret"
+    );
+    assert_eq!(std::fs::read(share.join("inside")).unwrap(), b"guest data");
+}
+
+#[test]
+fn empty_and_nul_embedded_names_are_refused() {
+    let (_b, share, _o) = setup();
+    let mut d = Driver::new(&share);
+    assert_eq!(d.request(LOOKUP, 1, b"\0").error, EINVAL);
+    assert_eq!(d.request(LOOKUP, 1, b"ins\0ide\0").error, EINVAL);
+    assert_eq!(d.request(LOOKUP, 1, b"no-terminator").error, EINVAL);
+}
+
+#[test]
+fn symlink_to_the_host_is_not_followed() {
+    let (_b, share, outside) = setup();
+    std::os::unix::fs::symlink(&outside, share.join("door")).unwrap();
+    let mut d = Driver::new(&share);
+    let door = d.request(LOOKUP, 1, &name(b"door")).nodeid();
+    assert_eq!(
+        d.request(LOOKUP, door, &name(b"secret")).error,
+        -libc::ENOTDIR
+    );
+    assert_eq!(
+        d.request(OPEN, door, &u32s(&[libc::O_RDONLY as u32, 0]))
+            .error,
+        -libc::ELOOP
+    );
+}
+
+#[test]
+fn fifo_open_does_not_block_the_queue() {
+    let (_b, share, _o) = setup();
+    let mut d = Driver::new(&share);
+    let mut mknod = u32s(&[libc::S_IFIFO | 0o666, 0, 0, 0]);
+    mknod.extend(name(b"fifo"));
+    let fifo = d.request(MKNOD, 1, &mknod).nodeid();
+    assert_eq!(
+        d.request(OPEN, fifo, &u32s(&[libc::O_RDONLY as u32, 0]))
+            .error,
+        -libc::ENXIO
+    );
+    // The queue still serves.
+    assert_eq!(d.request(GETATTR, 1, &[0u8; 16]).error, 0);
+}
+
+#[test]
+fn unknown_node_ids_get_errors_not_panics() {
+    let (_b, share, _o) = setup();
+    let mut d = Driver::new(&share);
+    assert_eq!(
+        d.request(GETATTR, 0xdead_beef, &[0u8; 16]).error,
+        -libc::EBADF
+    );
+    assert_eq!(d.request(LOOKUP, u64::MAX, &name(b"x")).error, -libc::EBADF);
+    assert_eq!(d.request(OPEN, 0, &u32s(&[0, 0])).error, -libc::EBADF);
+}
+
+#[test]
+fn malformed_requests_get_errors_and_the_device_keeps_serving() {
+    let (_b, share, _o) = setup();
+    let mut d = Driver::new(&share);
+    // Shorter than a FUSE header.
+    let r = d.raw(&[1, 2, 3, 4, 5], 4096);
+    assert_eq!(r.used, 0, "nothing to reply to");
+    // A header whose length claims a gigabyte.
+    let mut huge = d.header(LOOKUP, 1, 0, 0);
+    huge[0..4].copy_from_slice(&(1u32 << 30).to_le_bytes());
+    huge.extend(name(b"inside"));
+    let r = d.raw(&huge, 4096);
+    assert!(
+        r.error < 0 || r.used == 0,
+        "oversized request refused: {r:?}"
+    );
+    // An opcode that does not exist.
+    assert_eq!(d.request(9999, 1, &[]).error, -libc::ENOSYS);
+    // A body shorter than the opcode needs.
+    let r = d.request(MKDIR, 1, &[1, 2]);
+    assert!(r.error < 0 || r.used == 0, "short MKDIR refused: {r:?}");
+    // A reply buffer too small for any reply.
+    let mut req = d.header(LOOKUP, 1, 7, 0);
+    req.extend(name(b"inside"));
+    let r = d.raw(&req, 8);
+    assert!(r.used <= 8);
+    // Still serving normal requests.
+    assert_ne!(d.request(LOOKUP, 1, &name(b"inside")).nodeid(), 0);
+}
+
+#[test]
+fn broken_descriptor_chains_are_returned_unserved() {
+    let (_b, share, _o) = setup();
+    let mut d = Driver::new(&share);
+    // A descriptor pointing outside guest memory.
+    d.write_desc(1, 0, (MEM_SIZE as u64) * 4, 64, VIRTQ_DESC_F_NEXT, 1);
+    d.write_desc(1, 1, REPLY, 4096, VIRTQ_DESC_F_WRITE, 0);
+    let (_, used) = d.kick(1, 0).expect("chain returned");
+    assert_eq!(used, 0);
+    // A chain that loops on itself.
+    d.write_desc(1, 0, REQ, 64, VIRTQ_DESC_F_NEXT, 0);
+    let _ = d.kick(1, 0);
+    // A next index beyond the queue.
+    d.write_desc(1, 0, REQ, 64, VIRTQ_DESC_F_NEXT, 500);
+    let _ = d.kick(1, 0);
+    // A readable descriptor after a writable one (the spec forbids it).
+    d.write_desc(1, 0, REPLY, 4096, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 1);
+    d.write_desc(1, 1, REQ, 64, 0, 0);
+    let _ = d.kick(1, 0);
+    // The device is alive and serves a proper request afterwards.
+    assert_eq!(d.request(LOOKUP, 1, &name(b"..")).nodeid(), 1);
+}
+
+#[test]
+fn hiprio_forgets_with_garbage_counts_are_harmless() {
+    let (_b, share, _o) = setup();
+    let mut d = Driver::new(&share);
+    let inside = d.request(LOOKUP, 1, &name(b"inside")).nodeid();
+    let mut req = d.header(FORGET, inside, 8, 0);
+    req.extend_from_slice(&u64::MAX.to_le_bytes());
+    let m = d.mem.memory();
+    m.write_slice(&req, GuestAddress(0x80000)).unwrap();
+    d.write_desc(0, 0, 0x80000, req.len() as u32, 0, 0);
+    let (_, used) = d.kick(0, 0).expect("forget returned");
+    assert_eq!(used, 0, "FORGET has no reply");
+    // The forgotten node is gone; the root is not.
+    assert_eq!(d.request(GETATTR, inside, &[0u8; 16]).error, -libc::EBADF);
+    assert_eq!(d.request(GETATTR, 1, &[0u8; 16]).error, 0);
+}
+
+#[test]
+fn copy_file_range_is_served_by_the_device() {
+    let (_b, share, _o) = setup();
+    let mut d = Driver::new(&share);
+    let inside = d.request(LOOKUP, 1, &name(b"inside")).nodeid();
+    let r = d.request(OPEN, inside, &u32s(&[libc::O_RDONLY as u32, 0]));
+    let fh_in = u64::from_le_bytes(r.body[0..8].try_into().unwrap());
+    let mut create = u32s(&[
+        (libc::O_CREAT | libc::O_RDWR) as u32,
+        0o644 | libc::S_IFREG,
+        0,
+        0,
+    ]);
+    create.extend(name(b"copy"));
+    let r = d.request(CREATE, 1, &create);
+    assert_eq!(r.error, 0);
+    let out = u64::from_le_bytes(r.body[0..8].try_into().unwrap());
+    // entry_out is 128 bytes, then open_out { fh, ... }.
+    let fh_out = u64::from_le_bytes(r.body[128..136].try_into().unwrap());
+    let mut body = Vec::new();
+    for v in [fh_in, 6, out, fh_out, 0, 4, 0] {
+        body.extend_from_slice(&v.to_le_bytes());
+    }
+    let r = d.request(COPY_FILE_RANGE, inside, &body);
+    assert_eq!(r.error, 0);
+    assert_eq!(u32::from_le_bytes(r.body[0..4].try_into().unwrap()), 4);
+    assert_eq!(std::fs::read(share.join("copy")).unwrap(), b"data");
+    // A truncated COPY_FILE_RANGE body is an EINVAL reply.
+    assert_eq!(d.request(COPY_FILE_RANGE, inside, &[0u8; 8]).error, EINVAL);
+}
