@@ -69,6 +69,9 @@ pub struct Config {
     pub posix_locks: bool,
     /// Offer READDIRPLUS (directory listing with attributes).
     pub readdirplus: bool,
+    /// Pass `O_NOATIME` from the guest through (it fails with EPERM for
+    /// files the daemon's credentials do not own).
+    pub preserve_noatime: bool,
 }
 
 impl Config {
@@ -83,10 +86,11 @@ impl Config {
             inode_file_handles: InodeFileHandles::default(),
             writeback: false,
             allow_direct_io: false,
-            announce_submounts: false,
+            announce_submounts: true,
             switch_credentials: true,
             posix_locks: false,
             readdirplus: true,
+            preserve_noatime: false,
         }
     }
 }

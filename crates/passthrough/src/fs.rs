@@ -352,6 +352,9 @@ impl PassthroughFs {
         if !self.cfg.allow_direct_io {
             f &= !libc::O_DIRECT;
         }
+        if !self.cfg.preserve_noatime {
+            f &= !libc::O_NOATIME;
+        }
         if self.cfg.writeback {
             // The guest's page cache may read back what it writes, and it
             // tracks the file size itself, so appends carry explicit offsets.

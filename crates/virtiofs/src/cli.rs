@@ -164,9 +164,13 @@ pub struct Cli {
     #[arg(long, value_enum, default_value = "kill")]
     pub seccomp: SeccompArg,
 
-    /// Tell the guest about submounts so they get their own st_dev.
+    /// Tell the guest about submounts so they get their own st_dev (the default).
     #[arg(long)]
     pub announce_submounts: bool,
+
+    /// Do not announce submounts.
+    #[arg(long, overrides_with = "announce_submounts")]
+    pub no_announce_submounts: bool,
 
     /// Hold inodes by file handles instead of O_PATH fds (no value: prefer).
     #[arg(long, value_enum, num_args = 0..=1, default_value = "never", default_missing_value = "prefer", require_equals = true)]
@@ -228,7 +232,7 @@ pub struct Cli {
     #[arg(long)]
     pub modcaps: Option<String>,
 
-    /// Preserve O_NOATIME (accepted; O_NOATIME is always passed through).
+    /// Pass the guest's O_NOATIME through (by default it is dropped).
     #[arg(long)]
     pub preserve_noatime: bool,
 
@@ -417,8 +421,10 @@ impl Cli {
         };
         fs.writeback = self.writeback;
         fs.allow_direct_io = self.allow_direct_io;
-        fs.announce_submounts = self.announce_submounts;
-        fs.readdirplus = !self.no_readdirplus;
+        fs.announce_submounts = !self.no_announce_submounts;
+        // Without caching, READDIRPLUS only fills a cache that is never used.
+        fs.readdirplus = !self.no_readdirplus && fs.cache != CachePolicy::Never;
+        fs.preserve_noatime = self.preserve_noatime;
         Ok(DaemonConfig {
             fs,
             listen,
@@ -452,6 +458,7 @@ mod tests {
         assert_eq!(cfg.fs.cache, CachePolicy::Auto);
         assert_eq!(cfg.fs.inode_file_handles, InodeFileHandles::Never);
         assert!(!cfg.fs.xattr && !cfg.fs.readonly);
+        assert!(cfg.fs.announce_submounts && cfg.fs.readdirplus && !cfg.fs.preserve_noatime);
         assert!(matches!(cfg.listen, Listen::SocketPath { .. }));
     }
 
@@ -502,6 +509,22 @@ mod tests {
             parse(&["--socket-path", "/s"]).unwrap_err(),
             CliError::NoSharedDir
         );
+    }
+
+    #[test]
+    fn cache_never_disables_readdirplus_and_submounts_can_be_hidden() {
+        let cfg = parse(&[
+            "--shared-dir",
+            "/",
+            "--fd",
+            "3",
+            "--cache",
+            "never",
+            "--no-announce-submounts",
+        ])
+        .unwrap();
+        assert!(!cfg.fs.readdirplus);
+        assert!(!cfg.fs.announce_submounts);
     }
 
     #[test]

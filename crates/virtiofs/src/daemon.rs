@@ -7,7 +7,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{FromRawFd, RawFd};
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use log::info;
 use passthrough::PassthroughFs;
@@ -199,12 +199,14 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     let mut listener = listener(&cfg.listen)?;
     sandbox::enter(cfg.sandbox, &cfg.fs.root_dir)?;
 
-    let backend = VirtioFsBackend::new(fs, cfg.request_queues, cfg.tag.clone())?;
-    let exit = backend.exit_notifier().map_err(DeviceError::ExitEvent)?;
-    let backend = Arc::new(RwLock::new(backend));
+    let backend = Arc::new(VirtioFsBackend::new(
+        fs,
+        cfg.request_queues,
+        cfg.tag.clone(),
+    )?);
     let mut daemon = VhostUserDaemon::new(
         "virtiofsd-rs".to_string(),
-        backend,
+        backend.clone(),
         GuestMemoryAtomic::new(GuestMemoryMmap::new()),
     )
     .map_err(DaemonError::VhostUser)?;
@@ -215,7 +217,7 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     info!("frontend connected");
     let result = daemon.wait();
     // Stop the queue workers whatever the outcome.
-    let _ = exit.notify();
+    let _ = backend.notify_exit();
     match result {
         Ok(()) => Ok(()),
         Err(vhost_user_backend::Error::HandleRequest(VhostUserError::Disconnected))

@@ -9,14 +9,15 @@
 //! input.
 
 use std::io;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
 use log::{debug, warn};
 use passthrough::PassthroughFs;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{DescriptorChain, QueueOwnedT};
@@ -54,14 +55,19 @@ pub enum DeviceError {
 }
 
 /// The virtio-fs device model served over vhost-user.
+///
+/// Worker thread 0 serves the hiprio queue and the first request queue;
+/// every further request queue has a worker thread of its own. The device
+/// state is shared between them without a device-wide lock.
 pub struct VirtioFsBackend {
     server: Arc<Server<Arc<PassthroughFs>>>,
     fs: Arc<PassthroughFs>,
-    mem: Option<GuestMem>,
-    event_idx: bool,
+    mem: RwLock<Option<GuestMem>>,
+    event_idx: AtomicBool,
     request_queues: usize,
     tag: Option<String>,
-    exit: (EventConsumer, EventNotifier),
+    /// One exit event per worker thread.
+    exits: Vec<(EventConsumer, EventNotifier)>,
 }
 
 impl VirtioFsBackend {
@@ -81,22 +87,27 @@ impl VirtioFsBackend {
                 return Err(DeviceError::TagTooLong(t.clone()));
             }
         }
-        let exit =
-            new_event_consumer_and_notifier(EventFlag::NONBLOCK).map_err(DeviceError::ExitEvent)?;
+        let exits = (0..request_queues)
+            .map(|_| new_event_consumer_and_notifier(EventFlag::NONBLOCK))
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(DeviceError::ExitEvent)?;
         Ok(VirtioFsBackend {
             server: Arc::new(Server::new(fs.clone())),
             fs,
-            mem: None,
-            event_idx: false,
+            mem: RwLock::new(None),
+            event_idx: AtomicBool::new(false),
             request_queues,
             tag,
-            exit,
+            exits,
         })
     }
 
-    /// A notifier that stops the worker threads when written.
-    pub fn exit_notifier(&self) -> io::Result<EventNotifier> {
-        self.exit.1.try_clone()
+    /// Stops every worker thread.
+    pub fn notify_exit(&self) -> io::Result<()> {
+        for (_, notifier) in &self.exits {
+            notifier.notify()?;
+        }
+        Ok(())
     }
 
     /// The filesystem core this device serves.
@@ -126,7 +137,13 @@ impl VirtioFsBackend {
 
     /// Drains `vring`, replying to every chain; signals the guest if needed.
     fn process_queue(&self, vring: &VringRwLock, queue: u16) -> io::Result<()> {
-        let Some(mem) = self.mem.as_ref().map(|m| m.memory()) else {
+        let mem = self
+            .mem
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|m| m.memory());
+        let Some(mem) = mem else {
             warn!("queue {queue} kicked before guest memory was set");
             return Ok(());
         };
@@ -170,7 +187,7 @@ enum ChainError {
     Fuse(fuse_backend_rs::Error),
 }
 
-impl VhostUserBackendMut for VirtioFsBackend {
+impl VhostUserBackend for VirtioFsBackend {
     type Bitmap = ();
     type Vring = VringRwLock;
 
@@ -199,8 +216,8 @@ impl VhostUserBackendMut for VirtioFsBackend {
         f
     }
 
-    fn set_event_idx(&mut self, enabled: bool) {
-        self.event_idx = enabled;
+    fn set_event_idx(&self, enabled: bool) {
+        self.event_idx.store(enabled, Ordering::Release);
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
@@ -215,17 +232,25 @@ impl VhostUserBackendMut for VirtioFsBackend {
         config[start..end].to_vec()
     }
 
-    fn update_memory(&mut self, mem: GuestMem) -> io::Result<()> {
-        self.mem = Some(mem);
+    fn update_memory(&self, mem: GuestMem) -> io::Result<()> {
+        *self.mem.write().unwrap_or_else(|e| e.into_inner()) = Some(mem);
         Ok(())
     }
 
-    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        Some((self.exit.0.try_clone().ok()?, self.exit.1.try_clone().ok()?))
+    fn queues_per_thread(&self) -> Vec<u64> {
+        // Thread 0: hiprio (queue 0) and request queue 1; thread i: queue i + 1.
+        let mut map = vec![0b11u64];
+        map.extend((2..=self.request_queues).map(|q| 1u64 << q));
+        map
+    }
+
+    fn exit_event(&self, thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        let (consumer, notifier) = self.exits.get(thread_index)?;
+        Some((consumer.try_clone().ok()?, notifier.try_clone().ok()?))
     }
 
     fn handle_event(
-        &mut self,
+        &self,
         device_event: u16,
         evset: EventSet,
         vrings: &[VringRwLock],
@@ -242,7 +267,7 @@ impl VhostUserBackendMut for VirtioFsBackend {
         if device_event == HIPRIO_QUEUE {
             debug!("hiprio queue kicked");
         }
-        if self.event_idx {
+        if self.event_idx.load(Ordering::Acquire) {
             // Keep draining until the guest has added nothing new since we
             // re-enabled notifications, so no kick is lost.
             loop {

@@ -11,7 +11,8 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             // --help and --version are "errors" that print to stdout and succeed.
-            let code = if e.use_stderr() { 1 } else { 0 };
+            // Usage errors exit 2, as clap (and so upstream virtiofsd) does.
+            let code = if e.use_stderr() { 2 } else { 0 };
             if e.use_stderr() {
                 // One line: clap's first line names the problem.
                 let msg = e.to_string();

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use passthrough::{Config, PassthroughFs};
-use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtiofs::VirtioFsBackend;
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
@@ -73,7 +73,7 @@ impl Driver {
         let gm = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
         let mem = GuestMemoryAtomic::new(gm);
         let fs = Arc::new(PassthroughFs::new(Config::new(share)).unwrap());
-        let mut dev = VirtioFsBackend::new(fs, 1, None).unwrap();
+        let dev = VirtioFsBackend::new(fs, 1, None).unwrap();
         dev.update_memory(mem.clone()).unwrap();
         let mut vrings = Vec::new();
         for q in 0..2u64 {
