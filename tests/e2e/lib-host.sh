@@ -1,0 +1,123 @@
+# shellcheck shell=bash
+# Shared helpers for the top-level e2e scripts (sourced, bash).
+# shellcheck disable=SC2034 # variables used by the scripts that source this
+
+e2e_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo_root=$(cd "$e2e_dir/../.." && pwd)
+log_dir=${E2E_LOG_DIR:-$repo_root/target/e2e}
+kernel_dir=$repo_root/target/guest-stock
+
+e2e_name=${e2e_name:-e2e}
+e2e_passed=0
+e2e_failed=0
+e2e_pass() { e2e_passed=$((e2e_passed + 1)); printf 'PASS: %s\n' "$*"; }
+e2e_fail() { e2e_failed=$((e2e_failed + 1)); printf 'FAIL: %s\n' "$*"; }
+e2e_note() { printf '%s: %s\n' "$e2e_name" "$*"; }
+
+# Add the counts of a "LABEL: N passed, M failed" line found in FILE.
+e2e_add_counts() {
+    local label=$1 file=$2 line p f
+    line=$(tr -d '\r' <"$file" | grep -E "^$label: [0-9]+ passed, [0-9]+ failed" | tail -n1) || true
+    if [[ -z $line ]]; then
+        e2e_fail "$label reported a summary"
+        return
+    fi
+    p=$(sed -E 's/^[^:]*: ([0-9]+) passed.*/\1/' <<<"$line")
+    f=$(sed -E 's/^[^:]*: [0-9]+ passed, ([0-9]+) failed.*/\1/' <<<"$line")
+    e2e_passed=$((e2e_passed + p))
+    e2e_failed=$((e2e_failed + f))
+}
+
+# Fetch the kernel (cached) and build the initramfs. Args: build-initramfs.sh args.
+# shellcheck disable=SC2120 # arguments are optional
+e2e_build_guest() {
+    "$repo_root/guest/stock-kernel.sh" "$kernel_dir"
+    "$repo_root/guest/build-initramfs.sh" --kernel-dir "$kernel_dir" "$@"
+}
+
+# Temporary directory holding the share and the socket.
+e2e_make_workdir() {
+    e2e_work=$(mktemp -d "${TMPDIR:-/tmp}/virtiofsd-rs-e2e.XXXXXX")
+    chmod 0755 "$e2e_work"
+    e2e_share=$e2e_work/share
+    e2e_socket=$e2e_work/vhost-user-fs.sock
+    mkdir -m 0755 "$e2e_share"
+}
+
+daemon_pid=
+
+# e2e_start_daemon BIN LOG [ARGS...]: start the daemon on $e2e_share and wait
+# for its socket.
+e2e_start_daemon() {
+    local bin=$1 log=$2 i
+    shift 2
+    e2e_note "starting $bin --shared-dir $e2e_share --socket-path $e2e_socket $*"
+    "$bin" --shared-dir "$e2e_share" --socket-path "$e2e_socket" "$@" >"$log" 2>&1 &
+    daemon_pid=$!
+    for ((i = 0; i < 200; i++)); do
+        if [[ -S $e2e_socket ]]; then
+            e2e_pass "daemon created its socket"
+            return 0
+        fi
+        if ! kill -0 "$daemon_pid" 2>/dev/null; then
+            local st=0
+            wait "$daemon_pid" || st=$?
+            daemon_pid=
+            e2e_fail "daemon created its socket (daemon exited with status $st; log: $log)"
+            tail -n 20 "$log" | sed 's/^/    daemon: /'
+            return 1
+        fi
+        sleep 0.1
+    done
+    e2e_fail "daemon created its socket within 20s"
+    return 1
+}
+
+# After the guest is gone the daemon must exit by itself, with status 0.
+e2e_check_daemon_exit() {
+    local i st=0
+    [[ -n $daemon_pid ]] || return 0
+    for ((i = 0; i < 100; i++)); do
+        kill -0 "$daemon_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$daemon_pid" 2>/dev/null; then
+        e2e_fail "daemon exited by itself within 10s of the guest disconnecting"
+        e2e_kill_daemon
+        return
+    fi
+    wait "$daemon_pid" || st=$?
+    daemon_pid=
+    e2e_pass "daemon exited by itself after the guest disconnected"
+    if [[ $st -eq 0 ]]; then
+        e2e_pass "daemon exit status 0"
+    else
+        e2e_fail "daemon exit status 0 (got $st)"
+    fi
+}
+
+e2e_kill_daemon() {
+    local i
+    [[ -n $daemon_pid ]] || return 0
+    if kill -0 "$daemon_pid" 2>/dev/null; then
+        kill -TERM "$daemon_pid" 2>/dev/null || true
+        for ((i = 0; i < 50; i++)); do
+            kill -0 "$daemon_pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$daemon_pid" 2>/dev/null || true
+    fi
+    wait "$daemon_pid" 2>/dev/null || true
+    daemon_pid=
+}
+
+# Remove the work directory unless something failed or E2E_KEEP=1.
+e2e_cleanup() {
+    e2e_kill_daemon
+    [[ -n ${e2e_work:-} && -d $e2e_work ]] || return 0
+    if [[ ${E2E_KEEP:-0} == 1 || $e2e_failed -ne 0 ]]; then
+        e2e_note "kept $e2e_work"
+    else
+        rm -rf "$e2e_work"
+    fi
+}
