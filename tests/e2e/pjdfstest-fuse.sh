@@ -13,16 +13,18 @@ shift
 script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 log_dir=${E2E_LOG_DIR:-$script_dir/../../target/e2e}
 mkdir -p "$log_dir"
-work=$(mktemp -d /tmp/virtiofsd-rs-fuse.XXXXXX)
-mkdir -p "$work/share" "$work/mnt"
+# Short paths: pjdfstest binds unix sockets deep below the mount point, and
+# sun_path holds at most 108 bytes.
+work=$(mktemp -d /tmp/vf.XXXXXX)
+mkdir -p "$work/share" "$work/m"
 chmod 0755 "$work" "$work/share"
 log=$log_dir/pjdfstest-fuse-daemon.log
 
-"$daemon" --shared-dir "$work/share" --fuse-mount "$work/mnt" --thread-pool-size 2 >"$log" 2>&1 &
+"$daemon" --shared-dir "$work/share" --fuse-mount "$work/m" --thread-pool-size 2 >"$log" 2>&1 &
 pid=$!
 # shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
-    if mountpoint -q "$work/mnt"; then umount "$work/mnt" || umount -l "$work/mnt" || true; fi
+    if mountpoint -q "$work/m"; then umount "$work/m" || umount -l "$work/m" || true; fi
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     rm -rf "$work"
@@ -30,16 +32,16 @@ cleanup() {
 trap cleanup EXIT
 
 for _ in $(seq 100); do
-    mountpoint -q "$work/mnt" && break
+    mountpoint -q "$work/m" && break
     kill -0 "$pid" 2>/dev/null || { echo "pjdfstest-fuse: daemon died:" >&2; cat "$log" >&2; exit 1; }
     sleep 0.1
 done
-mountpoint -q "$work/mnt" || { echo "pjdfstest-fuse: mount did not appear" >&2; cat "$log" >&2; exit 1; }
+mountpoint -q "$work/m" || { echo "pjdfstest-fuse: mount did not appear" >&2; cat "$log" >&2; exit 1; }
 
 status=0
-"$script_dir/pjdfstest-host.sh" "$work/mnt" "$@" || status=$?
+"$script_dir/pjdfstest-host.sh" "$work/m" "$@" || status=$?
 
-umount "$work/mnt"
+umount "$work/m"
 for _ in $(seq 100); do
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1

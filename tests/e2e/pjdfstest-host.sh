@@ -24,7 +24,7 @@ for u in nobody tests; do
 done
 getent group nogroup >/dev/null || { echo "pjdfstest-host: group nogroup missing" >&2; exit 2; }
 
-dir=$(mktemp -d "$mnt/pjdfstest.XXXXXX")
+dir=$(mktemp -d "$mnt/pjd.XXXXXX")
 chmod 0755 "$dir"
 secondary=
 for base in /dev/shm "${TMPDIR:-/tmp}" /tmp; do
