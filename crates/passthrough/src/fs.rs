@@ -91,8 +91,9 @@ impl PassthroughFs {
                     }
                 }
             })?;
-        // The root must be searchable and readable, or nothing will work.
-        let probe = sys::openat(
+        // The root must be searchable and readable, or nothing will work. The
+        // directory fd also resolves file handles on the root's mount.
+        let root_dir = sys::openat(
             root.as_raw_fd(),
             c".",
             libc::O_RDONLY | libc::O_DIRECTORY,
@@ -102,7 +103,6 @@ impl PassthroughFs {
             path: path.clone(),
             source,
         })?;
-        drop(probe);
         let st = sys::fstat(root.as_raw_fd()).map_err(|source| Error::OpenRoot {
             path: path.clone(),
             source,
@@ -112,17 +112,7 @@ impl PassthroughFs {
         if cfg.inode_file_handles != InodeFileHandles::Never {
             match FileHandle::from_fd(root.as_raw_fd()) {
                 Ok(h) => {
-                    let dirfd = sys::openat(
-                        root.as_raw_fd(),
-                        c".",
-                        libc::O_RDONLY | libc::O_DIRECTORY,
-                        0,
-                    )
-                    .map_err(|source| Error::OpenRoot {
-                        path: path.clone(),
-                        source,
-                    })?;
-                    mounts.remember(h.mount_id(), dirfd);
+                    mounts.remember(h.mount_id(), root_dir);
                     root_mount = Some(h.mount_id());
                 }
                 Err(source) if cfg.inode_file_handles == InodeFileHandles::Mandatory => {
@@ -336,10 +326,6 @@ impl PassthroughFs {
                 self.register(up, None)
             }
         }
-    }
-
-    fn lookup_after_create(&self, parent: &InodeData, name: &CStr) -> io::Result<Entry> {
-        self.do_lookup(parent, name)
     }
 
     fn stat_inode(&self, data: &InodeData) -> io::Result<stat64> {
@@ -722,7 +708,7 @@ impl FileSystem for PassthroughFs {
         // The target is stored verbatim and never resolved by the host.
         // SAFETY: both strings are NUL-terminated; pfd is held.
         cvt(unsafe { libc::symlinkat(linkname.as_ptr(), pfd.as_raw_fd(), name.as_ptr()) })?;
-        self.lookup_after_create(&parent, name)
+        self.do_lookup(&parent, name)
     }
 
     fn mknod(
@@ -732,17 +718,17 @@ impl FileSystem for PassthroughFs {
         name: &CStr,
         mode: u32,
         rdev: u32,
-        umask: u32,
+        // The guest kernel applied the umask already (no FUSE_DONT_MASK).
+        _umask: u32,
     ) -> io::Result<Entry> {
         self.check_writable()?;
         check_name(name)?;
         let parent = self.inodes.get(parent)?;
         let pfd = parent.path_fd(&self.mounts)?;
         let _c = self.creds(ctx)?;
-        let _ = umask;
         // SAFETY: NUL-terminated name; pfd is held.
         cvt(unsafe { libc::mknodat(pfd.as_raw_fd(), name.as_ptr(), mode, rdev as libc::dev_t) })?;
-        self.lookup_after_create(&parent, name)
+        self.do_lookup(&parent, name)
     }
 
     fn mkdir(
@@ -760,7 +746,7 @@ impl FileSystem for PassthroughFs {
         let _c = self.creds(ctx)?;
         // SAFETY: NUL-terminated name; pfd is held.
         cvt(unsafe { libc::mkdirat(pfd.as_raw_fd(), name.as_ptr(), mode) })?;
-        self.lookup_after_create(&parent, name)
+        self.do_lookup(&parent, name)
     }
 
     fn unlink(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
@@ -828,7 +814,7 @@ impl FileSystem for PassthroughFs {
                 libc::AT_SYMLINK_FOLLOW,
             )
         })?;
-        self.lookup_after_create(&parent, newname)
+        self.do_lookup(&parent, newname)
     }
 
     fn open(

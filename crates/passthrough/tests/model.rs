@@ -70,6 +70,31 @@ fn dir_node(fs: &PassthroughFs, d: usize) -> io::Result<u64> {
     }
 }
 
+/// Writes `data` at `off` through `handle`, then releases it either way.
+fn write_and_release(
+    fs: &PassthroughFs,
+    inode: u64,
+    handle: u64,
+    off: u64,
+    data: &[u8],
+) -> io::Result<()> {
+    let mut r = BufReader::new(data.to_vec());
+    let res = fs.write(
+        &root(),
+        inode,
+        handle,
+        &mut r,
+        data.len() as u32,
+        off,
+        None,
+        false,
+        0,
+        0,
+    );
+    fs.release(&root(), inode, 0, handle, false, false, None)?;
+    res.map(drop)
+}
+
 fn apply_fs(fs: &PassthroughFs, op: &Op) -> Result<(), i32> {
     code((|| -> io::Result<()> {
         match op {
@@ -83,41 +108,13 @@ fn apply_fs(fs: &PassthroughFs, op: &Op) -> Result<(), i32> {
                 };
                 let (e, h, _, _) = fs.create(&root(), parent, &cs(NAMES[*n]), args)?;
                 let h = h.unwrap();
-                let mut r = BufReader::new(data.clone());
-                let res = fs.write(
-                    &root(),
-                    e.inode,
-                    h,
-                    &mut r,
-                    data.len() as u32,
-                    0,
-                    None,
-                    false,
-                    0,
-                    0,
-                );
-                fs.release(&root(), e.inode, 0, h, false, false, None)?;
-                res.map(drop)
+                write_and_release(fs, e.inode, h, 0, data)
             }
             Op::Write(d, n, off, data) => {
                 let e = walk(fs, &path(*d, *n))?;
                 let (h, _, _) = fs.open(&root(), e.inode, libc::O_WRONLY as u32, 0)?;
                 let h = h.unwrap();
-                let mut r = BufReader::new(data.clone());
-                let res = fs.write(
-                    &root(),
-                    e.inode,
-                    h,
-                    &mut r,
-                    data.len() as u32,
-                    *off as u64,
-                    None,
-                    false,
-                    0,
-                    0,
-                );
-                fs.release(&root(), e.inode, 0, h, false, false, None)?;
-                res.map(drop)
+                write_and_release(fs, e.inode, h, *off as u64, data)
             }
             Op::Rename(d1, n1, d2, n2) => {
                 let p1 = dir_node(fs, *d1)?;
