@@ -1,7 +1,36 @@
-//! The 9P2000.L server crate. Its codec, server and transports are the
-//! subject of issue 3 and are not written yet; the crate exists so the
-//! workspace layout is in place and depends on the shared core it will use.
+//! The 9P2000.L server, on the same filesystem core as the virtio-fs device.
+//!
+//! - [`wire`] and [`messages`]: the codec. Every length is checked against
+//!   the frame and msize, walks carry at most 16 names, strings may not
+//!   contain NUL, and nothing may trail a message.
+//! - [`server`]: a [`server::Session`] per connection with its fid table
+//!   ([`fid_table`]); one method per message, on the shared
+//!   [`passthrough::PassthroughFs`] through its `FileSystem` interface.
+//! - [`transport`]: byte streams (TCP, unix, inherited fds) with concurrent
+//!   requests and a Tflush that waits for the flushed request.
+//! - [`daemon`]: what `p9d` runs.
+//!
+//! A VMM or test can serve any stream:
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use p9::{server::Server, transport::serve_connection};
+//! use passthrough::{Config, PassthroughFs};
+//!
+//! let fs = Arc::new(PassthroughFs::new(Config::new("/srv/share")).unwrap());
+//! let server = Server::new(fs);
+//! let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+//! serve_connection(server, a.try_clone().unwrap(), a).unwrap();
+//! ```
 
 #![deny(missing_docs)]
 
-pub use passthrough::PassthroughFs;
+pub mod daemon;
+pub mod fid_table;
+pub mod io_adapters;
+pub mod messages;
+pub mod server;
+pub mod transport;
+pub mod wire;
+
+pub use daemon::{run, ListenAddr, P9Config, P9Error};

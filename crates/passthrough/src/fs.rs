@@ -158,6 +158,15 @@ impl PassthroughFs {
         self.handles.get(inode, handle)
     }
 
+    /// Adds one lookup to `nodeid`, which the caller already holds: for a
+    /// front end that hands out a second reference to a node (a 9P fid
+    /// clone). Undo it with `forget(nodeid, 1)`.
+    pub fn add_lookup(&self, nodeid: u64) -> io::Result<()> {
+        let data = self.inodes.get(nodeid)?;
+        self.inodes.add_ref(&data);
+        Ok(())
+    }
+
     /// The inode table (lookup counts), for tests and diagnostics.
     pub fn inodes(&self) -> &InodeStore {
         &self.inodes

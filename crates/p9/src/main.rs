@@ -1,0 +1,62 @@
+//! `p9d`: parse flags into a `P9Config`, hand it to the library.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use p9::{ListenAddr, P9Config};
+
+/// A 9P2000.L file server for virtual machines.
+#[derive(Debug, Parser)]
+#[command(name = "p9d", version)]
+struct Cli {
+    /// The directory to share.
+    #[arg(long)]
+    shared_dir: PathBuf,
+    /// Where to serve: tcp:HOST:PORT, unix:PATH or fd:RFD[,WFD]; repeatable.
+    #[arg(long, required = true)]
+    listen: Vec<ListenAddr>,
+    /// Refuse every modification.
+    #[arg(long)]
+    readonly: bool,
+    /// Enable extended attributes.
+    #[arg(long)]
+    xattr: bool,
+    /// Log level: error, warn, info, debug, trace, off.
+    #[arg(long, default_value = "info")]
+    log_level: log::LevelFilter,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or("invalid arguments");
+            eprintln!("p9d: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    env_logger::Builder::new()
+        .filter_level(cli.log_level)
+        .format(|buf, r| writeln!(buf, "[p9d {}] {}", r.level(), r.args()))
+        .init();
+    let mut fs = passthrough::Config::new(cli.shared_dir);
+    fs.readonly = cli.readonly;
+    fs.xattr = cli.xattr;
+    match p9::run(P9Config {
+        fs,
+        listen: cli.listen,
+    }) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("p9d: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

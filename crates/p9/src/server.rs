@@ -1,0 +1,1045 @@
+//! The 9P2000.L server: one method per message, on the shared core.
+//!
+//! A [`Session`] is one client connection's state (negotiated msize, fid
+//! table). Every fid holds one lookup on a core node; clunk gives it back.
+//! Names are checked by the core (one component, no `/`); `..` at the share
+//! root stays at the root, so no fid can reach outside the share.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use fuse_backend_rs::abi::fuse_abi::{stat64, CreateIn, SetattrValid};
+use fuse_backend_rs::api::filesystem::{
+    Context, FileLock, FileSystem, GetxattrReply, ListxattrReply,
+};
+use passthrough::name::name_from_bytes;
+use passthrough::{PassthroughFs, ROOT_ID};
+
+use crate::fid_table::{Fid, FidError, FidTable, Open, Xattr};
+use crate::io_adapters::{SliceReader, VecWriter};
+use crate::messages::*;
+use crate::wire::{Encoder, Qid, QID_SIZE, QTDIR, QTFILE, QTSYMLINK};
+
+/// The largest msize the server agrees to.
+pub const MAX_MSIZE: u32 = 4 * 1024 * 1024;
+/// The smallest msize that leaves room for any reply header.
+pub const MIN_MSIZE: u32 = 4096;
+/// `P9_GETATTR_BASIC`: every field up to and including blocks.
+const GETATTR_BASIC: u64 = 0x0000_07ff;
+/// The largest extended attribute value (Linux `XATTR_SIZE_MAX`).
+const XATTR_SIZE_MAX: u64 = 65536;
+/// `V9FS_MAGIC`, reported as the file system type.
+const V9FS_MAGIC: u32 = 0x0102_1997;
+/// The 9P version this server speaks.
+pub const VERSION: &[u8] = b"9P2000.L";
+
+/// Tsetattr valid bits.
+mod setattr_bits {
+    pub const MODE: u32 = 1 << 0;
+    pub const UID: u32 = 1 << 1;
+    pub const GID: u32 = 1 << 2;
+    pub const SIZE: u32 = 1 << 3;
+    pub const ATIME: u32 = 1 << 4;
+    pub const MTIME: u32 = 1 << 5;
+    pub const ATIME_SET: u32 = 1 << 7;
+    pub const MTIME_SET: u32 = 1 << 8;
+}
+
+/// Tlock status values.
+mod lock_status {
+    pub const SUCCESS: u8 = 0;
+    pub const BLOCKED: u8 = 1;
+    pub const ERROR: u8 = 2;
+}
+
+/// An errno for the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+impl From<io::Error> for Errno {
+    fn from(e: io::Error) -> Self {
+        Errno(e.raw_os_error().unwrap_or(libc::EIO))
+    }
+}
+
+impl From<FidError> for Errno {
+    fn from(e: FidError) -> Self {
+        Errno(e.errno())
+    }
+}
+
+type R<T> = Result<T, Errno>;
+
+/// A reply ready for the wire.
+pub enum Reply {
+    /// An ordinary message.
+    Msg(Rmessage),
+    /// An Rread whose data was read in place.
+    Read(ReadReply),
+}
+
+impl Reply {
+    /// The frame for `tag`.
+    pub fn into_frame(self, tag: u16) -> Vec<u8> {
+        match self {
+            Reply::Msg(m) => m.encode(tag),
+            Reply::Read(r) => r.into_frame(tag),
+        }
+    }
+}
+
+impl From<Rmessage> for Reply {
+    fn from(m: Rmessage) -> Self {
+        Reply::Msg(m)
+    }
+}
+
+/// The server shared by every connection: the core and the qid space.
+pub struct Server {
+    fs: Arc<PassthroughFs>,
+    /// The shared directory as given, accepted as an aname (diod's clients
+    /// name the export path).
+    export: Vec<u8>,
+    /// st_dev -> small index, so qid paths are unique across devices.
+    devices: Mutex<HashMap<u64, u64>>,
+}
+
+impl Server {
+    /// A server for `fs`.
+    pub fn new(fs: Arc<PassthroughFs>) -> Arc<Server> {
+        let export = fs.config().root_dir.as_os_str().as_encoded_bytes().to_vec();
+        Arc::new(Server {
+            fs,
+            export,
+            devices: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The core this server serves.
+    pub fn fs(&self) -> &Arc<PassthroughFs> {
+        &self.fs
+    }
+
+    /// The qid of the object `st` describes: unique across host devices.
+    pub fn qid(&self, st: &stat64) -> Qid {
+        let ty = match st.st_mode & libc::S_IFMT {
+            libc::S_IFDIR => QTDIR,
+            libc::S_IFLNK => QTSYMLINK,
+            _ => QTFILE,
+        };
+        Qid {
+            ty,
+            version: 0,
+            path: self.qid_path(st.st_dev, st.st_ino),
+        }
+    }
+
+    fn qid_path(&self, dev: u64, ino: u64) -> u64 {
+        let mut devs = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        let next = devs.len() as u64;
+        let idx = *devs.entry(dev).or_insert(next);
+        ino ^ (idx << 56)
+    }
+}
+
+/// One client connection's state.
+pub struct Session {
+    server: Arc<Server>,
+    fids: Mutex<FidTable>,
+    msize: AtomicU32,
+}
+
+fn ctx(uid: u32, gid: u32) -> Context {
+    let mut c = Context::new();
+    c.uid = uid;
+    c.gid = gid;
+    c
+}
+
+fn cname(bytes: &[u8]) -> R<CString> {
+    name_from_bytes(bytes).map_err(Errno::from)
+}
+
+/// A user's uid and primary gid from the host's user database.
+fn user_ids(uname: &[u8], n_uname: u32) -> (u32, u32) {
+    const NOBODY: u32 = 65534;
+    let mut buf = vec![0u8; 16384];
+    // SAFETY: passwd is plain data; zero is a valid initial value.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    if n_uname != NONUNAME {
+        // SAFETY: all pointers are valid for the sizes passed.
+        let r = unsafe {
+            libc::getpwuid_r(
+                n_uname,
+                &mut pw,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        let gid = if r == 0 && !result.is_null() {
+            pw.pw_gid
+        } else {
+            n_uname
+        };
+        return (n_uname, gid);
+    }
+    let Ok(name) = CString::new(uname) else {
+        return (NOBODY, NOBODY);
+    };
+    // SAFETY: all pointers are valid for the sizes passed.
+    let r = unsafe {
+        libc::getpwnam_r(
+            name.as_ptr(),
+            &mut pw,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if r == 0 && !result.is_null() {
+        (pw.pw_uid, pw.pw_gid)
+    } else {
+        (NOBODY, NOBODY)
+    }
+}
+
+impl Session {
+    /// A new session with nothing attached.
+    pub fn new(server: Arc<Server>) -> Session {
+        Session {
+            server,
+            fids: Mutex::new(FidTable::default()),
+            msize: AtomicU32::new(MAX_MSIZE),
+        }
+    }
+
+    /// The negotiated msize (the maximum before Tversion).
+    pub fn msize(&self) -> u32 {
+        self.msize.load(Ordering::Acquire)
+    }
+
+    fn fs(&self) -> &PassthroughFs {
+        &self.server.fs
+    }
+
+    fn fids(&self) -> MutexGuard<'_, FidTable> {
+        self.fids.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn fid(&self, id: u32) -> R<Fid> {
+        Ok(self.fids().get(id)?)
+    }
+
+    fn iounit(&self) -> u32 {
+        self.msize() - RREAD_HEADER as u32
+    }
+
+    fn stat(&self, f: &Fid) -> R<stat64> {
+        let c = ctx(f.uid, f.gid);
+        let handle = match f.open {
+            Some(Open::File(h)) => Some(h),
+            _ => None,
+        };
+        Ok(self.fs().getattr(&c, f.node, handle)?.0)
+    }
+
+    /// Gives back everything a fid holds: its handle and its lookup.
+    fn release_fid(&self, f: &Fid) -> R<()> {
+        let c = ctx(f.uid, f.gid);
+        let mut result = Ok(());
+        if let Some(Xattr::Write {
+            name,
+            flags,
+            size,
+            buf,
+        }) = &f.xattr
+        {
+            result = if buf.len() as u64 != *size {
+                Err(Errno(libc::EINVAL))
+            } else if *size == 0 {
+                self.fs().removexattr(&c, f.node, name).map_err(Errno::from)
+            } else {
+                self.fs()
+                    .setxattr(&c, f.node, name, buf, *flags)
+                    .map_err(Errno::from)
+            };
+        }
+        match f.open {
+            Some(Open::File(h)) => {
+                let _ = self.fs().release(&c, f.node, 0, h, false, false, None);
+            }
+            Some(Open::Dir(h)) => {
+                let _ = self.fs().releasedir(&c, f.node, 0, h);
+            }
+            None => {}
+        }
+        self.fs().forget(&c, f.node, 1);
+        result
+    }
+
+    /// Clunks every fid (connection closed, or Tversion).
+    pub fn reset(&self) {
+        let fids = self.fids().drain();
+        for f in fids {
+            let _ = self.release_fid(&f);
+        }
+    }
+
+    /// Handles Tversion: negotiates msize and resets the session. An msize
+    /// too small for any reply is refused (the server may not answer with a
+    /// larger one than the client proposed).
+    pub fn version(&self, msize: u32, version: &[u8]) -> Rmessage {
+        if msize < MIN_MSIZE {
+            return Rmessage::Lerror {
+                ecode: libc::EINVAL as u32,
+            };
+        }
+        self.reset();
+        let msize = msize.min(MAX_MSIZE);
+        self.msize.store(msize, Ordering::Release);
+        let version = if version.starts_with(VERSION) {
+            VERSION
+        } else {
+            b"unknown".as_slice()
+        };
+        Rmessage::Version {
+            msize,
+            version: version.to_vec(),
+        }
+    }
+
+    /// Serves one decoded request (all but Tversion and Tflush, which the
+    /// transport handles because they concern the connection).
+    pub fn handle(&self, msg: Tmessage<'_>) -> Reply {
+        let r = match msg {
+            Tmessage::Version { .. } | Tmessage::Flush { .. } => Err(Errno(libc::EPROTO)),
+            // No authentication is required: answer as diod does (ENOENT),
+            // which its clients and the Linux client take as "attach with
+            // NOFID".
+            Tmessage::Auth { .. } => Err(Errno(libc::ENOENT)),
+            Tmessage::Attach {
+                fid,
+                afid,
+                uname,
+                aname,
+                n_uname,
+            } => self.attach(fid, afid, uname, aname, n_uname),
+            Tmessage::Walk { fid, newfid, names } => self.walk(fid, newfid, &names),
+            Tmessage::Read { fid, offset, count } => return self.read(fid, offset, count),
+            Tmessage::Write { fid, offset, data } => self.write(fid, offset, data),
+            Tmessage::Clunk { fid } => self.clunk(fid),
+            Tmessage::Remove { fid } => self.remove(fid),
+            Tmessage::Statfs { fid } => self.statfs(fid),
+            Tmessage::Lopen { fid, flags } => self.lopen(fid, flags),
+            Tmessage::Lcreate {
+                fid,
+                name,
+                flags,
+                mode,
+                gid,
+            } => self.lcreate(fid, name, flags, mode, gid),
+            Tmessage::Symlink {
+                fid,
+                name,
+                target,
+                gid,
+            } => self.symlink(fid, name, target, gid),
+            Tmessage::Mknod {
+                dfid,
+                name,
+                mode,
+                major,
+                minor,
+                gid,
+            } => self.mknod(dfid, name, mode, major, minor, gid),
+            Tmessage::Rename { fid, dfid, name } => self.rename(fid, dfid, name),
+            Tmessage::Readlink { fid } => self.readlink(fid),
+            Tmessage::Getattr { fid, .. } => self.getattr(fid),
+            Tmessage::Setattr { fid, attr } => self.setattr(fid, &attr),
+            Tmessage::XattrWalk { fid, newfid, name } => self.xattrwalk(fid, newfid, name),
+            Tmessage::XattrCreate {
+                fid,
+                name,
+                size,
+                flags,
+            } => self.xattrcreate(fid, name, size, flags),
+            Tmessage::Readdir { fid, offset, count } => self.readdir(fid, offset, count),
+            Tmessage::Fsync { fid, datasync } => self.fsync(fid, datasync),
+            Tmessage::Lock { fid, lock, .. } => self.lock(fid, &lock),
+            Tmessage::GetLock { fid, lock } => self.getlock(fid, &lock),
+            Tmessage::Link { dfid, fid, name } => self.link(dfid, fid, name),
+            Tmessage::Mkdir {
+                dfid,
+                name,
+                mode,
+                gid,
+            } => self.mkdir(dfid, name, mode, gid),
+            Tmessage::Renameat {
+                olddirfid,
+                oldname,
+                newdirfid,
+                newname,
+            } => self.renameat(olddirfid, oldname, newdirfid, newname),
+            Tmessage::Unlinkat {
+                dirfid,
+                name,
+                flags,
+            } => self.unlinkat(dirfid, name, flags),
+        };
+        match r {
+            Ok(m) => Reply::Msg(m),
+            Err(Errno(e)) => Reply::Msg(Rmessage::Lerror { ecode: e as u32 }),
+        }
+    }
+
+    /// Walks `names` from `start` (holding one lookup on the result).
+    fn walk_names(&self, c: &Context, start: u64, names: &[CString]) -> R<u64> {
+        self.fs().add_lookup(start)?;
+        let mut cur = start;
+        for n in names {
+            let next = self.fs().lookup(c, cur, n);
+            self.fs().forget(c, cur, 1);
+            cur = next?.inode;
+        }
+        Ok(cur)
+    }
+
+    fn attach(&self, fid: u32, afid: u32, uname: &[u8], aname: &[u8], n_uname: u32) -> R<Rmessage> {
+        if afid != NOFID {
+            // No authentication is offered, so no afid can be valid.
+            return Err(Errno(libc::EBADF));
+        }
+        if self.fids().contains(fid) {
+            return Err(Errno(libc::EBADF));
+        }
+        let (uid, gid) = user_ids(uname, n_uname);
+        // "" and "/" and the export path itself are the root; anything else
+        // is a path inside the share, walked one confined component at a time.
+        let rel = aname
+            .strip_prefix(self.server.export.as_slice())
+            .unwrap_or(aname);
+        let path = rel
+            .split(|&b| b == b'/')
+            .filter(|c| !c.is_empty() && *c != b".")
+            .map(cname)
+            .collect::<R<Vec<_>>>()?;
+        let c = ctx(uid, gid);
+        let node = self.walk_names(&c, ROOT_ID, &path)?;
+        let f = Fid::new(node, uid, gid, path);
+        let st = match self.stat(&f) {
+            Ok(st) => st,
+            Err(e) => {
+                self.fs().forget(&c, node, 1);
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.fids().insert_new(fid, f) {
+            self.fs().forget(&c, node, 1);
+            return Err(e.into());
+        }
+        Ok(Rmessage::Attach {
+            qid: self.server.qid(&st),
+        })
+    }
+
+    fn walk(&self, fid: u32, newfid: u32, names: &[&[u8]]) -> R<Rmessage> {
+        let src = self.fid(fid)?;
+        if newfid != fid && self.fids().contains(newfid) {
+            return Err(Errno(libc::EBADF));
+        }
+        let c = ctx(src.uid, src.gid);
+        self.fs().add_lookup(src.node)?;
+        let mut cur = src.node;
+        let mut path = src.path.clone();
+        let mut qids = Vec::with_capacity(names.len());
+        for raw in names {
+            let step = cname(raw).and_then(|n| {
+                let e = self.fs().lookup(&c, cur, &n)?;
+                Ok((n, e))
+            });
+            match step {
+                Ok((n, e)) => {
+                    self.fs().forget(&c, cur, 1);
+                    cur = e.inode;
+                    match n.as_bytes() {
+                        b".." => {
+                            path.pop();
+                        }
+                        b"." => {}
+                        _ => path.push(n),
+                    }
+                    qids.push(self.server.qid(&e.attr));
+                }
+                Err(e) => {
+                    self.fs().forget(&c, cur, 1);
+                    // The first step failing is an error; a later one is a
+                    // partial walk: the qids that succeeded, newfid untouched.
+                    return if qids.is_empty() {
+                        Err(e)
+                    } else {
+                        Ok(Rmessage::Walk { qids })
+                    };
+                }
+            }
+        }
+        let mut fids = self.fids();
+        if newfid == fid {
+            let f = fids.get_mut(fid)?;
+            let old = std::mem::replace(&mut f.node, cur);
+            f.path = path;
+            drop(fids);
+            self.fs().forget(&c, old, 1);
+        } else if let Err(e) = fids.insert_new(newfid, Fid::new(cur, src.uid, src.gid, path)) {
+            drop(fids);
+            self.fs().forget(&c, cur, 1);
+            return Err(e.into());
+        }
+        Ok(Rmessage::Walk { qids })
+    }
+
+    fn lopen(&self, fid: u32, flags: u32) -> R<Rmessage> {
+        let f = self.fid(fid)?;
+        if f.open.is_some() || f.xattr.is_some() {
+            return Err(Errno(libc::EBADF));
+        }
+        let c = ctx(f.uid, f.gid);
+        let st = self.stat(&f)?;
+        let open = if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            let (h, _) = self.fs().opendir(&c, f.node, flags)?;
+            Open::Dir(h.ok_or(Errno(libc::EIO))?)
+        } else {
+            let (h, _, _) = self.fs().open(&c, f.node, flags, 0)?;
+            Open::File(h.ok_or(Errno(libc::EIO))?)
+        };
+        let stored = self.fids().get_mut(fid).map(|slot| {
+            if slot.open.is_none() {
+                slot.open = Some(open);
+                true
+            } else {
+                false
+            }
+        });
+        if stored != Ok(true) {
+            // Clunked or opened concurrently: do not leak the handle.
+            match open {
+                Open::File(h) => self.fs().release(&c, f.node, 0, h, false, false, None).ok(),
+                Open::Dir(h) => self.fs().releasedir(&c, f.node, 0, h).ok(),
+            };
+            return Err(Errno(libc::EBADF));
+        }
+        Ok(Rmessage::Lopen {
+            qid: self.server.qid(&st),
+            iounit: self.iounit(),
+        })
+    }
+
+    fn lcreate(&self, fid: u32, name: &[u8], flags: u32, mode: u32, gid: u32) -> R<Rmessage> {
+        let dir = self.fid(fid)?;
+        if dir.open.is_some() {
+            return Err(Errno(libc::EBADF));
+        }
+        let n = cname(name)?;
+        let c = ctx(dir.uid, gid);
+        let args = CreateIn {
+            flags: flags | libc::O_CREAT as u32,
+            mode: (mode & 0o7777) | libc::S_IFREG,
+            umask: 0,
+            fuse_flags: 0,
+        };
+        let (entry, handle, _, _) = self.fs().create(&c, dir.node, &n, args)?;
+        let handle = handle.ok_or(Errno(libc::EIO))?;
+        let mut fids = self.fids();
+        match fids.get_mut(fid) {
+            Ok(f) => {
+                f.node = entry.inode;
+                f.path.push(n);
+                f.open = Some(Open::File(handle));
+            }
+            Err(e) => {
+                drop(fids);
+                let _ = self
+                    .fs()
+                    .release(&c, entry.inode, 0, handle, false, false, None);
+                self.fs().forget(&c, entry.inode, 1);
+                return Err(e.into());
+            }
+        }
+        drop(fids);
+        // The fid now names the new file: give back its hold on the directory.
+        self.fs().forget(&c, dir.node, 1);
+        Ok(Rmessage::Lcreate {
+            qid: self.server.qid(&entry.attr),
+            iounit: self.iounit(),
+        })
+    }
+
+    /// Turns a fresh entry into a qid, giving back the lookup no fid keeps.
+    fn entry_qid(&self, c: &Context, entry: fuse_backend_rs::api::filesystem::Entry) -> Qid {
+        self.fs().forget(c, entry.inode, 1);
+        self.server.qid(&entry.attr)
+    }
+
+    fn symlink(&self, fid: u32, name: &[u8], target: &[u8], gid: u32) -> R<Rmessage> {
+        let dir = self.fid(fid)?;
+        let n = cname(name)?;
+        let t = CString::new(target).map_err(|_| Errno(libc::EINVAL))?;
+        let c = ctx(dir.uid, gid);
+        let e = self.fs().symlink(&c, &t, dir.node, &n)?;
+        Ok(Rmessage::Symlink {
+            qid: self.entry_qid(&c, e),
+        })
+    }
+
+    fn mknod(
+        &self,
+        dfid: u32,
+        name: &[u8],
+        mode: u32,
+        major: u32,
+        minor: u32,
+        gid: u32,
+    ) -> R<Rmessage> {
+        let dir = self.fid(dfid)?;
+        let n = cname(name)?;
+        let c = ctx(dir.uid, gid);
+        let rdev = libc::makedev(major, minor) as u32;
+        let e = self.fs().mknod(&c, dir.node, &n, mode, rdev, 0)?;
+        Ok(Rmessage::Mknod {
+            qid: self.entry_qid(&c, e),
+        })
+    }
+
+    fn mkdir(&self, dfid: u32, name: &[u8], mode: u32, gid: u32) -> R<Rmessage> {
+        let dir = self.fid(dfid)?;
+        let n = cname(name)?;
+        let c = ctx(dir.uid, gid);
+        let e = self.fs().mkdir(&c, dir.node, &n, mode, 0)?;
+        Ok(Rmessage::Mkdir {
+            qid: self.entry_qid(&c, e),
+        })
+    }
+
+    /// The parent node (holding one lookup) and last name of a fid's path.
+    fn parent_of(&self, f: &Fid) -> R<(u64, CString)> {
+        let Some((last, parent)) = f.path.split_last() else {
+            // The share root has no parent inside the share.
+            return Err(Errno(libc::EBUSY));
+        };
+        let c = ctx(f.uid, f.gid);
+        Ok((self.walk_names(&c, ROOT_ID, parent)?, last.clone()))
+    }
+
+    fn rename(&self, fid: u32, dfid: u32, name: &[u8]) -> R<Rmessage> {
+        let f = self.fid(fid)?;
+        let dir = self.fid(dfid)?;
+        let n = cname(name)?;
+        let c = ctx(f.uid, f.gid);
+        let (parent, last) = self.parent_of(&f)?;
+        let r = self.fs().rename(&c, parent, &last, dir.node, &n, 0);
+        self.fs().forget(&c, parent, 1);
+        r?;
+        if let Ok(slot) = self.fids().get_mut(fid) {
+            slot.path = dir.path.iter().cloned().chain(std::iter::once(n)).collect();
+        }
+        Ok(Rmessage::Rename)
+    }
+
+    fn renameat(
+        &self,
+        olddirfid: u32,
+        oldname: &[u8],
+        newdirfid: u32,
+        newname: &[u8],
+    ) -> R<Rmessage> {
+        let old = self.fid(olddirfid)?;
+        let new = self.fid(newdirfid)?;
+        let c = ctx(old.uid, old.gid);
+        self.fs().rename(
+            &c,
+            old.node,
+            &cname(oldname)?,
+            new.node,
+            &cname(newname)?,
+            0,
+        )?;
+        Ok(Rmessage::Renameat)
+    }
+
+    fn unlinkat(&self, dirfid: u32, name: &[u8], flags: u32) -> R<Rmessage> {
+        let dir = self.fid(dirfid)?;
+        let n = cname(name)?;
+        let c = ctx(dir.uid, dir.gid);
+        if flags & libc::AT_REMOVEDIR as u32 != 0 {
+            self.fs().rmdir(&c, dir.node, &n)?;
+        } else {
+            self.fs().unlink(&c, dir.node, &n)?;
+        }
+        Ok(Rmessage::Unlinkat)
+    }
+
+    fn remove(&self, fid: u32) -> R<Rmessage> {
+        // Tremove clunks the fid whether or not the removal succeeds.
+        let f = self.fids().remove(fid)?;
+        let c = ctx(f.uid, f.gid);
+        let removed = self.stat(&f).and_then(|st| {
+            let (parent, last) = self.parent_of(&f)?;
+            let r = if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                self.fs().rmdir(&c, parent, &last)
+            } else {
+                self.fs().unlink(&c, parent, &last)
+            };
+            self.fs().forget(&c, parent, 1);
+            r.map_err(Errno::from)
+        });
+        let released = self.release_fid(&f);
+        removed?;
+        released?;
+        Ok(Rmessage::Remove)
+    }
+
+    fn clunk(&self, fid: u32) -> R<Rmessage> {
+        let f = self.fids().remove(fid)?;
+        self.release_fid(&f)?;
+        Ok(Rmessage::Clunk)
+    }
+
+    fn readlink(&self, fid: u32) -> R<Rmessage> {
+        let f = self.fid(fid)?;
+        let target = self.fs().readlink(&ctx(f.uid, f.gid), f.node)?;
+        Ok(Rmessage::Readlink { target })
+    }
+
+    fn getattr(&self, fid: u32) -> R<Rmessage> {
+        let f = self.fid(fid)?;
+        let st = self.stat(&f)?;
+        Ok(Rmessage::Getattr(Attr {
+            valid: GETATTR_BASIC,
+            qid: self.server.qid(&st),
+            mode: st.st_mode,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            nlink: st.st_nlink,
+            rdev: st.st_rdev,
+            size: st.st_size as u64,
+            blksize: st.st_blksize as u64,
+            blocks: st.st_blocks as u64,
+            atime_sec: st.st_atime as u64,
+            atime_nsec: st.st_atime_nsec as u64,
+            mtime_sec: st.st_mtime as u64,
+            mtime_nsec: st.st_mtime_nsec as u64,
+            ctime_sec: st.st_ctime as u64,
+            ctime_nsec: st.st_ctime_nsec as u64,
+            ..Attr::default()
+        }))
+    }
+
+    fn setattr(&self, fid: u32, a: &SetAttr) -> R<Rmessage> {
+        use setattr_bits::*;
+        let f = self.fid(fid)?;
+        let c = ctx(f.uid, f.gid);
+        let mut valid = SetattrValid::empty();
+        // SAFETY: stat64 is plain data; zero is a valid value.
+        let mut st: stat64 = unsafe { std::mem::zeroed() };
+        if a.valid & MODE != 0 {
+            valid |= SetattrValid::MODE;
+            st.st_mode = a.mode;
+        }
+        if a.valid & UID != 0 {
+            valid |= SetattrValid::UID;
+            st.st_uid = a.uid;
+        }
+        if a.valid & GID != 0 {
+            valid |= SetattrValid::GID;
+            st.st_gid = a.gid;
+        }
+        if a.valid & SIZE != 0 {
+            valid |= SetattrValid::SIZE;
+            st.st_size = i64::try_from(a.size).map_err(|_| Errno(libc::EFBIG))?;
+        }
+        if a.valid & ATIME != 0 {
+            if a.valid & ATIME_SET != 0 {
+                valid |= SetattrValid::ATIME;
+                st.st_atime = a.atime_sec as i64;
+                st.st_atime_nsec = a.atime_nsec as i64;
+            } else {
+                valid |= SetattrValid::ATIME | SetattrValid::ATIME_NOW;
+            }
+        }
+        if a.valid & MTIME != 0 {
+            if a.valid & MTIME_SET != 0 {
+                valid |= SetattrValid::MTIME;
+                st.st_mtime = a.mtime_sec as i64;
+                st.st_mtime_nsec = a.mtime_nsec as i64;
+            } else {
+                valid |= SetattrValid::MTIME | SetattrValid::MTIME_NOW;
+            }
+        }
+        if valid.is_empty() {
+            // Only ctime was asked for: the host updates it on any change.
+            return Ok(Rmessage::Setattr);
+        }
+        let handle = match f.open {
+            Some(Open::File(h)) => Some(h),
+            _ => None,
+        };
+        self.fs().setattr(&c, f.node, st, handle, valid)?;
+        Ok(Rmessage::Setattr)
+    }
+
+    fn statfs(&self, fid: u32) -> R<Rmessage> {
+        let f = self.fid(fid)?;
+        let s = self.fs().statfs(&ctx(f.uid, f.gid), f.node)?;
+        Ok(Rmessage::Statfs(StatFs {
+            ty: V9FS_MAGIC,
+            bsize: s.f_bsize as u32,
+            blocks: s.f_blocks,
+            bfree: s.f_bfree,
+            bavail: s.f_bavail,
+            files: s.f_files,
+            ffree: s.f_ffree,
+            fsid: s.f_fsid,
+            namelen: s.f_namemax as u32,
+        }))
+    }
+
+    fn read(&self, fid: u32, offset: u64, count: u32) -> Reply {
+        let r = (|| -> R<Reply> {
+            let f = self.fid(fid)?;
+            let count = count.min(self.iounit());
+            if let Some(Xattr::Read(buf)) = &f.xattr {
+                let start = (offset as usize).min(buf.len());
+                let end = start.saturating_add(count as usize).min(buf.len());
+                return Ok(Reply::Msg(Rmessage::Read {
+                    data: buf[start..end].to_vec(),
+                }));
+            }
+            let Some(Open::File(h)) = f.open else {
+                return Err(Errno(libc::EBADF));
+            };
+            let mut reply = ReadReply::with_capacity(count as usize);
+            let mut w = VecWriter::new(reply.buffer());
+            self.fs().read(
+                &ctx(f.uid, f.gid),
+                f.node,
+                h,
+                &mut w,
+                count,
+                offset,
+                None,
+                0,
+            )?;
+            Ok(Reply::Read(reply))
+        })();
+        r.unwrap_or_else(|Errno(e)| Reply::Msg(Rmessage::Lerror { ecode: e as u32 }))
+    }
+
+    fn write(&self, fid: u32, offset: u64, data: &[u8]) -> R<Rmessage> {
+        let f = self.fid(fid)?;
+        if let Some(Xattr::Write { .. }) = &f.xattr {
+            let mut fids = self.fids();
+            let slot = fids.get_mut(fid)?;
+            let Some(Xattr::Write { size, buf, .. }) = &mut slot.xattr else {
+                return Err(Errno(libc::EBADF));
+            };
+            if offset != buf.len() as u64 || buf.len() as u64 + data.len() as u64 > *size {
+                return Err(Errno(libc::EINVAL));
+            }
+            buf.extend_from_slice(data);
+            return Ok(Rmessage::Write {
+                count: data.len() as u32,
+            });
+        }
+        let Some(Open::File(h)) = f.open else {
+            return Err(Errno(libc::EBADF));
+        };
+        let mut r = SliceReader::new(data);
+        let n = self.fs().write(
+            &ctx(f.uid, f.gid),
+            f.node,
+            h,
+            &mut r,
+            data.len() as u32,
+            offset,
+            None,
+            false,
+            0,
+            0,
+        )?;
+        Ok(Rmessage::Write { count: n as u32 })
+    }
+
+    fn readdir(&self, fid: u32, offset: u64, count: u32) -> R<Rmessage> {
+        let f = self.fid(fid)?;
+        let Some(Open::Dir(h)) = f.open else {
+            return Err(Errno(libc::EBADF));
+        };
+        let dir_dev = self.stat(&f)?.st_dev;
+        let limit = count.min(self.iounit()) as usize;
+        let mut data = Vec::with_capacity(limit);
+        self.fs()
+            .readdir(&ctx(f.uid, f.gid), f.node, h, count, offset, &mut |d| {
+                let need = QID_SIZE + 8 + 1 + 2 + d.name.len();
+                if data.len() + need > limit {
+                    return Ok(0);
+                }
+                let ty = match d.type_ {
+                    t if t == libc::DT_DIR as u32 => QTDIR,
+                    t if t == libc::DT_LNK as u32 => QTSYMLINK,
+                    _ => QTFILE,
+                };
+                let qid = Qid {
+                    ty,
+                    version: 0,
+                    path: self.server.qid_path(dir_dev, d.ino),
+                };
+                Encoder::new(&mut data)
+                    .qid(&qid)
+                    .u64(d.offset)
+                    .u8(d.type_ as u8)
+                    .string(d.name);
+                Ok(need)
+            })?;
+        Ok(Rmessage::Readdir { data })
+    }
+
+    fn fsync(&self, fid: u32, datasync: u32) -> R<Rmessage> {
+        let f = self.fid(fid)?;
+        let c = ctx(f.uid, f.gid);
+        match f.open {
+            Some(Open::File(h)) => self.fs().fsync(&c, f.node, datasync != 0, h)?,
+            Some(Open::Dir(h)) => self.fs().fsyncdir(&c, f.node, datasync != 0, h)?,
+            None => return Err(Errno(libc::EBADF)),
+        }
+        Ok(Rmessage::Fsync)
+    }
+
+    fn file_lock(l: &Lock<&[u8]>) -> FileLock {
+        FileLock {
+            start: l.start,
+            end: if l.length == 0 {
+                u64::MAX
+            } else {
+                l.start.saturating_add(l.length - 1)
+            },
+            lock_type: l.ty as u32,
+            pid: l.proc_id,
+        }
+    }
+
+    fn lock(&self, fid: u32, l: &Lock<&[u8]>) -> R<Rmessage> {
+        let f = self.fid(fid)?;
+        let Some(Open::File(h)) = f.open else {
+            return Err(Errno(libc::EBADF));
+        };
+        // Never block a server thread: a conflicting lock is BLOCKED, and the
+        // client retries (the Linux client does for blocking requests).
+        let status = match self
+            .fs()
+            .setlk(&ctx(f.uid, f.gid), f.node, h, 0, Self::file_lock(l), 0)
+        {
+            Ok(()) => lock_status::SUCCESS,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) => {
+                lock_status::BLOCKED
+            }
+            Err(_) => lock_status::ERROR,
+        };
+        Ok(Rmessage::Lock { status })
+    }
+
+    fn getlock(&self, fid: u32, l: &Lock<&[u8]>) -> R<Rmessage> {
+        let f = self.fid(fid)?;
+        let Some(Open::File(h)) = f.open else {
+            return Err(Errno(libc::EBADF));
+        };
+        let got = self
+            .fs()
+            .getlk(&ctx(f.uid, f.gid), f.node, h, 0, Self::file_lock(l), 0)?;
+        let length = if got.lock_type == libc::F_UNLCK as u32 || got.end >= i64::MAX as u64 {
+            0
+        } else {
+            got.end - got.start + 1
+        };
+        Ok(Rmessage::GetLock(Lock {
+            ty: got.lock_type as u8,
+            start: got.start,
+            length,
+            proc_id: got.pid,
+            client_id: l.client_id.to_vec(),
+        }))
+    }
+
+    fn link(&self, dfid: u32, fid: u32, name: &[u8]) -> R<Rmessage> {
+        let dir = self.fid(dfid)?;
+        let f = self.fid(fid)?;
+        let n = cname(name)?;
+        let c = ctx(dir.uid, dir.gid);
+        let e = self.fs().link(&c, f.node, dir.node, &n)?;
+        self.fs().forget(&c, e.inode, 1);
+        Ok(Rmessage::Link)
+    }
+
+    fn xattrwalk(&self, fid: u32, newfid: u32, name: &[u8]) -> R<Rmessage> {
+        let f = self.fid(fid)?;
+        let c = ctx(f.uid, f.gid);
+        let value = if name.is_empty() {
+            match self.fs().listxattr(&c, f.node, 0)? {
+                ListxattrReply::Count(n) => match self.fs().listxattr(&c, f.node, n)? {
+                    ListxattrReply::Names(v) => v,
+                    ListxattrReply::Count(_) => return Err(Errno(libc::EIO)),
+                },
+                ListxattrReply::Names(v) => v,
+            }
+        } else {
+            let n = CString::new(name).map_err(|_| Errno(libc::EINVAL))?;
+            match self.fs().getxattr(&c, f.node, &n, 0)? {
+                GetxattrReply::Count(len) => match self.fs().getxattr(&c, f.node, &n, len)? {
+                    GetxattrReply::Value(v) => v,
+                    GetxattrReply::Count(_) => return Err(Errno(libc::EIO)),
+                },
+                GetxattrReply::Value(v) => v,
+            }
+        };
+        let size = value.len() as u64;
+        self.fs().add_lookup(f.node)?;
+        let mut x = Fid::new(f.node, f.uid, f.gid, f.path.clone());
+        x.xattr = Some(Xattr::Read(value));
+        if let Err(e) = self.fids().insert_new(newfid, x) {
+            self.fs().forget(&c, f.node, 1);
+            return Err(e.into());
+        }
+        Ok(Rmessage::XattrWalk { size })
+    }
+
+    fn xattrcreate(&self, fid: u32, name: &[u8], size: u64, flags: u32) -> R<Rmessage> {
+        if size > XATTR_SIZE_MAX {
+            return Err(Errno(libc::E2BIG));
+        }
+        let n = CString::new(name).map_err(|_| Errno(libc::EINVAL))?;
+        if n.as_bytes().is_empty() {
+            return Err(Errno(libc::EINVAL));
+        }
+        let mut fids = self.fids();
+        let f = fids.get_mut(fid)?;
+        if f.open.is_some() || f.xattr.is_some() {
+            return Err(Errno(libc::EBADF));
+        }
+        f.xattr = Some(Xattr::Write {
+            name: n,
+            flags,
+            size,
+            buf: Vec::with_capacity(size as usize),
+        });
+        Ok(Rmessage::XattrCreate)
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.reset();
+    }
+}

@@ -1,0 +1,629 @@
+//! The 9P server attacked by a raw client: walks out of the share, names
+//! with `/`, symlinks and special files, fid reuse, oversized walks,
+//! truncated and oversized frames, R-messages, a tiny msize. Each is refused
+//! and the server keeps serving this and other clients.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use p9::messages::*;
+use p9::server::Server;
+use p9::transport::serve_connection;
+use p9::wire::{Qid, QTDIR};
+use passthrough::{Config, PassthroughFs};
+
+struct Client {
+    s: UnixStream,
+    tag: u16,
+}
+
+impl Client {
+    fn connect(server: &Arc<Server>) -> Client {
+        let (a, b) = UnixStream::pair().unwrap();
+        let server = server.clone();
+        std::thread::spawn(move || {
+            let _ = serve_connection(server, a.try_clone().unwrap(), a);
+        });
+        b.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Client { s: b, tag: 0 }
+    }
+
+    fn send_raw(&mut self, frame: &[u8]) {
+        self.s.write_all(frame).unwrap();
+    }
+
+    fn recv(&mut self) -> (u16, Rmessage) {
+        let mut size = [0u8; 4];
+        self.s.read_exact(&mut size).expect("a reply");
+        let n = u32::from_le_bytes(size) as usize;
+        let mut frame = vec![0u8; n];
+        frame[..4].copy_from_slice(&size);
+        self.s.read_exact(&mut frame[4..]).unwrap();
+        decode_rframe(&frame).expect("the server's replies decode")
+    }
+
+    fn rpc(&mut self, m: Tmessage<'_>) -> Rmessage {
+        self.tag = self.tag.wrapping_add(1) % 1000;
+        let tag = self.tag;
+        self.send_raw(&m.encode(tag));
+        let (rtag, r) = self.recv();
+        assert_eq!(rtag, tag);
+        r
+    }
+
+    fn version(&mut self, msize: u32) -> Rmessage {
+        self.send_raw(
+            &Tmessage::Version {
+                msize,
+                version: b"9P2000.L",
+            }
+            .encode(NOTAG),
+        );
+        self.recv().1
+    }
+
+    fn attach(&mut self, fid: u32, aname: &[u8]) -> Rmessage {
+        self.rpc(Tmessage::Attach {
+            fid,
+            afid: NOFID,
+            uname: b"root",
+            aname,
+            n_uname: 0,
+        })
+    }
+
+    fn walk(&mut self, fid: u32, newfid: u32, names: &[&[u8]]) -> Rmessage {
+        self.rpc(Tmessage::Walk {
+            fid,
+            newfid,
+            names: names.to_vec(),
+        })
+    }
+
+    /// A session with fid 0 attached to the share root.
+    fn ready(server: &Arc<Server>) -> Client {
+        let mut c = Client::connect(server);
+        assert!(matches!(
+            c.version(512 * 1024),
+            Rmessage::Version { msize: 524288, .. }
+        ));
+        assert!(matches!(c.attach(0, b""), Rmessage::Attach { .. }));
+        c
+    }
+}
+
+fn errno(r: &Rmessage) -> i32 {
+    match r {
+        Rmessage::Lerror { ecode } => *ecode as i32,
+        _ => 0,
+    }
+}
+
+struct Setup {
+    _base: tempfile::TempDir,
+    share: PathBuf,
+    outside: PathBuf,
+    server: Arc<Server>,
+}
+
+fn setup() -> Setup {
+    let base = tempfile::tempdir().unwrap();
+    let share = base.path().join("share");
+    let outside = base.path().join("outside");
+    std::fs::create_dir(&share).unwrap();
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("secret"), b"host secret").unwrap();
+    std::fs::write(share.join("inside"), b"guest data").unwrap();
+    std::fs::create_dir(share.join("dir")).unwrap();
+    let fs = Arc::new(PassthroughFs::new(Config::new(&share)).unwrap());
+    Setup {
+        _base: base,
+        share,
+        outside,
+        server: Server::new(fs),
+    }
+}
+
+fn root_qid(c: &mut Client) -> Qid {
+    match c.rpc(Tmessage::Getattr { fid: 0, mask: !0 }) {
+        Rmessage::Getattr(a) => a.qid,
+        r => panic!("getattr: {r:?}"),
+    }
+}
+
+fn assert_nothing_escaped(s: &Setup) {
+    let names: Vec<_> = std::fs::read_dir(&s.outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        names,
+        vec![std::ffi::OsString::from("secret")],
+        "nothing created outside"
+    );
+    assert_eq!(
+        std::fs::read(s.outside.join("secret")).unwrap(),
+        b"host secret"
+    );
+}
+
+#[test]
+fn read_write_round_trip_through_fids() {
+    let s = setup();
+    let mut c = Client::ready(&s.server);
+    assert!(matches!(c.walk(0, 1, &[]), Rmessage::Walk { ref qids } if qids.is_empty()));
+    let r = c.rpc(Tmessage::Lcreate {
+        fid: 1,
+        name: b"new",
+        flags: libc::O_RDWR as u32,
+        mode: 0o640,
+        gid: 0,
+    });
+    assert!(matches!(r, Rmessage::Lcreate { .. }), "{r:?}");
+    let r = c.rpc(Tmessage::Write {
+        fid: 1,
+        offset: 3,
+        data: b"hello",
+    });
+    assert_eq!(r, Rmessage::Write { count: 5 });
+    let r = c.rpc(Tmessage::Read {
+        fid: 1,
+        offset: 0,
+        count: 100,
+    });
+    assert_eq!(
+        r,
+        Rmessage::Read {
+            data: b"\0\0\0hello".to_vec()
+        }
+    );
+    assert_eq!(c.rpc(Tmessage::Clunk { fid: 1 }), Rmessage::Clunk);
+    assert_eq!(std::fs::read(s.share.join("new")).unwrap(), b"\0\0\0hello");
+    // Readdir lists what the host has.
+    c.walk(0, 2, &[]);
+    assert!(matches!(
+        c.rpc(Tmessage::Lopen { fid: 2, flags: 0 }),
+        Rmessage::Lopen { .. }
+    ));
+    let Rmessage::Readdir { data } = c.rpc(Tmessage::Readdir {
+        fid: 2,
+        offset: 0,
+        count: 8192,
+    }) else {
+        panic!("readdir")
+    };
+    for name in ["inside", "dir", "new"] {
+        assert!(
+            data.windows(name.len()).any(|w| w == name.as_bytes()),
+            "{name} listed"
+        );
+    }
+}
+
+#[test]
+fn walk_dotdot_at_root_stays_at_root() {
+    let s = setup();
+    let mut c = Client::ready(&s.server);
+    let root = root_qid(&mut c);
+    let r = c.walk(0, 1, &[b"..", b"..", b".."]);
+    let Rmessage::Walk { qids } = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(qids.len(), 3);
+    assert!(qids.iter().all(|q| *q == root), "every .. is the root");
+    // And from inside: dir/../.. is still the root.
+    let Rmessage::Walk { qids } = c.walk(0, 2, &[b"dir", b"..", b".."]) else {
+        panic!()
+    };
+    assert_eq!(qids[2], root);
+    assert_eq!(qids[0].ty, QTDIR);
+}
+
+#[test]
+fn names_with_slash_are_refused_everywhere() {
+    let s = setup();
+    let mut c = Client::ready(&s.server);
+    let evil: &[u8] = b"../outside/pwned";
+    assert_eq!(errno(&c.walk(0, 1, &[b"../outside"])), libc::EINVAL);
+    assert_eq!(errno(&c.walk(0, 1, &[b"/etc"])), libc::EINVAL);
+    c.walk(0, 1, &[]);
+    let r = c.rpc(Tmessage::Lcreate {
+        fid: 1,
+        name: evil,
+        flags: 2,
+        mode: 0o644,
+        gid: 0,
+    });
+    assert_eq!(errno(&r), libc::EINVAL);
+    let r = c.rpc(Tmessage::Mkdir {
+        dfid: 0,
+        name: evil,
+        mode: 0o755,
+        gid: 0,
+    });
+    assert_eq!(errno(&r), libc::EINVAL);
+    let r = c.rpc(Tmessage::Symlink {
+        fid: 0,
+        name: evil,
+        target: b"/etc/passwd",
+        gid: 0,
+    });
+    assert_eq!(errno(&r), libc::EINVAL);
+    let r = c.rpc(Tmessage::Mknod {
+        dfid: 0,
+        name: evil,
+        mode: libc::S_IFREG | 0o644,
+        major: 0,
+        minor: 0,
+        gid: 0,
+    });
+    assert_eq!(errno(&r), libc::EINVAL);
+    let r = c.rpc(Tmessage::Renameat {
+        olddirfid: 0,
+        oldname: b"inside",
+        newdirfid: 0,
+        newname: evil,
+    });
+    assert_eq!(errno(&r), libc::EINVAL);
+    c.walk(0, 3, &[b"inside"]);
+    assert_eq!(
+        errno(&c.rpc(Tmessage::Rename {
+            fid: 3,
+            dfid: 0,
+            name: evil
+        })),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno(&c.rpc(Tmessage::Link {
+            dfid: 0,
+            fid: 3,
+            name: evil
+        })),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno(&c.rpc(Tmessage::Unlinkat {
+            dirfid: 0,
+            name: b"../outside/secret",
+            flags: 0
+        })),
+        libc::EINVAL
+    );
+    assert_nothing_escaped(&s);
+    assert!(s.share.join("inside").exists());
+}
+
+#[test]
+fn symlinks_out_of_the_share_are_not_followed() {
+    let s = setup();
+    std::os::unix::fs::symlink(&s.outside, s.share.join("door")).unwrap();
+    let mut c = Client::ready(&s.server);
+    // Created on the host: walking through it is ENOTDIR, opening it ELOOP.
+    let r = c.walk(0, 1, &[b"door", b"secret"]);
+    assert!(
+        matches!(&r, Rmessage::Walk { qids } if qids.len() == 1) || errno(&r) != 0,
+        "the walk stops at the link: {r:?}"
+    );
+    assert!(!matches!(r, Rmessage::Walk { ref qids } if qids.len() == 2));
+    c.walk(0, 2, &[b"door"]);
+    assert_eq!(
+        errno(&c.rpc(Tmessage::Lopen { fid: 2, flags: 0 })),
+        libc::ELOOP
+    );
+    // Created by the client.
+    let r = c.rpc(Tmessage::Symlink {
+        fid: 0,
+        name: b"etc",
+        target: b"/etc",
+        gid: 0,
+    });
+    assert!(matches!(r, Rmessage::Symlink { .. }));
+    let r = c.walk(0, 3, &[b"etc", b"passwd"]);
+    assert!(
+        !matches!(r, Rmessage::Walk { ref qids } if qids.len() == 2),
+        "{r:?}"
+    );
+    assert_eq!(
+        c.rpc(Tmessage::Readlink { fid: 2 }),
+        Rmessage::Readlink {
+            target: s.outside.as_os_str().as_encoded_bytes().to_vec()
+        }
+    );
+}
+
+#[test]
+fn fifos_and_devices_made_by_the_client_do_not_block_or_open() {
+    let s = setup();
+    let mut c = Client::ready(&s.server);
+    let r = c.rpc(Tmessage::Mknod {
+        dfid: 0,
+        name: b"fifo",
+        mode: libc::S_IFIFO | 0o666,
+        major: 0,
+        minor: 0,
+        gid: 0,
+    });
+    assert!(matches!(r, Rmessage::Mknod { .. }), "{r:?}");
+    c.walk(0, 1, &[b"fifo"]);
+    let start = Instant::now();
+    assert_eq!(
+        errno(&c.rpc(Tmessage::Lopen { fid: 1, flags: 0 })),
+        libc::ENXIO
+    );
+    assert!(start.elapsed() < Duration::from_secs(5));
+    let r = c.rpc(Tmessage::Mknod {
+        dfid: 0,
+        name: b"null",
+        mode: libc::S_IFCHR | 0o666,
+        major: 1,
+        minor: 3,
+        gid: 0,
+    });
+    assert!(matches!(r, Rmessage::Mknod { .. }), "{r:?}");
+    c.walk(0, 2, &[b"null"]);
+    assert_eq!(
+        errno(&c.rpc(Tmessage::Lopen { fid: 2, flags: 2 })),
+        libc::ENXIO
+    );
+}
+
+#[test]
+fn fid_reuse_and_unknown_fids_are_ebadf() {
+    let s = setup();
+    let mut c = Client::ready(&s.server);
+    assert_eq!(errno(&c.attach(0, b"")), libc::EBADF, "fid 0 is taken");
+    c.walk(0, 1, &[b"inside"]);
+    assert_eq!(
+        errno(&c.walk(0, 1, &[b"dir"])),
+        libc::EBADF,
+        "newfid 1 is taken"
+    );
+    assert_eq!(
+        errno(&c.rpc(Tmessage::Getattr { fid: 77, mask: 0 })),
+        libc::EBADF
+    );
+    assert_eq!(errno(&c.rpc(Tmessage::Clunk { fid: 77 })), libc::EBADF);
+    assert_eq!(
+        errno(&c.rpc(Tmessage::Read {
+            fid: 1,
+            offset: 0,
+            count: 10
+        })),
+        libc::EBADF,
+        "reading an unopened fid"
+    );
+    assert_eq!(c.rpc(Tmessage::Clunk { fid: 1 }), Rmessage::Clunk);
+    assert_eq!(
+        errno(&c.rpc(Tmessage::Clunk { fid: 1 })),
+        libc::EBADF,
+        "double clunk"
+    );
+}
+
+#[test]
+fn partial_walk_returns_the_qids_that_succeeded() {
+    let s = setup();
+    let mut c = Client::ready(&s.server);
+    let r = c.walk(0, 1, &[b"dir", b"missing", b"x"]);
+    let Rmessage::Walk { qids } = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(qids.len(), 1);
+    assert_eq!(
+        errno(&c.rpc(Tmessage::Getattr { fid: 1, mask: 0 })),
+        libc::EBADF,
+        "newfid not made"
+    );
+    assert_eq!(errno(&c.walk(0, 1, &[b"missing"])), libc::ENOENT);
+}
+
+#[test]
+fn malformed_frames_get_errors_and_the_server_keeps_serving() {
+    let s = setup();
+    let mut c = Client::ready(&s.server);
+    // 17 names.
+    let names: Vec<&[u8]> = vec![b"dir"; 17];
+    let r = c.walk(0, 1, &names);
+    assert_eq!(errno(&r), libc::E2BIG);
+    // A body shorter than the message needs (size field consistent).
+    let mut f = Tmessage::Getattr { fid: 0, mask: 0 }.encode(9);
+    f.truncate(f.len() - 4);
+    let size = f.len() as u32;
+    f[..4].copy_from_slice(&size.to_le_bytes());
+    c.send_raw(&f);
+    assert_eq!(
+        c.recv(),
+        (
+            9,
+            Rmessage::Lerror {
+                ecode: libc::EINVAL as u32
+            }
+        )
+    );
+    // A string whose length runs past the frame.
+    let mut f = Tmessage::Walk {
+        fid: 0,
+        newfid: 5,
+        names: vec![b"dir"],
+    }
+    .encode(10);
+    let n = f.len();
+    f[n - 5] = 0xff; // the name's length field
+    c.send_raw(&f);
+    assert_eq!(errno(&c.recv().1), libc::EINVAL);
+    // A frame larger than msize is refused without being buffered.
+    let mut big = Tmessage::Write {
+        fid: 0,
+        offset: 0,
+        data: &vec![0u8; 600 * 1024],
+    }
+    .encode(11);
+    big.truncate(big.len());
+    c.send_raw(&big);
+    assert_eq!(
+        c.recv(),
+        (
+            11,
+            Rmessage::Lerror {
+                ecode: libc::EMSGSIZE as u32
+            }
+        )
+    );
+    // An unknown T-type, and an R-message sent to the server.
+    c.send_raw(&[7, 0, 0, 0, 250, 12, 0]);
+    assert_eq!(
+        c.recv(),
+        (
+            12,
+            Rmessage::Lerror {
+                ecode: libc::EOPNOTSUPP as u32
+            }
+        )
+    );
+    c.send_raw(&Rmessage::Clunk.encode(13));
+    assert_eq!(
+        c.recv(),
+        (
+            13,
+            Rmessage::Lerror {
+                ecode: libc::EPROTO as u32
+            }
+        )
+    );
+    c.send_raw(&[7, 0, 0, 0, 124, 14, 0]); // legacy Tstat
+    assert_eq!(
+        c.recv(),
+        (
+            14,
+            Rmessage::Lerror {
+                ecode: libc::EOPNOTSUPP as u32
+            }
+        )
+    );
+    // Still serving.
+    assert!(matches!(
+        c.rpc(Tmessage::Getattr { fid: 0, mask: 0 }),
+        Rmessage::Getattr(_)
+    ));
+}
+
+#[test]
+fn tiny_msize_is_refused() {
+    let s = setup();
+    let mut c = Client::connect(&s.server);
+    assert_eq!(errno(&c.version(64)), libc::EINVAL);
+    assert!(matches!(
+        c.version(8192),
+        Rmessage::Version { msize: 8192, .. }
+    ));
+    assert_eq!(
+        c.version(1 << 30),
+        Rmessage::Version {
+            msize: p9::server::MAX_MSIZE,
+            version: b"9P2000.L".to_vec()
+        }
+    );
+}
+
+#[test]
+fn broken_connection_does_not_disturb_other_clients() {
+    let s = setup();
+    let mut good = Client::ready(&s.server);
+    let mut bad = Client::ready(&s.server);
+    // A size field smaller than a header: the stream cannot be trusted.
+    bad.send_raw(&[3, 0, 0, 0, 1, 2, 3]);
+    let mut buf = [0u8; 1];
+    assert_eq!(
+        bad.s.read(&mut buf).unwrap_or(0),
+        0,
+        "the bad connection is closed"
+    );
+    // A connection that dies mid-frame.
+    let mut half = Client::ready(&s.server);
+    half.send_raw(&[100, 0, 0, 0, 24]);
+    drop(half);
+    assert!(matches!(
+        good.rpc(Tmessage::Getattr { fid: 0, mask: 0 }),
+        Rmessage::Getattr(_)
+    ));
+}
+
+#[test]
+fn flush_answers_after_the_flushed_request() {
+    let s = setup();
+    std::fs::write(s.share.join("big"), vec![7u8; 400 * 1024]).unwrap();
+    let mut c = Client::ready(&s.server);
+    c.walk(0, 1, &[b"big"]);
+    c.rpc(Tmessage::Lopen { fid: 1, flags: 0 });
+    c.send_raw(
+        &Tmessage::Read {
+            fid: 1,
+            offset: 0,
+            count: 400 * 1024,
+        }
+        .encode(500),
+    );
+    c.send_raw(&Tmessage::Flush { oldtag: 500 }.encode(501));
+    let (t1, r1) = c.recv();
+    let (t2, r2) = c.recv();
+    assert_eq!((t1, t2), (500, 501), "Rread before Rflush");
+    assert!(matches!(r1, Rmessage::Read { ref data } if data.len() == 400 * 1024));
+    assert_eq!(r2, Rmessage::Flush);
+    // Flushing a tag that is not in flight answers at once.
+    assert_eq!(c.rpc(Tmessage::Flush { oldtag: 999 }), Rmessage::Flush);
+}
+
+#[test]
+fn clunk_and_disconnect_release_every_lookup() {
+    let s = setup();
+    let before = s.server.fs().inodes().len();
+    {
+        let mut c = Client::ready(&s.server);
+        for i in 1..20u32 {
+            c.walk(0, i, &[b"dir"]);
+        }
+        c.walk(0, 30, &[b"inside"]);
+        c.rpc(Tmessage::Lopen { fid: 30, flags: 0 });
+        assert!(s.server.fs().open_handles() >= 1);
+    }
+    // The connection closed: wait for the session to be torn down.
+    let start = Instant::now();
+    while s.server.fs().inodes().len() != before || s.server.fs().open_handles() != 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "fids were not released"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn attach_names_the_root_or_a_path_inside() {
+    let s = setup();
+    let mut c = Client::connect(&s.server);
+    c.version(65536);
+    let root = match c.attach(0, b"/") {
+        Rmessage::Attach { qid } => qid,
+        r => panic!("{r:?}"),
+    };
+    let export = s.share.as_os_str().as_encoded_bytes().to_vec();
+    assert_eq!(
+        c.attach(1, &export),
+        Rmessage::Attach { qid: root },
+        "the export path is the root"
+    );
+    assert!(matches!(c.attach(2, b"dir"), Rmessage::Attach { qid } if qid != root));
+    // ".." in an aname is resolved inside the share: "../outside" is the
+    // share's (missing) "outside", not the host's.
+    assert_eq!(errno(&c.attach(3, b"../outside")), libc::ENOENT);
+    let r = c.attach(5, b"../../..");
+    assert_eq!(
+        r,
+        Rmessage::Attach { qid: root },
+        "..s in an aname stay inside"
+    );
+}
