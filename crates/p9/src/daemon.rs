@@ -64,13 +64,25 @@ impl FromStr for ListenAddr {
     }
 }
 
+/// A vhost-user virtio-9p endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VhostUser {
+    /// The socket to listen on for the frontend.
+    pub socket: PathBuf,
+    /// The mount tag in the config space.
+    pub tag: String,
+}
+
 /// Everything `p9d` needs.
 #[derive(Debug, Clone)]
 pub struct P9Config {
     /// The filesystem core's configuration.
     pub fs: passthrough::Config,
-    /// Where to serve.
+    /// Where to serve byte streams.
     pub listen: Vec<ListenAddr>,
+    /// Serve one vhost-user frontend as well; the daemon exits when it
+    /// disconnects.
+    pub vhost_user: Option<VhostUser>,
 }
 
 /// Why `p9d` stopped with an error.
@@ -88,8 +100,22 @@ pub enum P9Error {
         source: io::Error,
     },
     /// Nothing to serve on.
-    #[error("no --listen address given")]
+    #[error("nothing to serve on: give --listen or --socket-path")]
     NoListener,
+    /// The vhost-user device could not be created.
+    #[error(transparent)]
+    Backend(#[from] crate::virtio::BackendError),
+    /// The vhost-user socket could not be created.
+    #[error("cannot listen on {path}: {source}")]
+    VhostListen {
+        /// The socket path.
+        path: PathBuf,
+        /// What vhost said.
+        source: vhost::vhost_user::Error,
+    },
+    /// The vhost-user daemon failed.
+    #[error("vhost-user: {0}")]
+    VhostUser(vhost_user_backend::Error),
     /// A thread could not be started.
     #[error("cannot start a thread: {0}")]
     Thread(io::Error),
@@ -115,7 +141,7 @@ where
 /// Serves `cfg` until SIGINT or SIGTERM (or, with only `fd:` transports,
 /// until those connections close).
 pub fn run(cfg: P9Config) -> Result<(), P9Error> {
-    if cfg.listen.is_empty() {
+    if cfg.listen.is_empty() && cfg.vhost_user.is_none() {
         return Err(P9Error::NoListener);
     }
     let fs = Arc::new(PassthroughFs::new(cfg.fs.clone())?);
@@ -150,6 +176,18 @@ pub fn run(cfg: P9Config) -> Result<(), P9Error> {
             }
         }
     }
+    let vhost = match &cfg.vhost_user {
+        Some(v) => Some((
+            vhost::vhost_user::Listener::new(&v.socket, true).map_err(|source| {
+                P9Error::VhostListen {
+                    path: v.socket.clone(),
+                    source,
+                }
+            })?,
+            Arc::new(crate::virtio::P9VhostBackend::new(server.clone(), &v.tag)?),
+        )),
+        None => None,
+    };
     let only_fds = tcp.is_empty() && unix.is_empty();
     // Block the termination signals before any thread exists, so every
     // thread inherits the mask and the main thread can wait for them.
@@ -215,6 +253,31 @@ pub fn run(cfg: P9Config) -> Result<(), P9Error> {
                 }
             })
             .map_err(P9Error::Thread)?;
+    }
+    if let Some((mut listener, backend)) = vhost {
+        let mut daemon = vhost_user_backend::VhostUserDaemon::new(
+            "p9d".to_string(),
+            backend.clone(),
+            vm_memory::GuestMemoryAtomic::new(vm_memory::GuestMemoryMmap::new()),
+        )
+        .map_err(P9Error::VhostUser)?;
+        daemon.start(&mut listener).map_err(P9Error::VhostUser)?;
+        info!("vhost-user frontend connected");
+        let result = daemon.wait();
+        let _ = backend.notify_exit();
+        return match result {
+            Ok(())
+            | Err(vhost_user_backend::Error::HandleRequest(
+                vhost::vhost_user::Error::Disconnected,
+            ))
+            | Err(vhost_user_backend::Error::HandleRequest(
+                vhost::vhost_user::Error::PartialMessage,
+            )) => {
+                info!("vhost-user frontend disconnected; exiting");
+                Ok(())
+            }
+            Err(e) => Err(P9Error::VhostUser(e)),
+        };
     }
     if only_fds {
         for t in fd_threads {

@@ -8,6 +8,9 @@
 //!   [`passthrough::PassthroughFs`] through its `FileSystem` interface.
 //! - [`transport`]: byte streams (TCP, unix, inherited fds) with concurrent
 //!   requests and a Tflush that waits for the flushed request.
+//! - [`virtio`]: virtio-9p, as a descriptor-chain transport a VMM can run
+//!   in-process ([`virtio::serve_chain`]) and as a vhost-user backend
+//!   ([`virtio::P9VhostBackend`]).
 //! - [`daemon`]: what `p9d` runs.
 //!
 //! A VMM or test can serve any stream:
@@ -31,6 +34,7 @@ pub mod io_adapters;
 pub mod messages;
 pub mod server;
 pub mod transport;
+pub mod virtio;
 pub mod wire;
 
 pub use daemon::{run, ListenAddr, P9Config, P9Error};

@@ -15,8 +15,15 @@ struct Cli {
     #[arg(long)]
     shared_dir: PathBuf,
     /// Where to serve: tcp:HOST:PORT, unix:PATH or fd:RFD[,WFD]; repeatable.
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present = "socket_path")]
     listen: Vec<ListenAddr>,
+    /// Also serve virtio-9p to one vhost-user frontend on this socket
+    /// (the daemon exits when it disconnects).
+    #[arg(long)]
+    socket_path: Option<PathBuf>,
+    /// The mount tag of the vhost-user device.
+    #[arg(long, default_value = "p9")]
+    tag: String,
     /// Refuse every modification.
     #[arg(long)]
     readonly: bool,
@@ -49,9 +56,14 @@ fn main() -> ExitCode {
     let mut fs = passthrough::Config::new(cli.shared_dir);
     fs.readonly = cli.readonly;
     fs.xattr = cli.xattr;
+    let vhost_user = cli.socket_path.map(|socket| p9::daemon::VhostUser {
+        socket,
+        tag: cli.tag,
+    });
     match p9::run(P9Config {
         fs,
         listen: cli.listen,
+        vhost_user,
     }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -6,21 +6,16 @@ use std::path::Path;
 use std::sync::Arc;
 
 use passthrough::{Config, PassthroughFs};
-use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use vhost_user_backend::{VhostUserBackend, VringRwLock};
 use virtiofs::VirtioFsBackend;
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::GuestAddress;
+use vmm_mini::harness::{Buf, GuestRam, SplitQueue, DESC_F_NEXT, DESC_F_WRITE};
 use vmm_sys_util::epoll::EventSet;
 
 const QSIZE: u16 = 16;
-const DESC: u64 = 0x0;
-const AVAIL: u64 = 0x1000;
-const USED: u64 = 0x2000;
-const REQ: u64 = 0x10000;
-const REPLY: u64 = 0x40000;
 const MEM_SIZE: usize = 1 << 20;
-
-const VIRTQ_DESC_F_NEXT: u16 = 1;
-const VIRTQ_DESC_F_WRITE: u16 = 2;
+const REQ_LEN: u64 = 0x10000;
+const REPLY_LEN: u64 = 0x10000;
 
 // FUSE opcodes.
 const LOOKUP: u32 = 1;
@@ -38,12 +33,15 @@ const CREATE: u32 = 35;
 const RENAME2: u32 = 45;
 const COPY_FILE_RANGE: u32 = 47;
 
+/// The device with its two queues (hiprio, one request queue), driven from
+/// the driver's side by the shared harness.
 struct Driver {
-    mem: GuestMemoryAtomic<GuestMemoryMmap>,
+    ram: GuestRam,
+    queues: Vec<SplitQueue>,
     dev: VirtioFsBackend,
     vrings: Vec<VringRwLock>,
-    avail_idx: u16,
-    used_seen: u16,
+    req: GuestAddress,
+    reply: GuestAddress,
     unique: u64,
 }
 
@@ -70,28 +68,21 @@ fn name(s: &[u8]) -> Vec<u8> {
 
 impl Driver {
     fn new(share: &Path) -> Driver {
-        let gm = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-        let mem = GuestMemoryAtomic::new(gm);
+        let mut ram = GuestRam::new(MEM_SIZE).unwrap();
+        let queues: Vec<SplitQueue> = (0..2).map(|_| SplitQueue::new(&mut ram, QSIZE)).collect();
+        let vrings = queues.iter().map(|q| q.vring(&ram).unwrap()).collect();
+        let req = ram.alloc(REQ_LEN, 8);
+        let reply = ram.alloc(REPLY_LEN, 8);
         let fs = Arc::new(PassthroughFs::new(Config::new(share)).unwrap());
         let dev = VirtioFsBackend::new(fs, 1, None).unwrap();
-        dev.update_memory(mem.clone()).unwrap();
-        let mut vrings = Vec::new();
-        for q in 0..2u64 {
-            let v = VringRwLock::new(mem.clone(), QSIZE).unwrap();
-            v.set_queue_size(QSIZE);
-            let base = q * 0x4000;
-            v.set_queue_info(DESC + base, AVAIL + base, USED + base)
-                .unwrap();
-            v.set_queue_ready(true);
-            v.set_enabled(true);
-            vrings.push(v);
-        }
+        dev.update_memory(ram.atomic()).unwrap();
         let mut d = Driver {
-            mem,
+            ram,
+            queues,
             dev,
             vrings,
-            avail_idx: 0,
-            used_seen: 0,
+            req,
+            reply,
             unique: 0,
         };
         // FUSE_INIT 7.31, as a 6.1 kernel would.
@@ -104,56 +95,44 @@ impl Driver {
         d
     }
 
-    fn write_desc(&self, queue: u64, idx: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let m = self.mem.memory();
-        let base = DESC + queue * 0x4000 + idx as u64 * 16;
-        m.write_obj(addr, GuestAddress(base)).unwrap();
-        m.write_obj(len, GuestAddress(base + 8)).unwrap();
-        m.write_obj(flags, GuestAddress(base + 12)).unwrap();
-        m.write_obj(next, GuestAddress(base + 14)).unwrap();
+    fn write_desc(&self, queue: usize, idx: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        self.queues[queue].write_desc(&self.ram, idx, addr, len, flags, next);
     }
 
-    /// Publishes the chain starting at descriptor `head` on `queue`, kicks the
-    /// device and returns the used element (or `None` if nothing was used).
-    fn kick(&mut self, queue: u64, head: u16) -> Option<(u32, u32)> {
-        let m = self.mem.memory();
-        let avail = AVAIL + queue * 0x4000;
-        let used = USED + queue * 0x4000;
-        let slot = self.avail_idx % QSIZE;
-        m.write_obj(head, GuestAddress(avail + 4 + 2 * slot as u64))
-            .unwrap();
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        m.write_obj(self.avail_idx, GuestAddress(avail + 2))
-            .unwrap();
+    /// Publishes the chain at `head` on `queue`, kicks the device and returns
+    /// the used element (or `None` if nothing was used).
+    fn kick(&mut self, queue: usize, head: u16) -> Option<(u32, u32)> {
+        self.queues[queue].publish(&self.ram, head);
         self.dev
             .handle_event(queue as u16, EventSet::IN, &self.vrings, 0)
             .expect("handle_event must not fail on guest input");
-        let used_idx: u16 = m.read_obj(GuestAddress(used + 2)).unwrap();
-        if used_idx == self.used_seen {
-            return None;
-        }
-        let elem = used + 4 + 8 * (self.used_seen % QSIZE) as u64;
-        self.used_seen = self.used_seen.wrapping_add(1);
-        Some((
-            m.read_obj(GuestAddress(elem)).unwrap(),
-            m.read_obj(GuestAddress(elem + 4)).unwrap(),
-        ))
+        self.queues[queue].take_used(&self.ram)
     }
 
     /// Sends raw request bytes on the request queue with a reply buffer of `reply_len`.
     fn raw(&mut self, req: &[u8], reply_len: u32) -> Reply {
-        let m = self.mem.memory();
-        m.write_slice(req, GuestAddress(REQ)).unwrap();
-        m.write_slice(&vec![0xaa; reply_len as usize], GuestAddress(REPLY))
-            .unwrap();
-        self.write_desc(1, 0, REQ, req.len() as u32, VIRTQ_DESC_F_NEXT, 1);
-        self.write_desc(1, 1, REPLY, reply_len, VIRTQ_DESC_F_WRITE, 0);
+        self.ram.write(self.req, req);
+        self.ram.write(self.reply, &vec![0xaa; reply_len as usize]);
+        let head = self.queues[1].write_chain(
+            &self.ram,
+            &[
+                Buf {
+                    addr: self.req,
+                    len: req.len() as u32,
+                    writable: false,
+                },
+                Buf {
+                    addr: self.reply,
+                    len: reply_len,
+                    writable: true,
+                },
+            ],
+        );
         let (id, used) = self
-            .kick(1, 0)
+            .kick(1, head)
             .expect("every chain is returned to the guest");
-        assert_eq!(id, 0);
-        let mut out = vec![0u8; used as usize];
-        m.read_slice(&mut out, GuestAddress(REPLY)).unwrap();
+        assert_eq!(id, head as u32);
+        let out = self.ram.read(self.reply, used as usize);
         let error = if used >= 16 {
             i32::from_le_bytes(out[4..8].try_into().unwrap())
         } else {
@@ -365,20 +344,21 @@ fn malformed_requests_get_errors_and_the_device_keeps_serving() {
 fn broken_descriptor_chains_are_returned_unserved() {
     let (_b, share, _o) = setup();
     let mut d = Driver::new(&share);
+    let (req, reply) = (d.req.0, d.reply.0);
     // A descriptor pointing outside guest memory.
-    d.write_desc(1, 0, (MEM_SIZE as u64) * 4, 64, VIRTQ_DESC_F_NEXT, 1);
-    d.write_desc(1, 1, REPLY, 4096, VIRTQ_DESC_F_WRITE, 0);
+    d.write_desc(1, 0, (MEM_SIZE as u64) * 4, 64, DESC_F_NEXT, 1);
+    d.write_desc(1, 1, reply, 4096, DESC_F_WRITE, 0);
     let (_, used) = d.kick(1, 0).expect("chain returned");
     assert_eq!(used, 0);
     // A chain that loops on itself.
-    d.write_desc(1, 0, REQ, 64, VIRTQ_DESC_F_NEXT, 0);
+    d.write_desc(1, 0, req, 64, DESC_F_NEXT, 0);
     let _ = d.kick(1, 0);
     // A next index beyond the queue.
-    d.write_desc(1, 0, REQ, 64, VIRTQ_DESC_F_NEXT, 500);
+    d.write_desc(1, 0, req, 64, DESC_F_NEXT, 500);
     let _ = d.kick(1, 0);
     // A readable descriptor after a writable one (the spec forbids it).
-    d.write_desc(1, 0, REPLY, 4096, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 1);
-    d.write_desc(1, 1, REQ, 64, 0, 0);
+    d.write_desc(1, 0, reply, 4096, DESC_F_WRITE | DESC_F_NEXT, 1);
+    d.write_desc(1, 1, req, 64, 0, 0);
     let _ = d.kick(1, 0);
     // The device is alive and serves a proper request afterwards.
     assert_eq!(d.request(LOOKUP, 1, &name(b"..")).nodeid(), 1);
@@ -391,9 +371,9 @@ fn hiprio_forgets_with_garbage_counts_are_harmless() {
     let inside = d.request(LOOKUP, 1, &name(b"inside")).nodeid();
     let mut req = d.header(FORGET, inside, 8, 0);
     req.extend_from_slice(&u64::MAX.to_le_bytes());
-    let m = d.mem.memory();
-    m.write_slice(&req, GuestAddress(0x80000)).unwrap();
-    d.write_desc(0, 0, 0x80000, req.len() as u32, 0, 0);
+    let buf = d.ram.alloc(req.len() as u64, 8);
+    d.ram.write(buf, &req);
+    d.write_desc(0, 0, buf.0, req.len() as u32, 0, 0);
     let (_, used) = d.kick(0, 0).expect("forget returned");
     assert_eq!(used, 0, "FORGET has no reply");
     // The forgotten node is gone; the root is not.
