@@ -61,7 +61,14 @@ pub struct Errno(pub i32);
 
 impl From<io::Error> for Errno {
     fn from(e: io::Error) -> Self {
-        Errno(e.raw_os_error().unwrap_or(libc::EIO))
+        match e.raw_os_error() {
+            // ENOSYS is FUSE's "not implemented, stop asking"; a 9P client
+            // (and the programs above it) expect EOPNOTSUPP for an
+            // unsupported operation such as xattrs when they are disabled.
+            Some(libc::ENOSYS) => Errno(libc::EOPNOTSUPP),
+            Some(n) => Errno(n),
+            None => Errno(libc::EIO),
+        }
     }
 }
 

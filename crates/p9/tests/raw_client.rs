@@ -627,3 +627,35 @@ fn attach_names_the_root_or_a_path_inside() {
         "..s in an aname stay inside"
     );
 }
+
+#[test]
+fn setattr_keeps_nanoseconds_and_times_before_1970() {
+    let s = setup();
+    let mut c = Client::ready(&s.server);
+    c.walk(0, 1, &[b"inside"]);
+    let pre_1970 = (-86400i64 * 365) as u64;
+    let r = c.rpc(Tmessage::Setattr {
+        fid: 1,
+        attr: SetAttr {
+            valid: (1 << 4) | (1 << 5) | (1 << 7) | (1 << 8),
+            atime_sec: pre_1970,
+            atime_nsec: 5,
+            mtime_sec: 981_173_106,
+            mtime_nsec: 123_456_789,
+            ..SetAttr::default()
+        },
+    });
+    assert_eq!(r, Rmessage::Setattr);
+    let Rmessage::Getattr(a) = c.rpc(Tmessage::Getattr { fid: 1, mask: !0 }) else {
+        panic!()
+    };
+    assert_eq!((a.mtime_sec, a.mtime_nsec), (981_173_106, 123_456_789));
+    assert_eq!((a.atime_sec as i64, a.atime_nsec), (-86400 * 365, 5));
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(s.share.join("inside")).unwrap();
+    assert_eq!(
+        (md.mtime(), md.mtime_nsec()),
+        (981_173_106, 123_456_789),
+        "on the host too"
+    );
+}
