@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fetch Debian's stock amd64 kernel package, cache the unpacked vmlinuz and the
-# modules the e2e guest needs (virtio-pci, FUSE/virtiofs, 9p), and copy them to
-# OUTDIR (default: target/guest-stock/).
+# modules the e2e guest needs (virtio-pci, FUSE/virtiofs, 9p over virtio and
+# over TCP with virtio-net), and copy them to OUTDIR (default:
+# target/guest-stock/).
 #
 # Usage: guest/stock-kernel.sh [OUTDIR]
 #
@@ -12,8 +13,10 @@
 #                           linux-image-6.1.0-56-amd64-unsigned)
 #
 # The cache lives outside the work tree, in
-#   $VIRTIOFSD_RS_CACHE/stock-kernel/<package>_<version>/
-# and is keyed by package version, so a cached kernel is never re-downloaded.
+#   $VIRTIOFSD_RS_CACHE/stock-kernel/<package>_<version>_<modules-hash>/
+# and is keyed by package version and module list, so a cached kernel is never
+# re-downloaded (not even when checkouts with different module lists share the
+# cache).
 # OUTDIR receives: vmlinuz, modules/*.ko, modules.load (insmod order, one
 # module name per line), kernel-release, package.
 set -euo pipefail
@@ -23,8 +26,10 @@ repo_root=$(cd "$script_dir/.." && pwd)
 outdir=${1:-$repo_root/target/guest-stock}
 cache_root=${VIRTIOFSD_RS_CACHE:-$HOME/.cache/virtiofsd-rs}/stock-kernel
 # Modules the guest loads; their dependencies are added automatically. The
-# cache entry records this list and is refreshed when it changes.
-wanted_modules="virtio_pci fuse virtiofs 9pnet_virtio 9p"
+# cache entry records this list in .complete (and its name has a hash of it).
+# virtio_net (failover, net_failover) and 9pnet_fd (9P's TCP transport) are
+# for the 9p-tcp mode.
+wanted_modules="virtio_pci fuse virtiofs 9pnet_virtio 9p virtio_net 9pnet_fd"
 
 log() { printf 'stock-kernel: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -48,7 +53,7 @@ resolve_package() {
 newest_cached() {
     local d best=""
     for d in "$cache_root"/*/; do
-        [[ -f $d/.complete ]] || continue
+        [[ -f $d/.complete && $(cat "$d/.complete") == "$wanted_modules" ]] || continue
         if [[ -z $best || $d -nt $best ]]; then best=$d; fi
     done
     [[ -n $best ]] && printf '%s\n' "${best%/}"
@@ -138,7 +143,7 @@ populate_cache() {
 mkdir -p "$cache_root"
 if resolved=$(resolve_package); then
     read -r pkg version <<<"$resolved"
-    cache_dir=$cache_root/${pkg}_${version}
+    cache_dir=$cache_root/${pkg}_${version}_$(printf '%s' "$wanted_modules" | sha256sum | cut -c1-8)
     if [[ ! -f $cache_dir/.complete || $(cat "$cache_dir/.complete") != "$wanted_modules" ]]; then
         if ! (populate_cache "$pkg" "$version" "$cache_dir"); then
             # E.g. stale apt lists naming a version the mirror no longer has.

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Install what the e2e tests need on a fresh Debian 12 machine (idempotent;
 # run as root). Installs:
-#   - Debian packages: qemu-system-x86 busybox-static cpio fuse3 attr acl
+#   - Debian packages: qemu-system-x86 busybox-static cpio fuse3 attr acl diod
+#     (diod: the reference 9P2000.L server and its clients diodls, diodcat,
+#     diodload for tests/e2e/e2e-p9.sh, diod-clients.sh and
+#     pjdfstest-guest.sh --diod; Debian ships its service disabled)
 #   - pjdfstest (cargo install, only if missing)
 #   - users/groups: nobody/nogroup and tests/tests (pjdfstest switches to them)
 #   - the guest kernel: Debian's stock kernel, cached by guest/stock-kernel.sh
@@ -31,7 +34,7 @@ apt_update_once() {
     fi
 }
 
-packages=(qemu-system-x86 busybox-static cpio fuse3 attr acl)
+packages=(qemu-system-x86 busybox-static cpio fuse3 attr acl diod)
 missing=()
 for p in "${packages[@]}"; do
     if [[ $(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null) != installed ]]; then

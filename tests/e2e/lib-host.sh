@@ -121,3 +121,126 @@ e2e_cleanup() {
         rm -rf "$e2e_work"
     fi
 }
+
+# --- 9P2000.L servers on a loopback TCP port (e2e-p9.sh, diod-clients.sh,
+# pjdfstest-guest.sh --p9d/--diod) ---------------------------------------------
+#
+# e2e_p9_kind is p9d (e2e_p9_bin is started as BIN --shared-dir DIR --listen
+# tcp:127.0.0.1:PORT [e2e_p9_args...]) or diod (Debian's diod, the reference:
+# no auth, no user database, every uid may attach; e2e_p9_args are extra
+# diod options, e.g. "-e ctl").
+e2e_p9_kind=
+e2e_p9_bin=
+e2e_p9_args=()
+e2e_port=
+
+# e2e_port_open PORT: something accepts TCP connections on 127.0.0.1:PORT.
+e2e_port_open() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# Choose a port in 10000-32767 (below Linux's ephemeral range) that nothing
+# listens on; sets e2e_port.
+e2e_pick_port() {
+    local p i
+    for ((i = 0; i < 100; i++)); do
+        p=$((10000 + RANDOM % 22768))
+        if ! e2e_port_open "$p"; then
+            e2e_port=$p
+            return 0
+        fi
+    done
+    return 1
+}
+
+# The guest's extra mount options for this server. diod needs the export's
+# path as aname, and (without a user database) the uname "root" for the
+# kernel's first attach, which names a user instead of a uid (n_uname ~0).
+# p9d gets the kernel's defaults (aname "", uname "nobody"). E2E_MOUNT_OPTS
+# adds options (e.g. cache=loose).
+e2e_p9_mount_opts() {
+    local opts=
+    if [[ $e2e_p9_kind == diod ]]; then opts=aname=$e2e_share,uname=root; fi
+    if [[ -n ${E2E_MOUNT_OPTS:-} ]]; then opts=${opts:+$opts,}$E2E_MOUNT_OPTS; fi
+    printf '%s\n' "$opts"
+}
+
+# e2e_start_p9_server LOG: serve $e2e_share on 127.0.0.1:$e2e_port (a free
+# port, chosen here) and wait until the port accepts a connection (the probe
+# connects and closes without sending anything). One PASS or FAIL.
+e2e_start_p9_server() {
+    local log=$1 attempt i st cmd
+    for attempt in 1 2 3; do
+        if ! e2e_pick_port; then
+            e2e_fail "found a free loopback TCP port"
+            return 1
+        fi
+        if [[ $e2e_p9_kind == diod ]]; then
+            # -f foreground, logs on stderr; -n no auth; -N no user database
+            # (any uid may attach, gid = uid); -c /dev/null ignores
+            # /etc/diod.conf.
+            cmd=(diod -f -n -N -d 0 -c /dev/null -L stderr -l "127.0.0.1:$e2e_port"
+                -e "$e2e_share" "${e2e_p9_args[@]}")
+        else
+            cmd=("$e2e_p9_bin" --shared-dir "$e2e_share" --listen "tcp:127.0.0.1:$e2e_port"
+                "${e2e_p9_args[@]}")
+        fi
+        e2e_note "starting ${cmd[*]}"
+        "${cmd[@]}" >"$log" 2>&1 &
+        daemon_pid=$!
+        for ((i = 0; i < 200; i++)); do
+            kill -0 "$daemon_pid" 2>/dev/null || break
+            if e2e_port_open "$e2e_port" && kill -0 "$daemon_pid" 2>/dev/null; then
+                e2e_pass "$e2e_p9_kind accepts connections on 127.0.0.1:$e2e_port"
+                return 0
+            fi
+            sleep 0.1
+        done
+        if kill -0 "$daemon_pid" 2>/dev/null; then
+            e2e_fail "$e2e_p9_kind accepts connections on 127.0.0.1:$e2e_port within 20s (log: $log)"
+            e2e_kill_daemon
+            return 1
+        fi
+        st=0
+        wait "$daemon_pid" || st=$?
+        daemon_pid=
+        if ((attempt < 3)) && grep -qi 'in use' "$log"; then
+            e2e_note "port $e2e_port was taken meanwhile; trying another"
+            continue
+        fi
+        e2e_fail "$e2e_p9_kind started (it exited with status $st; log: $log)"
+        tail -n 20 "$log" | sed 's/^/    server: /'
+        return 1
+    done
+}
+
+# The server serves until SIGTERM, then must exit with status 0 within 10 s.
+e2e_stop_p9_server() {
+    local i st=0
+    [[ -n $daemon_pid ]] || return 0
+    if ! kill -0 "$daemon_pid" 2>/dev/null; then
+        wait "$daemon_pid" || st=$?
+        daemon_pid=
+        e2e_fail "$e2e_p9_kind was still running at the end (it exited early with status $st)"
+        return
+    fi
+    kill -TERM "$daemon_pid" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do
+        kill -0 "$daemon_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$daemon_pid" 2>/dev/null; then
+        e2e_fail "$e2e_p9_kind exited within 10s of SIGTERM"
+        kill -KILL "$daemon_pid" 2>/dev/null || true
+        wait "$daemon_pid" 2>/dev/null || true
+        daemon_pid=
+        return
+    fi
+    wait "$daemon_pid" || st=$?
+    daemon_pid=
+    if ((st == 0)); then
+        e2e_pass "$e2e_p9_kind exited with status 0 within 10s of SIGTERM"
+    else
+        e2e_fail "$e2e_p9_kind exited with status 0 after SIGTERM (got $st)"
+    fi
+}

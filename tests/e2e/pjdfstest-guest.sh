@@ -1,17 +1,25 @@
 #!/usr/bin/env bash
-# Run pjdfstest inside the e2e guest on the daemon's share (vhost-user-fs).
+# Run pjdfstest inside the e2e guest on the daemon's share (vhost-user-fs), or
+# on a 9P2000.L server's share over TCP.
 #
 # Usage:
 #   tests/e2e/pjdfstest-guest.sh DAEMON_BIN [--daemon-arg ARG]... [TEST_PATTERN...]
 #   tests/e2e/pjdfstest-guest.sh --9p-qemu [TEST_PATTERN...]
+#   tests/e2e/pjdfstest-guest.sh --p9d P9D_BIN [--daemon-arg ARG]... [TEST_PATTERN...]
+#   tests/e2e/pjdfstest-guest.sh --diod [TEST_PATTERN...]
 #
 # DAEMON_BIN is started as DAEMON_BIN --shared-dir DIR --socket-path SOCK
 # [ARG...]. TEST_PATTERNs filter pjdfstest's test names (e.g. chmod rename).
 # --9p-qemu uses QEMU's built-in 9p server instead (reference run).
+# --p9d: the guest mounts 9P2000.L over TCP (see tests/e2e/e2e-p9.sh) from
+# P9D_BIN --shared-dir DIR --listen tcp:127.0.0.1:PORT [ARG...], which is
+# stopped with SIGTERM afterwards (it must exit 0 within 10 s). --diod: the
+# same with Debian's diod (the reference 9P server).
 # Needs pjdfstest (cargo install pjdfstest) on the host: it is copied into the
 # initramfs with its libraries.
 #
-# Environment: E2E_TIMEOUT (default 900 s), E2E_KEEP=1, E2E_LOG_DIR.
+# Environment: E2E_TIMEOUT (default 900 s; 9p-tcp 1800 s), E2E_KEEP=1,
+# E2E_LOG_DIR, E2E_MOUNT_OPTS (9p-tcp: extra guest mount options).
 # Ends with "pjdfstest-guest: N passed, M failed" (pjdfstest's counts; failed
 # includes unexpected passes); exits 1 if pjdfstest failed or the guest or the
 # daemon misbehaved.
@@ -27,11 +35,23 @@ fi
 mode=virtiofs
 daemon=
 daemon_args=()
-if [[ $1 == --9p-qemu ]]; then
-    mode=9p-qemu
-else
-    daemon=$1
-    [[ -x $daemon ]] || { echo "pjdfstest-guest: $daemon is not executable" >&2; exit 2; }
+case $1 in
+    --9p-qemu) mode=9p-qemu ;;
+    --diod)
+        mode=9p-tcp
+        e2e_p9_kind=diod
+        command -v diod >/dev/null || { echo "pjdfstest-guest: diod is not installed (apt-get install diod)" >&2; exit 2; }
+        ;;
+    --p9d)
+        mode=9p-tcp
+        e2e_p9_kind=p9d
+        shift
+        daemon=${1:?--p9d needs P9D_BIN}
+        ;;
+    *) daemon=$1 ;;
+esac
+if [[ -n $daemon ]]; then
+    [[ -x $daemon && -f $daemon ]] || { echo "pjdfstest-guest: $daemon is not executable" >&2; exit 2; }
     daemon=$(cd "$(dirname "$daemon")" && pwd)/$(basename "$daemon")
 fi
 shift
@@ -49,7 +69,7 @@ e2e_name=pjdfstest-guest
 
 start=$(date +%s)
 mkdir -p "$log_dir"
-console_log=$log_dir/console-pjdfstest-$mode.log
+console_log=$log_dir/console-pjdfstest-$mode${e2e_p9_kind:+-$e2e_p9_kind}.log
 initramfs=$kernel_dir/initramfs-pjdfstest.cpio.gz
 trap e2e_cleanup EXIT
 trap 'exit 130' INT TERM
@@ -57,10 +77,20 @@ trap 'exit 130' INT TERM
 e2e_build_guest --with-pjdfstest --out "$initramfs"
 e2e_make_workdir
 
-run_args=(--cmd pjdfstest --timeout "${E2E_TIMEOUT:-900}" --log "$console_log" --quiet
+default_timeout=900
+if [[ $mode == 9p-tcp ]]; then default_timeout=1800; fi
+run_args=(--cmd pjdfstest --timeout "${E2E_TIMEOUT:-$default_timeout}" --log "$console_log" --quiet
     --initramfs "$initramfs")
-if ((${#patterns[@]})); then
-    run_args+=(--args "$(IFS=,; echo "${patterns[*]}")")
+guest_args=()
+if [[ $mode == 9p-tcp ]]; then
+    # A limit of the guest's 9p client (Linux 6.1), not of any server; diod
+    # fails it too.
+    e2e_note "expected failure utimensat::subsecond: the 9p client leaves s_time_gran at 1 s, so it truncates the times it sets to whole seconds"
+    guest_args+=(xfail:utimensat::subsecond)
+fi
+guest_args+=("${patterns[@]}")
+if ((${#guest_args[@]})); then
+    run_args+=(--args "$(IFS=,; echo "${guest_args[*]}")")
 fi
 if [[ $mode == virtiofs ]]; then
     if ! e2e_start_daemon "$daemon" "$log_dir/daemon-pjdfstest.log" "${daemon_args[@]}"; then
@@ -68,6 +98,16 @@ if [[ $mode == virtiofs ]]; then
         exit 1
     fi
     run_args+=(--fstype virtiofs --socket "$e2e_socket")
+elif [[ $mode == 9p-tcp ]]; then
+    e2e_p9_bin=$daemon
+    e2e_p9_args=("${daemon_args[@]}")
+    if ! e2e_start_p9_server "$log_dir/server-pjdfstest-$e2e_p9_kind.log"; then
+        echo "$e2e_name: 0 passed, 1 failed"
+        exit 1
+    fi
+    run_args+=(--fstype 9p-tcp --port "$e2e_port")
+    mount_opts=$(e2e_p9_mount_opts)
+    if [[ -n $mount_opts ]]; then run_args+=(--mount-opts "$mount_opts"); fi
 else
     run_args+=(--fstype 9p-qemu --dir "$e2e_share")
 fi
@@ -78,6 +118,10 @@ status=0
 daemon_ok=true
 if [[ $mode == virtiofs ]]; then
     e2e_check_daemon_exit >"$log_dir/daemon-exit.log"
+    cat "$log_dir/daemon-exit.log"
+    grep -q '^FAIL' "$log_dir/daemon-exit.log" && daemon_ok=false
+elif [[ $mode == 9p-tcp ]]; then
+    e2e_stop_p9_server >"$log_dir/daemon-exit.log"
     cat "$log_dir/daemon-exit.log"
     grep -q '^FAIL' "$log_dir/daemon-exit.log" && daemon_ok=false
 fi
