@@ -659,3 +659,57 @@ fn setattr_keeps_nanoseconds_and_times_before_1970() {
         "on the host too"
     );
 }
+
+#[test]
+fn attach_uid_and_create_gid_reach_the_host() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to act as other users");
+        return;
+    }
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let s = setup();
+    std::fs::set_permissions(&s.share, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut c = Client::connect(&s.server);
+    c.version(65536);
+    let r = c.rpc(Tmessage::Attach {
+        fid: 0,
+        afid: NOFID,
+        uname: b"",
+        aname: b"",
+        n_uname: 1234,
+    });
+    assert!(matches!(r, Rmessage::Attach { .. }), "{r:?}");
+    c.walk(0, 1, &[]);
+    let r = c.rpc(Tmessage::Lcreate {
+        fid: 1,
+        name: b"mine",
+        flags: 2,
+        mode: 0o600,
+        gid: 5678,
+    });
+    assert!(matches!(r, Rmessage::Lcreate { .. }), "{r:?}");
+    let r = c.rpc(Tmessage::Mkdir {
+        dfid: 0,
+        name: b"d",
+        mode: 0o700,
+        gid: 4321,
+    });
+    assert!(matches!(r, Rmessage::Mkdir { .. }), "{r:?}");
+    let md = std::fs::metadata(s.share.join("mine")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (1234, 5678));
+    let md = std::fs::metadata(s.share.join("d")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (1234, 4321));
+    // And uid 1234 is refused what root's files forbid.
+    std::fs::write(s.share.join("rootonly"), b"x").unwrap();
+    std::fs::set_permissions(
+        s.share.join("rootonly"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    c.walk(0, 2, &[b"rootonly"]);
+    assert_eq!(
+        errno(&c.rpc(Tmessage::Lopen { fid: 2, flags: 0 })),
+        libc::EACCES
+    );
+}
