@@ -17,21 +17,8 @@ const MEM_SIZE: usize = 1 << 20;
 const REQ_LEN: u64 = 0x10000;
 const REPLY_LEN: u64 = 0x10000;
 
-// FUSE opcodes.
-const LOOKUP: u32 = 1;
-const FORGET: u32 = 2;
-const GETATTR: u32 = 3;
-const SYMLINK: u32 = 6;
-const MKNOD: u32 = 8;
-const MKDIR: u32 = 9;
-const UNLINK: u32 = 10;
-const RENAME: u32 = 12;
-const LINK: u32 = 13;
-const OPEN: u32 = 14;
-const INIT: u32 = 26;
-const CREATE: u32 = 35;
-const RENAME2: u32 = 45;
-const COPY_FILE_RANGE: u32 = 47;
+use vmm_mini::fuse_wire::opcode::*;
+use vmm_mini::fuse_wire::{self, name, u32s, Reply};
 
 /// The device with its two queues (hiprio, one request queue), driven from
 /// the driver's side by the shared harness.
@@ -43,27 +30,6 @@ struct Driver {
     req: GuestAddress,
     reply: GuestAddress,
     unique: u64,
-}
-
-/// One reply: (used length reported by the device, errno from the header, body).
-#[derive(Debug)]
-struct Reply {
-    used: u32,
-    error: i32,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn nodeid(&self) -> u64 {
-        assert_eq!(self.error, 0, "expected success, got errno {}", -self.error);
-        u64::from_le_bytes(self.body[0..8].try_into().unwrap())
-    }
-}
-
-fn name(s: &[u8]) -> Vec<u8> {
-    let mut v = s.to_vec();
-    v.push(0);
-    v
 }
 
 impl Driver {
@@ -86,11 +52,7 @@ impl Driver {
             unique: 0,
         };
         // FUSE_INIT 7.31, as a 6.1 kernel would.
-        let mut init = Vec::new();
-        for v in [7u32, 31, 0x20000, 0] {
-            init.extend_from_slice(&v.to_le_bytes());
-        }
-        let r = d.request(INIT, 0, &init);
+        let r = d.request(INIT, 0, &vmm_mini::fuse_wire::init_body());
         assert_eq!(r.error, 0, "INIT failed");
         d
     }
@@ -132,42 +94,22 @@ impl Driver {
             .kick(1, head)
             .expect("every chain is returned to the guest");
         assert_eq!(id, head as u32);
-        let out = self.ram.read(self.reply, used as usize);
-        let error = if used >= 16 {
-            i32::from_le_bytes(out[4..8].try_into().unwrap())
-        } else {
-            0
-        };
-        Reply {
-            used,
-            error,
-            body: out.get(16..).unwrap_or_default().to_vec(),
-        }
+        Reply::parse(used, &self.ram.read(self.reply, used as usize))
     }
 
-    fn header(&mut self, opcode: u32, nodeid: u64, body_len: usize, uid: u32) -> Vec<u8> {
+    /// A FUSE request with only the header (for tests that corrupt it).
+    fn header(&mut self, opcode: u32, nodeid: u64, body_len: usize) -> Vec<u8> {
         self.unique += 1;
-        let mut h = Vec::new();
-        h.extend_from_slice(&((40 + body_len) as u32).to_le_bytes());
-        h.extend_from_slice(&opcode.to_le_bytes());
-        h.extend_from_slice(&self.unique.to_le_bytes());
-        h.extend_from_slice(&nodeid.to_le_bytes());
-        h.extend_from_slice(&uid.to_le_bytes()); // uid
-        h.extend_from_slice(&uid.to_le_bytes()); // gid
-        h.extend_from_slice(&1u32.to_le_bytes()); // pid
-        h.extend_from_slice(&0u32.to_le_bytes());
+        let mut h = fuse_wire::request(opcode, self.unique, nodeid, 0, &vec![0; body_len]);
+        h.truncate(fuse_wire::IN_HEADER);
         h
     }
 
     fn request(&mut self, opcode: u32, nodeid: u64, body: &[u8]) -> Reply {
-        let mut req = self.header(opcode, nodeid, body.len(), 0);
-        req.extend_from_slice(body);
+        self.unique += 1;
+        let req = fuse_wire::request(opcode, self.unique, nodeid, 0, body);
         self.raw(&req, 4096)
     }
-}
-
-fn u32s(v: &[u32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
 fn setup() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
@@ -318,7 +260,7 @@ fn malformed_requests_get_errors_and_the_device_keeps_serving() {
     let r = d.raw(&[1, 2, 3, 4, 5], 4096);
     assert_eq!(r.used, 0, "nothing to reply to");
     // A header whose length claims a gigabyte.
-    let mut huge = d.header(LOOKUP, 1, 0, 0);
+    let mut huge = d.header(LOOKUP, 1, 0);
     huge[0..4].copy_from_slice(&(1u32 << 30).to_le_bytes());
     huge.extend(name(b"inside"));
     let r = d.raw(&huge, 4096);
@@ -332,7 +274,7 @@ fn malformed_requests_get_errors_and_the_device_keeps_serving() {
     let r = d.request(MKDIR, 1, &[1, 2]);
     assert!(r.error < 0 || r.used == 0, "short MKDIR refused: {r:?}");
     // A reply buffer too small for any reply.
-    let mut req = d.header(LOOKUP, 1, 7, 0);
+    let mut req = d.header(LOOKUP, 1, 7);
     req.extend(name(b"inside"));
     let r = d.raw(&req, 8);
     assert!(r.used <= 8);
@@ -369,7 +311,7 @@ fn hiprio_forgets_with_garbage_counts_are_harmless() {
     let (_b, share, _o) = setup();
     let mut d = Driver::new(&share);
     let inside = d.request(LOOKUP, 1, &name(b"inside")).nodeid();
-    let mut req = d.header(FORGET, inside, 8, 0);
+    let mut req = d.header(FORGET, inside, 8);
     req.extend_from_slice(&u64::MAX.to_le_bytes());
     let buf = d.ram.alloc(req.len() as u64, 8);
     d.ram.write(buf, &req);

@@ -105,6 +105,11 @@ impl GuestRam {
         v
     }
 
+    /// The memory regions, for a vhost-user memory table.
+    pub fn memory(&self) -> vm_memory::GuestMemoryLoadGuard<GuestMemoryMmap> {
+        self.mem.memory()
+    }
+
     fn write_obj<T: vm_memory::ByteValued>(&self, addr: GuestAddress, v: T) {
         self.mem
             .memory()
@@ -156,6 +161,16 @@ impl SplitQueue {
             avail_idx: 0,
             used_seen: 0,
         }
+    }
+
+    /// The number of entries.
+    pub fn size(&self) -> u16 {
+        self.size
+    }
+
+    /// Guest addresses of the descriptor table, available and used rings.
+    pub fn addresses(&self) -> (GuestAddress, GuestAddress, GuestAddress) {
+        (self.desc, self.avail, self.used)
     }
 
     /// The device-side view of this queue, ready for an in-process backend.

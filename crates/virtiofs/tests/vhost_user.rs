@@ -1,0 +1,235 @@
+//! virtio-fs daemons driven over their vhost-user socket by the harness's
+//! frontend: `virtiofsd-rs`, and an upstream daemon with the very same code.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vm_memory::GuestAddress;
+use vmm_mini::fuse_wire::{self, opcode, Reply};
+use vmm_mini::harness::{Buf, GuestRam, SplitQueue};
+use vmm_mini::vhost_frontend::{VhostUserDevice, F_INDIRECT_DESC, F_VERSION_1};
+
+const OURS: &str = env!("CARGO_BIN_EXE_virtiofsd-rs");
+
+/// A daemon process with its socket; killed if still running when dropped.
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    fn start(cmd: &[String], share: &Path, socket: &Path, extra: &[&str]) -> Daemon {
+        let child = Command::new(&cmd[0])
+            .args(&cmd[1..])
+            .arg("--shared-dir")
+            .arg(share)
+            .arg("--socket-path")
+            .arg(socket)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the daemon");
+        let start = Instant::now();
+        while !socket.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{cmd:?} never created its socket"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Daemon {
+            child,
+            socket: socket.to_path_buf(),
+        }
+    }
+
+    fn wait_exit(&mut self) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The guest side: memory, hiprio and request queues, and the frontend.
+struct Guest {
+    ram: GuestRam,
+    queues: Vec<SplitQueue>,
+    dev: VhostUserDevice,
+    req: GuestAddress,
+    reply: GuestAddress,
+    unique: u64,
+}
+
+impl Guest {
+    fn connect(socket: &Path) -> Guest {
+        let mut ram = GuestRam::new(8 << 20).unwrap();
+        let queues: Vec<SplitQueue> = (0..2).map(|_| SplitQueue::new(&mut ram, 64)).collect();
+        let req = ram.alloc(1 << 20, 4096);
+        let reply = ram.alloc(1 << 20, 4096);
+        let refs: Vec<&SplitQueue> = queues.iter().collect();
+        let dev = VhostUserDevice::connect(socket, &ram, &refs, F_VERSION_1 | F_INDIRECT_DESC)
+            .expect("vhost-user setup");
+        Guest {
+            ram,
+            queues,
+            dev,
+            req,
+            reply,
+            unique: 0,
+        }
+    }
+
+    fn request(&mut self, op: u32, nodeid: u64, body: &[u8]) -> Reply {
+        self.unique += 1;
+        let req = fuse_wire::request(op, self.unique, nodeid, 0, body);
+        self.ram.write(self.req, &req);
+        let q = &mut self.queues[1];
+        let head = q.write_chain(
+            &self.ram,
+            &[
+                Buf {
+                    addr: self.req,
+                    len: req.len() as u32,
+                    writable: false,
+                },
+                Buf {
+                    addr: self.reply,
+                    len: 1 << 20,
+                    writable: true,
+                },
+            ],
+        );
+        q.publish(&self.ram, head);
+        self.dev.kick(1).unwrap();
+        let mut used = None;
+        let (ram, q) = (&self.ram, &mut self.queues[1]);
+        assert!(
+            self.dev.wait(1, Duration::from_secs(10), || {
+                used = q.take_used(ram);
+                used.is_some()
+            }),
+            "no reply to opcode {op}"
+        );
+        let (_, len) = used.unwrap();
+        Reply::parse(len, &self.ram.read(self.reply, len as usize))
+    }
+}
+
+/// What every virtio-fs daemon must do: INIT, LOOKUP, OPEN, READ of a host
+/// file, over real vhost-user, then exit when the frontend goes away.
+/// `more` runs daemon-specific checks before the disconnect.
+fn reads_a_host_file(cmd: &[String], extra: &[&str], more: impl FnOnce(&mut Guest)) {
+    let t = tempfile::tempdir().unwrap();
+    let share = t.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7) as u8).collect();
+    std::fs::write(share.join("hello"), &data).unwrap();
+    let mut daemon = Daemon::start(cmd, &share, &t.path().join("vfs.sock"), extra);
+    let mut g = Guest::connect(&daemon.socket);
+    assert_eq!(
+        g.request(opcode::INIT, 0, &fuse_wire::init_body()).error,
+        0,
+        "INIT"
+    );
+    let node = g
+        .request(opcode::LOOKUP, 1, &fuse_wire::name(b"hello"))
+        .nodeid();
+    let fh = g
+        .request(
+            opcode::OPEN,
+            node,
+            &fuse_wire::u32s(&[libc::O_RDONLY as u32, 0]),
+        )
+        .fh();
+    let mut read = Vec::new();
+    read.extend_from_slice(&fh.to_le_bytes());
+    read.extend_from_slice(&0u64.to_le_bytes()); // offset
+    read.extend_from_slice(&fuse_wire::u32s(&[200_000, 0])); // size, read_flags
+    read.extend_from_slice(&0u64.to_le_bytes()); // lock_owner
+    read.extend_from_slice(&fuse_wire::u32s(&[0, 0])); // flags, padding
+    let r = g.request(opcode::READ, node, &read);
+    assert_eq!(r.error, 0, "READ");
+    assert_eq!(r.body, data, "the file's bytes arrive in guest memory");
+    more(&mut g);
+    drop(g);
+    let status = daemon
+        .wait_exit()
+        .expect("the daemon exits when the frontend disconnects");
+    assert!(status.success(), "{cmd:?} exited with {status:?}");
+}
+
+#[test]
+fn virtiofsd_rs_serves_the_harness_over_vhost_user() {
+    reads_a_host_file(&[OURS.to_string()], &["--tag", "myfs"], |g| {
+        // CONFIG was negotiated because of --tag: the tag is in config space.
+        let cfg = g.dev.config(40).expect("GET_CONFIG");
+        assert_eq!(&cfg[..4], b"myfs");
+        assert_eq!(
+            u32::from_le_bytes(cfg[36..40].try_into().unwrap()),
+            1,
+            "one request queue"
+        );
+        // Confinement holds over the real socket too.
+        let r = g.request(opcode::LOOKUP, 1, &fuse_wire::name(b"../etc"));
+        assert_eq!(r.error, -libc::EINVAL);
+        assert_eq!(
+            g.request(opcode::LOOKUP, 1, &fuse_wire::name(b".."))
+                .nodeid(),
+            1
+        );
+    });
+}
+
+/// The upstream daemon to compare with: `VIRTIOFSD_UPSTREAM` (a command
+/// taking `--shared-dir`/`--socket-path`), else upstream's Rust virtiofsd
+/// from `cargo install virtiofsd`, else QEMU's C virtiofsd behind
+/// `tests/e2e/reference-virtiofsd.sh`.
+fn upstream() -> Option<Vec<String>> {
+    if let Ok(cmd) = std::env::var("VIRTIOFSD_UPSTREAM") {
+        return Some(cmd.split_whitespace().map(str::to_owned).collect());
+    }
+    let cargo_bin =
+        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo/bin/virtiofsd");
+    if cargo_bin.exists() {
+        return Some(vec![
+            cargo_bin.display().to_string(),
+            "--sandbox".into(),
+            "none".into(),
+        ]);
+    }
+    if Path::new("/usr/lib/qemu/virtiofsd").exists() {
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/e2e/reference-virtiofsd.sh");
+        return Some(vec![script.display().to_string()]);
+    }
+    None
+}
+
+#[test]
+fn the_same_harness_drives_an_upstream_daemon() {
+    let Some(cmd) = upstream() else {
+        let msg =
+            "no upstream virtiofsd (cargo install virtiofsd, or QEMU's /usr/lib/qemu/virtiofsd)";
+        assert!(
+            std::env::var_os("VIRTIOFSD_RS_REQUIRE_E2E").is_none(),
+            "required here: {msg}"
+        );
+        eprintln!("skipped: {msg}");
+        return;
+    };
+    reads_a_host_file(&cmd, &[], |_| {});
+}
