@@ -190,3 +190,218 @@ fn bad_frames_from_one_client_leave_the_daemon_serving_others() {
         matches!(rpc(&mut good, Tmessage::Getattr { fid: 1, mask: !0 }, 3), Rmessage::Getattr(a) if a.size == 4)
     );
 }
+
+#[test]
+fn serves_an_inherited_socket_as_fd_transport() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+    use std::os::unix::process::CommandExt;
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(t.path().join("f"), b"fd transport").unwrap();
+    let (mut ours, theirs) = UnixStream::pair().unwrap();
+    let fd = theirs.as_raw_fd();
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "--shared-dir",
+        t.path().to_str().unwrap(),
+        "--listen",
+        "fd:3",
+    ])
+    .stderr(Stdio::null());
+    // SAFETY: only async-signal-safe dup2 between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = Daemon(cmd.spawn().unwrap());
+    drop(theirs);
+    ours.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let v = Tmessage::Version {
+        msize: 65536,
+        version: b"9P2000.L",
+    }
+    .encode(NOTAG);
+    ours.write_all(&v).unwrap();
+    let read_reply = |s: &mut UnixStream| {
+        let mut size = [0u8; 4];
+        s.read_exact(&mut size).unwrap();
+        let mut frame = vec![0u8; u32::from_le_bytes(size) as usize];
+        frame[..4].copy_from_slice(&size);
+        s.read_exact(&mut frame[4..]).unwrap();
+        decode_rframe(&frame).unwrap().1
+    };
+    assert!(matches!(read_reply(&mut ours), Rmessage::Version { .. }));
+    for (tag, m) in [
+        (
+            1,
+            Tmessage::Attach {
+                fid: 0,
+                afid: NOFID,
+                uname: b"root",
+                aname: b"",
+                n_uname: 0,
+            },
+        ),
+        (
+            2,
+            Tmessage::Walk {
+                fid: 0,
+                newfid: 1,
+                names: vec![b"f"],
+            },
+        ),
+        (3, Tmessage::Lopen { fid: 1, flags: 0 }),
+    ] {
+        ours.write_all(&m.encode(tag)).unwrap();
+        assert!(!matches!(read_reply(&mut ours), Rmessage::Lerror { .. }));
+    }
+    ours.write_all(
+        &Tmessage::Read {
+            fid: 1,
+            offset: 0,
+            count: 100,
+        }
+        .encode(4),
+    )
+    .unwrap();
+    assert_eq!(
+        read_reply(&mut ours),
+        Rmessage::Read {
+            data: b"fd transport".to_vec()
+        }
+    );
+    // With only fd transports, p9d ends when the connection does.
+    drop(ours);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "p9d did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success());
+}
+
+#[test]
+fn serves_virtio_9p_to_a_vhost_user_frontend() {
+    use vmm_mini::harness::{Buf, GuestRam, SplitQueue};
+    use vmm_mini::vhost_frontend::{VhostUserDevice, F_VERSION_1};
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(t.path().join("f"), b"over vhost-user").unwrap();
+    let sock = t.path().join("p9.sock");
+    let mut daemon = Daemon(
+        Command::new(BIN)
+            .args([
+                "--shared-dir",
+                t.path().to_str().unwrap(),
+                "--socket-path",
+                sock.to_str().unwrap(),
+                "--tag",
+                "hostshare",
+            ])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let start = Instant::now();
+    while !sock.exists() {
+        assert!(start.elapsed() < Duration::from_secs(10), "no socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut ram = GuestRam::new(4 << 20).unwrap();
+    let mut q = SplitQueue::new(&mut ram, 16);
+    let (req, reply) = (ram.alloc(65536, 8), ram.alloc(65536, 8));
+    let mut dev =
+        VhostUserDevice::connect(&sock, &ram, &[&q], F_VERSION_1 | 1).expect("vhost-user setup");
+    assert_ne!(dev.features & 1, 0, "VIRTIO_9P_MOUNT_TAG negotiated");
+    assert_eq!(dev.config(11).unwrap(), b"\x09\x00hostshare".to_vec());
+    let mut rpc = |m: Tmessage<'_>| {
+        let frame = m.encode(1);
+        ram.write(req, &frame);
+        let head = q.write_chain(
+            &ram,
+            &[
+                Buf {
+                    addr: req,
+                    len: frame.len() as u32,
+                    writable: false,
+                },
+                Buf {
+                    addr: reply,
+                    len: 65536,
+                    writable: true,
+                },
+            ],
+        );
+        q.publish(&ram, head);
+        dev.kick(0).unwrap();
+        let mut used = None;
+        assert!(dev.wait(0, Duration::from_secs(10), || {
+            used = q.take_used(&ram);
+            used.is_some()
+        }));
+        let (_, len) = used.unwrap();
+        decode_rframe(&ram.read(reply, len as usize)).unwrap().1
+    };
+    assert!(matches!(
+        rpc(Tmessage::Version {
+            msize: 65536,
+            version: b"9P2000.L"
+        }),
+        Rmessage::Version { .. }
+    ));
+    assert!(matches!(
+        rpc(Tmessage::Attach {
+            fid: 0,
+            afid: NOFID,
+            uname: b"root",
+            aname: b"",
+            n_uname: 0
+        }),
+        Rmessage::Attach { .. }
+    ));
+    assert!(matches!(
+        rpc(Tmessage::Walk {
+            fid: 0,
+            newfid: 1,
+            names: vec![b"f"]
+        }),
+        Rmessage::Walk { .. }
+    ));
+    assert!(matches!(
+        rpc(Tmessage::Lopen { fid: 1, flags: 0 }),
+        Rmessage::Lopen { .. }
+    ));
+    assert_eq!(
+        rpc(Tmessage::Read {
+            fid: 1,
+            offset: 0,
+            count: 100
+        }),
+        Rmessage::Read {
+            data: b"over vhost-user".to_vec()
+        }
+    );
+    drop(dev);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = daemon.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "p9d did not exit after the frontend left"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success());
+}
