@@ -6,7 +6,9 @@
 //!   virtio device;
 //! - [`vhost_frontend`]: a vhost-user frontend that hands that memory and
 //!   those queues to a backend process (ours or upstream's);
-//! - [`fuse_wire`]: FUSE requests and replies as bytes.
+//! - [`fuse_wire`]: FUSE requests and replies as bytes;
+//! - [`kvm_probe`]: whether `/dev/kvm` is hardware-backed, so KVM boot tests
+//!   can skip with a reason where it is not.
 //!
 //! The KVM VMM and its virtio-mmio device models are the subject of issue 4
 //! and are not written yet.
@@ -15,4 +17,5 @@
 
 pub mod fuse_wire;
 pub mod harness;
+pub mod kvm_probe;
 pub mod vhost_frontend;
