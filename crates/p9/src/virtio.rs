@@ -9,15 +9,15 @@
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
-use log::warn;
+use device_queue::MemorySlot;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use vhost_user_backend::{VhostUserBackend, VringRwLock};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::{DescriptorChain, QueueOwnedT};
-use vm_memory::{Bytes, GuestAddressSpace, GuestMemory, GuestMemoryAtomic, GuestMemoryMmap};
+use virtio_queue::DescriptorChain;
+use vm_memory::{Bytes, GuestMemory, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
@@ -121,7 +121,7 @@ fn reply_for(session: &Session, request: &[u8], room: usize) -> Vec<u8> {
 pub struct P9VhostBackend {
     session: Session,
     tag: Vec<u8>,
-    mem: RwLock<Option<GuestMemoryAtomic<GuestMemoryMmap>>>,
+    mem: MemorySlot,
     event_idx: AtomicBool,
     exit: (EventConsumer, EventNotifier),
 }
@@ -146,7 +146,7 @@ impl P9VhostBackend {
         Ok(P9VhostBackend {
             session: Session::new(server),
             tag: tag.as_bytes().to_vec(),
-            mem: RwLock::new(None),
+            mem: MemorySlot::default(),
             event_idx: AtomicBool::new(false),
             exit: new_event_consumer_and_notifier(EventFlag::NONBLOCK)
                 .map_err(BackendError::ExitEvent)?,
@@ -156,42 +156,6 @@ impl P9VhostBackend {
     /// Stops the worker thread.
     pub fn notify_exit(&self) -> io::Result<()> {
         self.exit.1.notify()
-    }
-
-    fn process(&self, vring: &VringRwLock) -> io::Result<()> {
-        let mem = self
-            .mem
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|m| m.memory());
-        let Some(mem) = mem else {
-            warn!("9p queue kicked before guest memory was set");
-            return Ok(());
-        };
-        let chains: Vec<_> = vring
-            .get_mut()
-            .get_queue_mut()
-            .iter(mem.clone())
-            .map_err(|e| io::Error::other(format!("9p queue: {e}")))?
-            .collect();
-        if chains.is_empty() {
-            return Ok(());
-        }
-        for chain in chains {
-            let head = chain.head_index();
-            let used = serve_chain(&self.session, &*mem, chain).unwrap_or_else(|e| {
-                warn!("9p: dropping chain {head}: {e}");
-                0
-            });
-            if let Err(e) = vring.add_used(head, used) {
-                warn!("9p: cannot return chain {head}: {e}");
-            }
-        }
-        match vring.needs_notification() {
-            Ok(true) | Err(_) => vring.signal_used_queue(),
-            Ok(false) => Ok(()),
-        }
     }
 }
 
@@ -240,7 +204,7 @@ impl VhostUserBackend for P9VhostBackend {
     }
 
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
-        *self.mem.write().unwrap_or_else(|e| e.into_inner()) = Some(mem);
+        self.mem.set(mem);
         Ok(())
     }
 
@@ -255,28 +219,13 @@ impl VhostUserBackend for P9VhostBackend {
         vrings: &[VringRwLock],
         _thread: usize,
     ) -> io::Result<()> {
-        if evset != EventSet::IN {
-            return Err(io::Error::other(format!("unexpected event set {evset:?}")));
-        }
-        let vring = vrings
-            .get(device_event as usize)
-            .ok_or_else(|| io::Error::other(format!("event for unknown queue {device_event}")))?;
-        if self.event_idx.load(Ordering::Acquire) {
-            loop {
-                vring
-                    .disable_notification()
-                    .map_err(|e| io::Error::other(e.to_string()))?;
-                self.process(vring)?;
-                if !vring
-                    .enable_notification()
-                    .map_err(|e| io::Error::other(e.to_string()))?
-                {
-                    break;
-                }
-            }
-            Ok(())
-        } else {
-            self.process(vring)
-        }
+        let vring = device_queue::kicked_vring(vrings, device_event, evset)?;
+        device_queue::serve_kick(
+            vring,
+            self.mem.snapshot(),
+            self.event_idx.load(Ordering::Acquire),
+            "virtio-9p queue",
+            |mem, chain| serve_chain(&self.session, &**mem, chain),
+        )
     }
 }

@@ -10,18 +10,17 @@
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
+use device_queue::{Chain, MemGuard, MemorySlot};
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
-use log::{debug, warn};
+use log::debug;
 use passthrough::PassthroughFs;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use vhost_user_backend::{VhostUserBackend, VringRwLock};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::{DescriptorChain, QueueOwnedT};
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
@@ -30,8 +29,7 @@ use vmm_sys_util::event::{
 use crate::fast_path;
 
 /// Guest memory as the vhost-user backend sees it.
-pub type GuestMem = GuestMemoryAtomic<GuestMemoryMmap>;
-type MemGuard = GuestMemoryLoadGuard<GuestMemoryMmap>;
+pub use device_queue::GuestMem;
 
 /// The largest queue the device accepts (the split-ring maximum).
 pub const MAX_QUEUE_SIZE: usize = 32768;
@@ -62,7 +60,7 @@ pub enum DeviceError {
 pub struct VirtioFsBackend {
     server: Arc<Server<Arc<PassthroughFs>>>,
     fs: Arc<PassthroughFs>,
-    mem: RwLock<Option<GuestMem>>,
+    mem: MemorySlot,
     event_idx: AtomicBool,
     request_queues: usize,
     tag: Option<String>,
@@ -94,7 +92,7 @@ impl VirtioFsBackend {
         Ok(VirtioFsBackend {
             server: Arc::new(Server::new(fs.clone())),
             fs,
-            mem: RwLock::new(None),
+            mem: MemorySlot::default(),
             event_idx: AtomicBool::new(false),
             request_queues,
             tag,
@@ -116,11 +114,7 @@ impl VirtioFsBackend {
     }
 
     /// Serves one descriptor chain; returns the number of reply bytes written.
-    fn handle_chain(
-        &self,
-        mem: &MemGuard,
-        chain: DescriptorChain<MemGuard>,
-    ) -> Result<usize, ChainError> {
+    fn handle_chain(&self, mem: &MemGuard, chain: Chain) -> Result<usize, ChainError> {
         let reader =
             Reader::from_descriptor_chain(&**mem, chain.clone()).map_err(ChainError::Reader)?;
         let writer = VirtioFsWriter::new(&**mem, chain).map_err(ChainError::Writer)?;
@@ -133,46 +127,6 @@ impl VirtioFsBackend {
         self.server
             .handle_message(reader, writer, None, None)
             .map_err(ChainError::Fuse)
-    }
-
-    /// Drains `vring`, replying to every chain; signals the guest if needed.
-    fn process_queue(&self, vring: &VringRwLock, queue: u16) -> io::Result<()> {
-        let mem = self
-            .mem
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|m| m.memory());
-        let Some(mem) = mem else {
-            warn!("queue {queue} kicked before guest memory was set");
-            return Ok(());
-        };
-        let chains: Vec<_> = vring
-            .get_mut()
-            .get_queue_mut()
-            .iter(mem.clone())
-            .map_err(|e| io::Error::other(format!("queue {queue}: {e}")))?
-            .collect();
-        if chains.is_empty() {
-            return Ok(());
-        }
-        for chain in chains {
-            let head = chain.head_index();
-            let used = match self.handle_chain(&mem, chain) {
-                Ok(n) => n,
-                Err(e) => {
-                    warn!("queue {queue}: dropping request in chain {head}: {e}");
-                    0
-                }
-            };
-            if let Err(e) = vring.add_used(head, used as u32) {
-                warn!("queue {queue}: cannot return chain {head}: {e}");
-            }
-        }
-        match vring.needs_notification() {
-            Ok(true) | Err(_) => vring.signal_used_queue(),
-            Ok(false) => Ok(()),
-        }
     }
 }
 
@@ -233,7 +187,7 @@ impl VhostUserBackend for VirtioFsBackend {
     }
 
     fn update_memory(&self, mem: GuestMem) -> io::Result<()> {
-        *self.mem.write().unwrap_or_else(|e| e.into_inner()) = Some(mem);
+        self.mem.set(mem);
         Ok(())
     }
 
@@ -256,35 +210,17 @@ impl VhostUserBackend for VirtioFsBackend {
         vrings: &[VringRwLock],
         _thread: usize,
     ) -> io::Result<()> {
-        if evset != EventSet::IN {
-            return Err(io::Error::other(format!("unexpected event set {evset:?}")));
-        }
-        let Some(vring) = vrings.get(device_event as usize) else {
-            return Err(io::Error::other(format!(
-                "event for unknown queue {device_event}"
-            )));
-        };
+        let vring = device_queue::kicked_vring(vrings, device_event, evset)?;
         if device_event == HIPRIO_QUEUE {
             debug!("hiprio queue kicked");
         }
-        if self.event_idx.load(Ordering::Acquire) {
-            // Keep draining until the guest has added nothing new since we
-            // re-enabled notifications, so no kick is lost.
-            loop {
-                vring
-                    .disable_notification()
-                    .map_err(|e| io::Error::other(e.to_string()))?;
-                self.process_queue(vring, device_event)?;
-                if !vring
-                    .enable_notification()
-                    .map_err(|e| io::Error::other(e.to_string()))?
-                {
-                    break;
-                }
-            }
-        } else {
-            self.process_queue(vring, device_event)?;
-        }
-        Ok(())
+        let name = format!("virtio-fs queue {device_event}");
+        device_queue::serve_kick(
+            vring,
+            self.mem.snapshot(),
+            self.event_idx.load(Ordering::Acquire),
+            &name,
+            |mem, chain| self.handle_chain(mem, chain).map(|n| n as u32),
+        )
     }
 }
