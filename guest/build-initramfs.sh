@@ -3,20 +3,27 @@
 # stock kernel's modules, guest/init and tests/e2e/guest/*.
 #
 # Usage: guest/build-initramfs.sh [--with-pjdfstest[=BIN]] [--kernel-dir DIR]
-#                                 [--out FILE] [--busybox BIN]
+#                                 [--custom-kernel] [--out FILE] [--busybox BIN]
 #
+#   --custom-kernel         for guest/build-kernel.sh's kernel (everything built
+#                           in): no modules, and an empty modules.load; the
+#                           default kernel dir becomes target/guest (the image
+#                           does not depend on the kernel itself)
+
 #   --with-pjdfstest[=BIN]  also install pjdfstest (default: the one in PATH or
 #                           ~/.cargo/bin) plus every library ldd lists and the
 #                           dynamic loader
 #   --kernel-dir DIR        output of guest/stock-kernel.sh (default
 #                           target/guest-stock; populated if it has no modules)
+#                           or, with --custom-kernel, of guest/build-kernel.sh
 #   --out FILE              default: <kernel-dir>/initramfs.cpio.gz
 #   --busybox BIN           default: /bin/busybox (must be statically linked)
 set -euo pipefail
 
 script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo_root=$(cd "$script_dir/.." && pwd)
-kernel_dir=$repo_root/target/guest-stock
+kernel_dir=
+custom_kernel=false
 out=
 busybox=/bin/busybox
 pjdfstest=
@@ -30,6 +37,7 @@ while [[ $# -gt 0 ]]; do
         --with-pjdfstest) with_pjdfstest=true ;;
         --with-pjdfstest=*) with_pjdfstest=true; pjdfstest=${1#*=} ;;
         --kernel-dir) kernel_dir=${2:?}; shift ;;
+        --custom-kernel) custom_kernel=true ;;
         --out) out=${2:?}; shift ;;
         --busybox) busybox=${2:?}; shift ;;
         -h | --help) sed -n '2,/^set -e/{/^set -e/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
@@ -37,9 +45,14 @@ while [[ $# -gt 0 ]]; do
     esac
     shift
 done
+if $custom_kernel; then
+    kernel_dir=${kernel_dir:-$repo_root/target/guest}
+else
+    kernel_dir=${kernel_dir:-$repo_root/target/guest-stock}
+fi
 out=${out:-$kernel_dir/initramfs.cpio.gz}
 
-if [[ ! -f $kernel_dir/modules.load ]]; then
+if ! $custom_kernel && [[ ! -f $kernel_dir/modules.load ]]; then
     "$script_dir/stock-kernel.sh" "$kernel_dir"
 fi
 [[ -x $busybox ]] || die "$busybox not found (apt-get install busybox-static)"
@@ -60,11 +73,16 @@ while read -r applet; do
 done < <("$busybox" --list-full)
 
 install -m 0755 "$script_dir/init" "$stage/init"
-cp "$kernel_dir/modules.load" "$stage/lib/modules/e2e/"
-while read -r mod; do
-    [[ -n $mod ]] || continue
-    cp "$kernel_dir/modules/$mod.ko" "$stage/lib/modules/e2e/"
-done <"$kernel_dir/modules.load"
+if $custom_kernel; then
+    # Everything is built in: init loads nothing.
+    : >"$stage/lib/modules/e2e/modules.load"
+else
+    cp "$kernel_dir/modules.load" "$stage/lib/modules/e2e/"
+    while read -r mod; do
+        [[ -n $mod ]] || continue
+        cp "$kernel_dir/modules/$mod.ko" "$stage/lib/modules/e2e/"
+    done <"$kernel_dir/modules.load"
+fi
 
 cat >"$stage/etc/passwd" <<'EOF'
 root:x:0:0:root:/root:/bin/sh

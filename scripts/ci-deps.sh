@@ -8,17 +8,26 @@
 #   - pjdfstest (cargo install, only if missing)
 #   - users/groups: nobody/nogroup and tests/tests (pjdfstest switches to them)
 #   - the guest kernel: Debian's stock kernel, cached by guest/stock-kernel.sh
+#   - the minimal guest kernel for -M microvm: its build prerequisites (make
+#     gcc libc6-dev flex bison bc xz-utils libelf-dev libssl-dev) and the
+#     kernel itself, built from linux-source-6.1 by guest/build-kernel.sh
+#     (about 3 minutes on 2 cores the first time; cached in
+#     ~/.cache/virtiofsd-rs/kernel/, then about a second)
 #
-# Usage: scripts/ci-deps.sh [--no-pjdfstest] [--no-kernel]
+# Usage: scripts/ci-deps.sh [--no-pjdfstest] [--no-kernel] [--no-custom-kernel]
+#   --no-kernel          neither kernel
+#   --no-custom-kernel   only Debian's stock kernel
 set -euo pipefail
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 want_pjdfstest=true
 want_kernel=true
+want_custom_kernel=true
 for arg in "$@"; do
     case $arg in
         --no-pjdfstest) want_pjdfstest=false ;;
-        --no-kernel) want_kernel=false ;;
+        --no-kernel) want_kernel=false; want_custom_kernel=false ;;
+        --no-custom-kernel) want_custom_kernel=false ;;
         *) echo "ci-deps: unknown argument $arg" >&2; exit 2 ;;
     esac
 done
@@ -35,6 +44,10 @@ apt_update_once() {
 }
 
 packages=(qemu-system-x86 busybox-static cpio fuse3 attr acl diod)
+if $want_custom_kernel; then
+    # guest/build-kernel.sh's prerequisites (it installs linux-source-6.1).
+    packages+=(make gcc libc6-dev flex bison bc xz-utils libelf-dev libssl-dev)
+fi
 missing=()
 for p in "${packages[@]}"; do
     if [[ $(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null) != installed ]]; then
@@ -81,5 +94,12 @@ if $want_kernel; then
         apt_update_once
         "$repo_root/guest/stock-kernel.sh"
     fi
+fi
+if $want_custom_kernel; then
+    # Resolving linux-source-6.1 needs apt lists.
+    if [[ -z $(apt-cache policy linux-source-6.1 2>/dev/null | awk '$1 == "Candidate:" && $2 != "(none)"') ]]; then
+        apt_update_once
+    fi
+    "$repo_root/guest/build-kernel.sh"
 fi
 log "done"

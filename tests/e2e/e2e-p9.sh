@@ -5,8 +5,11 @@
 # the host then verifies the share with tests/e2e/verify-host.sh.
 #
 # Usage:
-#   tests/e2e/e2e-p9.sh P9D_BIN [P9D_ARGS...]
-#   tests/e2e/e2e-p9.sh --diod
+#   tests/e2e/e2e-p9.sh [--machine M] P9D_BIN [P9D_ARGS...]
+#   tests/e2e/e2e-p9.sh [--machine M] --diod
+#
+# --machine q35 (default): Debian's stock kernel on -M q35, virtio-net-pci;
+# microvm: guest/build-kernel.sh's kernel on -M microvm, virtio-net-device.
 #
 # P9D_BIN is started as
 #   P9D_BIN --shared-dir DIR --listen tcp:127.0.0.1:PORT [P9D_ARGS...]
@@ -26,15 +29,20 @@
 # Environment: E2E_TIMEOUT (guest timeout, default 900 s), E2E_KEEP=1 (keep
 # the temporary share), E2E_QUIET=1 (do not stream the guest console),
 # E2E_LOG_DIR (default target/e2e), E2E_MOUNT_OPTS (extra guest mount
-# options, e.g. cache=loose). Must run as root.
+# options, e.g. cache=loose), E2E_MACHINE (default for --machine). Must run
+# as root.
 #
-# Ends with "e2e-p9: N passed, M failed"; exits 1 if anything failed.
+# Ends with "e2e-p9: N passed, M failed" (e2e-p9-microvm: ... with --machine
+# microvm); exits 1 if anything failed.
 set -euo pipefail
 
 e2e_name=e2e-p9
 # shellcheck source-path=SCRIPTDIR source=lib-host.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib-host.sh"
 
+e2e_take_machine_opt "$@"
+set -- "${e2e_args[@]}"
+e2e_name+=$e2e_machine_suffix
 if [[ $# -lt 1 || $1 == -h || $1 == --help ]]; then
     sed -n '2,/^set -e/{/^set -e/d;s/^# \{0,1\}//;p}' "$0"
     exit 2
@@ -56,8 +64,8 @@ fi
 
 start=$(date +%s)
 mkdir -p "$log_dir"
-console_log=$log_dir/console-workload-9p-tcp-$e2e_p9_kind.log
-server_log=$log_dir/server-workload-$e2e_p9_kind.log
+console_log=$log_dir/console-workload-9p-tcp-$e2e_p9_kind$e2e_machine_suffix.log
+server_log=$log_dir/server-workload-$e2e_p9_kind$e2e_machine_suffix.log
 trap e2e_cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -76,7 +84,7 @@ e2e_note "skip:ns-timestamps: the 9p client leaves s_time_gran at 1 s, so it tru
 e2e_note "skip:pre1970-timestamps: the 9p client sets s_time_min = 0, so it clamps times before 1970 to 0 before sending them"
 skips=skip:ns-timestamps,skip:pre1970-timestamps
 
-run_args=(--fstype 9p-tcp --port "$e2e_port" --cmd workload --args "$skips"
+run_args=("${e2e_machine_args[@]}" --fstype 9p-tcp --port "$e2e_port" --cmd workload --args "$skips"
     --timeout "${E2E_TIMEOUT:-900}" --log "$console_log")
 mount_opts=$(e2e_p9_mount_opts)
 if [[ -n $mount_opts ]]; then run_args+=(--mount-opts "$mount_opts"); fi
@@ -94,7 +102,7 @@ esac
 e2e_add_counts guest "$console_log"
 e2e_stop_p9_server
 
-verify_log=$log_dir/verify-host-9p-tcp-$e2e_p9_kind.log
+verify_log=$log_dir/verify-host-9p-tcp-$e2e_p9_kind$e2e_machine_suffix.log
 "$e2e_dir/verify-host.sh" "$e2e_share" >"$verify_log" 2>&1 || true
 grep -v '^PASS' "$verify_log" || true
 e2e_add_counts verify-host "$verify_log"

@@ -4,8 +4,8 @@
 # then verifies the share with tests/e2e/verify-host.sh.
 #
 # Usage:
-#   tests/e2e/e2e-virtiofs.sh DAEMON_BIN [DAEMON_ARGS...]
-#   tests/e2e/e2e-virtiofs.sh --9p-qemu
+#   tests/e2e/e2e-virtiofs.sh [--machine M] DAEMON_BIN [DAEMON_ARGS...]
+#   tests/e2e/e2e-virtiofs.sh [--machine M] --9p-qemu
 #
 # DAEMON_BIN is started as
 #   DAEMON_BIN --shared-dir DIR --socket-path SOCK [DAEMON_ARGS...]
@@ -13,17 +13,27 @@
 # workload over QEMU's built-in 9p server instead (no daemon; validates the
 # tooling, and gives a reference), plus verify-selftest.sh.
 #
+# --machine q35 (default) boots Debian's stock kernel on -M q35 (virtio-pci);
+# --machine microvm boots guest/build-kernel.sh's minimal kernel (built and
+# cached when missing) on -M microvm (virtio-mmio: vhost-user-fs-device,
+# virtio-9p-device). The workload, seed and host verification are the same.
+# tests/e2e/e2e-microvm.sh is --machine microvm.
+#
 # Environment: E2E_TIMEOUT (guest timeout, default 300 s), E2E_KEEP=1 (keep
 # the temporary share), E2E_QUIET=1 (do not stream the guest console),
-# E2E_LOG_DIR (default target/e2e). Must run as root.
+# E2E_LOG_DIR (default target/e2e), E2E_MACHINE (default for --machine).
+# Must run as root.
 #
-# Ends with "e2e-virtiofs: N passed, M failed" (or e2e-9p-qemu: ...); exits 1
-# if anything failed.
+# Ends with "e2e-virtiofs: N passed, M failed" (or e2e-9p-qemu: ...;
+# e2e-virtiofs-microvm: ... with --machine microvm); exits 1 if anything
+# failed.
 set -euo pipefail
 
 # shellcheck source-path=SCRIPTDIR source=lib-host.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib-host.sh"
 
+e2e_take_machine_opt "$@"
+set -- "${e2e_args[@]}"
 if [[ $# -lt 1 || $1 == -h || $1 == --help ]]; then
     sed -n '2,/^set -e/{/^set -e/d;s/^# \{0,1\}//;p}' "$0"
     exit 2
@@ -39,12 +49,12 @@ else
     [[ -x $daemon ]] || { echo "e2e-virtiofs: $daemon is not executable" >&2; exit 2; }
     daemon=$(cd "$(dirname "$daemon")" && pwd)/$(basename "$daemon")
 fi
-e2e_name=e2e-$mode
+e2e_name=e2e-$mode$e2e_machine_suffix
 [[ $EUID -eq 0 ]] || { echo "$e2e_name: must run as root (chown, mknod in the share)" >&2; exit 2; }
 
 start=$(date +%s)
 mkdir -p "$log_dir"
-console_log=$log_dir/console-workload-$mode.log
+console_log=$log_dir/console-workload-$mode$e2e_machine_suffix.log
 trap e2e_cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -52,10 +62,10 @@ e2e_build_guest
 e2e_make_workdir
 "$e2e_dir/seed-host.sh" "$e2e_share"
 
-run_args=(--cmd workload --timeout "${E2E_TIMEOUT:-300}" --log "$console_log")
+run_args=("${e2e_machine_args[@]}" --cmd workload --timeout "${E2E_TIMEOUT:-300}" --log "$console_log")
 if [[ ${E2E_QUIET:-0} == 1 ]]; then run_args+=(--quiet); fi
 if [[ $mode == virtiofs ]]; then
-    if ! e2e_start_daemon "$daemon" "$log_dir/daemon-workload.log" "$@"; then
+    if ! e2e_start_daemon "$daemon" "$log_dir/daemon-workload$e2e_machine_suffix.log" "$@"; then
         echo "$e2e_name: $e2e_passed passed, $e2e_failed failed"
         exit 1
     fi
@@ -80,13 +90,13 @@ if [[ $mode == virtiofs ]]; then
     e2e_check_daemon_exit
 fi
 
-verify_log=$log_dir/verify-host-$mode.log
+verify_log=$log_dir/verify-host-$mode$e2e_machine_suffix.log
 "$e2e_dir/verify-host.sh" "$e2e_share" >"$verify_log" 2>&1 || true
 grep -v '^PASS' "$verify_log" || true
 e2e_add_counts verify-host "$verify_log"
 
 if [[ $mode == 9p-qemu ]]; then
-    selftest_log=$log_dir/verify-selftest.log
+    selftest_log=$log_dir/verify-selftest$e2e_machine_suffix.log
     "$e2e_dir/verify-selftest.sh" "$e2e_share" >"$selftest_log" 2>&1 || true
     grep -v '^PASS' "$selftest_log" || true
     e2e_add_counts verify-selftest "$selftest_log"

@@ -5,7 +5,54 @@
 e2e_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo_root=$(cd "$e2e_dir/../.." && pwd)
 log_dir=${E2E_LOG_DIR:-$repo_root/target/e2e}
-kernel_dir=$repo_root/target/guest-stock
+
+# The guest machine (run-guest.sh --machine): q35 with Debian's stock kernel
+# (target/guest-stock/, virtio-pci), or microvm with guest/build-kernel.sh's
+# kernel (target/guest/, virtio-mmio). E2E_MACHINE sets the default, a
+# leading --machine M of the scripts overrides it (e2e_take_machine_opt).
+e2e_machine=
+kernel_dir=
+e2e_machine_args=()   # for run-guest.sh
+e2e_machine_suffix=   # for log names and the summary label: "" or -microvm
+e2e_set_machine() {
+    case $1 in
+        q35)
+            kernel_dir=$repo_root/target/guest-stock
+            e2e_machine_args=()
+            e2e_machine_suffix=
+            ;;
+        microvm)
+            kernel_dir=$repo_root/target/guest
+            e2e_machine_args=(--machine microvm)
+            e2e_machine_suffix=-microvm
+            ;;
+        *) printf '%s: --machine must be q35 or microvm, not "%s"\n' "${e2e_name:-e2e}" "$1" >&2; exit 2 ;;
+    esac
+    e2e_machine=$1
+}
+e2e_set_machine "${E2E_MACHINE:-q35}"
+
+# e2e_take_machine_opt ARGS...: consume leading "--machine M" (or
+# --machine=M) options; the other arguments are left in e2e_args. Use as
+#   e2e_take_machine_opt "$@"; set -- "${e2e_args[@]}"
+e2e_args=()
+e2e_take_machine_opt() {
+    e2e_args=("$@")
+    while ((${#e2e_args[@]})); do
+        case ${e2e_args[0]} in
+            --machine)
+                ((${#e2e_args[@]} >= 2)) || { printf '%s: --machine needs q35 or microvm\n' "${e2e_name:-e2e}" >&2; exit 2; }
+                e2e_set_machine "${e2e_args[1]}"
+                e2e_args=("${e2e_args[@]:2}")
+                ;;
+            --machine=*)
+                e2e_set_machine "${e2e_args[0]#*=}"
+                e2e_args=("${e2e_args[@]:1}")
+                ;;
+            *) break ;;
+        esac
+    done
+}
 
 e2e_name=${e2e_name:-e2e}
 e2e_passed=0
@@ -28,9 +75,15 @@ e2e_add_counts() {
     e2e_failed=$((e2e_failed + f))
 }
 
-# Fetch the kernel (cached) and build the initramfs. Args: build-initramfs.sh args.
+# Fetch (q35) or build (microvm) the kernel, cached, and build the initramfs.
+# Args: build-initramfs.sh args.
 # shellcheck disable=SC2120 # arguments are optional
 e2e_build_guest() {
+    if [[ $e2e_machine == microvm ]]; then
+        "$repo_root/guest/build-kernel.sh" --out "$kernel_dir"
+        "$repo_root/guest/build-initramfs.sh" --custom-kernel --kernel-dir "$kernel_dir" "$@"
+        return
+    fi
     "$repo_root/guest/stock-kernel.sh" "$kernel_dir"
     "$repo_root/guest/build-initramfs.sh" --kernel-dir "$kernel_dir" "$@"
 }

@@ -3,10 +3,13 @@
 # on a 9P2000.L server's share over TCP.
 #
 # Usage:
-#   tests/e2e/pjdfstest-guest.sh DAEMON_BIN [--daemon-arg ARG]... [TEST_PATTERN...]
-#   tests/e2e/pjdfstest-guest.sh --9p-qemu [TEST_PATTERN...]
-#   tests/e2e/pjdfstest-guest.sh --p9d P9D_BIN [--daemon-arg ARG]... [TEST_PATTERN...]
-#   tests/e2e/pjdfstest-guest.sh --diod [TEST_PATTERN...]
+#   tests/e2e/pjdfstest-guest.sh [--machine M] DAEMON_BIN [--daemon-arg ARG]... [TEST_PATTERN...]
+#   tests/e2e/pjdfstest-guest.sh [--machine M] --9p-qemu [TEST_PATTERN...]
+#   tests/e2e/pjdfstest-guest.sh [--machine M] --p9d P9D_BIN [--daemon-arg ARG]... [TEST_PATTERN...]
+#   tests/e2e/pjdfstest-guest.sh [--machine M] --diod [TEST_PATTERN...]
+#
+# --machine q35 (default): Debian's stock kernel on -M q35 (virtio-pci);
+# microvm: guest/build-kernel.sh's kernel on -M microvm (virtio-mmio).
 #
 # DAEMON_BIN is started as DAEMON_BIN --shared-dir DIR --socket-path SOCK
 # [ARG...]. TEST_PATTERNs filter pjdfstest's test names (e.g. chmod rename).
@@ -19,8 +22,10 @@
 # initramfs with its libraries.
 #
 # Environment: E2E_TIMEOUT (default 900 s; 9p-tcp 1800 s), E2E_KEEP=1,
-# E2E_LOG_DIR, E2E_MOUNT_OPTS (9p-tcp: extra guest mount options).
-# Ends with "pjdfstest-guest: N passed, M failed" (pjdfstest's counts; failed
+# E2E_LOG_DIR, E2E_MOUNT_OPTS (9p-tcp: extra guest mount options),
+# E2E_MACHINE (default for --machine).
+# Ends with "pjdfstest-guest: N passed, M failed" (pjdfstest-guest-microvm:
+# with --machine microvm) (pjdfstest's counts; failed
 # includes unexpected passes); exits 1 if pjdfstest failed or the guest or the
 # daemon misbehaved.
 set -euo pipefail
@@ -28,6 +33,8 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib-host.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib-host.sh"
 
+e2e_take_machine_opt "$@"
+set -- "${e2e_args[@]}"
 if [[ $# -lt 1 || $1 == -h || $1 == --help ]]; then
     sed -n '2,/^set -e/{/^set -e/d;s/^# \{0,1\}//;p}' "$0"
     exit 2
@@ -64,12 +71,12 @@ while [[ $# -gt 0 ]]; do
     esac
     shift
 done
-e2e_name=pjdfstest-guest
+e2e_name=pjdfstest-guest$e2e_machine_suffix
 [[ $EUID -eq 0 ]] || { echo "$e2e_name: must run as root" >&2; exit 2; }
 
 start=$(date +%s)
 mkdir -p "$log_dir"
-console_log=$log_dir/console-pjdfstest-$mode${e2e_p9_kind:+-$e2e_p9_kind}.log
+console_log=$log_dir/console-pjdfstest-$mode${e2e_p9_kind:+-$e2e_p9_kind}$e2e_machine_suffix.log
 initramfs=$kernel_dir/initramfs-pjdfstest.cpio.gz
 trap e2e_cleanup EXIT
 trap 'exit 130' INT TERM
@@ -79,7 +86,7 @@ e2e_make_workdir
 
 default_timeout=900
 if [[ $mode == 9p-tcp ]]; then default_timeout=1800; fi
-run_args=(--cmd pjdfstest --timeout "${E2E_TIMEOUT:-$default_timeout}" --log "$console_log" --quiet
+run_args=("${e2e_machine_args[@]}" --cmd pjdfstest --timeout "${E2E_TIMEOUT:-$default_timeout}" --log "$console_log" --quiet
     --initramfs "$initramfs")
 guest_args=()
 if [[ $mode == 9p-tcp ]]; then
@@ -93,7 +100,7 @@ if ((${#guest_args[@]})); then
     run_args+=(--args "$(IFS=,; echo "${guest_args[*]}")")
 fi
 if [[ $mode == virtiofs ]]; then
-    if ! e2e_start_daemon "$daemon" "$log_dir/daemon-pjdfstest.log" "${daemon_args[@]}"; then
+    if ! e2e_start_daemon "$daemon" "$log_dir/daemon-pjdfstest$e2e_machine_suffix.log" "${daemon_args[@]}"; then
         echo "$e2e_name: 0 passed, 1 failed"
         exit 1
     fi
@@ -101,7 +108,7 @@ if [[ $mode == virtiofs ]]; then
 elif [[ $mode == 9p-tcp ]]; then
     e2e_p9_bin=$daemon
     e2e_p9_args=("${daemon_args[@]}")
-    if ! e2e_start_p9_server "$log_dir/server-pjdfstest-$e2e_p9_kind.log"; then
+    if ! e2e_start_p9_server "$log_dir/server-pjdfstest-$e2e_p9_kind$e2e_machine_suffix.log"; then
         echo "$e2e_name: 0 passed, 1 failed"
         exit 1
     fi
