@@ -2,7 +2,7 @@
 //! another client is being served.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -75,12 +75,45 @@ impl Drop for Daemon {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Starts p9d on an ephemeral loopback port and learns the port from its
+/// "listening on tcp:..." log line, so no other process can take it first.
+fn start_on_any_port(share: &std::path::Path) -> (Daemon, u16) {
+    use std::io::BufRead;
+    let mut child = Command::new(BIN)
+        .args([
+            "--shared-dir",
+            share.to_str().unwrap(),
+            "--listen",
+            "tcp:127.0.0.1:0",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let port = loop {
+        let line = lines.next().expect("p9d logs where it listens").unwrap();
+        if let Some(addr) = line.split("listening on tcp:").nth(1) {
+            break addr.trim().rsplit(':').next().unwrap().parse().unwrap();
+        }
+    };
+    // Keep draining the log so p9d never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (Daemon(child), port)
+}
+
+/// Waits up to 10 s for the daemon to exit by itself.
+fn wait_for_exit(d: &mut Daemon) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(st) = d.0.try_wait().unwrap() {
+            return st;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "p9d did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn connect(port: u16) -> TcpStream {
@@ -115,19 +148,7 @@ fn rpc(s: &mut TcpStream, m: Tmessage<'_>, tag: u16) -> Rmessage {
 fn bad_frames_from_one_client_leave_the_daemon_serving_others() {
     let t = tempfile::tempdir().unwrap();
     std::fs::write(t.path().join("f"), b"data").unwrap();
-    let port = free_port();
-    let _d = Daemon(
-        Command::new(BIN)
-            .args([
-                "--shared-dir",
-                t.path().to_str().unwrap(),
-                "--listen",
-                &format!("tcp:127.0.0.1:{port}"),
-            ])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let (_d, port) = start_on_any_port(t.path());
     let mut good = connect(port);
     assert!(matches!(
         rpc(
@@ -277,18 +298,7 @@ fn serves_an_inherited_socket_as_fd_transport() {
     );
     // With only fd transports, p9d ends when the connection does.
     drop(ours);
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = child.0.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "p9d did not exit"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success());
+    assert!(wait_for_exit(&mut child).success(), "p9d exits 0 by itself");
 }
 
 #[test]
@@ -392,16 +402,8 @@ fn serves_virtio_9p_to_a_vhost_user_frontend() {
         }
     );
     drop(dev);
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = daemon.0.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "p9d did not exit after the frontend left"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success());
+    assert!(
+        wait_for_exit(&mut daemon).success(),
+        "p9d exits 0 by itself"
+    );
 }
