@@ -78,13 +78,7 @@ fi
 
 status=0
 "$e2e_dir/run-guest.sh" "${run_args[@]}" || status=$?
-case $status in
-    0) e2e_pass "guest booted, mounted the share and finished the workload" ;;
-    97) e2e_fail "guest could not mount the share (E2E-EXIT=97; log: $console_log)" ;;
-    124) e2e_fail "guest finished within the timeout (log: $console_log)" ;;
-    98) e2e_fail "guest printed E2E-EXIT (QEMU died or the kernel panicked; log: $console_log)" ;;
-    *) e2e_fail "guest workload exited with status $status (log: $console_log)" ;;
-esac
+e2e_judge_guest "$status" "$console_log"
 e2e_add_counts guest "$console_log"
 if [[ $mode == virtiofs ]]; then
     e2e_check_daemon_exit

@@ -62,6 +62,18 @@ e2e_fail() { e2e_failed=$((e2e_failed + 1)); printf 'FAIL: %s\n' "$*"; }
 e2e_note() { printf '%s: %s\n' "$e2e_name" "$*"; }
 
 # Add the counts of a "LABEL: N passed, M failed" line found in FILE.
+# e2e_judge_guest STATUS LOG: one PASS/FAIL line for run-guest.sh's exit status.
+e2e_judge_guest() {
+    local status=$1 log=$2
+    case $status in
+        0) e2e_pass "guest booted, mounted the share and finished the workload" ;;
+        97) e2e_fail "guest could not mount the share (E2E-EXIT=97; log: $log)" ;;
+        124) e2e_fail "guest did not finish within the timeout (log: $log)" ;;
+        98) e2e_fail "guest never printed E2E-EXIT (QEMU died or the kernel panicked; log: $log)" ;;
+        *) e2e_fail "guest workload exited with status $status (log: $log)" ;;
+    esac
+}
+
 e2e_add_counts() {
     local label=$1 file=$2 line p f
     line=$(tr -d '\r' <"$file" | grep -E "^$label: [0-9]+ passed, [0-9]+ failed" | tail -n1) || true

@@ -46,6 +46,14 @@ impl MemorySlot {
     }
 }
 
+/// The `[offset, offset + size)` window of a device's config space, as
+/// GET_CONFIG returns it (cut at the end of the space, empty past it).
+pub fn config_window(config: &[u8], offset: u32, size: u32) -> Vec<u8> {
+    let start = (offset as usize).min(config.len());
+    let end = start.saturating_add(size as usize).min(config.len());
+    config[start..end].to_vec()
+}
+
 /// The vring an event is for, checking the event is a plain kick.
 pub fn kicked_vring(
     vrings: &[VringRwLock],

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::ffi::CString;
+use std::sync::Arc;
 
 /// What an opened fid holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,8 +16,8 @@ pub enum Open {
 /// An extended-attribute fid (from Txattrwalk or Txattrcreate).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Xattr {
-    /// The value (or the name list) to be read.
-    Read(Vec<u8>),
+    /// The value (or the name list) to be read (shared: fid snapshots are cheap).
+    Read(Arc<Vec<u8>>),
     /// A value being written, set on clunk.
     Write {
         /// The attribute name.
@@ -39,8 +40,9 @@ pub struct Fid {
     pub uid: u32,
     /// That user's group.
     pub gid: u32,
-    /// Components from the share root, for Trename and Tremove.
-    pub path: Vec<CString>,
+    /// Components from the share root, for Trename and Tremove (shared, so
+    /// the per-request fid snapshot does not copy it).
+    pub path: Arc<Vec<CString>>,
     /// The open handle, once Tlopen/Tlcreate succeeded.
     pub open: Option<Open>,
     /// Extended-attribute state.
@@ -54,7 +56,7 @@ impl Fid {
             node,
             uid,
             gid,
-            path,
+            path: Arc::new(path),
             open: None,
             xattr: None,
         }

@@ -30,7 +30,6 @@
 
 pub mod daemon;
 pub mod fid_table;
-pub mod io_adapters;
 pub mod messages;
 pub mod server;
 pub mod transport;

@@ -15,11 +15,11 @@ use fuse_backend_rs::abi::fuse_abi::{stat64, CreateIn, SetattrValid};
 use fuse_backend_rs::api::filesystem::{
     Context, FileLock, FileSystem, GetxattrReply, ListxattrReply,
 };
+use passthrough::io_buf::{SliceReader, VecWriter};
 use passthrough::name::name_from_bytes;
 use passthrough::{PassthroughFs, ROOT_ID};
 
 use crate::fid_table::{Fid, FidError, FidTable, Open, Xattr};
-use crate::io_adapters::{SliceReader, VecWriter};
 use crate::messages::*;
 use crate::wire::{Encoder, Qid, QID_SIZE, QTDIR, QTFILE, QTSYMLINK};
 
@@ -462,7 +462,7 @@ impl Session {
         let c = ctx(src.uid, src.gid);
         self.fs().add_lookup(src.node)?;
         let mut cur = src.node;
-        let mut path = src.path.clone();
+        let mut path = (*src.path).clone();
         let mut qids = Vec::with_capacity(names.len());
         for raw in names {
             let step = cname(raw).and_then(|n| {
@@ -498,7 +498,7 @@ impl Session {
         if newfid == fid {
             let f = fids.get_mut(fid)?;
             let old = std::mem::replace(&mut f.node, cur);
-            f.path = path;
+            f.path = Arc::new(path);
             drop(fids);
             self.fs().forget(&c, old, 1);
         } else if let Err(e) = fids.insert_new(newfid, Fid::new(cur, src.uid, src.gid, path)) {
@@ -564,7 +564,7 @@ impl Session {
         match fids.get_mut(fid) {
             Ok(f) => {
                 f.node = entry.inode;
-                f.path.push(n);
+                Arc::make_mut(&mut f.path).push(n);
                 f.open = Some(Open::File(handle));
             }
             Err(e) => {
@@ -651,7 +651,7 @@ impl Session {
         self.fs().forget(&c, parent, 1);
         r?;
         if let Ok(slot) = self.fids().get_mut(fid) {
-            slot.path = dir.path.iter().cloned().chain(std::iter::once(n)).collect();
+            slot.path = Arc::new(dir.path.iter().cloned().chain(std::iter::once(n)).collect());
         }
         Ok(Rmessage::Rename)
     }
@@ -1013,8 +1013,9 @@ impl Session {
         };
         let size = value.len() as u64;
         self.fs().add_lookup(f.node)?;
-        let mut x = Fid::new(f.node, f.uid, f.gid, f.path.clone());
-        x.xattr = Some(Xattr::Read(value));
+        let mut x = Fid::new(f.node, f.uid, f.gid, Vec::new());
+        x.path = f.path.clone();
+        x.xattr = Some(Xattr::Read(Arc::new(value)));
         if let Err(e) = self.fids().insert_new(newfid, x) {
             self.fs().forget(&c, f.node, 1);
             return Err(e.into());

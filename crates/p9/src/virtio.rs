@@ -194,9 +194,7 @@ impl VhostUserBackend for P9VhostBackend {
         // struct virtio_9p_config { le16 tag_len; u8 tag[]; }
         let mut config = (self.tag.len() as u16).to_le_bytes().to_vec();
         config.extend_from_slice(&self.tag);
-        let start = (offset as usize).min(config.len());
-        let end = start.saturating_add(size as usize).min(config.len());
-        config[start..end].to_vec()
+        device_queue::config_window(&config, offset, size)
     }
 
     fn reset_device(&self) {

@@ -34,6 +34,7 @@ pub mod file_handle;
 pub mod fs;
 pub mod handle_table;
 pub mod inode_store;
+pub mod io_buf;
 pub mod name;
 pub mod sys;
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use fuse_backend_rs::abi::fuse_abi::SetattrValid;
 use fuse_backend_rs::api::filesystem::FileSystem;
+use passthrough::io_buf::{SliceReader, VecWriter};
 use passthrough::{Config, InodeFileHandles, PassthroughFs, ROOT_ID};
 
 fn errno(r: std::io::Result<impl Sized>) -> i32 {
@@ -245,10 +246,19 @@ fn file_handle_mode_serves_the_same_tree() {
     create_file(&fs, d.inode, "f", b"hello").unwrap();
     let f = walk(&fs, "d/f").unwrap();
     let (h, _, _) = fs.open(&root(), f.inode, libc::O_RDONLY as u32, 0).unwrap();
-    let mut w = BufWriter::default();
-    fs.read(&root(), f.inode, h.unwrap(), &mut w, 100, 0, None, 0)
-        .unwrap();
-    assert_eq!(w.data, b"hello");
+    let mut data = Vec::new();
+    fs.read(
+        &root(),
+        f.inode,
+        h.unwrap(),
+        &mut VecWriter::new(&mut data),
+        100,
+        0,
+        None,
+        0,
+    )
+    .unwrap();
+    assert_eq!(data, b"hello");
 }
 
 #[test]
@@ -257,7 +267,8 @@ fn handles_are_bound_to_their_inode() {
     let a = create_file(&fs, ROOT_ID, "a", b"aaaa").unwrap();
     let b = create_file(&fs, ROOT_ID, "b", b"bbbb").unwrap();
     let (h, _, _) = fs.open(&root(), a.inode, libc::O_RDONLY as u32, 0).unwrap();
-    let mut w = BufWriter::default();
+    let mut data = Vec::new();
+    let mut w = VecWriter::new(&mut data);
     assert_eq!(
         errno(fs.read(&root(), b.inode, h.unwrap(), &mut w, 4, 0, None, 0)),
         libc::EBADF,
@@ -329,7 +340,8 @@ fn seek_data_and_hole_find_the_sparse_layout() {
     let e = create_file(&fs, ROOT_ID, "sparse", b"").unwrap();
     let (h, _, _) = fs.open(&root(), e.inode, libc::O_RDWR as u32, 0).unwrap();
     let h = h.unwrap();
-    let mut r = BufReader::new(vec![7u8; 4096]);
+    let data = vec![7u8; 4096];
+    let mut r = SliceReader::new(&data);
     fs.write(
         &root(),
         e.inode,

@@ -14,6 +14,7 @@ use std::path::Path;
 use common::*;
 use fuse_backend_rs::abi::fuse_abi::{stat64, CreateIn, SetattrValid};
 use fuse_backend_rs::api::filesystem::FileSystem;
+use passthrough::io_buf::SliceReader;
 use passthrough::{PassthroughFs, ROOT_ID};
 use proptest::prelude::*;
 
@@ -78,7 +79,7 @@ fn write_and_release(
     off: u64,
     data: &[u8],
 ) -> io::Result<()> {
-    let mut r = BufReader::new(data.to_vec());
+    let mut r = SliceReader::new(data);
     let res = fs.write(
         &root(),
         inode,

@@ -181,9 +181,7 @@ impl VhostUserBackend for VirtioFsBackend {
             config[..tag.len()].copy_from_slice(tag.as_bytes());
         }
         config[TAG_LEN..].copy_from_slice(&(self.request_queues as u32).to_le_bytes());
-        let start = (offset as usize).min(config.len());
-        let end = start.saturating_add(size as usize).min(config.len());
-        config[start..end].to_vec()
+        device_queue::config_window(&config, offset, size)
     }
 
     fn update_memory(&self, mem: GuestMem) -> io::Result<()> {

@@ -1,6 +1,6 @@
-//! Adapters between 9P buffers and the core's zero-copy I/O traits: file data
-//! is read straight into the reply frame and written straight from the
-//! request frame.
+//! Byte buffers as the core's zero-copy I/O endpoints: a front end whose
+//! wire format lives in plain memory (9P frames, tests) reads file data
+//! straight into its reply buffer and writes it straight from its request.
 
 use std::io;
 
@@ -8,7 +8,7 @@ use fuse_backend_rs::api::filesystem::{ZeroCopyReader, ZeroCopyWriter};
 use fuse_backend_rs::file_buf::FileVolatileSlice;
 use fuse_backend_rs::file_traits::FileReadWriteVolatile;
 
-/// Appends file data to a `Vec` (an Rread frame under construction).
+/// Appends file data to a `Vec` (a reply under construction).
 pub struct VecWriter<'a> {
     buf: &'a mut Vec<u8>,
 }
@@ -55,7 +55,7 @@ impl ZeroCopyWriter for VecWriter<'_> {
     }
 }
 
-/// Feeds a byte slice (the data of a Twrite frame) to a file.
+/// Feeds a byte slice (the data of a write request) to a file.
 pub struct SliceReader<'a> {
     data: &'a [u8],
     pos: usize,
