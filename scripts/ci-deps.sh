@@ -6,6 +6,8 @@
 #     diodload for tests/e2e/e2e-p9.sh, diod-clients.sh and
 #     pjdfstest-guest.sh --diod; Debian ships its service disabled)
 #   - pjdfstest (cargo install, only if missing)
+#   - upstream virtiofsd 1.14.0 (cargo install, only if missing; needs
+#     libseccomp-dev and libcap-ng-dev)
 #   - users/groups: nobody/nogroup and tests/tests (pjdfstest switches to them)
 #   - the guest kernel: Debian's stock kernel, cached by guest/stock-kernel.sh
 #   - the minimal guest kernel for -M microvm: its build prerequisites (make
@@ -14,18 +16,21 @@
 #     (about 3 minutes on 2 cores the first time; cached in
 #     ~/.cache/virtiofsd-rs/kernel/, then about a second)
 #
-# Usage: scripts/ci-deps.sh [--no-pjdfstest] [--no-kernel] [--no-custom-kernel]
+# Usage: scripts/ci-deps.sh [--no-pjdfstest] [--no-virtiofsd] [--no-kernel] [--no-custom-kernel]
 #   --no-kernel          neither kernel
 #   --no-custom-kernel   only Debian's stock kernel
 set -euo pipefail
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 want_pjdfstest=true
+want_virtiofsd=true
+virtiofsd_version=1.14.0
 want_kernel=true
 want_custom_kernel=true
 for arg in "$@"; do
     case $arg in
         --no-pjdfstest) want_pjdfstest=false ;;
+        --no-virtiofsd) want_virtiofsd=false ;;
         --no-kernel) want_kernel=false; want_custom_kernel=false ;;
         --no-custom-kernel) want_custom_kernel=false ;;
         *) echo "ci-deps: unknown argument $arg" >&2; exit 2 ;;
@@ -44,6 +49,10 @@ apt_update_once() {
 }
 
 packages=(qemu-system-x86 busybox-static cpio fuse3 attr acl diod)
+if $want_virtiofsd; then
+    # What upstream virtiofsd links against (cargo install below).
+    packages+=(pkg-config libseccomp-dev libcap-ng-dev)
+fi
 if $want_custom_kernel; then
     # guest/build-kernel.sh's prerequisites (it installs linux-source-6.1).
     packages+=(make gcc libc6-dev flex bison bc xz-utils libelf-dev libssl-dev)
@@ -69,6 +78,18 @@ if $want_pjdfstest; then
         command -v cargo >/dev/null || { echo "ci-deps: cargo is needed to install pjdfstest" >&2; exit 1; }
         log "cargo install pjdfstest"
         cargo install --locked pjdfstest --version 0.2.2
+    fi
+fi
+
+# Upstream's Rust virtiofsd: the peer the harness tests (and benchmarks)
+# drive with the same code as virtiofsd-rs. Installed once into ~/.cargo/bin.
+if $want_virtiofsd; then
+    if [[ -x $HOME/.cargo/bin/virtiofsd ]] && "$HOME/.cargo/bin/virtiofsd" --version 2>/dev/null | grep -q " $virtiofsd_version"; then
+        log "upstream virtiofsd $virtiofsd_version present"
+    else
+        command -v cargo >/dev/null || { echo "ci-deps: cargo is needed to install virtiofsd" >&2; exit 1; }
+        log "cargo install virtiofsd $virtiofsd_version"
+        cargo install --locked virtiofsd --version "$virtiofsd_version"
     fi
 fi
 

@@ -6,9 +6,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vm_memory::GuestAddress;
+use vmm_mini::devices::{fs_config, VhostUser, VIRTIO_ID_FS};
 use vmm_mini::fuse_wire::{self, opcode, Reply};
 use vmm_mini::harness::{Buf, GuestRam, SplitQueue};
+use vmm_mini::mmio_driver::MmioDriver;
 use vmm_mini::vhost_frontend::{VhostUserDevice, F_INDIRECT_DESC, F_VERSION_1};
+use vmm_mini::virtio_mmio::{reg, MmioTransport};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 const OURS: &str = env!("CARGO_BIN_EXE_virtiofsd-rs");
 
@@ -64,32 +68,58 @@ impl Drop for Daemon {
     }
 }
 
+/// How the guest side reaches the backend.
+enum Link {
+    /// The harness's frontend, queues handed over directly.
+    Direct(VhostUserDevice),
+    /// vmm-mini's device model: a virtio-mmio transport in front of a
+    /// vhost-user frontend, driven through its registers like a guest.
+    Mmio(Box<MmioDriver>),
+}
+
 /// The guest side: memory, hiprio and request queues, and the frontend.
 struct Guest {
     ram: GuestRam,
     queues: Vec<SplitQueue>,
-    dev: VhostUserDevice,
+    link: Link,
     req: GuestAddress,
     reply: GuestAddress,
     unique: u64,
 }
 
 impl Guest {
-    fn connect(socket: &Path) -> Guest {
+    fn connect(socket: &Path, mmio: bool) -> Guest {
         let mut ram = GuestRam::new(8 << 20).unwrap();
         let queues: Vec<SplitQueue> = (0..2).map(|_| SplitQueue::new(&mut ram, 64)).collect();
         let req = ram.alloc(1 << 20, 4096);
         let reply = ram.alloc(1 << 20, 4096);
         let refs: Vec<&SplitQueue> = queues.iter().collect();
-        let dev = VhostUserDevice::connect(socket, &ram, &refs, F_VERSION_1 | F_INDIRECT_DESC)
-            .expect("vhost-user setup");
+        let want = F_VERSION_1 | F_INDIRECT_DESC;
+        let link = if mmio {
+            let dev = VhostUser::connect(socket, VIRTIO_ID_FS, 2, fs_config("myfs", 1))
+                .expect("vhost-user connect");
+            let line = EventFd::new(EFD_NONBLOCK).unwrap();
+            let t = MmioTransport::new(Box::new(dev), ram.atomic(), line).unwrap();
+            Link::Mmio(Box::new(MmioDriver::probe(t, &refs, want).expect("probe")))
+        } else {
+            Link::Direct(
+                VhostUserDevice::connect(socket, &ram, &refs, want).expect("vhost-user setup"),
+            )
+        };
         Guest {
             ram,
             queues,
-            dev,
+            link,
             req,
             reply,
             unique: 0,
+        }
+    }
+
+    fn device(&mut self) -> &mut VhostUserDevice {
+        match &mut self.link {
+            Link::Direct(d) => d,
+            Link::Mmio(_) => panic!("not a direct vhost-user link"),
         }
     }
 
@@ -114,16 +144,24 @@ impl Guest {
             ],
         );
         q.publish(&self.ram, head);
-        self.dev.kick(1).unwrap();
         let mut used = None;
         let (ram, q) = (&self.ram, &mut self.queues[1]);
-        assert!(
-            self.dev.wait(1, Duration::from_secs(10), || {
-                used = q.take_used(ram);
-                used.is_some()
-            }),
-            "no reply to opcode {op}"
-        );
+        let mut done = || {
+            used = q.take_used(ram);
+            used.is_some()
+        };
+        let timeout = Duration::from_secs(10);
+        let answered = match &mut self.link {
+            Link::Direct(d) => {
+                d.kick(1).unwrap();
+                d.wait(1, timeout, done)
+            }
+            Link::Mmio(d) => {
+                d.notify(1);
+                d.wait(timeout, &mut done)
+            }
+        };
+        assert!(answered, "no reply to opcode {op}");
         let (_, len) = used.unwrap();
         Reply::parse(len, &self.ram.read(self.reply, len as usize))
     }
@@ -132,14 +170,14 @@ impl Guest {
 /// What every virtio-fs daemon must do: INIT, LOOKUP, OPEN, READ of a host
 /// file, over real vhost-user, then exit when the frontend goes away.
 /// `more` runs daemon-specific checks before the disconnect.
-fn reads_a_host_file(cmd: &[String], extra: &[&str], more: impl FnOnce(&mut Guest)) {
+fn reads_a_host_file(cmd: &[String], extra: &[&str], mmio: bool, more: impl FnOnce(&mut Guest)) {
     let t = tempfile::tempdir().unwrap();
     let share = t.path().join("share");
     std::fs::create_dir(&share).unwrap();
     let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7) as u8).collect();
     std::fs::write(share.join("hello"), &data).unwrap();
     let mut daemon = Daemon::start(cmd, &share, &t.path().join("vfs.sock"), extra);
-    let mut g = Guest::connect(&daemon.socket);
+    let mut g = Guest::connect(&daemon.socket, mmio);
     assert_eq!(
         g.request(opcode::INIT, 0, &fuse_wire::init_body()).error,
         0,
@@ -174,9 +212,9 @@ fn reads_a_host_file(cmd: &[String], extra: &[&str], more: impl FnOnce(&mut Gues
 
 #[test]
 fn virtiofsd_rs_serves_the_harness_over_vhost_user() {
-    reads_a_host_file(&[OURS.to_string()], &["--tag", "myfs"], |g| {
+    reads_a_host_file(&[OURS.to_string()], &["--tag", "myfs"], false, |g| {
         // CONFIG was negotiated because of --tag: the tag is in config space.
-        let cfg = g.dev.config(40).expect("GET_CONFIG");
+        let cfg = g.device().config(40).expect("GET_CONFIG");
         assert_eq!(&cfg[..4], b"myfs");
         assert_eq!(
             u32::from_le_bytes(cfg[36..40].try_into().unwrap()),
@@ -219,9 +257,26 @@ fn upstream() -> Option<Vec<String>> {
     None
 }
 
+/// vmm-mini's virtio-mmio device model in front of `virtiofsd-rs`: the
+/// guest-side register protocol, then FUSE requests through the backend.
 #[test]
-fn the_same_harness_drives_an_upstream_daemon() {
-    let Some(cmd) = upstream() else {
+fn vmm_minis_mmio_device_drives_virtiofsd_rs() {
+    reads_a_host_file(&[OURS.to_string()], &[], true, |g| {
+        let Link::Mmio(d) = &mut g.link else {
+            unreachable!()
+        };
+        assert_eq!(d.read32(reg::DEVICE_ID), 26);
+        assert_eq!(&d.config(4), b"myfs", "the tag is vmm-mini's");
+        // A guest reset stops the rings (GET_VRING_BASE) without killing
+        // the backend.
+        d.write32(reg::STATUS, 0);
+        assert!(!d.transport.is_active());
+    });
+}
+
+fn upstream_or_skip() -> Option<Vec<String>> {
+    let found = upstream();
+    if found.is_none() {
         let msg =
             "no upstream virtiofsd (cargo install virtiofsd, or QEMU's /usr/lib/qemu/virtiofsd)";
         assert!(
@@ -229,7 +284,20 @@ fn the_same_harness_drives_an_upstream_daemon() {
             "required here: {msg}"
         );
         eprintln!("skipped: {msg}");
-        return;
-    };
-    reads_a_host_file(&cmd, &[], |_| {});
+    }
+    found
+}
+
+#[test]
+fn the_same_harness_drives_an_upstream_daemon() {
+    if let Some(cmd) = upstream_or_skip() {
+        reads_a_host_file(&cmd, &[], false, |_| {});
+    }
+}
+
+#[test]
+fn vmm_minis_mmio_device_drives_an_upstream_daemon() {
+    if let Some(cmd) = upstream_or_skip() {
+        reads_a_host_file(&cmd, &[], true, |_| {});
+    }
 }
