@@ -84,10 +84,7 @@ if [[ $mode == virtiofs ]]; then
     e2e_check_daemon_exit
 fi
 
-verify_log=$log_dir/verify-host-$mode$e2e_machine_suffix.log
-"$e2e_dir/verify-host.sh" "$e2e_share" >"$verify_log" 2>&1 || true
-grep -v '^PASS' "$verify_log" || true
-e2e_add_counts verify-host "$verify_log"
+e2e_verify_share "$log_dir/verify-host-$mode$e2e_machine_suffix.log"
 
 if [[ $mode == 9p-qemu ]]; then
     selftest_log=$log_dir/verify-selftest$e2e_machine_suffix.log

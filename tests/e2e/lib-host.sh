@@ -61,22 +61,26 @@ e2e_pass() { e2e_passed=$((e2e_passed + 1)); printf 'PASS: %s\n' "$*"; }
 e2e_fail() { e2e_failed=$((e2e_failed + 1)); printf 'FAIL: %s\n' "$*"; }
 e2e_note() { printf '%s: %s\n' "$e2e_name" "$*"; }
 
-# Add the counts of a "LABEL: N passed, M failed" line found in FILE.
-# e2e_judge_guest STATUS LOG: one PASS/FAIL line for run-guest.sh's exit status.
+# e2e_judge_guest STATUS LOG [WHAT]: one PASS/FAIL line for run-guest.sh's
+# exit status, prefixed with "WHAT: " when given.
 e2e_judge_guest() {
-    local status=$1 log=$2
+    local status=$1 log=$2 p=${3:+$3: }
     case $status in
-        0) e2e_pass "guest booted, mounted the share and finished the workload" ;;
-        97) e2e_fail "guest could not mount the share (E2E-EXIT=97; log: $log)" ;;
-        124) e2e_fail "guest did not finish within the timeout (log: $log)" ;;
-        98) e2e_fail "guest never printed E2E-EXIT (QEMU died or the kernel panicked; log: $log)" ;;
-        *) e2e_fail "guest workload exited with status $status (log: $log)" ;;
+        0) e2e_pass "${p}guest booted, mounted the share and finished the workload" ;;
+        97) e2e_fail "${p}guest could not mount the share (E2E-EXIT=97; log: $log)" ;;
+        124) e2e_fail "${p}guest did not finish within the timeout (log: $log)" ;;
+        98) e2e_fail "${p}guest never printed E2E-EXIT (the VMM died or the kernel panicked; log: $log)" ;;
+        99) e2e_fail "${p}vmm-mini's exit status was not the guest's E2E-EXIT status (log: $log)" ;;
+        *) e2e_fail "${p}guest workload exited with status $status (log: $log)" ;;
     esac
 }
 
+# Add the counts of a "LABEL: N passed, M failed" line found in FILE.
 e2e_add_counts() {
-    local label=$1 file=$2 line p f
-    line=$(tr -d '\r' <"$file" | grep -E "^$label: [0-9]+ passed, [0-9]+ failed" | tail -n1) || true
+    local label=$1 file=$2 line='' p f
+    if [[ -f $file ]]; then
+        line=$(tr -d '\r' <"$file" | grep -E "^$label: [0-9]+ passed, [0-9]+ failed" | tail -n1) || true
+    fi
     if [[ -z $line ]]; then
         e2e_fail "$label reported a summary"
         return
@@ -176,15 +180,29 @@ e2e_kill_daemon() {
     daemon_pid=
 }
 
-# Remove the work directory unless something failed or E2E_KEEP=1.
+# e2e_verify_share LOG: tests/e2e/verify-host.sh on $e2e_share, its output in
+# LOG; prints its FAIL lines and adds its counts.
+e2e_verify_share() {
+    local log=$1
+    "$e2e_dir/verify-host.sh" "$e2e_share" >"$log" 2>&1 || true
+    grep -v '^PASS' "$log" || true
+    e2e_add_counts verify-host "$log"
+}
+
+# e2e_cleanup [FAILED_BEFORE]: stop the daemon; remove the work directory
+# unless E2E_KEEP=1 or more than FAILED_BEFORE (default 0) checks have failed
+# (a script that makes several work directories in turn passes the count from
+# before each one).
 e2e_cleanup() {
+    local before=${1:-0}
     e2e_kill_daemon
     [[ -n ${e2e_work:-} && -d $e2e_work ]] || return 0
-    if [[ ${E2E_KEEP:-0} == 1 || $e2e_failed -ne 0 ]]; then
+    if [[ ${E2E_KEEP:-0} == 1 || $e2e_failed -gt $before ]]; then
         e2e_note "kept $e2e_work"
     else
         rm -rf "$e2e_work"
     fi
+    e2e_work=
 }
 
 # --- 9P2000.L servers on a loopback TCP port (e2e-p9.sh, diod-clients.sh,

@@ -139,9 +139,18 @@ pub struct Cli {
     #[arg(long, default_value_t = 0)]
     pub thread_pool_size: usize,
 
-    /// Number of request queues offered to the frontend.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// The most request queues served: the frontend configures up to this
+    /// many (QEMU: vhost-user-fs-pci,num-request-queues=N), each with its
+    /// own worker thread and io_uring. With --tag, also the count in config
+    /// space.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub request_queues: u16,
+
+    /// How READ and WRITE reach the host files: io-uring (submissions
+    /// straight into guest memory; falls back to sync, logged once, where
+    /// io_uring is unavailable) or sync.
+    #[arg(long, default_value = "io-uring")]
+    pub io_engine: crate::device::IoEngine,
 
     /// Enable extended attributes.
     #[arg(long)]
@@ -430,6 +439,7 @@ impl Cli {
             listen,
             tag: self.tag,
             request_queues: self.request_queues as usize,
+            io_engine: self.io_engine,
             thread_pool_size: self.thread_pool_size,
             sandbox: match self.sandbox {
                 SandboxArg::Namespace => SandboxMode::Namespace,

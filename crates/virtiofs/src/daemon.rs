@@ -46,6 +46,8 @@ pub struct DaemonConfig {
     pub tag: Option<String>,
     /// Number of request queues offered.
     pub request_queues: usize,
+    /// The READ/WRITE engine.
+    pub io_engine: crate::device::IoEngine,
     /// Worker threads (FUSE-mount mode); 0 means one.
     pub thread_pool_size: usize,
     /// The sandbox to enter before serving.
@@ -199,11 +201,13 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     let mut listener = listener(&cfg.listen)?;
     sandbox::enter(cfg.sandbox, &cfg.fs.root_dir)?;
 
-    let backend = Arc::new(VirtioFsBackend::new(
-        fs,
-        cfg.request_queues,
-        cfg.tag.clone(),
-    )?);
+    let backend = Arc::new(
+        VirtioFsBackend::new(fs, cfg.request_queues, cfg.tag.clone())?.with_engine(cfg.io_engine),
+    );
+    info!(
+        "serving up to {} request queues, I/O engine {}",
+        cfg.request_queues, cfg.io_engine
+    );
     let mut daemon = VhostUserDaemon::new(
         "virtiofsd-rs".to_string(),
         backend.clone(),

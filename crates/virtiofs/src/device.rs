@@ -10,12 +10,12 @@
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use device_queue::{Chain, MemGuard, MemorySlot};
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
-use log::debug;
+use log::{debug, warn};
 use passthrough::PassthroughFs;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringRwLock};
@@ -27,6 +27,46 @@ use vmm_sys_util::event::{
 };
 
 use crate::fast_path;
+use crate::uring::UringQueue;
+
+/// How READ and WRITE reach the host files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IoEngine {
+    /// io_uring submissions straight into guest memory, one ring per request
+    /// queue; falls back to [`IoEngine::Sync`] (logged once) where io_uring
+    /// is unavailable.
+    #[default]
+    IoUring,
+    /// `preadv`/`pwritev` on the worker thread, one request at a time.
+    Sync,
+}
+
+impl std::str::FromStr for IoEngine {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "io-uring" | "io_uring" | "uring" => Ok(IoEngine::IoUring),
+            "sync" => Ok(IoEngine::Sync),
+            _ => Err(format!("unknown I/O engine '{s}' (io-uring or sync)")),
+        }
+    }
+}
+
+impl std::fmt::Display for IoEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IoEngine::IoUring => "io-uring",
+            IoEngine::Sync => "sync",
+        })
+    }
+}
+
+/// A request queue's ring: not created yet, working, or unavailable.
+enum RingSlot {
+    Unset,
+    Ready(Box<UringQueue>),
+    Unavailable,
+}
 
 /// Guest memory as the vhost-user backend sees it.
 pub use device_queue::GuestMem;
@@ -66,6 +106,12 @@ pub struct VirtioFsBackend {
     tag: Option<String>,
     /// One exit event per worker thread.
     exits: Vec<(EventConsumer, EventNotifier)>,
+    engine: IoEngine,
+    /// Per queue (index = queue number): its io_uring, made on first use by
+    /// the queue's worker thread.
+    rings: Vec<Mutex<RingSlot>>,
+    /// io_uring's unavailability was logged.
+    fallback_logged: AtomicBool,
 }
 
 impl VirtioFsBackend {
@@ -97,7 +143,71 @@ impl VirtioFsBackend {
             request_queues,
             tag,
             exits,
+            engine: IoEngine::default(),
+            rings: (0..=request_queues)
+                .map(|_| Mutex::new(RingSlot::Unset))
+                .collect(),
+            fallback_logged: AtomicBool::new(false),
         })
+    }
+
+    /// Selects the READ/WRITE engine (default: io_uring where available).
+    pub fn with_engine(mut self, engine: IoEngine) -> Self {
+        self.engine = engine;
+        self
+    }
+
+    /// The engine asked for.
+    pub fn engine(&self) -> IoEngine {
+        self.engine
+    }
+
+    /// READs and WRITEs the io_uring engine has completed, over all queues.
+    pub fn ring_completions(&self) -> u64 {
+        self.rings
+            .iter()
+            .map(|r| match &*r.lock().unwrap_or_else(|p| p.into_inner()) {
+                RingSlot::Ready(uq) => uq.completed(),
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Serves a kick of request queue `q` through its ring; false if the
+    /// queue has no ring (io_uring unavailable), so the caller serves it
+    /// synchronously.
+    fn serve_uring(&self, q: u16, vring: &VringRwLock, name: &str) -> Option<io::Result<()>> {
+        let mut slot = self
+            .rings
+            .get(q as usize)?
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let RingSlot::Unset = *slot {
+            *slot = match UringQueue::new() {
+                Ok(r) => {
+                    debug!("{name}: io_uring ring ready");
+                    RingSlot::Ready(Box::new(r))
+                }
+                Err(e) => {
+                    if !self.fallback_logged.swap(true, Ordering::AcqRel) {
+                        warn!("io_uring unavailable ({e}); serving READ and WRITE synchronously");
+                    }
+                    RingSlot::Unavailable
+                }
+            };
+        }
+        let RingSlot::Ready(uq) = &mut *slot else {
+            return None;
+        };
+        Some(crate::uring::serve_kick(
+            vring,
+            self.mem.snapshot(),
+            self.event_idx.load(Ordering::Acquire),
+            name,
+            &self.fs,
+            uq,
+            |mem, chain| self.handle_chain(mem, chain).map(|n| n as u32),
+        ))
     }
 
     /// Stops every worker thread.
@@ -213,6 +323,11 @@ impl VhostUserBackend for VirtioFsBackend {
             debug!("hiprio queue kicked");
         }
         let name = format!("virtio-fs queue {device_event}");
+        if device_event != HIPRIO_QUEUE && self.engine == IoEngine::IoUring {
+            if let Some(r) = self.serve_uring(device_event, vring, &name) {
+                return r;
+            }
+        }
         device_queue::serve_kick(
             vring,
             self.mem.snapshot(),

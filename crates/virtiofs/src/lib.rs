@@ -18,6 +18,7 @@
 //!     listen: Listen::SocketPath { path: PathBuf::from("/run/vfs.sock"), group: None },
 //!     tag: None,
 //!     request_queues: 1,
+//!     io_engine: virtiofs::IoEngine::IoUring,
 //!     thread_pool_size: 0,
 //!     sandbox: SandboxMode::None,
 //!     rlimit_nofile: None,
@@ -33,7 +34,8 @@ pub mod device;
 pub mod fast_path;
 pub mod fuse_mount;
 pub mod sandbox;
+pub mod uring;
 
 pub use daemon::{run, DaemonConfig, DaemonError, Listen};
-pub use device::{DeviceError, VirtioFsBackend};
+pub use device::{DeviceError, IoEngine, VirtioFsBackend};
 pub use sandbox::SandboxMode;

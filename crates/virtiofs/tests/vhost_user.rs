@@ -85,19 +85,33 @@ struct Guest {
     req: GuestAddress,
     reply: GuestAddress,
     unique: u64,
+    /// The request queue requests go to.
+    queue: usize,
 }
 
 impl Guest {
     fn connect(socket: &Path, mmio: bool) -> Guest {
+        Guest::connect_queues(socket, mmio, 2)
+    }
+
+    /// `nqueues` queues: hiprio and `nqueues - 1` request queues.
+    fn connect_queues(socket: &Path, mmio: bool, nqueues: usize) -> Guest {
         let mut ram = GuestRam::new(8 << 20).unwrap();
-        let queues: Vec<SplitQueue> = (0..2).map(|_| SplitQueue::new(&mut ram, 64)).collect();
+        let queues: Vec<SplitQueue> = (0..nqueues)
+            .map(|_| SplitQueue::new(&mut ram, 64))
+            .collect();
         let req = ram.alloc(1 << 20, 4096);
         let reply = ram.alloc(1 << 20, 4096);
         let refs: Vec<&SplitQueue> = queues.iter().collect();
         let want = F_VERSION_1 | F_INDIRECT_DESC;
         let link = if mmio {
-            let dev = VhostUser::connect(socket, VIRTIO_ID_FS, 2, fs_config("myfs", 1))
-                .expect("vhost-user connect");
+            let dev = VhostUser::connect(
+                socket,
+                VIRTIO_ID_FS,
+                nqueues,
+                fs_config("myfs", nqueues - 1),
+            )
+            .expect("vhost-user connect");
             let line = EventFd::new(EFD_NONBLOCK).unwrap();
             let t = MmioTransport::new(Box::new(dev), ram.atomic(), line).unwrap();
             Link::Mmio(Box::new(MmioDriver::probe(t, &refs, want).expect("probe")))
@@ -113,6 +127,7 @@ impl Guest {
             req,
             reply,
             unique: 0,
+            queue: 1,
         }
     }
 
@@ -127,7 +142,8 @@ impl Guest {
         self.unique += 1;
         let req = fuse_wire::request(op, self.unique, nodeid, 0, body);
         self.ram.write(self.req, &req);
-        let q = &mut self.queues[1];
+        let qi = self.queue;
+        let q = &mut self.queues[qi];
         let head = q.write_chain(
             &self.ram,
             &[
@@ -145,7 +161,7 @@ impl Guest {
         );
         q.publish(&self.ram, head);
         let mut used = None;
-        let (ram, q) = (&self.ram, &mut self.queues[1]);
+        let (ram, q) = (&self.ram, &mut self.queues[qi]);
         let mut done = || {
             used = q.take_used(ram);
             used.is_some()
@@ -153,11 +169,11 @@ impl Guest {
         let timeout = Duration::from_secs(10);
         let answered = match &mut self.link {
             Link::Direct(d) => {
-                d.kick(1).unwrap();
-                d.wait(1, timeout, done)
+                d.kick(qi).unwrap();
+                d.wait(qi, timeout, done)
             }
             Link::Mmio(d) => {
-                d.notify(1);
+                d.notify(qi as u32);
                 d.wait(timeout, &mut done)
             }
         };
@@ -212,14 +228,15 @@ fn reads_a_host_file(cmd: &[String], extra: &[&str], mmio: bool, more: impl FnOn
 
 #[test]
 fn virtiofsd_rs_serves_the_harness_over_vhost_user() {
-    reads_a_host_file(&[OURS.to_string()], &["--tag", "myfs"], false, |g| {
+    let extra = ["--tag", "myfs", "--request-queues", "3"];
+    reads_a_host_file(&[OURS.to_string()], &extra, false, |g| {
         // CONFIG was negotiated because of --tag: the tag is in config space.
         let cfg = g.device().config(40).expect("GET_CONFIG");
         assert_eq!(&cfg[..4], b"myfs");
         assert_eq!(
             u32::from_le_bytes(cfg[36..40].try_into().unwrap()),
-            1,
-            "one request queue"
+            3,
+            "--request-queues is the count in config space"
         );
         // Confinement holds over the real socket too.
         let r = g.request(opcode::LOOKUP, 1, &fuse_wire::name(b"../etc"));
@@ -299,5 +316,80 @@ fn the_same_harness_drives_an_upstream_daemon() {
 fn vmm_minis_mmio_device_drives_an_upstream_daemon() {
     if let Some(cmd) = upstream_or_skip() {
         reads_a_host_file(&cmd, &[], true, |_| {});
+    }
+}
+
+/// Several request queues, each served (by its own worker and ring), with
+/// either engine, directly and behind vmm-mini's transport.
+#[test]
+fn every_configured_request_queue_is_served_with_either_engine() {
+    let t = tempfile::tempdir().unwrap();
+    let share = t.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    let data: Vec<u8> = (0..70_000u32).map(|i| (i * 3) as u8).collect();
+    std::fs::write(share.join("f"), &data).unwrap();
+    for (i, (engine, mmio)) in [("io-uring", false), ("sync", false), ("io-uring", true)]
+        .into_iter()
+        .enumerate()
+    {
+        let sock = t.path().join(format!("s{i}.sock"));
+        // The daemon serves up to 8; the frontend configures 1 + 3.
+        let extra = ["--io-engine", engine, "--request-queues", "8"];
+        let _daemon = Daemon::start(&[OURS.to_string()], &share, &sock, &extra);
+        let mut g = Guest::connect_queues(&sock, mmio, 4);
+        assert_eq!(g.request(opcode::INIT, 0, &fuse_wire::init_body()).error, 0);
+        for q in 1..4 {
+            g.queue = q;
+            let node = g
+                .request(opcode::LOOKUP, 1, &fuse_wire::name(b"f"))
+                .nodeid();
+            let fh = g
+                .request(
+                    opcode::OPEN,
+                    node,
+                    &fuse_wire::u32s(&[libc::O_RDWR as u32, 0]),
+                )
+                .fh();
+            // WRITE then READ back through this queue.
+            let mut w = Vec::new();
+            w.extend_from_slice(&fh.to_le_bytes());
+            w.extend_from_slice(&(q as u64 * 4096).to_le_bytes());
+            w.extend_from_slice(&fuse_wire::u32s(&[4, 0]));
+            w.extend_from_slice(&0u64.to_le_bytes());
+            w.extend_from_slice(&fuse_wire::u32s(&[0, 0]));
+            w.extend_from_slice(b"q#q#");
+            let r = g.request(opcode::WRITE, node, &w);
+            assert_eq!(
+                (r.error, &r.body[..4]),
+                (0, &4u32.to_le_bytes()[..]),
+                "{engine} queue {q} WRITE"
+            );
+            let mut rd = Vec::new();
+            rd.extend_from_slice(&fh.to_le_bytes());
+            rd.extend_from_slice(&(q as u64 * 4096).to_le_bytes());
+            rd.extend_from_slice(&fuse_wire::u32s(&[8, 0]));
+            rd.extend_from_slice(&0u64.to_le_bytes());
+            rd.extend_from_slice(&fuse_wire::u32s(&[0, 0]));
+            let r = g.request(opcode::READ, node, &rd);
+            let mut want = b"q#q#".to_vec();
+            want.extend_from_slice(&data[q * 4096 + 4..q * 4096 + 8]);
+            assert_eq!(
+                (r.error, r.body.clone()),
+                (0, want),
+                "{engine} queue {q} READ"
+            );
+        }
+        // READ with an unknown handle gets an errno reply on the ring path too.
+        let mut rd = Vec::new();
+        rd.extend_from_slice(&999u64.to_le_bytes());
+        rd.extend_from_slice(&0u64.to_le_bytes());
+        rd.extend_from_slice(&fuse_wire::u32s(&[8, 0]));
+        rd.extend_from_slice(&0u64.to_le_bytes());
+        rd.extend_from_slice(&fuse_wire::u32s(&[0, 0]));
+        assert_eq!(
+            g.request(opcode::READ, 1, &rd).error,
+            -libc::EBADF,
+            "{engine}"
+        );
     }
 }

@@ -21,15 +21,25 @@ const F_EVENT_IDX: u64 = 1 << 29;
 const F_MOUNT_TAG: u64 = 1;
 
 fn fs_transport(share: &std::path::Path, ram: &GuestRam, tag: &str) -> MmioTransport {
+    fs_transport_with(share, ram, tag, virtiofs::IoEngine::default()).0
+}
+
+fn fs_transport_with(
+    share: &std::path::Path,
+    ram: &GuestRam,
+    tag: &str,
+    engine: virtiofs::IoEngine,
+) -> (MmioTransport, Arc<virtiofs::VirtioFsBackend>) {
     let fs = Arc::new(PassthroughFs::new(Config::new(share)).unwrap());
-    let backend = virtiofs::VirtioFsBackend::new(fs, 1, Some(tag.into())).unwrap();
-    let dev = InProcess::new(Arc::new(backend), VIRTIO_ID_FS, fs_config(tag, 1));
-    MmioTransport::new(
-        Box::new(dev),
-        ram.atomic(),
-        EventFd::new(EFD_NONBLOCK).unwrap(),
-    )
-    .unwrap()
+    let backend = Arc::new(
+        virtiofs::VirtioFsBackend::new(fs, 1, Some(tag.into()))
+            .unwrap()
+            .with_engine(engine),
+    );
+    let dev = InProcess::new(backend.clone(), VIRTIO_ID_FS, fs_config(tag, 1));
+    let line = EventFd::new(EFD_NONBLOCK).unwrap();
+    let t = MmioTransport::new(Box::new(dev), ram.atomic(), line).unwrap();
+    (t, backend)
 }
 
 fn p9_transport(share: &std::path::Path, ram: &GuestRam) -> MmioTransport {
@@ -120,9 +130,15 @@ fn share_with_file() -> (tempfile::TempDir, Vec<u8>) {
 
 #[test]
 fn in_process_virtio_fs_serves_through_the_transport() {
+    for engine in [virtiofs::IoEngine::IoUring, virtiofs::IoEngine::Sync] {
+        serves_through_the_transport(engine);
+    }
+}
+
+fn serves_through_the_transport(engine: virtiofs::IoEngine) {
     let (share, data) = share_with_file();
     let mut g = Guest::new(2);
-    let t = fs_transport(share.path(), &g.ram, "myfs");
+    let (t, backend) = fs_transport_with(share.path(), &g.ram, "myfs", engine);
     let mut d = MmioDriver::probe(t, &g.refs(), F_VERSION_1 | F_INDIRECT | F_EVENT_IDX).unwrap();
     assert_eq!(d.read32(reg::DEVICE_ID), VIRTIO_ID_FS);
     assert!(d.transport.is_active());
@@ -163,6 +179,12 @@ fn in_process_virtio_fs_serves_through_the_transport() {
         (0, true),
         "READ lands in guest memory"
     );
+    // The READ went through the ring with io_uring, not with sync.
+    let on_ring = backend.ring_completions();
+    match engine {
+        virtiofs::IoEngine::IoUring => assert_eq!(on_ring, 1, "{engine}"),
+        virtiofs::IoEngine::Sync => assert_eq!(on_ring, 0, "{engine}"),
+    }
     // The edge checks hold behind this transport too.
     assert_eq!(
         g.fuse(&mut d, opcode::LOOKUP, 1, &fuse_wire::name(b"a/b"))
