@@ -94,33 +94,57 @@ pub fn serve_kick<E: Display>(
     }
 }
 
+/// Chains served before the guest is told about them: small enough that a
+/// driver with a deep queue gets replies (and refills the ring) while the
+/// rest is still being served.
+pub const NOTIFY_EVERY: usize = 8;
+/// Passes over the available ring per kick before going back to epoll: a
+/// driver refilling as replies arrive is served without another wake-up.
+pub const MAX_PASSES: usize = 64;
+
+/// Signals the guest if the ring asks for it (always without event-idx).
+pub fn notify(vring: &VringRwLock) -> io::Result<()> {
+    match vring.needs_notification() {
+        Ok(true) | Err(_) => vring.signal_used_queue(),
+        Ok(false) => Ok(()),
+    }
+}
+
 fn drain<E: Display>(
     vring: &VringRwLock,
     mem: &MemGuard,
     queue: &str,
     serve: &mut impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
 ) -> io::Result<()> {
-    let chains: Vec<Chain> = vring
-        .get_mut()
-        .get_queue_mut()
-        .iter(mem.clone())
-        .map_err(|e| io::Error::other(format!("{queue}: {e}")))?
-        .collect();
-    if chains.is_empty() {
-        return Ok(());
-    }
-    for chain in chains {
-        let head = chain.head_index();
-        let used = serve(mem, chain).unwrap_or_else(|e| {
-            warn!("{queue}: dropping request in chain {head}: {e}");
-            0
-        });
-        if let Err(e) = vring.add_used(head, used) {
-            warn!("{queue}: cannot return chain {head}: {e}");
+    for _ in 0..MAX_PASSES {
+        let chains: Vec<Chain> = vring
+            .get_mut()
+            .get_queue_mut()
+            .iter(mem.clone())
+            .map_err(|e| io::Error::other(format!("{queue}: {e}")))?
+            .collect();
+        if chains.is_empty() {
+            return Ok(());
+        }
+        let mut unsignalled = 0;
+        for chain in chains {
+            let head = chain.head_index();
+            let used = serve(mem, chain).unwrap_or_else(|e| {
+                warn!("{queue}: dropping request in chain {head}: {e}");
+                0
+            });
+            if let Err(e) = vring.add_used(head, used) {
+                warn!("{queue}: cannot return chain {head}: {e}");
+            }
+            unsignalled += 1;
+            if unsignalled == NOTIFY_EVERY {
+                notify(vring)?;
+                unsignalled = 0;
+            }
+        }
+        if unsignalled > 0 {
+            notify(vring)?;
         }
     }
-    match vring.needs_notification() {
-        Ok(true) | Err(_) => vring.signal_used_queue(),
-        Ok(false) => Ok(()),
-    }
+    Ok(())
 }

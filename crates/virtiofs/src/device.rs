@@ -112,6 +112,7 @@ pub struct VirtioFsBackend {
     rings: Vec<Mutex<RingSlot>>,
     /// io_uring's unavailability was logged.
     fallback_logged: AtomicBool,
+    inline_first: bool,
 }
 
 impl VirtioFsBackend {
@@ -148,6 +149,7 @@ impl VirtioFsBackend {
                 .map(|_| Mutex::new(RingSlot::Unset))
                 .collect(),
             fallback_logged: AtomicBool::new(false),
+            inline_first: true,
         })
     }
 
@@ -162,15 +164,33 @@ impl VirtioFsBackend {
         self.engine
     }
 
-    /// READs and WRITEs the io_uring engine has completed, over all queues.
-    pub fn ring_completions(&self) -> u64 {
+    /// With `false`, every READ and WRITE the io_uring engine takes goes
+    /// through the ring, even when it would not block (default `true`: try
+    /// `RWF_NOWAIT` inline first). For tests and measurements.
+    pub fn with_inline_first(mut self, inline_first: bool) -> Self {
+        self.inline_first = inline_first;
+        self
+    }
+
+    fn engine_counts(&self, count: impl Fn(&UringQueue) -> u64) -> u64 {
         self.rings
             .iter()
             .map(|r| match &*r.lock().unwrap_or_else(|p| p.into_inner()) {
-                RingSlot::Ready(uq) => uq.completed(),
+                RingSlot::Ready(uq) => count(uq),
                 _ => 0,
             })
             .sum()
+    }
+
+    /// READs and WRITEs completed through the io_uring rings, all queues.
+    pub fn ring_completions(&self) -> u64 {
+        self.engine_counts(UringQueue::completed)
+    }
+
+    /// READs and WRITEs the io_uring engine completed inline (they would
+    /// not block), all queues.
+    pub fn inline_completions(&self) -> u64 {
+        self.engine_counts(UringQueue::inline_done)
     }
 
     /// Serves a kick of request queue `q` through its ring; false if the
@@ -199,6 +219,7 @@ impl VirtioFsBackend {
         let RingSlot::Ready(uq) = &mut *slot else {
             return None;
         };
+        uq.inline_first = self.inline_first;
         Some(crate::uring::serve_kick(
             vring,
             self.mem.snapshot(),

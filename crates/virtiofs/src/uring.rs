@@ -91,6 +91,9 @@ pub struct UringQueue {
     free: Vec<usize>,
     queued: usize,
     completed: u64,
+    inline_done: u64,
+    /// Try each operation with `RWF_NOWAIT` before using the ring.
+    pub inline_first: bool,
 }
 
 impl UringQueue {
@@ -104,12 +107,20 @@ impl UringQueue {
             free: (0..RING_ENTRIES as usize).rev().collect(),
             queued: 0,
             completed: 0,
+            inline_done: 0,
+            inline_first: true,
         })
     }
 
     /// Operations this ring has completed.
     pub fn completed(&self) -> u64 {
         self.completed
+    }
+
+    /// READs and WRITEs this queue's fast path completed inline, without
+    /// the ring (they would not block).
+    pub fn inline_done(&self) -> u64 {
+        self.inline_done
     }
 
     fn in_flight(&self) -> usize {
@@ -254,7 +265,7 @@ fn gather(mem: &MemGuard, segs: &[Seg], skip: usize, len: usize) -> Option<Vec<u
 /// The host iovecs for `len` bytes starting `skip` bytes into `segs`, or
 /// `None` if they are not all in guest RAM.
 fn iovecs(mem: &MemGuard, segs: &[Seg], skip: usize, len: usize) -> Option<Box<[libc::iovec]>> {
-    let mut out = Vec::new();
+    let mut out: Vec<libc::iovec> = Vec::new();
     let mut pos = 0usize;
     let mut left = len;
     for s in segs {
@@ -269,10 +280,18 @@ fn iovecs(mem: &MemGuard, segs: &[Seg], skip: usize, len: usize) -> Option<Box<[
         let from = skip.max(start) - start;
         let n = (s.len as usize - from).min(left);
         let slice = mem.get_slice(GuestAddress(s.addr + from as u64), n).ok()?;
-        out.push(libc::iovec {
-            iov_base: slice.ptr_guard_mut().as_ptr().cast(),
-            iov_len: n,
-        });
+        let base: *mut libc::c_void = slice.ptr_guard_mut().as_ptr().cast();
+        // Buffers adjacent in host memory (a guest's pages often are) make
+        // one iovec: fewer segments for the kernel to walk.
+        match out.last_mut() {
+            Some(prev) if (prev.iov_base as usize).wrapping_add(prev.iov_len) == base as usize => {
+                prev.iov_len += n
+            }
+            _ => out.push(libc::iovec {
+                iov_base: base,
+                iov_len: n,
+            }),
+        }
         left -= n;
     }
     (left == 0).then(|| out.into_boxed_slice())
@@ -284,6 +303,55 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default())
+}
+
+/// Tries `op` without blocking (`preadv2`/`pwritev2` with `RWF_NOWAIT`):
+/// data in the page cache, or room in it for a write, is moved at once with
+/// one system call and no ring round trip. Returns the result to reply with,
+/// or `None` when the operation would block (or read only part of what was
+/// asked, which a FUSE client would take for end of file), so it goes on the
+/// ring. Files that do not support non-blocking I/O (tmpfs) are read and
+/// written inline: io_uring would only hand them to a worker thread.
+fn try_inline(op: &InFlight, fd: i32, offset: u64) -> Option<i32> {
+    let want: usize = op.iovecs.iter().map(|v| v.iov_len).sum();
+    let call = |flags: libc::c_int| {
+        let (iov, n) = (op.iovecs.as_ptr(), op.iovecs.len() as libc::c_int);
+        // SAFETY: the iovecs name guest buffers valid for the duration of the
+        // call (the caller holds the memory snapshot); `fd` is held open by
+        // the op's handle.
+        unsafe {
+            match op.kind {
+                Kind::Read => libc::preadv2(fd, iov, n, offset as libc::off_t, flags),
+                Kind::Write => libc::pwritev2(fd, iov, n, offset as libc::off_t, flags),
+            }
+        }
+    };
+    let r = call(libc::RWF_NOWAIT);
+    if r >= 0 {
+        let r = r as usize;
+        return match op.kind {
+            Kind::Read if r == want || r == 0 => Some(r as i32),
+            Kind::Read => None,
+            // A short write is a valid write reply.
+            Kind::Write if r > 0 || want == 0 => Some(r as i32),
+            Kind::Write => None,
+        };
+    }
+    match io::Error::last_os_error().raw_os_error() {
+        Some(libc::EAGAIN) => None,
+        Some(libc::EOPNOTSUPP) => {
+            let r = call(0);
+            Some(if r >= 0 {
+                r as i32
+            } else {
+                -io::Error::last_os_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::EIO)
+            })
+        }
+        Some(e) => Some(-e),
+        None => Some(-libc::EIO),
+    }
 }
 
 /// What to do with one chain.
@@ -402,6 +470,8 @@ pub fn serve_kick<E: std::fmt::Display>(
     }
 }
 
+use device_queue::{notify, MAX_PASSES, NOTIFY_EVERY as REAP_EVERY};
+
 fn drain<E: std::fmt::Display>(
     vring: &VringRwLock,
     mem: &MemGuard,
@@ -410,41 +480,64 @@ fn drain<E: std::fmt::Display>(
     uq: &mut UringQueue,
     sync: &mut impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
 ) -> io::Result<()> {
-    let chains: Vec<Chain> = vring
-        .get_mut()
-        .get_queue_mut()
-        .iter(mem.clone())
-        .map_err(|e| io::Error::other(format!("{queue}: {e}")))?
-        .collect();
-    if chains.is_empty() {
-        return Ok(());
-    }
-    for chain in chains {
-        match plan(fs, mem, &chain) {
-            Plan::Ring(op, fd, offset) => {
-                if uq.free.is_empty() || uq.overlaps(&op) {
-                    uq.complete_all(mem, vring, queue)?;
+    // Keep serving while the driver keeps adding chains: it refills as the
+    // replies come back, and a pass that finds the ring empty ends the kick.
+    for _ in 0..MAX_PASSES {
+        let chains: Vec<Chain> = vring
+            .get_mut()
+            .get_queue_mut()
+            .iter(mem.clone())
+            .map_err(|e| io::Error::other(format!("{queue}: {e}")))?
+            .collect();
+        if chains.is_empty() {
+            return Ok(());
+        }
+        let mut unsignalled = 0;
+        for chain in chains {
+            match plan(fs, mem, &chain) {
+                Plan::Ring(op, fd, offset) => {
+                    if uq.free.is_empty() || uq.overlaps(&op) {
+                        uq.complete_all(mem, vring, queue)?;
+                    }
+                    let inline = if uq.inline_first {
+                        try_inline(&op, fd, offset)
+                    } else {
+                        None
+                    };
+                    match inline {
+                        Some(res) => {
+                            let used = reply(mem, &op, res);
+                            if let Err(e) = vring.add_used(op.head, used) {
+                                warn!("{queue}: cannot return chain {}: {e}", op.head);
+                            }
+                            uq.inline_done += 1;
+                            unsignalled += 1;
+                        }
+                        None => uq.push(op, fd, offset)?,
+                    }
+                    if uq.in_flight() + unsignalled >= REAP_EVERY {
+                        uq.complete_all(mem, vring, queue)?;
+                        notify(vring)?;
+                        unsignalled = 0;
+                    }
                 }
-                uq.push(op, fd, offset)?;
-            }
-            Plan::Sync => {
-                uq.complete_all(mem, vring, queue)?;
-                let head = chain.head_index();
-                let used = sync(mem, chain).unwrap_or_else(|e| {
-                    warn!("{queue}: dropping request in chain {head}: {e}");
-                    0
-                });
-                if let Err(e) = vring.add_used(head, used) {
-                    warn!("{queue}: cannot return chain {head}: {e}");
+                Plan::Sync => {
+                    uq.complete_all(mem, vring, queue)?;
+                    let head = chain.head_index();
+                    let used = sync(mem, chain).unwrap_or_else(|e| {
+                        warn!("{queue}: dropping request in chain {head}: {e}");
+                        0
+                    });
+                    if let Err(e) = vring.add_used(head, used) {
+                        warn!("{queue}: cannot return chain {head}: {e}");
+                    }
                 }
             }
         }
+        uq.complete_all(mem, vring, queue)?;
+        notify(vring)?;
     }
-    uq.complete_all(mem, vring, queue)?;
-    match vring.needs_notification() {
-        Ok(true) | Err(_) => vring.signal_used_queue(),
-        Ok(false) => Ok(()),
-    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -480,6 +573,20 @@ mod tests {
         let iov = iovecs(&m, &segs, 9, 4).unwrap();
         assert_eq!(iov.len(), 2);
         assert_eq!((iov[0].iov_len, iov[1].iov_len), (1, 3));
+        // Adjacent buffers merge into one iovec.
+        let adjacent = [
+            Seg {
+                addr: 0x100,
+                len: 10,
+            },
+            Seg {
+                addr: 0x10a,
+                len: 6,
+            },
+        ];
+        let iov = iovecs(&m, &adjacent, 2, 12).unwrap();
+        assert_eq!(iov.len(), 1);
+        assert_eq!(iov[0].iov_len, 12);
         assert!(iovecs(&m, &segs, 0, 17).is_none());
         // Outside guest memory.
         assert!(iovecs(

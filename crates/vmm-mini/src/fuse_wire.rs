@@ -1,5 +1,9 @@
-//! FUSE requests and replies as bytes, for tests that talk to a virtio-fs
-//! device from the driver side (in-process or over vhost-user).
+//! FUSE requests and replies as bytes, for tests (and `fsbench`) that talk
+//! to a virtio-fs device from the driver side (in-process or over
+//! vhost-user): the in header, the argument structs of the requests they
+//! send (INIT, READ/WRITE, OPEN/OPENDIR, CREATE, GETATTR, RELEASE, FORGET,
+//! READDIR), and parsers for the replies they read (entry, open, init,
+//! dirents).
 
 /// A FUSE opcode.
 #[allow(missing_docs)]

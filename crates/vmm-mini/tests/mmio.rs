@@ -21,7 +21,7 @@ const F_EVENT_IDX: u64 = 1 << 29;
 const F_MOUNT_TAG: u64 = 1;
 
 fn fs_transport(share: &std::path::Path, ram: &GuestRam, tag: &str) -> MmioTransport {
-    fs_transport_with(share, ram, tag, virtiofs::IoEngine::default()).0
+    fs_transport_with(share, ram, tag, virtiofs::IoEngine::default(), true).0
 }
 
 fn fs_transport_with(
@@ -29,12 +29,14 @@ fn fs_transport_with(
     ram: &GuestRam,
     tag: &str,
     engine: virtiofs::IoEngine,
+    inline_first: bool,
 ) -> (MmioTransport, Arc<virtiofs::VirtioFsBackend>) {
     let fs = Arc::new(PassthroughFs::new(Config::new(share)).unwrap());
     let backend = Arc::new(
         virtiofs::VirtioFsBackend::new(fs, 1, Some(tag.into()))
             .unwrap()
-            .with_engine(engine),
+            .with_engine(engine)
+            .with_inline_first(inline_first),
     );
     let dev = InProcess::new(backend.clone(), VIRTIO_ID_FS, fs_config(tag, 1));
     let line = EventFd::new(EFD_NONBLOCK).unwrap();
@@ -130,15 +132,16 @@ fn share_with_file() -> (tempfile::TempDir, Vec<u8>) {
 
 #[test]
 fn in_process_virtio_fs_serves_through_the_transport() {
-    for engine in [virtiofs::IoEngine::IoUring, virtiofs::IoEngine::Sync] {
-        serves_through_the_transport(engine);
+    use virtiofs::IoEngine::{IoUring, Sync};
+    for (engine, inline_first) in [(IoUring, false), (IoUring, true), (Sync, true)] {
+        serves_through_the_transport(engine, inline_first);
     }
 }
 
-fn serves_through_the_transport(engine: virtiofs::IoEngine) {
+fn serves_through_the_transport(engine: virtiofs::IoEngine, inline_first: bool) {
     let (share, data) = share_with_file();
     let mut g = Guest::new(2);
-    let (t, backend) = fs_transport_with(share.path(), &g.ram, "myfs", engine);
+    let (t, backend) = fs_transport_with(share.path(), &g.ram, "myfs", engine, inline_first);
     let mut d = MmioDriver::probe(t, &g.refs(), F_VERSION_1 | F_INDIRECT | F_EVENT_IDX).unwrap();
     assert_eq!(d.read32(reg::DEVICE_ID), VIRTIO_ID_FS);
     assert!(d.transport.is_active());
@@ -179,11 +182,13 @@ fn serves_through_the_transport(engine: virtiofs::IoEngine) {
         (0, true),
         "READ lands in guest memory"
     );
-    // The READ went through the ring with io_uring, not with sync.
-    let on_ring = backend.ring_completions();
-    match engine {
-        virtiofs::IoEngine::IoUring => assert_eq!(on_ring, 1, "{engine}"),
-        virtiofs::IoEngine::Sync => assert_eq!(on_ring, 0, "{engine}"),
+    // The READ went through the ring (inline first off), or inline (it
+    // was in the page cache), with io_uring; with sync, through neither.
+    let (ring, inline) = (backend.ring_completions(), backend.inline_completions());
+    match (engine, inline_first) {
+        (virtiofs::IoEngine::IoUring, false) => assert_eq!((ring, inline), (1, 0)),
+        (virtiofs::IoEngine::IoUring, true) => assert_eq!(ring + inline, 1),
+        (virtiofs::IoEngine::Sync, _) => assert_eq!((ring, inline), (0, 0)),
     }
     // The edge checks hold behind this transport too.
     assert_eq!(

@@ -1,0 +1,253 @@
+//! Server processes: started with their output in a log file, watched until
+//! their socket appears, and killed when their guard is dropped (and, through
+//! `PR_SET_PDEATHSIG`, when fsbench itself dies).
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Why a server process could not be started or stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The log file could not be created.
+    #[error("cannot create log {path}: {source}")]
+    Log {
+        /// The log's path.
+        path: PathBuf,
+        /// What the host said.
+        source: io::Error,
+    },
+    /// The program could not be executed.
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        /// The program.
+        program: PathBuf,
+        /// What the host said.
+        source: io::Error,
+    },
+    /// The process exited before it served.
+    #[error("{name} exited with {status} before serving; its log ends: {tail}")]
+    Exited {
+        /// The server's name.
+        name: String,
+        /// How it exited.
+        status: ExitStatus,
+        /// The last lines of its log.
+        tail: String,
+    },
+    /// The socket never appeared.
+    #[error("{name} did not create {socket} within {secs} s; its log ends: {tail}")]
+    NoSocket {
+        /// The server's name.
+        name: String,
+        /// The socket expected.
+        socket: PathBuf,
+        /// How long fsbench waited.
+        secs: u64,
+        /// The last lines of its log.
+        tail: String,
+    },
+}
+
+/// A running server, killed when dropped.
+pub struct Daemon {
+    name: String,
+    child: Child,
+    log: PathBuf,
+    exits_alone: bool,
+}
+
+impl Daemon {
+    /// Starts `program args` as `name`, stdout and stderr to `log`.
+    /// `exits_alone`: the server ends by itself when its client goes (a
+    /// vhost-user daemon), so dropping the guard first gives it a moment.
+    /// `cpus`: the CPUs the server may run on (`None`: fsbench's).
+    pub fn spawn(
+        name: &str,
+        program: &Path,
+        args: &[OsString],
+        log: &Path,
+        exits_alone: bool,
+        cpus: Option<libc::cpu_set_t>,
+    ) -> Result<Daemon, DaemonError> {
+        let out = File::create(log).map_err(|source| DaemonError::Log {
+            path: log.to_path_buf(),
+            source,
+        })?;
+        let err = out.try_clone().map_err(|source| DaemonError::Log {
+            path: log.to_path_buf(),
+            source,
+        })?;
+        let mut cmd = Command::new(program);
+        // The server's working directory is the log's: a core file (diod
+        // 1.0.24 can crash in its SIGTERM teardown, after the figures are
+        // taken, and asks for core dumps) stays in the scratch directory.
+        if let Some(dir) = log.parent().filter(|d| !d.as_os_str().is_empty()) {
+            cmd.current_dir(dir);
+        }
+        cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+        // SAFETY: the closure runs in the child between fork and exec and
+        // only makes async-signal-safe syscalls (prctl, sched_setaffinity)
+        // on its own copy of `cpus`, allocating nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if let Some(set) = &cpus {
+                    let size = std::mem::size_of::<libc::cpu_set_t>();
+                    if libc::sched_setaffinity(0, size, set) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|source| DaemonError::Spawn {
+            program: program.to_path_buf(),
+            source,
+        })?;
+        Ok(Daemon {
+            name: name.to_string(),
+            child,
+            log: log.to_path_buf(),
+            exits_alone,
+        })
+    }
+
+    /// Waits until `socket` exists (without connecting: a vhost-user daemon
+    /// serves only its first connection).
+    pub fn wait_for_socket(&mut self, socket: &Path, timeout: Duration) -> Result<(), DaemonError> {
+        let start = Instant::now();
+        loop {
+            self.check_alive()?;
+            if socket.exists() {
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                return Err(DaemonError::NoSocket {
+                    name: self.name.clone(),
+                    socket: socket.to_path_buf(),
+                    secs: timeout.as_secs(),
+                    tail: self.log_tail(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// An error if the process has exited.
+    pub fn check_alive(&mut self) -> Result<(), DaemonError> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Err(DaemonError::Exited {
+                name: self.name.clone(),
+                status,
+                tail: self.log_tail(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The last few lines of the log, on one line.
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.log, 4)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // A vhost-user daemon exits by itself once its frontend is gone;
+        // a 9P server is asked to, with SIGTERM (so a profiler or valgrind
+        // wrapped around it can write its data). Whatever is left after a
+        // moment is killed.
+        let grace = if self.exits_alone {
+            Duration::from_millis(200)
+        } else {
+            // SAFETY: signalling our own child by its pid; it has not been
+            // reaped yet (we own the Child), so the pid is still its own.
+            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+            Duration::from_secs(5)
+        };
+        let start = Instant::now();
+        while start.elapsed() < grace {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The last `n` non-empty lines of `path`, joined with " | ".
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = lines[lines.len().saturating_sub(n)..].join(" | ");
+    if tail.is_empty() {
+        "(empty)".into()
+    } else {
+        tail
+    }
+}
+
+/// The first line `program args` prints on stdout (or stderr), if it runs.
+pub fn command_line_output(program: &Path, args: &[&str]) -> Option<String> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    let text = if out.stdout.is_empty() {
+        out.stderr
+    } else {
+        out.stdout
+    };
+    let line = String::from_utf8_lossy(&text)
+        .lines()
+        .next()?
+        .trim()
+        .to_string();
+    (!line.is_empty()).then_some(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_daemon_that_exits_early_is_reported_with_its_log() {
+        let t = tempfile::tempdir().unwrap();
+        let log = t.path().join("log");
+        let args: Vec<OsString> = vec![
+            "-c".into(),
+            "echo starting; echo 'bad flag' >&2; exit 3".into(),
+        ];
+        let mut d = Daemon::spawn("sh", Path::new("/bin/sh"), &args, &log, false, None).unwrap();
+        let err = d
+            .wait_for_socket(&t.path().join("never"), Duration::from_secs(5))
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("exited with exit status: 3"), "{msg}");
+        assert!(msg.contains("starting | bad flag"), "{msg}");
+    }
+
+    #[test]
+    fn a_missing_program_is_a_spawn_error() {
+        let t = tempfile::tempdir().unwrap();
+        let r = Daemon::spawn(
+            "x",
+            Path::new("/no/such/program"),
+            &[],
+            &t.path().join("log"),
+            true,
+            None,
+        );
+        assert!(matches!(r, Err(DaemonError::Spawn { .. })));
+    }
+}

@@ -1,0 +1,70 @@
+//! `fsbench`: parse the flags into a `Config`, run, report.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use fsbench::cli::Cli;
+use fsbench::{report, runner};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(2);
+        }
+    };
+    let exe = std::env::current_exe().unwrap_or_else(|_| "fsbench".into());
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let cfg = match cli.into_config(&exe, home.as_deref(), command) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("fsbench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let out = match runner::run(&cfg) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("fsbench: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let date = report::now_utc();
+    print!("{}", report::table(&out, &cfg.command, &date));
+    let mut status = ExitCode::SUCCESS;
+    let mut write =
+        |path: &std::path::Path, text: String, what: &str| match report::write_file(path, &text) {
+            Ok(()) => eprintln!("fsbench: {what} written to {}", path.display()),
+            Err(e) => {
+                eprintln!("fsbench: {e}");
+                status = ExitCode::from(1);
+            }
+        };
+    if let Some(j) = &cfg.json {
+        write(j, report::json(&out.records), "JSON");
+    }
+    if !out.records.is_empty() {
+        let title = format!("fsbench, {date}: {}", cfg.command);
+        let mut sub = out.context.clone();
+        sub.push(format!(
+            "servers: {}",
+            out.versions
+                .iter()
+                .map(|(_, v)| v.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+        write(&cfg.svg, report::svg(&out, &title, &sub), "chart");
+    }
+    if out.records.is_empty() {
+        eprintln!("fsbench: nothing could be measured");
+        return ExitCode::from(1);
+    }
+    status
+}

@@ -1,0 +1,294 @@
+//! The physical limit: the workloads' operations as direct system calls in
+//! the benchmark's own thread, on the same files, at the same offsets, into
+//! buffers of the same sizes as the guest's.
+//!
+//! - I/O: `pread`/`pwrite` of the request size; a queue depth of 32 is 32
+//!   slots served one after the other by this one thread, so the figure is
+//!   what one thread does with plain syscalls (latency: the syscall alone).
+//! - `create-stat-unlink`: `openat(O_CREAT|O_EXCL|O_RDWR)`, `fstat`,
+//!   `close`, `unlinkat`.
+//! - `readdir-10k`: `open(O_DIRECTORY)`, `getdents64` with a 4 KiB buffer
+//!   (the FUSE guest's READDIR size) until the end, `close`.
+
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::fixture::{CREATE_DIR, DATA, DIR10K, WDATA};
+use crate::session::{Session, SessionError};
+use crate::vfs::READDIR_BUF;
+use crate::workload::{pattern_matches, FileRole, IoSpec, Kind, WRITE_BYTE};
+
+/// Why a native operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NativeError {
+    /// A syscall failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// The syscall.
+        op: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// What the host said.
+        source: io::Error,
+    },
+    /// A read returned other data than the file's.
+    #[error("{0}")]
+    Data(String),
+}
+
+/// The share's files, opened for one workload.
+pub struct NativeSession {
+    file: Option<(File, IoSpec, PathBuf)>,
+    bufs: Vec<Vec<u8>>,
+    done: Vec<(usize, Instant)>,
+    dir: Option<(OwnedFd, PathBuf)>,
+    dir10k: PathBuf,
+}
+
+fn err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> NativeError + 'a {
+    move |source| NativeError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn last_err(op: &'static str, path: &Path) -> NativeError {
+    err(op, path)(io::Error::last_os_error())
+}
+
+fn cstring(p: &[u8], path: &Path) -> Result<CString, NativeError> {
+    CString::new(p).map_err(|_| NativeError::Io {
+        op: "name",
+        path: path.to_path_buf(),
+        source: io::ErrorKind::InvalidInput.into(),
+    })
+}
+
+impl NativeSession {
+    /// Opens what `kind` needs in `share`.
+    pub fn open(share: &Path, kind: &Kind) -> Result<NativeSession, NativeError> {
+        let mut s = NativeSession {
+            file: None,
+            bufs: Vec::new(),
+            done: Vec::new(),
+            dir: None,
+            dir10k: share.join(DIR10K),
+        };
+        match kind {
+            Kind::Io(spec) => {
+                let (name, write) = match spec.role {
+                    FileRole::Read => (DATA, false),
+                    FileRole::Write => (WDATA, true),
+                };
+                let path = share.join(name);
+                let f = OpenOptions::new()
+                    .read(true)
+                    .write(write)
+                    .open(&path)
+                    .map_err(err("open", &path))?;
+                let fill = if write { WRITE_BYTE } else { 0 };
+                s.bufs = (0..spec.qd)
+                    .map(|_| vec![fill; spec.len as usize])
+                    .collect();
+                s.file = Some((f, *spec, path));
+            }
+            Kind::CreateStatUnlink => {
+                let path = share.join(CREATE_DIR);
+                let c = cstring(path.as_os_str().as_bytes(), &path)?;
+                // SAFETY: a NUL-terminated path; the fd returned is owned below.
+                let fd = unsafe {
+                    libc::open(
+                        c.as_ptr(),
+                        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                    )
+                };
+                if fd < 0 {
+                    return Err(last_err("open", &path));
+                }
+                // SAFETY: `fd` was just opened and nothing else owns it.
+                s.dir = Some((unsafe { OwnedFd::from_raw_fd(fd) }, path));
+            }
+            Kind::Readdir => {}
+        }
+        Ok(s)
+    }
+}
+
+impl Session for NativeSession {
+    fn io_len(&self) -> Option<u32> {
+        self.file.as_ref().map(|(_, spec, _)| spec.len)
+    }
+
+    fn submit(&mut self, slot: usize, offset: u64) -> Result<(), SessionError> {
+        let Some((f, spec, path)) = &self.file else {
+            return Ok(());
+        };
+        let buf = &mut self.bufs[slot];
+        let n = if spec.write() {
+            f.write_at(buf, offset).map_err(err("pwrite", path))?
+        } else {
+            f.read_at(buf, offset).map_err(err("pread", path))?
+        };
+        let now = Instant::now();
+        if n != buf.len() {
+            return Err(NativeError::Data(format!(
+                "{n} of {} bytes at offset {offset}",
+                buf.len()
+            ))
+            .into());
+        }
+        if !spec.write() && !pattern_matches(buf, offset) {
+            return Err(NativeError::Data(format!(
+                "the data read at offset {offset} is not the file's"
+            ))
+            .into());
+        }
+        self.done.push((slot, now));
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), SessionError> {
+        Ok(())
+    }
+
+    fn wait(&mut self, done: &mut Vec<(usize, Instant)>) -> Result<(), SessionError> {
+        done.append(&mut self.done);
+        Ok(())
+    }
+
+    fn create_stat_unlink(&mut self, name: &[u8]) -> Result<(), SessionError> {
+        let Some((dir, path)) = &self.dir else {
+            return Ok(());
+        };
+        let c = cstring(name, path)?;
+        // SAFETY: a valid directory fd and a NUL-terminated name.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_CLOEXEC,
+                0o644 as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            return Err(last_err("openat", path).into());
+        }
+        // SAFETY: `fd` was just opened and nothing else owns it.
+        let file = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: `st` is a plain struct the kernel fills in; `file` is open.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { libc::fstat(file.as_raw_fd(), &mut st) } != 0 {
+            return Err(last_err("fstat", path).into());
+        }
+        drop(file);
+        // SAFETY: a valid directory fd and a NUL-terminated name.
+        if unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) } != 0 {
+            return Err(last_err("unlinkat", path).into());
+        }
+        Ok(())
+    }
+
+    fn list_dir(&mut self) -> Result<u64, SessionError> {
+        let path = &self.dir10k;
+        let c = cstring(path.as_os_str().as_bytes(), path)?;
+        // SAFETY: a NUL-terminated path; the fd returned is owned below.
+        let fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(last_err("open", path).into());
+        }
+        // SAFETY: `fd` was just opened and nothing else owns it.
+        let dir = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut buf = vec![0u8; READDIR_BUF as usize];
+        let mut n = 0u64;
+        loop {
+            // SAFETY: `buf` is writable for its length; `dir` is open.
+            let got = unsafe {
+                libc::syscall(
+                    libc::SYS_getdents64,
+                    dir.as_raw_fd(),
+                    buf.as_mut_ptr(),
+                    buf.len(),
+                )
+            };
+            if got < 0 {
+                return Err(last_err("getdents64", path).into());
+            }
+            if got == 0 {
+                break;
+            }
+            // struct linux_dirent64 { u64 ino; i64 off; u16 reclen; u8 type; name }
+            let mut at = 0usize;
+            while at + 19 <= got as usize {
+                let reclen = u16::from_le_bytes([buf[at + 16], buf[at + 17]]) as usize;
+                if reclen == 0 {
+                    break;
+                }
+                n += 1;
+                at += reclen;
+            }
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixture::Fixture;
+    use crate::workload::Workload;
+
+    #[test]
+    fn native_runs_every_workload_on_a_fixture() {
+        let parent = tempfile::tempdir().unwrap();
+        let f = Fixture::create(parent.path(), 2 << 20).unwrap();
+        for w in Workload::ALL {
+            let kind = w.kind(1);
+            let mut s = NativeSession::open(&f.share, &kind).unwrap();
+            match kind {
+                Kind::Io(spec) => {
+                    assert_eq!(s.io_len(), Some(spec.len));
+                    s.submit(0, 1 << 20).unwrap();
+                    let mut done = Vec::new();
+                    s.wait(&mut done).unwrap();
+                    assert_eq!(done.len(), 1);
+                }
+                Kind::CreateStatUnlink => {
+                    s.create_stat_unlink(b"f1").unwrap();
+                    s.create_stat_unlink(b"f1").unwrap();
+                    assert_eq!(
+                        std::fs::read_dir(f.share.join(CREATE_DIR)).unwrap().count(),
+                        0
+                    );
+                }
+                Kind::Readdir => {
+                    assert_eq!(
+                        s.list_dir().unwrap(),
+                        crate::workload::READDIR_ENTRIES as u64 + 2
+                    )
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_read_of_the_wrong_data_is_an_error() {
+        let parent = tempfile::tempdir().unwrap();
+        let f = Fixture::create(parent.path(), 1 << 20).unwrap();
+        std::fs::write(f.share.join(DATA), vec![0u8; 1 << 20]).unwrap();
+        let mut s = NativeSession::open(&f.share, &Workload::RandRead4kQd1.kind(1)).unwrap();
+        assert!(s.submit(0, 4096).is_err());
+    }
+}

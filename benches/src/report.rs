@@ -1,0 +1,671 @@
+//! The results as a table (stdout), JSON records and an SVG bar chart, and
+//! the issue's targets checked against them (reported, never asserted).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::cli::{Engine, Server, Target};
+use crate::runner::{Outcome, Record};
+use crate::stats::Summary;
+use crate::workload::Workload;
+
+/// Why an output file could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write {path}: {source}")]
+pub struct ReportError {
+    /// The file.
+    pub path: PathBuf,
+    /// What the host said.
+    pub source: std::io::Error,
+}
+
+/// Writes `text` to `path`, creating its directory.
+pub fn write_file(path: &Path, text: &str) -> Result<(), ReportError> {
+    let e = |source| ReportError {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(e)?;
+    }
+    std::fs::write(path, text).map_err(e)
+}
+
+const OURS: Target = Target {
+    server: Server::VirtiofsdRs,
+    engine: Engine::IoUring,
+};
+const OURS_SYNC: Target = Target {
+    server: Server::VirtiofsdRs,
+    engine: Engine::Sync,
+};
+const UPSTREAM: Target = Target {
+    server: Server::Virtiofsd,
+    engine: Engine::Default,
+};
+const NATIVE: Target = Target {
+    server: Server::Native,
+    engine: Engine::Default,
+};
+const P9D: Target = Target {
+    server: Server::P9d,
+    engine: Engine::Default,
+};
+const DIOD: Target = Target {
+    server: Server::Diod,
+    engine: Engine::Default,
+};
+
+fn find(records: &[Record], t: Target, w: Workload) -> Option<&Summary> {
+    records
+        .iter()
+        .find(|r| r.target == t && r.workload == w)
+        .map(|r| &r.summary)
+}
+
+fn ratio(
+    records: &[Record],
+    a: Target,
+    b: Target,
+    w: Workload,
+    f: fn(&Summary) -> f64,
+) -> Option<f64> {
+    let (x, y) = (f(find(records, a, w)?), f(find(records, b, w)?));
+    (y > 0.0).then(|| x / y)
+}
+
+/// A target's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Met in this run.
+    Met,
+    /// Missed in this run.
+    Missed,
+    /// One side was not measured.
+    NotMeasured,
+}
+
+/// One of the issue's targets, checked.
+#[derive(Debug, Clone)]
+pub struct Check {
+    /// The target, as the issue states it.
+    pub text: &'static str,
+    /// Met, missed, or not measured.
+    pub verdict: Verdict,
+    /// The measured ratio, in words.
+    pub detail: String,
+}
+
+/// The issue's targets, measured in this run (ours = virtiofsd-rs with the
+/// io-uring engine).
+pub fn checks(records: &[Record]) -> Vec<Check> {
+    let ops: fn(&Summary) -> f64 = |s| s.ops_per_s;
+    let mib: fn(&Summary) -> f64 = |s| s.mib_per_s;
+    let p50: fn(&Summary) -> f64 = |s| s.p50_us;
+    let mut v = Vec::new();
+    let mut add =
+        |text, r: Option<f64>, at_least: Option<f64>, at_most: Option<f64>, what: &str| {
+            let (verdict, detail) = match r {
+                None => (Verdict::NotMeasured, "not measured".to_string()),
+                Some(r) => {
+                    let ok = at_least.is_none_or(|m| r >= m) && at_most.is_none_or(|m| r <= m);
+                    (
+                        if ok { Verdict::Met } else { Verdict::Missed },
+                        format!("{r:.2}x {what}"),
+                    )
+                }
+            };
+            v.push(Check {
+                text,
+                verdict,
+                detail,
+            });
+        };
+    use Workload::*;
+    add(
+        "randread-4k-qd32: ops/s >= 1.5x virtiofsd",
+        ratio(records, OURS, UPSTREAM, RandRead4kQd32, mib),
+        Some(1.5),
+        None,
+        "virtiofsd's ops/s",
+    );
+    add(
+        "randread-4k-qd1: p50 <= virtiofsd's",
+        ratio(records, OURS, UPSTREAM, RandRead4kQd1, p50),
+        None,
+        Some(1.0),
+        "virtiofsd's p50",
+    );
+    for (w, name_native, name_up) in [
+        (
+            SeqRead1m,
+            "seqread-1m: MiB/s >= 90% of native",
+            "seqread-1m: MiB/s >= virtiofsd's",
+        ),
+        (
+            SeqWrite1m,
+            "seqwrite-1m: MiB/s >= 90% of native",
+            "seqwrite-1m: MiB/s >= virtiofsd's",
+        ),
+    ] {
+        add(
+            name_native,
+            ratio(records, OURS, NATIVE, w, mib),
+            Some(0.9),
+            None,
+            "native's MiB/s",
+        );
+        add(
+            name_up,
+            ratio(records, OURS, UPSTREAM, w, mib),
+            Some(1.0),
+            None,
+            "virtiofsd's MiB/s",
+        );
+    }
+    add(
+        "create-stat-unlink: ops/s >= virtiofsd's",
+        ratio(records, OURS, UPSTREAM, CreateStatUnlink, ops),
+        Some(1.0),
+        None,
+        "virtiofsd's ops/s",
+    );
+    add(
+        "readdir-10k: entries/s >= virtiofsd's",
+        ratio(records, OURS, UPSTREAM, Readdir10k, ops),
+        Some(1.0),
+        None,
+        "virtiofsd's entries/s",
+    );
+    add(
+        "9P randread-4k-qd32: p9d >= 2x diod",
+        ratio(records, P9D, DIOD, RandRead4kQd32, mib),
+        Some(2.0),
+        None,
+        "diod's ops/s",
+    );
+    add(
+        "9P create-stat-unlink: p9d >= 2x diod",
+        ratio(records, P9D, DIOD, CreateStatUnlink, ops),
+        Some(2.0),
+        None,
+        "diod's ops/s",
+    );
+    v
+}
+
+fn num(x: f64) -> String {
+    if x >= 100.0 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.1}")
+    }
+}
+
+fn x(r: Option<f64>) -> String {
+    r.map_or("-".into(), |r| format!("{r:.2}x"))
+}
+
+/// The workloads present in `records`, in report order.
+fn workloads(records: &[Record]) -> Vec<Workload> {
+    let mut w: Vec<Workload> = records.iter().map(|r| r.workload).collect();
+    w.sort();
+    w.dedup();
+    w
+}
+
+/// The table printed on stdout: context, versions, one row per (workload,
+/// target), the ratios, the targets and what could not be measured.
+pub fn table(out: &Outcome, command: &str, date: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "fsbench, {date}: {command}");
+    for c in &out.context {
+        let _ = writeln!(s, "  {c}");
+    }
+    let v: Vec<String> = out.versions.iter().map(|(_, v)| v.clone()).collect();
+    let _ = writeln!(s, "  servers: {}", v.join("; "));
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "{:<20} {:<13} {:<9} {:>10} {:>9} {:>9} {:>9}",
+        "workload", "server", "engine", "ops/s", "MiB/s", "p50 µs", "p99 µs"
+    );
+    let mut records: Vec<&Record> = out.records.iter().collect();
+    records.sort_by_key(|r| (r.workload, r.target));
+    let mut last = None;
+    for r in records {
+        let name = if last == Some(r.workload) {
+            ""
+        } else {
+            r.workload.name()
+        };
+        last = Some(r.workload);
+        let m = &r.summary;
+        let _ = write!(
+            s,
+            "{:<20} {:<13} {:<9} {:>10} {:>9} {:>9.1} {:>9.1}",
+            name,
+            r.target.server.name(),
+            r.target.engine.name(),
+            num(m.ops_per_s),
+            if r.workload.moves_data() {
+                format!("{:.1}", m.mib_per_s)
+            } else {
+                "-".into()
+            },
+            m.p50_us,
+            m.p99_us
+        );
+        if let Some(len) = r.capped_len {
+            let _ = write!(s, "  ({len}-byte requests: the server's msize)");
+        }
+        let _ = writeln!(s);
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(s, "ops/s counts requests; create-stat-unlink: one create+stat+close+unlink; readdir-10k: directory entries.");
+    let _ = writeln!(s, "ours = virtiofsd-rs io-uring; sync = virtiofsd-rs sync; ratios of MiB/s for I/O, ops/s otherwise.");
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "{:<20} {:>13} {:>13} {:>13} {:>12} {:>10}",
+        "ratios", "ours/upstream", "sync/upstream", "p50 ours/up", "ours/native", "p9d/diod"
+    );
+    let p50: fn(&Summary) -> f64 = |s| s.p50_us;
+    for w in workloads(&out.records) {
+        // MiB/s for I/O (9P request sizes may differ by msize), else ops/s.
+        let ops: fn(&Summary) -> f64 = if w.moves_data() {
+            |s| s.mib_per_s
+        } else {
+            |s| s.ops_per_s
+        };
+        let _ = writeln!(
+            s,
+            "{:<20} {:>13} {:>13} {:>13} {:>12} {:>10}",
+            w.name(),
+            x(ratio(&out.records, OURS, UPSTREAM, w, ops)),
+            x(ratio(&out.records, OURS_SYNC, UPSTREAM, w, ops)),
+            x(ratio(&out.records, OURS, UPSTREAM, w, p50)),
+            x(ratio(&out.records, OURS, NATIVE, w, ops)),
+            x(ratio(&out.records, P9D, DIOD, w, ops)),
+        );
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(s, "targets (measured in this run; reported, not asserted):");
+    for c in checks(&out.records) {
+        let v = match c.verdict {
+            Verdict::Met => "met",
+            Verdict::Missed => "MISSED",
+            Verdict::NotMeasured => "n/a",
+        };
+        let _ = writeln!(s, "  {v:<7} {:<42} {}", c.text, c.detail);
+    }
+    if !out.failures.is_empty() {
+        let _ = writeln!(s);
+        let _ = writeln!(s, "not measured:");
+        for f in &out.failures {
+            let w = f.workload.map_or("all workloads", |w| w.name());
+            let _ = writeln!(s, "  {} {}: {}", f.target.label(), w, f.reason);
+        }
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(s, "wall time {:.0} s", out.elapsed.as_secs_f64());
+    s
+}
+
+/// `s` as a JSON string literal.
+fn json_str(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(o, "\\u{:04x}", c as u32);
+            }
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+fn json_num(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.3}")
+    } else {
+        "0".into()
+    }
+}
+
+/// The JSON array: one record per (server, engine, workload) with exactly
+/// the fields `server`, `engine`, `workload`, `ops_per_s`, `mib_per_s`,
+/// `p50_us`, `p99_us`.
+pub fn json(records: &[Record]) -> String {
+    let mut s = String::from("[\n");
+    for (i, r) in records.iter().enumerate() {
+        let m = &r.summary;
+        let _ = write!(
+            s,
+            "  {{\"server\": {}, \"engine\": {}, \"workload\": {}, \"ops_per_s\": {}, \"mib_per_s\": {}, \"p50_us\": {}, \"p99_us\": {}}}",
+            json_str(r.target.server.name()),
+            json_str(r.target.engine.name()),
+            json_str(r.workload.name()),
+            json_num(m.ops_per_s),
+            json_num(m.mib_per_s),
+            json_num(m.p50_us),
+            json_num(m.p99_us),
+        );
+        s.push_str(if i + 1 < records.len() { ",\n" } else { "\n" });
+    }
+    s.push_str("]\n");
+    s
+}
+
+fn xml(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn colour(t: Target) -> &'static str {
+    match (t.server, t.engine) {
+        (Server::Native, _) => "#6b6b6b",
+        (Server::VirtiofsdRs, Engine::Sync) => "#7fb3e0",
+        (Server::VirtiofsdRs, _) => "#1f5fa8",
+        (Server::Virtiofsd, _) => "#e08a1f",
+        (Server::P9d, _) => "#2e9e4a",
+        (Server::Diod, _) => "#c43c3c",
+    }
+}
+
+fn short(x: f64) -> String {
+    if x >= 1e6 {
+        format!("{:.2}M", x / 1e6)
+    } else if x >= 1e4 {
+        format!("{:.1}k", x / 1e3)
+    } else if x >= 100.0 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.1}")
+    }
+}
+
+/// The SVG bar chart: per workload, one bar per target, its length the
+/// target's MiB/s (I/O) or ops/s (metadata) relative to the fastest target
+/// of that workload (linear), labelled with MiB/s, ops/s and the median and
+/// 99th percentile latencies.
+pub fn svg(out: &Outcome, title: &str, subtitle: &[String]) -> String {
+    let (w, label_x, bar_x, bar_max) = (1040.0, 12.0, 190.0, 520.0);
+    let (bar_h, gap, group_gap) = (15.0, 3.0, 26.0);
+    let mut body = String::new();
+    let mut y = 30.0;
+    let _ = writeln!(
+        body,
+        r#"<text x="{label_x}" y="{y}" font-size="15" font-weight="bold">{}</text>"#,
+        xml(title)
+    );
+    for line in subtitle {
+        y += 16.0;
+        let _ = writeln!(
+            body,
+            r##"<text x="{label_x}" y="{y}" font-size="11" fill="#444">{}</text>"##,
+            xml(line)
+        );
+    }
+    // Legend.
+    y += 22.0;
+    let mut lx = label_x;
+    let mut targets: Vec<Target> = out.records.iter().map(|r| r.target).collect();
+    targets.sort();
+    targets.dedup();
+    for t in &targets {
+        let _ = writeln!(
+            body,
+            r#"<rect x="{lx}" y="{}" width="12" height="12" fill="{}"/><text x="{}" y="{}" font-size="12">{}</text>"#,
+            y - 10.0,
+            colour(*t),
+            lx + 16.0,
+            y,
+            xml(&t.label())
+        );
+        lx += 30.0 + 7.0 * t.label().len() as f64;
+    }
+    y += 10.0;
+    for wl in workloads(&out.records) {
+        let rows: Vec<&Record> = {
+            let mut r: Vec<&Record> = out.records.iter().filter(|r| r.workload == wl).collect();
+            r.sort_by_key(|r| r.target);
+            r
+        };
+        // Bars: MiB/s for I/O (9P request sizes may differ), else ops/s.
+        let metric = |m: &Summary| {
+            if wl.moves_data() {
+                m.mib_per_s
+            } else {
+                m.ops_per_s
+            }
+        };
+        let best = rows.iter().map(|r| metric(&r.summary)).fold(0.0, f64::max);
+        y += group_gap;
+        let unit = match wl {
+            Workload::Readdir10k => "entries/s",
+            Workload::CreateStatUnlink => "(create+stat+close+unlink)/s",
+            _ => "MiB/s",
+        };
+        let _ = writeln!(
+            body,
+            r##"<text x="{label_x}" y="{y}" font-size="13" font-weight="bold">{}</text><text x="{}" y="{y}" font-size="11" fill="#444">bar: {unit}, relative to the fastest</text>"##,
+            wl.name(),
+            bar_x
+        );
+        y += 6.0;
+        for r in rows {
+            let m = &r.summary;
+            let len = if best > 0.0 {
+                (metric(m) / best * bar_max).max(1.0)
+            } else {
+                1.0
+            };
+            let mut label = String::new();
+            if wl.moves_data() {
+                let _ = write!(
+                    label,
+                    "{:.0} MiB/s  {} req/s",
+                    m.mib_per_s,
+                    short(m.ops_per_s)
+                );
+            } else {
+                let _ = write!(label, "{}/s", short(m.ops_per_s));
+            }
+            let _ = write!(
+                label,
+                "  p50 {} µs  p99 {} µs",
+                short(m.p50_us),
+                short(m.p99_us)
+            );
+            let _ = writeln!(
+                body,
+                r#"<text x="{}" y="{}" font-size="11" text-anchor="end">{}</text><rect x="{bar_x}" y="{y}" width="{len:.1}" height="{bar_h}" fill="{}"/><text x="{}" y="{}" font-size="11">{}</text>"#,
+                bar_x - 6.0,
+                y + bar_h - 3.5,
+                xml(&r.target.label()),
+                colour(r.target),
+                bar_x + len + 6.0,
+                y + bar_h - 3.5,
+                xml(&label)
+            );
+            y += bar_h + gap;
+        }
+    }
+    y += 20.0;
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{y}\" viewBox=\"0 0 {w} {y}\" font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n{body}</svg>\n"
+    )
+}
+
+/// `secs` since the epoch as `YYYY-MM-DD HH:MM UTC`.
+pub fn utc(secs: u64) -> String {
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+/// Now, as [`utc`].
+pub fn now_utc() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    utc(secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runner::Failure;
+    use std::time::Duration;
+
+    fn rec(server: Server, engine: Engine, w: Workload, ops: f64, p50: f64) -> Record {
+        Record {
+            target: Target { server, engine },
+            workload: w,
+            summary: Summary {
+                ops_per_s: ops,
+                mib_per_s: ops * 4096.0 / 1048576.0,
+                p50_us: p50,
+                p99_us: p50 * 2.0,
+                samples: 10,
+                seconds: 1.0,
+            },
+            capped_len: None,
+        }
+    }
+
+    fn outcome() -> Outcome {
+        use Workload::*;
+        Outcome {
+            records: vec![
+                rec(
+                    Server::Native,
+                    Engine::Default,
+                    RandRead4kQd32,
+                    400000.0,
+                    1.0,
+                ),
+                rec(
+                    Server::VirtiofsdRs,
+                    Engine::IoUring,
+                    RandRead4kQd32,
+                    90000.0,
+                    300.0,
+                ),
+                rec(
+                    Server::Virtiofsd,
+                    Engine::Default,
+                    RandRead4kQd32,
+                    50000.0,
+                    600.0,
+                ),
+                rec(
+                    Server::VirtiofsdRs,
+                    Engine::IoUring,
+                    RandRead4kQd1,
+                    20000.0,
+                    40.0,
+                ),
+                rec(
+                    Server::Virtiofsd,
+                    Engine::Default,
+                    RandRead4kQd1,
+                    21000.0,
+                    38.0,
+                ),
+            ],
+            failures: vec![Failure {
+                target: Target {
+                    server: Server::Diod,
+                    engine: Engine::Default,
+                },
+                workload: None,
+                reason: "no diod".into(),
+            }],
+            versions: vec![("virtiofsd".into(), "virtiofsd 1.14.0".into())],
+            context: vec!["2 CPUs".into()],
+            elapsed: Duration::from_secs(3),
+        }
+    }
+
+    #[test]
+    fn json_has_exactly_the_issues_fields() {
+        let o = outcome();
+        let j = json(&o.records[..2]);
+        let want = "[\n  {\"server\": \"native\", \"engine\": \"-\", \"workload\": \"randread-4k-qd32\", \"ops_per_s\": 400000.000, \"mib_per_s\": 1562.500, \"p50_us\": 1.000, \"p99_us\": 2.000},\n  {\"server\": \"virtiofsd-rs\", \"engine\": \"io-uring\", \"workload\": \"randread-4k-qd32\", \"ops_per_s\": 90000.000, \"mib_per_s\": 351.562, \"p50_us\": 300.000, \"p99_us\": 600.000}\n]\n";
+        assert_eq!(j, want);
+        assert_eq!(json(&[]), "[\n]\n");
+        assert_eq!(json_str("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+        assert_eq!(json_num(f64::NAN), "0");
+    }
+
+    #[test]
+    fn targets_are_checked_from_the_ratios() {
+        let c = checks(&outcome().records);
+        let qd32 = &c[0];
+        assert_eq!(qd32.verdict, Verdict::Met, "{qd32:?}");
+        assert!(qd32.detail.starts_with("1.80x"));
+        let qd1 = &c[1];
+        assert_eq!(qd1.verdict, Verdict::Missed, "40 µs > 38 µs: {qd1:?}");
+        assert!(c[2..].iter().all(|c| c.verdict == Verdict::NotMeasured));
+    }
+
+    #[test]
+    fn the_table_names_every_row_ratio_and_failure() {
+        let t = table(&outcome(), "fsbench --quick", "2026-01-01 00:00 UTC");
+        assert!(t.starts_with("fsbench, 2026-01-01 00:00 UTC: fsbench --quick\n"));
+        assert!(t.contains("virtiofsd 1.14.0"));
+        assert!(
+            t.contains("randread-4k-qd32     native        -             400000"),
+            "{t}"
+        );
+        assert!(t.contains("1.80x"));
+        assert!(t.contains("MISSED  randread-4k-qd1: p50 <= virtiofsd's"));
+        assert!(t.contains("diod all workloads: no diod"));
+    }
+
+    #[test]
+    fn the_svg_is_well_formed_and_escapes_text() {
+        let s = svg(&outcome(), "fsbench <quick> & co", &["sub".into()]);
+        assert!(s.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
+        assert!(s.trim_end().ends_with("</svg>"));
+        assert!(s.contains("fsbench &lt;quick&gt; &amp; co"));
+        assert_eq!(
+            s.matches("<rect x=\"190\"").count(),
+            5,
+            "one bar per record"
+        );
+        // The fastest bar of a workload is full length.
+        assert!(s.contains("width=\"520.0\""));
+        assert_eq!(s.matches('<').count(), s.matches('>').count());
+    }
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00 UTC");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00 UTC");
+        assert_eq!(utc(1_767_225_600 + 3600 + 120), "2026-01-01 01:02 UTC");
+    }
+}
