@@ -77,20 +77,70 @@ pub fn serve_kick<E: Display>(
     queue: &str,
     mut serve: impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
 ) -> io::Result<()> {
+    serve_kick_with(vring, mem, event_idx, queue, |mem| {
+        drain(vring, mem, queue, &mut serve)
+    })
+}
+
+/// The kick protocol around a device's own `drain` (which serves what is
+/// available): without event-idx one drain; with it, drain with
+/// notifications off until no chain arrived after they were re-enabled, so
+/// no kick is lost.
+pub fn serve_kick_with(
+    vring: &VringRwLock,
+    mem: Option<MemGuard>,
+    event_idx: bool,
+    queue: &str,
+    mut drain: impl FnMut(&MemGuard) -> io::Result<()>,
+) -> io::Result<()> {
     let Some(mem) = mem else {
         warn!("{queue} kicked before guest memory was set");
         return Ok(());
     };
     let vq_err = |e: virtio_queue::Error| io::Error::other(format!("{queue}: {e}"));
     if !event_idx {
-        return drain(vring, &mem, queue, &mut serve);
+        return drain(&mem);
     }
     loop {
         vring.disable_notification().map_err(vq_err)?;
-        drain(vring, &mem, queue, &mut serve)?;
+        drain(&mem)?;
         if !vring.enable_notification().map_err(vq_err)? {
             return Ok(());
         }
+    }
+}
+
+/// The chains now available on `vring`.
+pub fn available(vring: &VringRwLock, mem: &MemGuard, queue: &str) -> io::Result<Vec<Chain>> {
+    Ok(vring
+        .get_mut()
+        .get_queue_mut()
+        .iter(mem.clone())
+        .map_err(|e| io::Error::other(format!("{queue}: {e}")))?
+        .collect())
+}
+
+/// Serves `chain` with `serve` and returns it to the used ring; a chain that
+/// fails is logged and returned with zero bytes.
+pub fn serve_chain<E: Display>(
+    vring: &VringRwLock,
+    mem: &MemGuard,
+    queue: &str,
+    chain: Chain,
+    serve: &mut impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
+) {
+    let head = chain.head_index();
+    let used = serve(mem, chain).unwrap_or_else(|e| {
+        warn!("{queue}: dropping request in chain {head}: {e}");
+        0
+    });
+    return_chain(vring, queue, head, used);
+}
+
+/// Puts chain `head` on the used ring with `used` bytes written.
+pub fn return_chain(vring: &VringRwLock, queue: &str, head: u16, used: u32) {
+    if let Err(e) = vring.add_used(head, used) {
+        warn!("{queue}: cannot return chain {head}: {e}");
     }
 }
 
@@ -117,25 +167,13 @@ fn drain<E: Display>(
     serve: &mut impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
 ) -> io::Result<()> {
     for _ in 0..MAX_PASSES {
-        let chains: Vec<Chain> = vring
-            .get_mut()
-            .get_queue_mut()
-            .iter(mem.clone())
-            .map_err(|e| io::Error::other(format!("{queue}: {e}")))?
-            .collect();
+        let chains = available(vring, mem, queue)?;
         if chains.is_empty() {
             return Ok(());
         }
         let mut unsignalled = 0;
         for chain in chains {
-            let head = chain.head_index();
-            let used = serve(mem, chain).unwrap_or_else(|e| {
-                warn!("{queue}: dropping request in chain {head}: {e}");
-                0
-            });
-            if let Err(e) = vring.add_used(head, used) {
-                warn!("{queue}: cannot return chain {head}: {e}");
-            }
+            serve_chain(vring, mem, queue, chain, serve);
             unsignalled += 1;
             if unsignalled == NOTIFY_EVERY {
                 notify(vring)?;

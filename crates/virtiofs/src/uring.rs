@@ -28,11 +28,10 @@ use std::sync::Arc;
 use io_uring::{opcode, types, IoUring};
 use log::warn;
 use passthrough::{HandleData, PassthroughFs};
-use vhost_user_backend::{VringRwLock, VringT};
-use virtio_queue::QueueOwnedT;
+use vhost_user_backend::VringRwLock;
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
-use device_queue::{Chain, MemGuard};
+use device_queue::{available, notify, return_chain, Chain, MemGuard, MAX_PASSES, NOTIFY_EVERY};
 
 /// FUSE opcodes taken by the ring.
 const FUSE_READ: u32 = 15;
@@ -189,10 +188,7 @@ impl UringQueue {
                 };
                 self.free.push(slot as usize);
                 self.completed += 1;
-                let used = reply(mem, &op, res);
-                if let Err(e) = vring.add_used(op.head, used) {
-                    warn!("{queue}: cannot return chain {}: {e}", op.head);
-                }
+                return_chain(vring, queue, op.head, reply(mem, &op, res));
             }
         }
         Ok(())
@@ -454,23 +450,10 @@ pub fn serve_kick<E: std::fmt::Display>(
     uq: &mut UringQueue,
     mut sync: impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
 ) -> io::Result<()> {
-    let Some(mem) = mem else {
-        warn!("{queue} kicked before guest memory was set");
-        return Ok(());
-    };
-    let vq_err = |e: virtio_queue::Error| io::Error::other(format!("{queue}: {e}"));
-    loop {
-        if event_idx {
-            vring.disable_notification().map_err(vq_err)?;
-        }
-        drain(vring, &mem, queue, fs, uq, &mut sync)?;
-        if !event_idx || !vring.enable_notification().map_err(vq_err)? {
-            return Ok(());
-        }
-    }
+    device_queue::serve_kick_with(vring, mem, event_idx, queue, |mem| {
+        drain(vring, mem, queue, fs, uq, &mut sync)
+    })
 }
-
-use device_queue::{notify, MAX_PASSES, NOTIFY_EVERY as REAP_EVERY};
 
 fn drain<E: std::fmt::Display>(
     vring: &VringRwLock,
@@ -483,12 +466,7 @@ fn drain<E: std::fmt::Display>(
     // Keep serving while the driver keeps adding chains: it refills as the
     // replies come back, and a pass that finds the ring empty ends the kick.
     for _ in 0..MAX_PASSES {
-        let chains: Vec<Chain> = vring
-            .get_mut()
-            .get_queue_mut()
-            .iter(mem.clone())
-            .map_err(|e| io::Error::other(format!("{queue}: {e}")))?
-            .collect();
+        let chains = available(vring, mem, queue)?;
         if chains.is_empty() {
             return Ok(());
         }
@@ -506,16 +484,13 @@ fn drain<E: std::fmt::Display>(
                     };
                     match inline {
                         Some(res) => {
-                            let used = reply(mem, &op, res);
-                            if let Err(e) = vring.add_used(op.head, used) {
-                                warn!("{queue}: cannot return chain {}: {e}", op.head);
-                            }
+                            return_chain(vring, queue, op.head, reply(mem, &op, res));
                             uq.inline_done += 1;
                             unsignalled += 1;
                         }
                         None => uq.push(op, fd, offset)?,
                     }
-                    if uq.in_flight() + unsignalled >= REAP_EVERY {
+                    if uq.in_flight() + unsignalled >= NOTIFY_EVERY {
                         uq.complete_all(mem, vring, queue)?;
                         notify(vring)?;
                         unsignalled = 0;
@@ -523,14 +498,7 @@ fn drain<E: std::fmt::Display>(
                 }
                 Plan::Sync => {
                     uq.complete_all(mem, vring, queue)?;
-                    let head = chain.head_index();
-                    let used = sync(mem, chain).unwrap_or_else(|e| {
-                        warn!("{queue}: dropping request in chain {head}: {e}");
-                        0
-                    });
-                    if let Err(e) = vring.add_used(head, used) {
-                        warn!("{queue}: cannot return chain {head}: {e}");
-                    }
+                    device_queue::serve_chain(vring, mem, queue, chain, sync);
                 }
             }
         }

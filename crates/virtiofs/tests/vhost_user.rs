@@ -209,13 +209,7 @@ fn reads_a_host_file(cmd: &[String], extra: &[&str], mmio: bool, more: impl FnOn
             &fuse_wire::u32s(&[libc::O_RDONLY as u32, 0]),
         )
         .fh();
-    let mut read = Vec::new();
-    read.extend_from_slice(&fh.to_le_bytes());
-    read.extend_from_slice(&0u64.to_le_bytes()); // offset
-    read.extend_from_slice(&fuse_wire::u32s(&[200_000, 0])); // size, read_flags
-    read.extend_from_slice(&0u64.to_le_bytes()); // lock_owner
-    read.extend_from_slice(&fuse_wire::u32s(&[0, 0])); // flags, padding
-    let r = g.request(opcode::READ, node, &read);
+    let r = g.request(opcode::READ, node, &fuse_wire::read_in(fh, 0, 200_000));
     assert_eq!(r.error, 0, "READ");
     assert_eq!(r.body, data, "the file's bytes arrive in guest memory");
     more(&mut g);
@@ -351,12 +345,7 @@ fn every_configured_request_queue_is_served_with_either_engine() {
                 )
                 .fh();
             // WRITE then READ back through this queue.
-            let mut w = Vec::new();
-            w.extend_from_slice(&fh.to_le_bytes());
-            w.extend_from_slice(&(q as u64 * 4096).to_le_bytes());
-            w.extend_from_slice(&fuse_wire::u32s(&[4, 0]));
-            w.extend_from_slice(&0u64.to_le_bytes());
-            w.extend_from_slice(&fuse_wire::u32s(&[0, 0]));
+            let mut w = fuse_wire::write_in(fh, q as u64 * 4096, 4);
             w.extend_from_slice(b"q#q#");
             let r = g.request(opcode::WRITE, node, &w);
             assert_eq!(
@@ -364,12 +353,7 @@ fn every_configured_request_queue_is_served_with_either_engine() {
                 (0, &4u32.to_le_bytes()[..]),
                 "{engine} queue {q} WRITE"
             );
-            let mut rd = Vec::new();
-            rd.extend_from_slice(&fh.to_le_bytes());
-            rd.extend_from_slice(&(q as u64 * 4096).to_le_bytes());
-            rd.extend_from_slice(&fuse_wire::u32s(&[8, 0]));
-            rd.extend_from_slice(&0u64.to_le_bytes());
-            rd.extend_from_slice(&fuse_wire::u32s(&[0, 0]));
+            let rd = fuse_wire::read_in(fh, q as u64 * 4096, 8);
             let r = g.request(opcode::READ, node, &rd);
             let mut want = b"q#q#".to_vec();
             want.extend_from_slice(&data[q * 4096 + 4..q * 4096 + 8]);
@@ -380,12 +364,7 @@ fn every_configured_request_queue_is_served_with_either_engine() {
             );
         }
         // READ with an unknown handle gets an errno reply on the ring path too.
-        let mut rd = Vec::new();
-        rd.extend_from_slice(&999u64.to_le_bytes());
-        rd.extend_from_slice(&0u64.to_le_bytes());
-        rd.extend_from_slice(&fuse_wire::u32s(&[8, 0]));
-        rd.extend_from_slice(&0u64.to_le_bytes());
-        rd.extend_from_slice(&fuse_wire::u32s(&[0, 0]));
+        let rd = fuse_wire::read_in(999, 0, 8);
         assert_eq!(
             g.request(opcode::READ, 1, &rd).error,
             -libc::EBADF,

@@ -170,12 +170,7 @@ fn serves_through_the_transport(engine: virtiofs::IoEngine, inline_first: bool) 
             &fuse_wire::u32s(&[libc::O_RDONLY as u32, 0]),
         )
         .fh();
-    let mut read = Vec::new();
-    read.extend_from_slice(&fh.to_le_bytes());
-    read.extend_from_slice(&0u64.to_le_bytes());
-    read.extend_from_slice(&fuse_wire::u32s(&[100_000, 0]));
-    read.extend_from_slice(&0u64.to_le_bytes());
-    read.extend_from_slice(&fuse_wire::u32s(&[0, 0]));
+    let read = fuse_wire::read_in(fh, 0, 100_000);
     let r = g.fuse(&mut d, opcode::READ, node, &read);
     assert_eq!(
         (r.error, r.body == data),
