@@ -339,18 +339,7 @@ fn serves_virtio_9p_to_a_vhost_user_frontend() {
         ram.write(req, &frame);
         let head = q.write_chain(
             &ram,
-            &[
-                Buf {
-                    addr: req,
-                    len: frame.len() as u32,
-                    writable: false,
-                },
-                Buf {
-                    addr: reply,
-                    len: 65536,
-                    writable: true,
-                },
-            ],
+            &Buf::request_reply(req, frame.len() as u32, reply, 65536),
         );
         q.publish(&ram, head);
         dev.kick(0).unwrap();

@@ -53,18 +53,7 @@ impl Driver {
         self.ram.write(self.req, frame);
         let head = self.q.write_chain(
             &self.ram,
-            &[
-                Buf {
-                    addr: self.req,
-                    len: frame.len() as u32,
-                    writable: false,
-                },
-                Buf {
-                    addr: self.reply,
-                    len: room,
-                    writable: true,
-                },
-            ],
+            &Buf::request_reply(self.req, frame.len() as u32, self.reply, room),
         );
         let (_, used) = self.kick(head).expect("chain returned");
         (used, self.ram.read(self.reply, used as usize))

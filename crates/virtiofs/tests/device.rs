@@ -77,18 +77,7 @@ impl Driver {
         self.ram.write(self.reply, &vec![0xaa; reply_len as usize]);
         let head = self.queues[1].write_chain(
             &self.ram,
-            &[
-                Buf {
-                    addr: self.req,
-                    len: req.len() as u32,
-                    writable: false,
-                },
-                Buf {
-                    addr: self.reply,
-                    len: reply_len,
-                    writable: true,
-                },
-            ],
+            &Buf::request_reply(self.req, req.len() as u32, self.reply, reply_len),
         );
         let (id, used) = self
             .kick(1, head)

@@ -146,18 +146,7 @@ impl Guest {
         let q = &mut self.queues[qi];
         let head = q.write_chain(
             &self.ram,
-            &[
-                Buf {
-                    addr: self.req,
-                    len: req.len() as u32,
-                    writable: false,
-                },
-                Buf {
-                    addr: self.reply,
-                    len: 1 << 20,
-                    writable: true,
-                },
-            ],
+            &Buf::request_reply(self.req, req.len() as u32, self.reply, 1 << 20),
         );
         q.publish(&self.ram, head);
         let mut used = None;

@@ -136,6 +136,30 @@ pub struct Buf {
     pub writable: bool,
 }
 
+impl Buf {
+    /// The usual request chain: `req_len` bytes at `req` for the device to
+    /// read, then `room` bytes at `reply` for it to write.
+    pub fn request_reply(
+        req: GuestAddress,
+        req_len: u32,
+        reply: GuestAddress,
+        room: u32,
+    ) -> [Buf; 2] {
+        [
+            Buf {
+                addr: req,
+                len: req_len,
+                writable: false,
+            },
+            Buf {
+                addr: reply,
+                len: room,
+                writable: true,
+            },
+        ]
+    }
+}
+
 /// A split virtqueue driven from the driver's side.
 pub struct SplitQueue {
     size: u16,

@@ -88,18 +88,7 @@ impl Guest {
     /// returns the reply bytes.
     fn roundtrip(&mut self, d: &mut MmioDriver, q: usize, req: &[u8]) -> Vec<u8> {
         self.ram.write(self.req, req);
-        let bufs = [
-            Buf {
-                addr: self.req,
-                len: req.len() as u32,
-                writable: false,
-            },
-            Buf {
-                addr: self.reply,
-                len: 1 << 20,
-                writable: true,
-            },
-        ];
+        let bufs = Buf::request_reply(self.req, req.len() as u32, self.reply, 1 << 20);
         let head = self.queues[q].write_chain(&self.ram, &bufs);
         self.queues[q].publish(&self.ram, head);
         d.notify(q as u32);
