@@ -9,6 +9,8 @@
 
 #![deny(missing_docs)]
 
+pub mod uring;
+
 use std::fmt::Display;
 use std::io;
 use std::sync::RwLock;

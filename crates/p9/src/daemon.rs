@@ -15,7 +15,7 @@ use log::{info, warn};
 use passthrough::PassthroughFs;
 
 use crate::server::Server;
-use crate::transport::serve_connection;
+use crate::transport::{serve_connection_with, StreamConfig, StreamMode};
 
 /// Where `p9d` serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +83,12 @@ pub struct P9Config {
     /// Serve one vhost-user frontend as well; the daemon exits when it
     /// disconnects.
     pub vhost_user: Option<VhostUser>,
+    /// How Tread and Twrite reach the host files (default: io_uring where
+    /// available).
+    pub io_engine: device_queue::uring::IoEngine,
+    /// The longest a stream connection's reader polls for the next request
+    /// before it sleeps (zero: never).
+    pub poll: std::time::Duration,
 }
 
 /// Why `p9d` stopped with an error.
@@ -121,16 +127,22 @@ pub enum P9Error {
     Thread(io::Error),
 }
 
-fn spawn_conn<R, W>(server: Arc<Server>, r: R, w: W, peer: String) -> io::Result<()>
+fn spawn_conn<R, W>(
+    server: Arc<Server>,
+    r: R,
+    w: W,
+    peer: String,
+    mode: StreamConfig,
+) -> io::Result<()>
 where
-    R: io::Read + Send + 'static,
+    R: io::Read + std::os::fd::AsRawFd + Send + 'static,
     W: io::Write + Send + 'static,
 {
     thread::Builder::new()
         .name("9p-conn".into())
         .spawn(move || {
             info!("client {peer} connected");
-            match serve_connection(server, r, w) {
+            match serve_connection_with(server, r, w, mode) {
                 Ok(()) => info!("client {peer} disconnected"),
                 Err(e) => warn!("client {peer}: {e}"),
             }
@@ -184,11 +196,18 @@ pub fn run(cfg: P9Config) -> Result<(), P9Error> {
                     source,
                 }
             })?,
-            Arc::new(crate::virtio::P9VhostBackend::new(server.clone(), &v.tag)?),
+            Arc::new(
+                crate::virtio::P9VhostBackend::new(server.clone(), &v.tag)?
+                    .with_engine(cfg.io_engine),
+            ),
         )),
         None => None,
     };
     let only_fds = tcp.is_empty() && unix.is_empty();
+    let mode = StreamConfig {
+        mode: StreamMode::from(cfg.io_engine),
+        poll: cfg.poll,
+    };
     // Block the termination signals before any thread exists, so every
     // thread inherits the mask and the main thread can wait for them.
     // SAFETY: sigset manipulation on a local, zero-initialised set.
@@ -207,7 +226,7 @@ pub fn run(cfg: P9Config) -> Result<(), P9Error> {
             thread::Builder::new()
                 .name("9p-fd".into())
                 .spawn(move || {
-                    if let Err(e) = serve_connection(server, rf, wf) {
+                    if let Err(e) = serve_connection_with(server, rf, wf, mode) {
                         warn!("fd transport: {e}");
                     }
                 })
@@ -228,7 +247,7 @@ pub fn run(cfg: P9Config) -> Result<(), P9Error> {
                         s.set_nodelay(true)?;
                         let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
                         let r = s.try_clone()?;
-                        spawn_conn(server.clone(), r, s, peer)
+                        spawn_conn(server.clone(), r, s, peer, mode)
                     }) {
                         Ok(()) => {}
                         Err(e) => warn!("accept: {e}"),
@@ -245,7 +264,7 @@ pub fn run(cfg: P9Config) -> Result<(), P9Error> {
                 for conn in l.incoming() {
                     match conn.and_then(|s| {
                         let r = s.try_clone()?;
-                        spawn_conn(server.clone(), r, s, "unix".into())
+                        spawn_conn(server.clone(), r, s, "unix".into(), mode)
                     }) {
                         Ok(()) => {}
                         Err(e) => warn!("accept: {e}"),

@@ -17,7 +17,7 @@ use fuse_backend_rs::api::filesystem::{
 };
 use passthrough::io_buf::{SliceReader, VecWriter};
 use passthrough::name::name_from_bytes;
-use passthrough::{PassthroughFs, ROOT_ID};
+use passthrough::{HandleData, PassthroughFs, ROOT_ID};
 
 use crate::fid_table::{Fid, FidError, FidTable, Open, Xattr};
 use crate::messages::*;
@@ -812,6 +812,34 @@ impl Session {
             fsid: s.f_fsid,
             namelen: s.f_namemax as u32,
         }))
+    }
+
+    /// The open file behind `fid`, for a plain read or write served without
+    /// [`Session::handle`] (the io_uring engine, a stream's inline path): the
+    /// fid's node and the core's handle. `None` if the fid is unknown, not a
+    /// file opened with Tlopen or Tlcreate, or an xattr fid; such a request
+    /// must go through `handle`, which gives the right reply.
+    pub fn data_file(&self, fid: u32) -> Option<(u64, Arc<HandleData>)> {
+        let (node, h) = {
+            let mut fids = self.fids();
+            let f = fids.get_mut(fid).ok()?;
+            match (&f.open, &f.xattr) {
+                (Some(Open::File(h)), None) => (f.node, *h),
+                _ => return None,
+            }
+        };
+        Some((node, self.fs().handle(node, h).ok()?))
+    }
+
+    /// Whether the share refuses writes (they go through `handle`, for the
+    /// EROFS reply).
+    pub fn readonly(&self) -> bool {
+        self.fs().config().readonly
+    }
+
+    /// The most data one Rread may carry.
+    pub fn max_read(&self) -> u32 {
+        self.iounit()
     }
 
     fn read(&self, fid: u32, offset: u64, count: u32) -> Reply {

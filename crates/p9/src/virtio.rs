@@ -11,7 +11,10 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use device_queue::MemorySlot;
+use device_queue::uring::{
+    gather, iovecs, segs_len, split_chain, DataOp, DataPath, IoEngine, Kind, Rings,
+};
+use device_queue::{Chain, MemGuard, MemorySlot};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringRwLock};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -23,7 +26,9 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
-use crate::messages::{decode_tframe, peek_type_tag, Rmessage, Tmessage, HEADER_SIZE};
+use crate::messages::{
+    decode_tframe, peek_type_tag, ty, Rmessage, Tmessage, HEADER_SIZE, RREAD_HEADER, TWRITE_HEADER,
+};
 use crate::server::{Server, Session};
 use crate::transport::wire_errno;
 
@@ -117,6 +122,80 @@ fn reply_for(session: &Session, request: &[u8], room: usize) -> Vec<u8> {
     }
 }
 
+/// Tread and Twrite on the shared io_uring engine ([`device_queue::uring`]):
+/// the data moves between the host file and the guest's own buffers, with
+/// no copy in the daemon. A chain is planned only if it is a well-formed
+/// Tread or Twrite (the readable part exactly the frame, within msize) on a
+/// fid opened for I/O, with room for the reply header; everything else,
+/// every error reply included, goes through [`serve_chain`].
+pub struct P9Data<'a>(pub &'a Session);
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+impl DataPath for P9Data<'_> {
+    fn plan(&self, mem: &MemGuard, chain: &Chain) -> Option<DataOp> {
+        let session = self.0;
+        let (readable, writable) = split_chain(chain)?;
+        // Tread and Twrite share this layout: size[4] type[1] tag[2] fid[4]
+        // offset[8] count[4].
+        let hdr = gather::<TWRITE_HEADER>(mem, &readable)?;
+        let size = le32(&hdr, 0) as usize;
+        let tag = u16::from_le_bytes([hdr[5], hdr[6]]);
+        let fid = le32(&hdr, 7);
+        let offset = u64::from_le_bytes(hdr[11..19].try_into().ok()?);
+        let count = le32(&hdr, 19);
+        let (readable_len, writable_len) = (segs_len(&readable), segs_len(&writable));
+        if readable_len != size || size > session.msize() as usize || writable_len < RREAD_HEADER {
+            return None;
+        }
+        let (kind, iovecs) = match hdr[4] {
+            ty::TREAD if size == TWRITE_HEADER => {
+                let n = count
+                    .min(session.max_read())
+                    .min((writable_len - RREAD_HEADER) as u32);
+                (
+                    Kind::Read,
+                    iovecs(mem, &writable, RREAD_HEADER, n as usize)?,
+                )
+            }
+            ty::TWRITE if size == TWRITE_HEADER + count as usize && !session.readonly() => (
+                Kind::Write,
+                iovecs(mem, &readable, TWRITE_HEADER, count as usize)?,
+            ),
+            _ => return None,
+        };
+        if offset.checked_add(count as u64)? > i64::MAX as u64 {
+            return None;
+        }
+        let (node, file) = session.data_file(fid)?;
+        Some(DataOp {
+            head: chain.head_index(),
+            id: tag as u64,
+            kind,
+            reply: writable,
+            iovecs,
+            file: file as Arc<_>,
+            offset,
+            inode: node,
+        })
+    }
+
+    fn reply_header(&self, op: &DataOp, res: i32, out: &mut Vec<u8>) -> u32 {
+        let (t, size, word) = match op.kind {
+            _ if res < 0 => (ty::RLERROR, RREAD_HEADER as u32, res.unsigned_abs()),
+            Kind::Read => (ty::RREAD, RREAD_HEADER as u32 + res as u32, res as u32),
+            Kind::Write => (ty::RWRITE, RREAD_HEADER as u32, res as u32),
+        };
+        out.extend_from_slice(&size.to_le_bytes());
+        out.push(t);
+        out.extend_from_slice(&(op.id as u16).to_le_bytes());
+        out.extend_from_slice(&word.to_le_bytes());
+        size
+    }
+}
+
 /// The virtio-9p device served over vhost-user: one request queue.
 pub struct P9VhostBackend {
     session: Session,
@@ -124,6 +203,8 @@ pub struct P9VhostBackend {
     mem: MemorySlot,
     event_idx: AtomicBool,
     exit: (EventConsumer, EventNotifier),
+    engine: IoEngine,
+    rings: Rings,
 }
 
 /// Why the vhost-user 9P device could not be created.
@@ -150,7 +231,33 @@ impl P9VhostBackend {
             event_idx: AtomicBool::new(false),
             exit: new_event_consumer_and_notifier(EventFlag::NONBLOCK)
                 .map_err(BackendError::ExitEvent)?,
+            engine: IoEngine::default(),
+            rings: Rings::new(1),
         })
+    }
+
+    /// Selects the Tread/Twrite engine (default: io_uring where available).
+    pub fn with_engine(mut self, engine: IoEngine) -> Self {
+        self.engine = engine;
+        self
+    }
+
+    /// With `false`, every Tread and Twrite the io_uring engine takes goes
+    /// through the ring, even when it would not block (default `true`). For
+    /// tests and measurements.
+    pub fn with_inline_first(mut self, inline_first: bool) -> Self {
+        self.rings.set_inline_first(inline_first);
+        self
+    }
+
+    /// Treads and Twrites completed through the io_uring ring.
+    pub fn ring_completions(&self) -> u64 {
+        self.rings.ring_completions()
+    }
+
+    /// Treads and Twrites the io_uring engine completed inline.
+    pub fn inline_completions(&self) -> u64 {
+        self.rings.inline_completions()
     }
 
     /// Stops the worker thread.
@@ -218,6 +325,19 @@ impl VhostUserBackend for P9VhostBackend {
         _thread: usize,
     ) -> io::Result<()> {
         let vring = device_queue::kicked_vring(vrings, device_event, evset)?;
+        if self.engine == IoEngine::IoUring {
+            if let Some(r) = self.rings.serve(
+                device_event as usize,
+                vring,
+                self.mem.snapshot(),
+                self.event_idx.load(Ordering::Acquire),
+                "virtio-9p queue",
+                &P9Data(&self.session),
+                |mem, chain| serve_chain(&self.session, &**mem, chain),
+            ) {
+                return r;
+            }
+        }
         device_queue::serve_kick(
             vring,
             self.mem.snapshot(),

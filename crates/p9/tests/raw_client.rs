@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use p9::messages::*;
 use p9::server::Server;
-use p9::transport::serve_connection;
+use p9::transport::{serve_connection_with, StreamConfig, StreamMode};
 use p9::wire::{Qid, QTDIR};
 use passthrough::{Config, PassthroughFs};
 
@@ -22,10 +22,18 @@ struct Client {
 
 impl Client {
     fn connect(server: &Arc<Server>) -> Client {
+        Client::connect_with(server, StreamMode::default())
+    }
+
+    fn connect_with(server: &Arc<Server>, mode: StreamMode) -> Client {
         let (a, b) = UnixStream::pair().unwrap();
         let server = server.clone();
         std::thread::spawn(move || {
-            let _ = serve_connection(server, a.try_clone().unwrap(), a);
+            let cfg = StreamConfig {
+                mode,
+                ..StreamConfig::default()
+            };
+            let _ = serve_connection_with(server, a.try_clone().unwrap(), a, cfg);
         });
         b.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         Client { s: b, tag: 0 }
@@ -85,7 +93,11 @@ impl Client {
 
     /// A session with fid 0 attached to the share root.
     fn ready(server: &Arc<Server>) -> Client {
-        let mut c = Client::connect(server);
+        Client::ready_with(server, StreamMode::default())
+    }
+
+    fn ready_with(server: &Arc<Server>, mode: StreamMode) -> Client {
+        let mut c = Client::connect_with(server, mode);
         assert!(matches!(
             c.version(512 * 1024),
             Rmessage::Version { msize: 524288, .. }
@@ -150,10 +162,18 @@ fn assert_nothing_escaped(s: &Setup) {
     );
 }
 
+const MODES: [StreamMode; 2] = [StreamMode::Inline, StreamMode::Workers];
+
 #[test]
 fn read_write_round_trip_through_fids() {
+    for mode in MODES {
+        read_write_round_trip(mode);
+    }
+}
+
+fn read_write_round_trip(mode: StreamMode) {
     let s = setup();
-    let mut c = Client::ready(&s.server);
+    let mut c = Client::ready_with(&s.server, mode);
     assert!(matches!(c.walk(0, 1, &[]), Rmessage::Walk { ref qids } if qids.is_empty()));
     let r = c.rpc(Tmessage::Lcreate {
         fid: 1,
@@ -554,9 +574,15 @@ fn broken_connection_does_not_disturb_other_clients() {
 
 #[test]
 fn flush_answers_after_the_flushed_request() {
+    for mode in MODES {
+        flush_after(mode);
+    }
+}
+
+fn flush_after(mode: StreamMode) {
     let s = setup();
     std::fs::write(s.share.join("big"), vec![7u8; 400 * 1024]).unwrap();
-    let mut c = Client::ready(&s.server);
+    let mut c = Client::ready_with(&s.server, mode);
     c.walk(0, 1, &[b"big"]);
     c.rpc(Tmessage::Lopen { fid: 1, flags: 0 });
     c.send_raw(
@@ -712,4 +738,63 @@ fn attach_uid_and_create_gid_reach_the_host() {
         errno(&c.rpc(Tmessage::Lopen { fid: 2, flags: 0 })),
         libc::EACCES
     );
+}
+
+/// Many requests in one write, as a client with requests in flight sends
+/// them: every one is answered once, with its own tag and its own data,
+/// including a Twrite frame larger than the reader's first buffer and
+/// requests split across writes.
+#[test]
+fn pipelined_requests_are_each_answered() {
+    for mode in MODES {
+        let s = setup();
+        let data: Vec<u8> = (0..64 * 4096u32).map(|i| (i / 4096) as u8).collect();
+        std::fs::write(s.share.join("f"), &data).unwrap();
+        let mut c = Client::ready_with(&s.server, mode);
+        c.walk(0, 1, &[b"f"]);
+        c.rpc(Tmessage::Lopen {
+            fid: 1,
+            flags: libc::O_RDWR as u32,
+        });
+        let mut burst = Vec::new();
+        for i in 0..64u16 {
+            let m = Tmessage::Read {
+                fid: 1,
+                offset: i as u64 * 4096,
+                count: 4096,
+            };
+            burst.extend_from_slice(&m.encode(100 + i));
+        }
+        let big = vec![0xabu8; 300 * 1024];
+        burst.extend_from_slice(
+            &Tmessage::Write {
+                fid: 1,
+                offset: 1 << 20,
+                data: &big,
+            }
+            .encode(200),
+        );
+        burst.extend_from_slice(&Tmessage::Getattr { fid: 1, mask: !0 }.encode(201));
+        // Send it in uneven pieces: frames split across reads.
+        for piece in burst.chunks(10_007) {
+            c.send_raw(piece);
+        }
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..66 {
+            let (tag, r) = c.recv();
+            assert!(seen.insert(tag), "{mode:?}: tag {tag} answered twice");
+            match (tag, r) {
+                (100..=163, Rmessage::Read { data }) => {
+                    assert_eq!(data, vec![(tag - 100) as u8; 4096], "{mode:?}: tag {tag}")
+                }
+                (200, r) => assert_eq!(r, Rmessage::Write { count: 300 * 1024 }, "{mode:?}"),
+                // Requests in flight are concurrent: the size may or may not
+                // include the write yet.
+                (201, Rmessage::Getattr(_)) => {}
+                (tag, r) => panic!("{mode:?}: tag {tag}: {r:?}"),
+            }
+        }
+        let on_disk = std::fs::read(s.share.join("f")).unwrap();
+        assert_eq!(&on_disk[1 << 20..], &big[..], "{mode:?}");
+    }
 }

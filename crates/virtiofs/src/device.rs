@@ -10,12 +10,12 @@
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use device_queue::{Chain, MemGuard, MemorySlot};
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
-use log::{debug, warn};
+use log::debug;
 use passthrough::PassthroughFs;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringRwLock};
@@ -27,46 +27,10 @@ use vmm_sys_util::event::{
 };
 
 use crate::fast_path;
-use crate::uring::UringQueue;
+use crate::uring::FuseData;
+use device_queue::uring::Rings;
 
-/// How READ and WRITE reach the host files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum IoEngine {
-    /// io_uring submissions straight into guest memory, one ring per request
-    /// queue; falls back to [`IoEngine::Sync`] (logged once) where io_uring
-    /// is unavailable.
-    #[default]
-    IoUring,
-    /// `preadv`/`pwritev` on the worker thread, one request at a time.
-    Sync,
-}
-
-impl std::str::FromStr for IoEngine {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "io-uring" | "io_uring" | "uring" => Ok(IoEngine::IoUring),
-            "sync" => Ok(IoEngine::Sync),
-            _ => Err(format!("unknown I/O engine '{s}' (io-uring or sync)")),
-        }
-    }
-}
-
-impl std::fmt::Display for IoEngine {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            IoEngine::IoUring => "io-uring",
-            IoEngine::Sync => "sync",
-        })
-    }
-}
-
-/// A request queue's ring: not created yet, working, or unavailable.
-enum RingSlot {
-    Unset,
-    Ready(Box<UringQueue>),
-    Unavailable,
-}
+pub use device_queue::uring::IoEngine;
 
 /// Guest memory as the vhost-user backend sees it.
 pub use device_queue::GuestMem;
@@ -109,10 +73,7 @@ pub struct VirtioFsBackend {
     engine: IoEngine,
     /// Per queue (index = queue number): its io_uring, made on first use by
     /// the queue's worker thread.
-    rings: Vec<Mutex<RingSlot>>,
-    /// io_uring's unavailability was logged.
-    fallback_logged: AtomicBool,
-    inline_first: bool,
+    rings: Rings,
 }
 
 impl VirtioFsBackend {
@@ -145,11 +106,7 @@ impl VirtioFsBackend {
             tag,
             exits,
             engine: IoEngine::default(),
-            rings: (0..=request_queues)
-                .map(|_| Mutex::new(RingSlot::Unset))
-                .collect(),
-            fallback_logged: AtomicBool::new(false),
-            inline_first: true,
+            rings: Rings::new(request_queues + 1),
         })
     }
 
@@ -168,67 +125,19 @@ impl VirtioFsBackend {
     /// through the ring, even when it would not block (default `true`: try
     /// `RWF_NOWAIT` inline first). For tests and measurements.
     pub fn with_inline_first(mut self, inline_first: bool) -> Self {
-        self.inline_first = inline_first;
+        self.rings.set_inline_first(inline_first);
         self
-    }
-
-    fn engine_counts(&self, count: impl Fn(&UringQueue) -> u64) -> u64 {
-        self.rings
-            .iter()
-            .map(|r| match &*r.lock().unwrap_or_else(|p| p.into_inner()) {
-                RingSlot::Ready(uq) => count(uq),
-                _ => 0,
-            })
-            .sum()
     }
 
     /// READs and WRITEs completed through the io_uring rings, all queues.
     pub fn ring_completions(&self) -> u64 {
-        self.engine_counts(UringQueue::completed)
+        self.rings.ring_completions()
     }
 
     /// READs and WRITEs the io_uring engine completed inline (they would
     /// not block), all queues.
     pub fn inline_completions(&self) -> u64 {
-        self.engine_counts(UringQueue::inline_done)
-    }
-
-    /// Serves a kick of request queue `q` through its ring; false if the
-    /// queue has no ring (io_uring unavailable), so the caller serves it
-    /// synchronously.
-    fn serve_uring(&self, q: u16, vring: &VringRwLock, name: &str) -> Option<io::Result<()>> {
-        let mut slot = self
-            .rings
-            .get(q as usize)?
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let RingSlot::Unset = *slot {
-            *slot = match UringQueue::new() {
-                Ok(r) => {
-                    debug!("{name}: io_uring ring ready");
-                    RingSlot::Ready(Box::new(r))
-                }
-                Err(e) => {
-                    if !self.fallback_logged.swap(true, Ordering::AcqRel) {
-                        warn!("io_uring unavailable ({e}); serving READ and WRITE synchronously");
-                    }
-                    RingSlot::Unavailable
-                }
-            };
-        }
-        let RingSlot::Ready(uq) = &mut *slot else {
-            return None;
-        };
-        uq.inline_first = self.inline_first;
-        Some(crate::uring::serve_kick(
-            vring,
-            self.mem.snapshot(),
-            self.event_idx.load(Ordering::Acquire),
-            name,
-            &self.fs,
-            uq,
-            |mem, chain| self.handle_chain(mem, chain).map(|n| n as u32),
-        ))
+        self.rings.inline_completions()
     }
 
     /// Stops every worker thread.
@@ -345,7 +254,15 @@ impl VhostUserBackend for VirtioFsBackend {
         }
         let name = format!("virtio-fs queue {device_event}");
         if device_event != HIPRIO_QUEUE && self.engine == IoEngine::IoUring {
-            if let Some(r) = self.serve_uring(device_event, vring, &name) {
+            if let Some(r) = self.rings.serve(
+                device_event as usize,
+                vring,
+                self.mem.snapshot(),
+                self.event_idx.load(Ordering::Acquire),
+                &name,
+                &FuseData(&self.fs),
+                |mem, chain| self.handle_chain(mem, chain).map(|n| n as u32),
+            ) {
                 return r;
             }
         }

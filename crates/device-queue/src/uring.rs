@@ -1,0 +1,718 @@
+//! The io_uring data path shared by the virtio-fs and virtio-9p devices:
+//! reads and writes whose iovecs point straight into guest memory.
+//!
+//! A protocol ([`DataPath`]) says which chains are plain reads or writes of
+//! an open file and how their replies look; this module does the rest, the
+//! same way for FUSE READ/WRITE and 9P Tread/Twrite. One ring per request
+//! queue, created on the queue's worker thread at its first kick
+//! ([`Rings`]). A kick is served in passes over the available ring:
+//!
+//! 1. Each chain the protocol plans as a [`DataOp`] is first tried inline
+//!    with `preadv2`/`pwritev2(RWF_NOWAIT)`: data in the page cache (or room
+//!    in it for a write) moves at once, with one system call and no ring
+//!    round trip. What would block becomes one `IORING_OP_READV`/`WRITEV` on
+//!    the file's host fd, its iovecs the guest's own buffers. Nothing is
+//!    copied by the daemon either way.
+//! 2. Every other chain first waits for the operations in flight (so requests
+//!    on one queue keep their order against everything that is not a plain
+//!    read or write), then goes through the device's synchronous path, which
+//!    also produces every error reply. A write that overlaps an in-flight
+//!    read or write of the same inode waits the same way.
+//! 3. Every [`NOTIFY_EVERY`] requests, the completions fill in the reply
+//!    headers, the used ring gets them in one batch, and the guest gets one
+//!    notification if the ring (event-idx) asks for it.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use io_uring::{opcode, types, IoUring};
+use log::{debug, warn};
+use vhost_user_backend::VringRwLock;
+use vm_memory::{Bytes, GuestAddress, GuestMemory};
+
+use crate::{available, notify, return_chain, Chain, MemGuard, MAX_PASSES, NOTIFY_EVERY};
+
+/// Submission queue entries per ring.
+pub const RING_ENTRIES: u32 = 256;
+
+/// How reads and writes reach the host files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IoEngine {
+    /// io_uring submissions straight into guest memory, one ring per request
+    /// queue; falls back to [`IoEngine::Sync`] (logged once) where io_uring
+    /// is unavailable.
+    #[default]
+    IoUring,
+    /// `preadv`/`pwritev` on the worker thread, one request at a time.
+    Sync,
+}
+
+/// An engine name that is neither `io-uring` nor `sync`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown I/O engine '{0}' (io-uring or sync)")]
+pub struct UnknownEngine(pub String);
+
+impl std::str::FromStr for IoEngine {
+    type Err = UnknownEngine;
+    fn from_str(s: &str) -> Result<Self, UnknownEngine> {
+        match s {
+            "io-uring" | "io_uring" | "uring" => Ok(IoEngine::IoUring),
+            "sync" => Ok(IoEngine::Sync),
+            _ => Err(UnknownEngine(s.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for IoEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IoEngine::IoUring => "io-uring",
+            IoEngine::Sync => "sync",
+        })
+    }
+}
+
+/// One guest buffer: address and length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seg {
+    /// Guest physical address.
+    pub addr: u64,
+    /// Length in bytes.
+    pub len: u32,
+}
+
+/// Total length of `segs`.
+pub fn segs_len(segs: &[Seg]) -> usize {
+    segs.iter().map(|s| s.len as usize).sum()
+}
+
+/// Whether an operation reads the file into guest memory or writes it from
+/// guest memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// File to guest.
+    Read,
+    /// Guest to file.
+    Write,
+}
+
+/// A host file an operation uses; held until the operation completes, so the
+/// fd stays open.
+pub type OpenFile = Arc<dyn AsRawFd + Send + Sync>;
+
+/// A read or write a protocol planned from one chain.
+pub struct DataOp {
+    /// The chain's head index.
+    pub head: u16,
+    /// The protocol's request id (FUSE `unique`, 9P tag), for its reply.
+    pub id: u64,
+    /// Read or write.
+    pub kind: Kind,
+    /// Where the reply header goes (the chain's device-writable part).
+    pub reply: Vec<Seg>,
+    /// The guest buffers the kernel fills or drains: host addresses inside
+    /// the memory snapshot the serving loop holds.
+    pub iovecs: Box<[libc::iovec]>,
+    /// The file; `file.as_raw_fd()` is what is read or written.
+    pub file: OpenFile,
+    /// File offset.
+    pub offset: u64,
+    /// The inode, for the overlap check between writes and other I/O.
+    pub inode: u64,
+}
+
+// SAFETY: the raw pointers in `iovecs` point into guest memory mappings held
+// alive by the serving loop's memory snapshot; a DataOp only moves between
+// the worker thread's own structures.
+unsafe impl Send for DataOp {}
+
+impl DataOp {
+    /// Bytes the operation moves at most.
+    pub fn len(&self) -> u64 {
+        self.iovecs.iter().map(|v| v.iov_len as u64).sum()
+    }
+
+    /// Whether the operation moves no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn overlaps(&self, other: &DataOp) -> bool {
+        let (a0, b0) = (self.offset, other.offset);
+        let (a1, b1) = (a0 + self.len(), b0 + other.len());
+        self.inode == other.inode
+            && a0 < b1
+            && b0 < a1
+            && (self.kind == Kind::Write || other.kind == Kind::Write)
+    }
+}
+
+/// A protocol's side of the engine.
+pub trait DataPath {
+    /// The operation `chain` asks for, if it is a read or write this engine
+    /// can serve as is; `None` sends the chain through the synchronous path.
+    fn plan(&self, mem: &MemGuard, chain: &Chain) -> Option<DataOp>;
+
+    /// Fills `out` with the reply header for `op`, which completed with `res`
+    /// (bytes moved, or a negated errno); returns the reply's total length
+    /// (the header plus, for a read, the `res` bytes already in place).
+    fn reply_header(&self, op: &DataOp, res: i32, out: &mut Vec<u8>) -> u32;
+}
+
+/// A request queue's ring and what is on it.
+pub struct UringQueue {
+    ring: IoUring,
+    slots: Vec<Option<DataOp>>,
+    free: Vec<usize>,
+    completed: u64,
+    inline_done: u64,
+    header: Vec<u8>,
+    /// Completions being handled (kept for its allocation).
+    done: Vec<(u64, i32)>,
+    /// Try each operation with `RWF_NOWAIT` before using the ring.
+    pub inline_first: bool,
+}
+
+impl UringQueue {
+    /// A ring of [`RING_ENTRIES`] entries; fails where io_uring is
+    /// unavailable (old kernels, `kernel.io_uring_disabled`, seccomp).
+    pub fn new() -> io::Result<UringQueue> {
+        let ring = IoUring::new(RING_ENTRIES)?;
+        Ok(UringQueue {
+            ring,
+            slots: (0..RING_ENTRIES).map(|_| None).collect(),
+            free: (0..RING_ENTRIES as usize).rev().collect(),
+            completed: 0,
+            inline_done: 0,
+            header: Vec::with_capacity(64),
+            done: Vec::with_capacity(RING_ENTRIES as usize),
+            inline_first: true,
+        })
+    }
+
+    /// Operations this ring has completed.
+    pub fn completed(&self) -> u64 {
+        self.completed
+    }
+
+    /// Operations completed inline, without the ring (they would not block).
+    pub fn inline_done(&self) -> u64 {
+        self.inline_done
+    }
+
+    fn in_flight(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    fn overlaps(&self, op: &DataOp) -> bool {
+        // The common case (everything completed inline) scans nothing.
+        self.in_flight() > 0 && self.slots.iter().flatten().any(|o| o.overlaps(op))
+    }
+
+    /// Puts `op` on the submission queue.
+    fn push(&mut self, op: DataOp) -> io::Result<()> {
+        let slot = self.free.pop().expect("caller checked for room");
+        let (ptr, n) = (op.iovecs.as_ptr(), op.iovecs.len() as u32);
+        let fd = types::Fd(op.file.as_raw_fd());
+        let entry = match op.kind {
+            Kind::Read => opcode::Readv::new(fd, ptr, n).offset(op.offset).build(),
+            Kind::Write => opcode::Writev::new(fd, ptr, n).offset(op.offset).build(),
+        }
+        .user_data(slot as u64);
+        self.slots[slot] = Some(op);
+        // SAFETY: the iovecs and the buffers they name stay valid until the
+        // completion is reaped: the DataOp (owning the iovec array and the
+        // file) stays in its slot, and the serving loop holds the guest
+        // memory snapshot until every operation has completed.
+        if unsafe { self.ring.submission().push(&entry) }.is_err() {
+            self.ring.submit()?;
+            // SAFETY: as above.
+            unsafe { self.ring.submission().push(&entry) }
+                .map_err(|_| io::Error::other("io_uring submission queue full"))?;
+        }
+        Ok(())
+    }
+
+    /// Writes `op`'s reply and returns its chain to the used ring.
+    fn finish(
+        &mut self,
+        path: &impl DataPath,
+        mem: &MemGuard,
+        vring: &VringRwLock,
+        queue: &str,
+        op: &DataOp,
+        res: i32,
+    ) {
+        self.header.clear();
+        let len = path.reply_header(op, res, &mut self.header);
+        let used = match scatter(mem, &op.reply, &self.header) {
+            Ok(()) => len,
+            Err(e) => {
+                warn!("{queue}: cannot write the reply to chain {}: {e}", op.head);
+                0
+            }
+        };
+        return_chain(vring, queue, op.head, used);
+    }
+
+    /// Submits what is queued and reaps every operation in flight, writing
+    /// the replies and returning each chain to the used ring.
+    fn complete_all(
+        &mut self,
+        path: &impl DataPath,
+        mem: &MemGuard,
+        vring: &VringRwLock,
+        queue: &str,
+    ) -> io::Result<()> {
+        while self.in_flight() > 0 {
+            match self.ring.submit_and_wait(self.in_flight()) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) => return Err(e),
+            }
+            let mut done = std::mem::take(&mut self.done);
+            done.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+            for (slot, res) in done.drain(..) {
+                let slot = slot as usize;
+                let Some(op) = self.slots.get_mut(slot).and_then(Option::take) else {
+                    warn!("{queue}: io_uring completion for unknown slot {slot}");
+                    continue;
+                };
+                self.free.push(slot);
+                self.completed += 1;
+                self.finish(path, mem, vring, queue, &op, res);
+            }
+            self.done = done;
+        }
+        Ok(())
+    }
+}
+
+/// Copies `data` into the start of `segs`.
+pub fn scatter(
+    mem: &MemGuard,
+    segs: &[Seg],
+    mut data: &[u8],
+) -> Result<(), vm_memory::GuestMemoryError> {
+    for s in segs {
+        if data.is_empty() {
+            break;
+        }
+        let n = data.len().min(s.len as usize);
+        mem.write_slice(&data[..n], GuestAddress(s.addr))?;
+        data = &data[n..];
+    }
+    Ok(())
+}
+
+/// Reads `N` bytes starting at the beginning of `segs`, or `None` if they are
+/// shorter or not in guest memory.
+pub fn gather<const N: usize>(mem: &MemGuard, segs: &[Seg]) -> Option<[u8; N]> {
+    let mut out = [0u8; N];
+    let mut filled = 0;
+    for s in segs {
+        if filled == N {
+            break;
+        }
+        let n = (s.len as usize).min(N - filled);
+        mem.read_slice(&mut out[filled..filled + n], GuestAddress(s.addr))
+            .ok()?;
+        filled += n;
+    }
+    (filled == N).then_some(out)
+}
+
+/// The host iovecs for `len` bytes starting `skip` bytes into `segs`, or
+/// `None` if they are not all in guest RAM. Buffers adjacent in host memory
+/// (a guest's pages often are) make one iovec: fewer segments for the kernel
+/// to walk.
+pub fn iovecs(mem: &MemGuard, segs: &[Seg], skip: usize, len: usize) -> Option<Box<[libc::iovec]>> {
+    let mut out: Vec<libc::iovec> = Vec::new();
+    let mut pos = 0usize;
+    let mut left = len;
+    for s in segs {
+        let (start, end) = (pos, pos + s.len as usize);
+        pos = end;
+        if left == 0 {
+            break;
+        }
+        if end <= skip {
+            continue;
+        }
+        let from = skip.max(start) - start;
+        let n = (s.len as usize - from).min(left);
+        let slice = mem.get_slice(GuestAddress(s.addr + from as u64), n).ok()?;
+        let base: *mut libc::c_void = slice.ptr_guard_mut().as_ptr().cast();
+        match out.last_mut() {
+            Some(prev) if (prev.iov_base as usize).wrapping_add(prev.iov_len) == base as usize => {
+                prev.iov_len += n
+            }
+            _ => out.push(libc::iovec {
+                iov_base: base,
+                iov_len: n,
+            }),
+        }
+        left -= n;
+    }
+    (left == 0).then(|| out.into_boxed_slice())
+}
+
+/// A chain's device-readable and device-writable buffers, or `None` if a
+/// readable buffer follows a writable one (the synchronous path refuses it).
+pub fn split_chain(chain: &Chain) -> Option<(Vec<Seg>, Vec<Seg>)> {
+    let (mut readable, mut writable) = (Vec::new(), Vec::new());
+    for d in chain.clone() {
+        let seg = Seg {
+            addr: d.addr().0,
+            len: d.len(),
+        };
+        if d.is_write_only() {
+            writable.push(seg);
+        } else if writable.is_empty() {
+            readable.push(seg);
+        } else {
+            return None;
+        }
+    }
+    Some((readable, writable))
+}
+
+/// Tries `op` without blocking (`preadv2`/`pwritev2` with `RWF_NOWAIT`).
+/// Returns the result to reply with, or `None` when the operation would
+/// block (or read only part of what was asked, which a client may take for
+/// end of file), so it goes on the ring.
+pub fn try_inline(op: &DataOp) -> Option<i32> {
+    // SAFETY: the iovecs name guest buffers valid for the duration of the
+    // call (the caller holds the memory snapshot); the fd is held open by
+    // the op's file.
+    unsafe { rw_nowait(op.kind, op.file.as_raw_fd(), &op.iovecs, op.offset) }
+}
+
+/// One read or write of `fd` at `offset` that must not block: the bytes
+/// moved (or a negated errno) if it completed, `None` if it would block or a
+/// read came back short (the caller then does it where blocking is fine).
+/// Files that do not support non-blocking I/O (tmpfs) are read and written
+/// here with a plain blocking call: io_uring would only hand them to a
+/// worker thread.
+///
+/// # Safety
+/// Every iovec must name memory valid for the access (writable for a read)
+/// for the duration of the call.
+pub unsafe fn rw_nowait(kind: Kind, fd: i32, iovecs: &[libc::iovec], offset: u64) -> Option<i32> {
+    let want: usize = iovecs.iter().map(|v| v.iov_len).sum();
+    let call = |flags: libc::c_int| {
+        let (iov, n) = (iovecs.as_ptr(), iovecs.len() as libc::c_int);
+        // SAFETY: the caller vouches for the iovecs; a bad fd is an error.
+        unsafe {
+            match kind {
+                Kind::Read => libc::preadv2(fd, iov, n, offset as libc::off_t, flags),
+                Kind::Write => libc::pwritev2(fd, iov, n, offset as libc::off_t, flags),
+            }
+        }
+    };
+    let last_errno = || {
+        io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
+    };
+    let r = call(libc::RWF_NOWAIT);
+    if r >= 0 {
+        let r = r as usize;
+        return match kind {
+            Kind::Read if r == want || r == 0 => Some(r as i32),
+            Kind::Read => None,
+            // A short write is a valid write reply.
+            Kind::Write if r > 0 || want == 0 => Some(r as i32),
+            Kind::Write => None,
+        };
+    }
+    match last_errno() {
+        libc::EAGAIN => None,
+        libc::EOPNOTSUPP => {
+            let r = call(0);
+            Some(if r >= 0 { r as i32 } else { -last_errno() })
+        }
+        e => Some(-e),
+    }
+}
+
+/// Serves one kick of a request queue through `uq`: chains `path` plans go
+/// inline or on the ring, the rest to `sync`. Same contract as
+/// [`crate::serve_kick`].
+pub fn serve_kick<E: std::fmt::Display>(
+    vring: &VringRwLock,
+    mem: Option<MemGuard>,
+    event_idx: bool,
+    queue: &str,
+    path: &impl DataPath,
+    uq: &mut UringQueue,
+    mut sync: impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
+) -> io::Result<()> {
+    crate::serve_kick_with(vring, mem, event_idx, queue, |mem| {
+        drain(vring, mem, queue, path, uq, &mut sync)
+    })
+}
+
+fn drain<E: std::fmt::Display>(
+    vring: &VringRwLock,
+    mem: &MemGuard,
+    queue: &str,
+    path: &impl DataPath,
+    uq: &mut UringQueue,
+    sync: &mut impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
+) -> io::Result<()> {
+    // Keep serving while the driver keeps adding chains: it refills as the
+    // replies come back, and a pass that finds the ring empty ends the kick.
+    for _ in 0..MAX_PASSES {
+        let chains = available(vring, mem, queue)?;
+        if chains.is_empty() {
+            return Ok(());
+        }
+        let mut unsignalled = 0;
+        for chain in chains {
+            let Some(op) = path.plan(mem, &chain) else {
+                uq.complete_all(path, mem, vring, queue)?;
+                crate::serve_chain(vring, mem, queue, chain, sync);
+                continue;
+            };
+            if uq.free.is_empty() || uq.overlaps(&op) {
+                uq.complete_all(path, mem, vring, queue)?;
+            }
+            match uq.inline_first.then(|| try_inline(&op)).flatten() {
+                Some(res) => {
+                    uq.finish(path, mem, vring, queue, &op, res);
+                    uq.inline_done += 1;
+                    unsignalled += 1;
+                }
+                None => uq.push(op)?,
+            }
+            if uq.in_flight() + unsignalled >= NOTIFY_EVERY {
+                uq.complete_all(path, mem, vring, queue)?;
+                notify(vring)?;
+                unsignalled = 0;
+            }
+        }
+        uq.complete_all(path, mem, vring, queue)?;
+        notify(vring)?;
+    }
+    Ok(())
+}
+
+/// A request queue's ring: not created yet, working, or unavailable.
+enum RingSlot {
+    Unset,
+    Ready(Box<UringQueue>),
+    Unavailable,
+}
+
+/// The rings of a device's request queues, each made on first use by its
+/// queue's worker thread; where io_uring is unavailable the queue is served
+/// synchronously, and that is logged once per device.
+pub struct Rings {
+    slots: Vec<Mutex<RingSlot>>,
+    fallback_logged: AtomicBool,
+    inline_first: bool,
+}
+
+impl Rings {
+    /// Room for queues `0..queues`.
+    pub fn new(queues: usize) -> Rings {
+        Rings {
+            slots: (0..queues).map(|_| Mutex::new(RingSlot::Unset)).collect(),
+            fallback_logged: AtomicBool::new(false),
+            inline_first: true,
+        }
+    }
+
+    /// With `false`, every operation goes through the ring, even when it
+    /// would not block (default `true`). For tests and measurements.
+    pub fn set_inline_first(&mut self, inline_first: bool) {
+        self.inline_first = inline_first;
+    }
+
+    fn counts(&self, count: impl Fn(&UringQueue) -> u64) -> u64 {
+        self.slots
+            .iter()
+            .map(|r| match &*r.lock().unwrap_or_else(|p| p.into_inner()) {
+                RingSlot::Ready(uq) => count(uq),
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Operations completed through the rings, all queues.
+    pub fn ring_completions(&self) -> u64 {
+        self.counts(UringQueue::completed)
+    }
+
+    /// Operations completed inline (they would not block), all queues.
+    pub fn inline_completions(&self) -> u64 {
+        self.counts(UringQueue::inline_done)
+    }
+
+    /// Serves a kick of queue `q` through its ring (see [`serve_kick`]);
+    /// `None` if the queue has no ring (io_uring unavailable, or `q` out of
+    /// range), so the caller serves it synchronously.
+    #[allow(clippy::too_many_arguments)]
+    pub fn serve<E: std::fmt::Display>(
+        &self,
+        q: usize,
+        vring: &VringRwLock,
+        mem: Option<MemGuard>,
+        event_idx: bool,
+        queue: &str,
+        path: &impl DataPath,
+        sync: impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
+    ) -> Option<io::Result<()>> {
+        let mut slot = self.slots.get(q)?.lock().unwrap_or_else(|p| p.into_inner());
+        if let RingSlot::Unset = *slot {
+            *slot = match UringQueue::new() {
+                Ok(r) => {
+                    debug!("{queue}: io_uring ring ready");
+                    RingSlot::Ready(Box::new(r))
+                }
+                Err(e) => {
+                    if !self.fallback_logged.swap(true, Ordering::AcqRel) {
+                        warn!("io_uring unavailable ({e}); serving reads and writes synchronously");
+                    }
+                    RingSlot::Unavailable
+                }
+            };
+        }
+        let RingSlot::Ready(uq) = &mut *slot else {
+            return None;
+        };
+        uq.inline_first = self.inline_first;
+        Some(serve_kick(vring, mem, event_idx, queue, path, uq, sync))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
+
+    fn mem() -> MemGuard {
+        let m = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 16)]).unwrap();
+        vm_memory::GuestMemoryAtomic::new(m).memory()
+    }
+
+    #[test]
+    fn gather_and_iovecs_walk_segments() {
+        let m = mem();
+        m.write_slice(b"abcdefghij", GuestAddress(0x100)).unwrap();
+        m.write_slice(b"KLMNOP", GuestAddress(0x800)).unwrap();
+        let segs = [
+            Seg {
+                addr: 0x100,
+                len: 10,
+            },
+            Seg {
+                addr: 0x800,
+                len: 6,
+            },
+        ];
+        assert_eq!(&gather::<13>(&m, &segs).unwrap(), b"abcdefghijKLM");
+        assert_eq!(&gather::<16>(&m, &segs).unwrap(), b"abcdefghijKLMNOP");
+        assert!(gather::<17>(&m, &segs).is_none(), "past the end");
+        let iov = iovecs(&m, &segs, 9, 4).unwrap();
+        assert_eq!(iov.len(), 2);
+        assert_eq!((iov[0].iov_len, iov[1].iov_len), (1, 3));
+        // Adjacent buffers merge into one iovec.
+        let adjacent = [
+            Seg {
+                addr: 0x100,
+                len: 10,
+            },
+            Seg {
+                addr: 0x10a,
+                len: 6,
+            },
+        ];
+        let iov = iovecs(&m, &adjacent, 2, 12).unwrap();
+        assert_eq!(iov.len(), 1);
+        assert_eq!(iov[0].iov_len, 12);
+        assert!(iovecs(&m, &segs, 0, 17).is_none());
+        // Outside guest memory.
+        let outside = [Seg {
+            addr: 1 << 20,
+            len: 8,
+        }];
+        assert!(iovecs(&m, &outside, 0, 8).is_none());
+        assert!(gather::<8>(&m, &outside).is_none());
+    }
+
+    #[test]
+    fn scatter_spans_segments() {
+        let m = mem();
+        let segs = [Seg { addr: 0x10, len: 3 }, Seg { addr: 0x40, len: 8 }];
+        scatter(&m, &segs, b"12345").unwrap();
+        let mut a = [0u8; 3];
+        let mut b = [0u8; 2];
+        m.read_slice(&mut a, GuestAddress(0x10)).unwrap();
+        m.read_slice(&mut b, GuestAddress(0x40)).unwrap();
+        assert_eq!((&a, &b), (b"123", b"45"));
+    }
+
+    #[test]
+    fn engine_names() {
+        assert_eq!("io-uring".parse::<IoEngine>(), Ok(IoEngine::IoUring));
+        assert_eq!("sync".parse::<IoEngine>(), Ok(IoEngine::Sync));
+        assert!("aio".parse::<IoEngine>().is_err());
+        assert_eq!(IoEngine::IoUring.to_string(), "io-uring");
+    }
+
+    struct File(std::fs::File);
+    impl AsRawFd for File {
+        fn as_raw_fd(&self) -> i32 {
+            self.0.as_raw_fd()
+        }
+    }
+
+    fn op(kind: Kind, offset: u64, len: usize, file: OpenFile) -> DataOp {
+        let buf = Box::leak(vec![0u8; len].into_boxed_slice());
+        DataOp {
+            head: 0,
+            id: 0,
+            kind,
+            reply: Vec::new(),
+            iovecs: vec![libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: len,
+            }]
+            .into_boxed_slice(),
+            file,
+            offset,
+            inode: 1,
+        }
+    }
+
+    #[test]
+    fn overlap_needs_a_write_and_a_shared_range() {
+        let f: OpenFile = Arc::new(File(tempfile::tempfile().unwrap()));
+        let r1 = op(Kind::Read, 0, 10, f.clone());
+        let r2 = op(Kind::Read, 5, 10, f.clone());
+        let w = op(Kind::Write, 9, 1, f.clone());
+        let w_after = op(Kind::Write, 10, 4, f.clone());
+        assert!(!r1.overlaps(&r2), "two reads never conflict");
+        assert!(r1.overlaps(&w) && w.overlaps(&r1));
+        assert!(!r1.overlaps(&w_after), "adjacent ranges do not overlap");
+        let mut other = op(Kind::Write, 0, 10, f);
+        other.inode = 2;
+        assert!(!r1.overlaps(&other), "another inode");
+    }
+
+    #[test]
+    fn inline_reads_and_writes_a_file() {
+        let f: OpenFile = Arc::new(File(tempfile::tempfile().unwrap()));
+        let w = op(Kind::Write, 4096, 100, f.clone());
+        assert_eq!(try_inline(&w), Some(100));
+        let r = op(Kind::Read, 4096, 100, f.clone());
+        assert_eq!(try_inline(&r), Some(100));
+        // Past the end: 0 bytes, a valid end-of-file reply.
+        let eof = op(Kind::Read, 1 << 20, 10, f);
+        assert_eq!(try_inline(&eof), Some(0));
+    }
+}
