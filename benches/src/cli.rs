@@ -191,6 +191,18 @@ pub struct Cli {
     /// and the driver kicks unless the device set NO_NOTIFY).
     #[arg(long)]
     pub no_event_idx: bool,
+    /// How long the driver polls for a reply before it sleeps, in
+    /// microseconds (adaptive, up to this; 0: sleep at once). The default
+    /// is how a KVM guest waits: a vCPU that halts for its interrupt is
+    /// polled by KVM for up to `halt_poll_ns` (200 µs on x86) before its
+    /// thread sleeps. Applies to every server alike, virtio-fs and 9P.
+    #[arg(long, value_name = "US", default_value_t = 200,
+          value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub guest_poll_us: u32,
+    /// `--poll-us` for virtiofsd-rs and p9d (how long they poll for the
+    /// next request before sleeping) [default: theirs, 50].
+    #[arg(long, value_name = "US")]
+    pub server_poll_us: Option<u32>,
     /// Where fsbench and the server run: split (fsbench on the first CPU,
     /// the server on the others; shared if only one CPU), shared (one CPU
     /// for both), none (the scheduler decides).
@@ -235,6 +247,10 @@ pub struct Config {
     pub layout: crate::vfs::DataLayout,
     /// Negotiate EVENT_IDX with virtio-fs servers.
     pub event_idx: bool,
+    /// The driver's polling before it sleeps for a reply.
+    pub guest_poll: Duration,
+    /// `--poll-us` passed to this project's servers.
+    pub server_poll_us: Option<u32>,
     /// Placement of fsbench and the servers.
     pub pin: crate::affinity::Pin,
     /// The command line, for titles.
@@ -394,6 +410,8 @@ impl Cli {
                 crate::vfs::DataLayout::Pages
             },
             event_idx: !self.no_event_idx,
+            guest_poll: Duration::from_micros(self.guest_poll_us.into()),
+            server_poll_us: self.server_poll_us,
             pin: self.pin,
             command,
         })

@@ -140,6 +140,20 @@ impl Daemon {
         }
     }
 
+    /// The CPU time the server has used so far, all threads, user and
+    /// system (`/proc/PID/stat`); `None` if it cannot be read.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // Fields after the command name (which may hold spaces): state is
+        // field 3, utime 14 and stime 15, in clock ticks.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split(' ').collect();
+        let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        // SAFETY: plain sysconf query.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        (hz > 0).then(|| Duration::from_secs_f64(ticks as f64 / hz as f64))
+    }
+
     /// An error if the process has exited.
     pub fn check_alive(&mut self) -> Result<(), DaemonError> {
         match self.child.try_wait() {

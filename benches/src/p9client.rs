@@ -17,7 +17,10 @@
 //! may bring several replies.
 
 use std::io::{self, IoSlice, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+
+use device_queue::Poller;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -124,13 +127,22 @@ pub struct P9Session {
     /// The server refused Tunlinkat with EOPNOTSUPP (diod 1.0): unlink by
     /// walk + Tremove, as v9fs falls back to.
     remove_instead_of_unlinkat: bool,
+    /// Polling for replies before sleeping.
+    poller: Poller,
 }
 
 impl P9Session {
     /// Connects to `socket`, negotiates 9P2000.L, attaches `aname` as root
     /// (uid 0), and sets up for `kind`: walk to and open the file and build
     /// the slots' frames, or walk to the workload's directory.
-    pub fn connect(socket: &Path, aname: &[u8], kind: &Kind) -> Result<P9Session, P9ClientError> {
+    /// `guest_poll` is how long the client polls the socket for a reply
+    /// before it sleeps (as a KVM guest's halted vCPU is polled).
+    pub fn connect(
+        socket: &Path,
+        aname: &[u8],
+        kind: &Kind,
+        guest_poll: Duration,
+    ) -> Result<P9Session, P9ClientError> {
         let start = Instant::now();
         let sock = loop {
             match UnixStream::connect(socket) {
@@ -156,6 +168,7 @@ impl P9Session {
             msize: MSIZE_WANT,
             io: None,
             remove_instead_of_unlinkat: false,
+            poller: Poller::new(guest_poll),
         };
         let v = Tmessage::Version {
             msize: MSIZE_WANT,
@@ -258,10 +271,16 @@ impl P9Session {
             self.rend -= self.rstart;
             self.rstart = 0;
         }
+        let fd = self.sock.as_raw_fd();
+        let polled = self.poller.spin(|| device_queue::poll::readable(fd));
+        let slept = Instant::now();
         let n = self
             .sock
             .read(&mut self.rbuf[self.rend..])
             .map_err(io_err)?;
+        if !polled {
+            self.poller.learn(slept.elapsed());
+        }
         if n == 0 {
             return Err(P9ClientError::Closed);
         }

@@ -227,8 +227,8 @@ pub fn table(out: &Outcome, command: &str, date: &str) -> String {
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "{:<20} {:<13} {:<9} {:>10} {:>9} {:>9} {:>9}",
-        "workload", "server", "engine", "ops/s", "MiB/s", "p50 µs", "p99 µs"
+        "{:<20} {:<13} {:<9} {:>10} {:>9} {:>9} {:>9} {:>8}",
+        "workload", "server", "engine", "ops/s", "MiB/s", "p50 µs", "p99 µs", "srv CPU"
     );
     let mut records: Vec<&Record> = out.records.iter().collect();
     records.sort_by_key(|r| (r.workload, r.target));
@@ -243,7 +243,7 @@ pub fn table(out: &Outcome, command: &str, date: &str) -> String {
         let m = &r.summary;
         let _ = write!(
             s,
-            "{:<20} {:<13} {:<9} {:>10} {:>9} {:>9.1} {:>9.1}",
+            "{:<20} {:<13} {:<9} {:>10} {:>9} {:>9.1} {:>9.1} {:>8}",
             name,
             r.target.server.name(),
             r.target.engine.name(),
@@ -254,7 +254,9 @@ pub fn table(out: &Outcome, command: &str, date: &str) -> String {
                 "-".into()
             },
             m.p50_us,
-            m.p99_us
+            m.p99_us,
+            r.server_cpu
+                .map_or("-".into(), |c| format!("{:.0}%", c * 100.0))
         );
         if let Some(len) = r.capped_len {
             let _ = write!(s, "  ({len}-byte requests: the server's msize)");
@@ -263,6 +265,10 @@ pub fn table(out: &Outcome, command: &str, date: &str) -> String {
     }
     let _ = writeln!(s);
     let _ = writeln!(s, "ops/s counts requests; create-stat-unlink: one create+stat+close+unlink; readdir-10k: directory entries.");
+    let _ = writeln!(
+        s,
+        "srv CPU: the server's CPU time over the run (all threads), as a share of one CPU."
+    );
     let _ = writeln!(s, "ours = virtiofsd-rs io-uring; sync = virtiofsd-rs sync; ratios of MiB/s for I/O, ops/s otherwise.");
     let _ = writeln!(s);
     let _ = writeln!(
@@ -338,16 +344,17 @@ fn json_num(x: f64) -> String {
     }
 }
 
-/// The JSON array: one record per (server, engine, workload) with exactly
-/// the fields `server`, `engine`, `workload`, `ops_per_s`, `mib_per_s`,
-/// `p50_us`, `p99_us`.
+/// The JSON array: one record per (server, engine, workload) with the
+/// fields `server`, `engine`, `workload`, `ops_per_s`, `mib_per_s`,
+/// `p50_us`, `p99_us`, and `server_cpu` (the server's CPU use in CPUs,
+/// `null` for native).
 pub fn json(records: &[Record]) -> String {
     let mut s = String::from("[\n");
     for (i, r) in records.iter().enumerate() {
         let m = &r.summary;
         let _ = write!(
             s,
-            "  {{\"server\": {}, \"engine\": {}, \"workload\": {}, \"ops_per_s\": {}, \"mib_per_s\": {}, \"p50_us\": {}, \"p99_us\": {}}}",
+            "  {{\"server\": {}, \"engine\": {}, \"workload\": {}, \"ops_per_s\": {}, \"mib_per_s\": {}, \"p50_us\": {}, \"p99_us\": {}, \"server_cpu\": {}}}",
             json_str(r.target.server.name()),
             json_str(r.target.engine.name()),
             json_str(r.workload.name()),
@@ -355,6 +362,7 @@ pub fn json(records: &[Record]) -> String {
             json_num(m.mib_per_s),
             json_num(m.p50_us),
             json_num(m.p99_us),
+            r.server_cpu.map_or("null".into(), json_num),
         );
         s.push_str(if i + 1 < records.len() { ",\n" } else { "\n" });
     }
@@ -553,6 +561,7 @@ mod tests {
                 seconds: 1.0,
             },
             capped_len: None,
+            server_cpu: (server != Server::Native).then_some(0.5),
         }
     }
 
@@ -614,7 +623,7 @@ mod tests {
     fn json_has_exactly_the_issues_fields() {
         let o = outcome();
         let j = json(&o.records[..2]);
-        let want = "[\n  {\"server\": \"native\", \"engine\": \"-\", \"workload\": \"randread-4k-qd32\", \"ops_per_s\": 400000.000, \"mib_per_s\": 1562.500, \"p50_us\": 1.000, \"p99_us\": 2.000},\n  {\"server\": \"virtiofsd-rs\", \"engine\": \"io-uring\", \"workload\": \"randread-4k-qd32\", \"ops_per_s\": 90000.000, \"mib_per_s\": 351.562, \"p50_us\": 300.000, \"p99_us\": 600.000}\n]\n";
+        let want = "[\n  {\"server\": \"native\", \"engine\": \"-\", \"workload\": \"randread-4k-qd32\", \"ops_per_s\": 400000.000, \"mib_per_s\": 1562.500, \"p50_us\": 1.000, \"p99_us\": 2.000, \"server_cpu\": null},\n  {\"server\": \"virtiofsd-rs\", \"engine\": \"io-uring\", \"workload\": \"randread-4k-qd32\", \"ops_per_s\": 90000.000, \"mib_per_s\": 351.562, \"p50_us\": 300.000, \"p99_us\": 600.000, \"server_cpu\": 0.500}\n]\n";
         assert_eq!(j, want);
         assert_eq!(json(&[]), "[\n]\n");
         assert_eq!(json_str("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");

@@ -69,6 +69,9 @@ pub struct Record {
     pub summary: Summary,
     /// Bytes per I/O request when the protocol capped the workload's size.
     pub capped_len: Option<u32>,
+    /// The server's CPU use over the run, warm-up included, in CPUs (1.0:
+    /// one CPU busy all the time); `None` for native.
+    pub server_cpu: Option<f64>,
 }
 
 /// A (target, workload) without figures, and why.
@@ -207,6 +210,9 @@ pub fn server_args(cfg: &Config, target: Target, share: &Path, socket: &Path) ->
                 a.push(target.engine.name().into());
                 a.push("--request-queues".into());
                 a.push("1".into());
+                if let Some(us) = cfg.server_poll_us {
+                    a.push(format!("--poll-us={us}").into());
+                }
             } else {
                 a.extend(cfg.virtiofsd_args.iter().map(OsString::from));
             }
@@ -218,6 +224,9 @@ pub fn server_args(cfg: &Config, target: Target, share: &Path, socket: &Path) ->
             let mut l = OsString::from("unix:");
             l.push(socket);
             a.push(l);
+            if let Some(us) = cfg.server_poll_us {
+                a.push(format!("--poll-us={us}").into());
+            }
         }
         Server::Diod => {
             // Foreground, no authentication, no user database (any uid may
@@ -344,9 +353,15 @@ pub fn run(cfg: &Config) -> Result<Outcome, RunSetupError> {
             }
         ),
         format!(
-            "{placement}; virtio-fs EVENT_IDX {}",
-            if cfg.event_idx { "negotiated" } else { "off (--no-event-idx)" }
+            "{placement}; virtio-fs EVENT_IDX {}; the driver polls up to {} µs for a reply before sleeping{}",
+            if cfg.event_idx { "negotiated" } else { "off (--no-event-idx)" },
+            cfg.guest_poll.as_micros(),
+            if cfg.guest_poll.is_zero() { " (never)" } else { " (as KVM halt polling)" }
         ),
+        match cfg.server_poll_us {
+            Some(us) => format!("virtiofsd-rs and p9d: --poll-us {us}"),
+            None => "virtiofsd-rs and p9d: their default polling (--poll-us 50)".into(),
+        },
         format!(
             "load average (1, 5, 15 min) before: {load_before}, after: {}",
             loadavg()
@@ -409,21 +424,33 @@ fn run_one(
             NativeSession::open(&fx.share, &kind).map_err(|e| session_err(None)(e.into()))?,
         ),
         Server::VirtiofsdRs | Server::Virtiofsd => Box::new(
-            VfsSession::connect(&socket, &kind, cfg.layout, cfg.event_idx)
+            VfsSession::connect(&socket, &kind, cfg.layout, cfg.event_idx, cfg.guest_poll)
                 .map_err(|e| session_err(daemon.as_ref())(e.into()))?,
         ),
         Server::P9d | Server::Diod => {
             use std::os::unix::ffi::OsStrExt;
             Box::new(
-                P9Session::connect(&socket, fx.share.as_os_str().as_bytes(), &kind)
-                    .map_err(|e| session_err(daemon.as_ref())(e.into()))?,
+                P9Session::connect(
+                    &socket,
+                    fx.share.as_os_str().as_bytes(),
+                    &kind,
+                    cfg.guest_poll,
+                )
+                .map_err(|e| session_err(daemon.as_ref())(e.into()))?,
             )
         }
     };
+    let cpu_before = daemon.as_ref().and_then(|d| d.cpu_time());
+    let started = Instant::now();
     let summary = measure(cfg, fx, w, &kind, session.as_mut(), progress).map_err(|e| match e {
         RunError::Session { source, .. } => session_err(daemon.as_ref())(source),
         other => other,
     });
+    let elapsed = started.elapsed().as_secs_f64();
+    let server_cpu = match (cpu_before, daemon.as_ref().and_then(|d| d.cpu_time())) {
+        (Some(a), Some(b)) if elapsed > 0.0 => Some(b.saturating_sub(a).as_secs_f64() / elapsed),
+        _ => None,
+    };
     drop(session);
     if let Some(d) = daemon.as_mut() {
         if let (Err(e), Ok(_)) = (d.check_alive(), &summary) {
@@ -440,6 +467,7 @@ fn run_one(
         workload: w,
         summary,
         capped_len,
+        server_cpu,
     })
 }
 

@@ -19,8 +19,10 @@
 //! virtio_ring: after publishing a batch fsbench kicks only if the device's
 //! `avail_event` asks for it (without EVENT_IDX: unless the device set
 //! `VRING_USED_F_NO_NOTIFY`); before sleeping it sets `used_event` to the
-//! next used entry and checks the used ring once more. It sleeps in `poll`
-//! on the call eventfd, as a guest waits for its interrupt.
+//! next used entry and checks the used ring once more. It then polls the
+//! used ring for up to `--guest-poll-us` (as KVM polls a halted vCPU,
+//! adaptively, up to `halt_poll_ns`) and sleeps in `poll` on the call
+//! eventfd, as a guest waits for its interrupt.
 //!
 //! I/O slot `i` owns descriptor `i` of the request queue, its own indirect
 //! table, request, reply and data buffers, all set up once; submitting only
@@ -32,6 +34,7 @@ use std::path::Path;
 use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
 
+use device_queue::Poller;
 use vm_memory::GuestAddress;
 use vmm_mini::fuse_wire::{self, init_flags, opcode, InitOut, Reply, IN_HEADER, OUT_HEADER};
 use vmm_mini::harness::{GuestRam, HarnessError, SplitQueue, DESC_F_NEXT, DESC_F_WRITE};
@@ -223,6 +226,8 @@ pub struct VfsSession {
     io: Vec<IoSlot>,
     file: Option<IoFile>,
     dir: u64,
+    /// The driver's polling for replies (as KVM's halt polling).
+    poller: Poller,
 }
 
 /// Guest memory for `kind`: the queues and control buffers, plus each I/O
@@ -243,12 +248,15 @@ impl VfsSession {
     /// sends INIT, and sets up for `kind`: LOOKUP and OPEN of the file and
     /// the I/O slots, or LOOKUP of the workload's directory.
     /// `layout` says how READ and WRITE data is split into descriptors;
-    /// `event_idx` asks for EVENT_IDX (used if the device offers it).
+    /// `event_idx` asks for EVENT_IDX (used if the device offers it);
+    /// `guest_poll` is how long the driver polls for a reply before it
+    /// sleeps.
     pub fn connect(
         socket: &Path,
         kind: &Kind,
         layout: DataLayout,
         event_idx: bool,
+        guest_poll: Duration,
     ) -> Result<VfsSession, VfsError> {
         let mut ram = GuestRam::new(ram_size(kind))?;
         let queues = [
@@ -311,6 +319,7 @@ impl VfsSession {
             io: Vec::new(),
             file: None,
             dir: 0,
+            poller: Poller::new(guest_poll),
         };
         let r = s.call(
             opcode::INIT,
@@ -474,7 +483,7 @@ impl VfsSession {
     /// Sleeps until queue `q`'s call eventfd fires; returns at once if a
     /// used entry is already there. With EVENT_IDX, first asks for an
     /// interrupt at the next used entry (`used_event`).
-    fn sleep(&self, q: usize, op: &'static str) -> Result<(), VfsError> {
+    fn sleep(&mut self, q: usize, op: &'static str) -> Result<(), VfsError> {
         let (_, avail, used) = self.queues[q].addresses();
         if self.event_idx {
             let size = self.queues[q].size() as u64;
@@ -487,6 +496,14 @@ impl VfsSession {
         if self.read_u16(used.0 + 2) != self.consumed[q] {
             return Ok(());
         }
+        // Poll first, as KVM polls a halted vCPU.
+        if self
+            .poller
+            .spin(|| self.read_u16(used.0 + 2) != self.consumed[q])
+        {
+            return Ok(());
+        }
+        let slept = Instant::now();
         let mut pfd = libc::pollfd {
             fd: self.calls[q].as_raw_fd(),
             events: libc::POLLIN,
@@ -507,6 +524,7 @@ impl VfsSession {
             }
         }
         let _ = self.calls[q].read();
+        self.poller.learn(slept.elapsed());
         Ok(())
     }
 

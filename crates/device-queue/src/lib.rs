@@ -9,15 +9,19 @@
 
 #![deny(missing_docs)]
 
+pub mod poll;
 pub mod uring;
+
+pub use poll::Poller;
 
 use std::fmt::Display;
 use std::io;
-use std::sync::RwLock;
+use std::sync::atomic::Ordering;
+use std::sync::{Mutex, MutexGuard, RwLock};
 
 use log::warn;
 use vhost_user_backend::{VringRwLock, VringT};
-use virtio_queue::{DescriptorChain, QueueOwnedT};
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
@@ -72,27 +76,32 @@ pub fn kicked_vring(
 
 /// Serves one kick of `vring` named `queue` (for log lines): every available
 /// chain goes to `serve`, which returns the reply length or an error.
+/// `poller` is the queue's polling state (see [`poll`]).
 pub fn serve_kick<E: Display>(
     vring: &VringRwLock,
     mem: Option<MemGuard>,
     event_idx: bool,
     queue: &str,
+    poller: &mut Poller,
     mut serve: impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
 ) -> io::Result<()> {
-    serve_kick_with(vring, mem, event_idx, queue, |mem| {
+    serve_kick_with(vring, mem, event_idx, queue, poller, |mem| {
         drain(vring, mem, queue, &mut serve)
     })
 }
 
 /// The kick protocol around a device's own `drain` (which serves what is
 /// available): without event-idx one drain; with it, drain with
-/// notifications off until no chain arrived after they were re-enabled, so
-/// no kick is lost.
+/// notifications off, poll the available ring for as long as `poller`
+/// says (notifications still off, so the guest need not kick), and stop
+/// once no chain arrived after notifications were re-enabled, so no kick is
+/// lost.
 pub fn serve_kick_with(
     vring: &VringRwLock,
     mem: Option<MemGuard>,
     event_idx: bool,
     queue: &str,
+    poller: &mut Poller,
     mut drain: impl FnMut(&MemGuard) -> io::Result<()>,
 ) -> io::Result<()> {
     let Some(mem) = mem else {
@@ -103,13 +112,26 @@ pub fn serve_kick_with(
     if !event_idx {
         return drain(&mem);
     }
+    poller.woken();
     loop {
         vring.disable_notification().map_err(vq_err)?;
         drain(&mem)?;
+        if poller.spin(|| has_available(vring, &mem)) {
+            continue;
+        }
         if !vring.enable_notification().map_err(vq_err)? {
+            poller.sleeping();
             return Ok(());
         }
     }
+}
+
+/// Whether the driver has made chains available that are not served yet.
+fn has_available(vring: &VringRwLock, mem: &MemGuard) -> bool {
+    let state = vring.get_ref();
+    let q = state.get_queue();
+    q.avail_idx(&**mem, Ordering::Acquire)
+        .is_ok_and(|idx| idx.0 != q.next_avail())
 }
 
 /// The chains now available on `vring`.
@@ -187,4 +209,50 @@ fn drain<E: Display>(
         }
     }
     Ok(())
+}
+
+/// One [`Poller`] per queue of a device, each used by its queue's worker.
+#[derive(Debug)]
+pub struct QueuePollers(Vec<Mutex<Poller>>);
+
+impl QueuePollers {
+    /// `queues` pollers polling up to `max` (zero: never).
+    pub fn new(queues: usize, max: std::time::Duration) -> QueuePollers {
+        QueuePollers((0..queues).map(|_| Mutex::new(Poller::new(max))).collect())
+    }
+
+    /// Queue `q`'s poller (a disabled one for a queue out of range).
+    pub fn get(&self, q: usize) -> PollerGuard<'_> {
+        match self.0.get(q) {
+            Some(m) => PollerGuard::Shared(m.lock().unwrap_or_else(|p| p.into_inner())),
+            None => PollerGuard::Off(Poller::new(std::time::Duration::ZERO)),
+        }
+    }
+}
+
+/// A queue's poller, borrowed for one kick.
+pub enum PollerGuard<'a> {
+    /// The queue's own.
+    Shared(MutexGuard<'a, Poller>),
+    /// No polling.
+    Off(Poller),
+}
+
+impl std::ops::Deref for PollerGuard<'_> {
+    type Target = Poller;
+    fn deref(&self) -> &Poller {
+        match self {
+            PollerGuard::Shared(g) => g,
+            PollerGuard::Off(p) => p,
+        }
+    }
+}
+
+impl std::ops::DerefMut for PollerGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Poller {
+        match self {
+            PollerGuard::Shared(g) => g,
+            PollerGuard::Off(p) => p,
+        }
+    }
 }

@@ -441,16 +441,18 @@ pub unsafe fn rw_nowait(kind: Kind, fd: i32, iovecs: &[libc::iovec], offset: u64
 /// Serves one kick of a request queue through `uq`: chains `path` plans go
 /// inline or on the ring, the rest to `sync`. Same contract as
 /// [`crate::serve_kick`].
+#[allow(clippy::too_many_arguments)]
 pub fn serve_kick<E: std::fmt::Display>(
     vring: &VringRwLock,
     mem: Option<MemGuard>,
     event_idx: bool,
     queue: &str,
+    poller: &mut crate::Poller,
     path: &impl DataPath,
     uq: &mut UringQueue,
     mut sync: impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
 ) -> io::Result<()> {
-    crate::serve_kick_with(vring, mem, event_idx, queue, |mem| {
+    crate::serve_kick_with(vring, mem, event_idx, queue, poller, |mem| {
         drain(vring, mem, queue, path, uq, &mut sync)
     })
 }
@@ -563,6 +565,7 @@ impl Rings {
         mem: Option<MemGuard>,
         event_idx: bool,
         queue: &str,
+        poller: &mut crate::Poller,
         path: &impl DataPath,
         sync: impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
     ) -> Option<io::Result<()>> {
@@ -585,7 +588,9 @@ impl Rings {
             return None;
         };
         uq.inline_first = self.inline_first;
-        Some(serve_kick(vring, mem, event_idx, queue, path, uq, sync))
+        Some(serve_kick(
+            vring, mem, event_idx, queue, poller, path, uq, sync,
+        ))
     }
 }
 

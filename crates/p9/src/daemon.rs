@@ -198,7 +198,8 @@ pub fn run(cfg: P9Config) -> Result<(), P9Error> {
             })?,
             Arc::new(
                 crate::virtio::P9VhostBackend::new(server.clone(), &v.tag)?
-                    .with_engine(cfg.io_engine),
+                    .with_engine(cfg.io_engine)
+                    .with_poll(cfg.poll),
             ),
         )),
         None => None,

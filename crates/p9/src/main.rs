@@ -34,8 +34,9 @@ struct Cli {
     /// data is cached, else on a ring; the default) or sync.
     #[arg(long, default_value = "io-uring")]
     io_engine: device_queue::uring::IoEngine,
-    /// Microseconds a connection's reader polls for the next request before
-    /// it sleeps (adaptive, up to this; 0: never poll). Polling saves the
+    /// Microseconds a connection's reader (and the vhost-user queue's
+    /// worker) polls for the next request before it sleeps (adaptive, up to
+    /// this; 0: never poll). Polling saves the
     /// wake-up, the largest part of a small request's latency on a VM host,
     /// at the cost of CPU time while a client is active.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(0..=10_000))]

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 
+use device_queue::poll::{readable, Poller};
 use device_queue::uring::{rw_nowait, IoEngine, Kind};
 
 use crate::messages::{
@@ -67,9 +68,7 @@ pub struct StreamConfig {
     pub poll: Duration,
 }
 
-/// The default polling limit: as long as a request takes to wake a sleeping
-/// thread on another CPU of a VM.
-pub const DEFAULT_POLL: Duration = Duration::from_micros(50);
+pub use device_queue::poll::DEFAULT_POLL;
 
 impl Default for StreamConfig {
     fn default() -> Self {
@@ -324,63 +323,6 @@ struct Frames<R> {
     end: usize,
 }
 
-/// Adaptive polling before a blocking read, as QEMU's event loop polls
-/// (`poll-max-ns`): a client that answers quickly gets its next request
-/// seen without the reader going to sleep and being woken, which on a VM
-/// host costs more than the request. The window grows while requests arrive
-/// soon after the reader blocks and shrinks while polling finds nothing; the
-/// spin yields the CPU to anything runnable on it, so a client sharing the
-/// CPU is not held up.
-struct Poller {
-    window: Duration,
-    max: Duration,
-}
-
-impl Poller {
-    const GROW_FROM: Duration = Duration::from_micros(4);
-
-    /// Spins until `fd` is readable or the window passes; true if readable.
-    fn spin(&self, fd: i32) -> bool {
-        if self.window.is_zero() {
-            return false;
-        }
-        let deadline = Instant::now() + self.window;
-        loop {
-            let mut p = libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd, zero timeout.
-            if unsafe { libc::poll(&mut p, 1, 0) } != 0 {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            // SAFETY: plain syscall.
-            unsafe { libc::sched_yield() };
-        }
-    }
-
-    /// Learns from one wait: `polled` if the spin found data, else how long
-    /// the blocking read then waited.
-    fn learn(&mut self, polled: bool, blocked: Duration) {
-        if polled {
-            return;
-        }
-        if blocked <= self.max {
-            // A longer window would have caught it.
-            self.window = (self.window * 2).max(Self::GROW_FROM).min(self.max);
-        } else {
-            self.window /= 2;
-            if self.window < Self::GROW_FROM {
-                self.window = Duration::ZERO;
-            }
-        }
-    }
-}
-
 impl<R: Read + AsRawFd> Frames<R> {
     /// Reads more; `Ok(false)` on end of stream.
     fn fill(&mut self, want: usize, poller: &mut Poller) -> io::Result<bool> {
@@ -394,13 +336,14 @@ impl<R: Read + AsRawFd> Frames<R> {
                 self.buf.resize(want, 0);
             }
         }
-        let polled = poller.spin(self.r.as_raw_fd());
+        let fd = self.r.as_raw_fd();
+        let polled = poller.spin(|| readable(fd));
         let t = Instant::now();
         loop {
             match self.r.read(&mut self.buf[self.end..]) {
                 Ok(0) => return Ok(false),
                 Ok(n) if !polled => {
-                    poller.learn(false, t.elapsed());
+                    poller.learn(t.elapsed());
                     self.end += n;
                     return Ok(true);
                 }
@@ -476,10 +419,7 @@ where
     };
     let mut out = Vec::with_capacity(REPLY_BATCH);
     let mut batched = 0;
-    let mut poller = Poller {
-        window: Duration::ZERO,
-        max: cfg.poll,
-    };
+    let mut poller = Poller::new(cfg.poll);
     let mode = cfg.mode;
     // Bytes of an oversized frame still to be skipped.
     let mut skip = 0usize;
@@ -589,39 +529,4 @@ where
     }
     conn.session.reset();
     result
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn polling_window_grows_on_quick_arrivals_and_shrinks_when_idle() {
-        let max = Duration::from_micros(50);
-        let mut p = Poller {
-            window: Duration::ZERO,
-            max,
-        };
-        // Requests arriving soon after the reader blocked: grow to the limit.
-        for _ in 0..10 {
-            p.learn(false, Duration::from_micros(10));
-        }
-        assert_eq!(p.window, max);
-        // Found by polling: unchanged.
-        p.learn(true, Duration::ZERO);
-        assert_eq!(p.window, max);
-        // An idle client: shrink to nothing.
-        for _ in 0..10 {
-            p.learn(false, Duration::from_millis(5));
-        }
-        assert_eq!(p.window, Duration::ZERO);
-        // Disabled polling never spins.
-        let mut off = Poller {
-            window: Duration::ZERO,
-            max: Duration::ZERO,
-        };
-        off.learn(false, Duration::ZERO);
-        assert_eq!(off.window, Duration::ZERO);
-        assert!(!off.spin(0));
-    }
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use device_queue::uring::{
     gather, iovecs, segs_len, split_chain, DataOp, DataPath, IoEngine, Kind, Rings,
 };
-use device_queue::{Chain, MemGuard, MemorySlot};
+use device_queue::{Chain, MemGuard, MemorySlot, QueuePollers};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringRwLock};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -205,6 +205,7 @@ pub struct P9VhostBackend {
     exit: (EventConsumer, EventNotifier),
     engine: IoEngine,
     rings: Rings,
+    pollers: QueuePollers,
 }
 
 /// Why the vhost-user 9P device could not be created.
@@ -233,7 +234,16 @@ impl P9VhostBackend {
                 .map_err(BackendError::ExitEvent)?,
             engine: IoEngine::default(),
             rings: Rings::new(1),
+            pollers: QueuePollers::new(1, device_queue::poll::DEFAULT_POLL),
         })
+    }
+
+    /// How long the queue's worker polls for more requests before it sleeps
+    /// (adaptive, up to `max`; zero: never). Default
+    /// [`device_queue::poll::DEFAULT_POLL`].
+    pub fn with_poll(mut self, max: std::time::Duration) -> Self {
+        self.pollers = QueuePollers::new(1, max);
+        self
     }
 
     /// Selects the Tread/Twrite engine (default: io_uring where available).
@@ -325,6 +335,7 @@ impl VhostUserBackend for P9VhostBackend {
         _thread: usize,
     ) -> io::Result<()> {
         let vring = device_queue::kicked_vring(vrings, device_event, evset)?;
+        let mut poller = self.pollers.get(device_event as usize);
         if self.engine == IoEngine::IoUring {
             if let Some(r) = self.rings.serve(
                 device_event as usize,
@@ -332,6 +343,7 @@ impl VhostUserBackend for P9VhostBackend {
                 self.mem.snapshot(),
                 self.event_idx.load(Ordering::Acquire),
                 "virtio-9p queue",
+                &mut poller,
                 &P9Data(&self.session),
                 |mem, chain| serve_chain(&self.session, &**mem, chain),
             ) {
@@ -343,6 +355,7 @@ impl VhostUserBackend for P9VhostBackend {
             self.mem.snapshot(),
             self.event_idx.load(Ordering::Acquire),
             "virtio-9p queue",
+            &mut poller,
             |mem, chain| serve_chain(&self.session, &**mem, chain),
         )
     }

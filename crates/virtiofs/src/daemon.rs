@@ -48,6 +48,9 @@ pub struct DaemonConfig {
     pub request_queues: usize,
     /// The READ/WRITE engine.
     pub io_engine: crate::device::IoEngine,
+    /// How long a request queue's worker polls before it sleeps (zero:
+    /// never).
+    pub poll: std::time::Duration,
     /// Worker threads (FUSE-mount mode); 0 means one.
     pub thread_pool_size: usize,
     /// The sandbox to enter before serving.
@@ -202,11 +205,13 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     sandbox::enter(cfg.sandbox, &cfg.fs.root_dir)?;
 
     let backend = Arc::new(
-        VirtioFsBackend::new(fs, cfg.request_queues, cfg.tag.clone())?.with_engine(cfg.io_engine),
+        VirtioFsBackend::new(fs, cfg.request_queues, cfg.tag.clone())?
+            .with_engine(cfg.io_engine)
+            .with_poll(cfg.poll),
     );
     info!(
-        "serving up to {} request queues, I/O engine {}",
-        cfg.request_queues, cfg.io_engine
+        "serving up to {} request queues, I/O engine {}, polling up to {:?}",
+        cfg.request_queues, cfg.io_engine, cfg.poll
     );
     let mut daemon = VhostUserDaemon::new(
         "virtiofsd-rs".to_string(),

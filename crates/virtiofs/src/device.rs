@@ -12,7 +12,7 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use device_queue::{Chain, MemGuard, MemorySlot};
+use device_queue::{Chain, MemGuard, MemorySlot, QueuePollers};
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
 use log::debug;
@@ -74,6 +74,8 @@ pub struct VirtioFsBackend {
     /// Per queue (index = queue number): its io_uring, made on first use by
     /// the queue's worker thread.
     rings: Rings,
+    /// Per queue: its polling state (queue 0, hiprio, never polls).
+    pollers: QueuePollers,
 }
 
 impl VirtioFsBackend {
@@ -107,7 +109,22 @@ impl VirtioFsBackend {
             exits,
             engine: IoEngine::default(),
             rings: Rings::new(request_queues + 1),
+            pollers: Self::pollers(request_queues, device_queue::poll::DEFAULT_POLL),
         })
+    }
+
+    fn pollers(request_queues: usize, max: std::time::Duration) -> QueuePollers {
+        // Index 0 is the hiprio queue: out of QueuePollers' range is "never
+        // poll", so request queue q uses poller q - 1.
+        QueuePollers::new(request_queues, max)
+    }
+
+    /// How long a request queue's worker polls for more requests before it
+    /// sleeps (adaptive, up to `max`; zero: never). Default
+    /// [`device_queue::poll::DEFAULT_POLL`].
+    pub fn with_poll(mut self, max: std::time::Duration) -> Self {
+        self.pollers = Self::pollers(self.request_queues, max);
+        self
     }
 
     /// Selects the READ/WRITE engine (default: io_uring where available).
@@ -253,6 +270,9 @@ impl VhostUserBackend for VirtioFsBackend {
             debug!("hiprio queue kicked");
         }
         let name = format!("virtio-fs queue {device_event}");
+        // Request queue q polls with poller q - 1; hiprio's index is out of
+        // range, which never polls.
+        let mut poller = self.pollers.get((device_event as usize).wrapping_sub(1));
         if device_event != HIPRIO_QUEUE && self.engine == IoEngine::IoUring {
             if let Some(r) = self.rings.serve(
                 device_event as usize,
@@ -260,6 +280,7 @@ impl VhostUserBackend for VirtioFsBackend {
                 self.mem.snapshot(),
                 self.event_idx.load(Ordering::Acquire),
                 &name,
+                &mut poller,
                 &FuseData(&self.fs),
                 |mem, chain| self.handle_chain(mem, chain).map(|n| n as u32),
             ) {
@@ -271,6 +292,7 @@ impl VhostUserBackend for VirtioFsBackend {
             self.mem.snapshot(),
             self.event_idx.load(Ordering::Acquire),
             &name,
+            &mut poller,
             |mem, chain| self.handle_chain(mem, chain).map(|n| n as u32),
         )
     }

@@ -19,6 +19,7 @@
 //!     tag: None,
 //!     request_queues: 1,
 //!     io_engine: virtiofs::IoEngine::IoUring,
+//!     poll: std::time::Duration::from_micros(50),
 //!     thread_pool_size: 0,
 //!     sandbox: SandboxMode::None,
 //!     rlimit_nofile: None,
