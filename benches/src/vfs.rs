@@ -501,6 +501,9 @@ impl VfsSession {
             .poller
             .spin(|| self.read_u16(used.0 + 2) != self.consumed[q])
         {
+            // The interrupt this polling caught is consumed, as a vCPU's
+            // pending interrupt is delivered on its wake-up.
+            let _ = self.calls[q].read();
             return Ok(());
         }
         let slept = Instant::now();

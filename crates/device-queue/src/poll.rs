@@ -61,9 +61,11 @@ impl Poller {
     }
 
     /// Learns from one sleep that polling did not avoid: the work came
-    /// `blocked` after the server went to sleep.
+    /// `blocked` after the server went to sleep, after polling for the
+    /// current window (as QEMU's event loop adapts `poll-ns`).
     pub fn learn(&mut self, blocked: Duration) {
-        if blocked <= self.max {
+        let waited = self.window + blocked;
+        if waited <= self.max {
             // A longer window would have caught it.
             self.window = (self.window * 2).max(Self::GROW_FROM).min(self.max);
         } else {
@@ -109,8 +111,15 @@ mod tests {
         let mut p = Poller::new(max);
         // Work arriving soon after the server slept: grow to the limit.
         for _ in 0..10 {
-            p.learn(Duration::from_micros(10));
+            p.learn(Duration::ZERO);
         }
+        assert_eq!(p.window(), max);
+        // Polling the whole window and then sleeping past the limit: the
+        // wait was longer than polling may be, so shrink.
+        p.learn(Duration::from_micros(10));
+        assert_eq!(p.window(), max / 2);
+        // A wait within the limit (window + sleep): grow again.
+        p.learn(Duration::from_micros(10));
         assert_eq!(p.window(), max);
         // An idle driver: shrink to nothing.
         for _ in 0..10 {

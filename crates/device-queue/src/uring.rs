@@ -266,11 +266,34 @@ impl UringQueue {
         vring: &VringRwLock,
         queue: &str,
     ) -> io::Result<()> {
+        let mut warned = false;
         while self.in_flight() > 0 {
             match self.ring.submit_and_wait(self.in_flight()) {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // Operations in flight may still write into guest memory:
+                    // this loop must not return before they complete, or the
+                    // memory snapshot could go while the kernel uses it.
+                    // The kernel's transient failures (EAGAIN, EBUSY, ENOMEM)
+                    // are retried; anything else cannot be recovered safely.
+                    match e.raw_os_error() {
+                        Some(libc::EAGAIN | libc::EBUSY | libc::ENOMEM) => {
+                            if !warned {
+                                warn!("{queue}: io_uring wait failed ({e}); retrying");
+                                warned = true;
+                            }
+                            std::thread::sleep(std::time::Duration::from_millis(1));
+                        }
+                        _ => {
+                            log::error!(
+                                "{queue}: io_uring wait failed ({e}) with {} operations on guest memory in flight; aborting",
+                                self.in_flight()
+                            );
+                            std::process::abort();
+                        }
+                    }
+                }
             }
             let mut done = std::mem::take(&mut self.done);
             done.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
@@ -325,7 +348,8 @@ pub fn gather<const N: usize>(mem: &MemGuard, segs: &[Seg]) -> Option<[u8; N]> {
 }
 
 /// The host iovecs for `len` bytes starting `skip` bytes into `segs`, or
-/// `None` if they are not all in guest RAM. Buffers adjacent in host memory
+/// `None` if they are not all in guest RAM or need more than `IOV_MAX`
+/// segments (the synchronous path serves those). Buffers adjacent in host memory
 /// (a guest's pages often are) make one iovec: fewer segments for the kernel
 /// to walk.
 pub fn iovecs(mem: &MemGuard, segs: &[Seg], skip: usize, len: usize) -> Option<Box<[libc::iovec]>> {
@@ -343,7 +367,9 @@ pub fn iovecs(mem: &MemGuard, segs: &[Seg], skip: usize, len: usize) -> Option<B
         }
         let from = skip.max(start) - start;
         let n = (s.len as usize - from).min(left);
-        let slice = mem.get_slice(GuestAddress(s.addr + from as u64), n).ok()?;
+        let slice = mem
+            .get_slice(GuestAddress(s.addr.checked_add(from as u64)?), n)
+            .ok()?;
         let base: *mut libc::c_void = slice.ptr_guard_mut().as_ptr().cast();
         match out.last_mut() {
             Some(prev) if (prev.iov_base as usize).wrapping_add(prev.iov_len) == base as usize => {
@@ -356,7 +382,8 @@ pub fn iovecs(mem: &MemGuard, segs: &[Seg], skip: usize, len: usize) -> Option<B
         }
         left -= n;
     }
-    (left == 0).then(|| out.into_boxed_slice())
+    // preadv2 and io_uring refuse more than IOV_MAX segments.
+    (left == 0 && out.len() <= libc::UIO_MAXIOV as usize).then(|| out.into_boxed_slice())
 }
 
 /// A chain's device-readable and device-writable buffers, or `None` if a
@@ -423,8 +450,12 @@ pub unsafe fn rw_nowait(kind: Kind, fd: i32, iovecs: &[libc::iovec], offset: u64
         return match kind {
             Kind::Read if r == want || r == 0 => Some(r as i32),
             Kind::Read => None,
-            // A short write is a valid write reply.
-            Kind::Write if r > 0 || want == 0 => Some(r as i32),
+            Kind::Write if r == want => Some(r as i32),
+            // Part was written without blocking: write the rest now (a FUSE
+            // client takes a short write for an error, and redoing the whole
+            // write elsewhere would append twice to an O_APPEND file).
+            // SAFETY: the caller's iovecs, as above.
+            Kind::Write if r > 0 => Some(unsafe { finish_write(fd, iovecs, offset, r) }),
             Kind::Write => None,
         };
     }
@@ -436,6 +467,43 @@ pub unsafe fn rw_nowait(kind: Kind, fd: i32, iovecs: &[libc::iovec], offset: u64
         }
         e => Some(-e),
     }
+}
+
+/// Writes what is left of `iovecs` after the first `done` bytes, blocking;
+/// returns the total written, or a negated errno if nothing more could be
+/// written and the error is worth reporting (the bytes written so far are
+/// reported instead, as `write(2)` does).
+///
+/// # Safety
+/// As [`rw_nowait`].
+unsafe fn finish_write(fd: i32, iovecs: &[libc::iovec], offset: u64, mut done: usize) -> i32 {
+    let want: usize = iovecs.iter().map(|v| v.iov_len).sum();
+    while done < want {
+        let mut rest = Vec::with_capacity(iovecs.len());
+        let mut skip = done;
+        for v in iovecs {
+            if skip >= v.iov_len {
+                skip -= v.iov_len;
+                continue;
+            }
+            rest.push(libc::iovec {
+                // SAFETY: `skip` is inside this iovec.
+                iov_base: unsafe { v.iov_base.cast::<u8>().add(skip) }.cast(),
+                iov_len: v.iov_len - skip,
+            });
+            skip = 0;
+        }
+        let at = (offset + done as u64) as libc::off_t;
+        // SAFETY: `rest` names the unwritten tail of the caller's iovecs.
+        let r = unsafe { libc::pwritev2(fd, rest.as_ptr(), rest.len() as libc::c_int, at, 0) };
+        match r {
+            n if n > 0 => done += n as usize,
+            0 => break,
+            _ if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => {}
+            _ => break,
+        }
+    }
+    done as i32
 }
 
 /// Serves one kick of a request queue through `uq`: chains `path` plans go
@@ -707,6 +775,33 @@ mod tests {
         let mut other = op(Kind::Write, 0, 10, f);
         other.inode = 2;
         assert!(!r1.overlaps(&other), "another inode");
+    }
+
+    #[test]
+    fn the_rest_of_a_short_write_lands_after_it() {
+        use std::io::Read;
+        use std::os::unix::fs::FileExt;
+        let f = tempfile::tempfile().unwrap();
+        let (mut a, mut b) = (*b"abcde", *b"fghij");
+        let iov = [
+            libc::iovec {
+                iov_base: a.as_mut_ptr().cast(),
+                iov_len: 5,
+            },
+            libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: 5,
+            },
+        ];
+        // As if the non-blocking call had written "abcdef" (6 bytes).
+        f.write_all_at(b"abcdef", 100).unwrap();
+        // SAFETY: the iovecs name the two local arrays.
+        let n = unsafe { finish_write(f.as_raw_fd(), &iov, 100, 6) };
+        assert_eq!(n, 10);
+        let mut got = Vec::new();
+        (&f).read_to_end(&mut got).unwrap();
+        assert_eq!(&got[100..], b"abcdefghij");
+        assert_eq!(got.len(), 110);
     }
 
     #[test]

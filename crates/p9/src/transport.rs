@@ -16,6 +16,12 @@
 //! flushed request's reply has been written, still answers after it (9P
 //! requires the Rflush to come second). Tversion waits for every request in
 //! flight, then resets the session.
+//!
+//! The reader writes replies itself, so a client that sends requests but
+//! never reads replies stalls its own connection once the socket buffers
+//! fill (9P clients, v9fs among them, read replies as they send); other
+//! connections are unaffected. Before sleeping, the reader polls the socket
+//! adaptively ([`device_queue::poll`]).
 
 use std::collections::HashSet;
 use std::io::{self, Read, Write};
