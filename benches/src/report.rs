@@ -344,17 +344,16 @@ fn json_num(x: f64) -> String {
     }
 }
 
-/// The JSON array: one record per (server, engine, workload) with the
-/// fields `server`, `engine`, `workload`, `ops_per_s`, `mib_per_s`,
-/// `p50_us`, `p99_us`, and `server_cpu` (the server's CPU use in CPUs,
-/// `null` for native).
+/// The JSON array: one record per (server, engine, workload) with exactly
+/// the fields `server`, `engine`, `workload`, `ops_per_s`, `mib_per_s`,
+/// `p50_us`, `p99_us` (the server's CPU use is in the table).
 pub fn json(records: &[Record]) -> String {
     let mut s = String::from("[\n");
     for (i, r) in records.iter().enumerate() {
         let m = &r.summary;
         let _ = write!(
             s,
-            "  {{\"server\": {}, \"engine\": {}, \"workload\": {}, \"ops_per_s\": {}, \"mib_per_s\": {}, \"p50_us\": {}, \"p99_us\": {}, \"server_cpu\": {}}}",
+            "  {{\"server\": {}, \"engine\": {}, \"workload\": {}, \"ops_per_s\": {}, \"mib_per_s\": {}, \"p50_us\": {}, \"p99_us\": {}}}",
             json_str(r.target.server.name()),
             json_str(r.target.engine.name()),
             json_str(r.workload.name()),
@@ -362,7 +361,6 @@ pub fn json(records: &[Record]) -> String {
             json_num(m.mib_per_s),
             json_num(m.p50_us),
             json_num(m.p99_us),
-            r.server_cpu.map_or("null".into(), json_num),
         );
         s.push_str(if i + 1 < records.len() { ",\n" } else { "\n" });
     }
@@ -623,7 +621,7 @@ mod tests {
     fn json_has_exactly_the_issues_fields() {
         let o = outcome();
         let j = json(&o.records[..2]);
-        let want = "[\n  {\"server\": \"native\", \"engine\": \"-\", \"workload\": \"randread-4k-qd32\", \"ops_per_s\": 400000.000, \"mib_per_s\": 1562.500, \"p50_us\": 1.000, \"p99_us\": 2.000, \"server_cpu\": null},\n  {\"server\": \"virtiofsd-rs\", \"engine\": \"io-uring\", \"workload\": \"randread-4k-qd32\", \"ops_per_s\": 90000.000, \"mib_per_s\": 351.562, \"p50_us\": 300.000, \"p99_us\": 600.000, \"server_cpu\": 0.500}\n]\n";
+        let want = "[\n  {\"server\": \"native\", \"engine\": \"-\", \"workload\": \"randread-4k-qd32\", \"ops_per_s\": 400000.000, \"mib_per_s\": 1562.500, \"p50_us\": 1.000, \"p99_us\": 2.000},\n  {\"server\": \"virtiofsd-rs\", \"engine\": \"io-uring\", \"workload\": \"randread-4k-qd32\", \"ops_per_s\": 90000.000, \"mib_per_s\": 351.562, \"p50_us\": 300.000, \"p99_us\": 600.000}\n]\n";
         assert_eq!(j, want);
         assert_eq!(json(&[]), "[\n]\n");
         assert_eq!(json_str("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");

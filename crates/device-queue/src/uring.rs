@@ -354,6 +354,9 @@ pub fn gather<const N: usize>(mem: &MemGuard, segs: &[Seg]) -> Option<[u8; N]> {
 /// to walk.
 pub fn iovecs(mem: &MemGuard, segs: &[Seg], skip: usize, len: usize) -> Option<Box<[libc::iovec]>> {
     let mut out: Vec<libc::iovec> = Vec::new();
+    // Buffers adjacent in guest memory are translated as one run: one
+    // region lookup for a whole run of pages instead of one per page.
+    let mut run: Option<(u64, usize)> = None;
     let mut pos = 0usize;
     let mut left = len;
     for s in segs {
@@ -367,10 +370,32 @@ pub fn iovecs(mem: &MemGuard, segs: &[Seg], skip: usize, len: usize) -> Option<B
         }
         let from = skip.max(start) - start;
         let n = (s.len as usize - from).min(left);
-        let slice = mem
-            .get_slice(GuestAddress(s.addr.checked_add(from as u64)?), n)
-            .ok()?;
+        let addr = s.addr.checked_add(from as u64)?;
+        run = match run {
+            Some((a, l)) if a.checked_add(l as u64) == Some(addr) => Some((a, l + n)),
+            Some((a, l)) => {
+                push_host_run(mem, &mut out, a, l)?;
+                Some((addr, n))
+            }
+            None => Some((addr, n)),
+        };
+        left -= n;
+    }
+    if let Some((a, l)) = run {
+        push_host_run(mem, &mut out, a, l)?;
+    }
+    // preadv2 and io_uring refuse more than IOV_MAX segments.
+    (left == 0 && out.len() <= libc::UIO_MAXIOV as usize).then(|| out.into_boxed_slice())
+}
+
+/// Appends the host iovecs of the guest range `addr..addr + len` (which may
+/// span memory regions) to `out`, merging with the last one when adjacent
+/// in host memory.
+fn push_host_run(mem: &MemGuard, out: &mut Vec<libc::iovec>, addr: u64, len: usize) -> Option<()> {
+    for slice in mem.get_slices(GuestAddress(addr), len) {
+        let slice = slice.ok()?;
         let base: *mut libc::c_void = slice.ptr_guard_mut().as_ptr().cast();
+        let n = slice.len();
         match out.last_mut() {
             Some(prev) if (prev.iov_base as usize).wrapping_add(prev.iov_len) == base as usize => {
                 prev.iov_len += n
@@ -380,10 +405,8 @@ pub fn iovecs(mem: &MemGuard, segs: &[Seg], skip: usize, len: usize) -> Option<B
                 iov_len: n,
             }),
         }
-        left -= n;
     }
-    // preadv2 and io_uring refuse more than IOV_MAX segments.
-    (left == 0 && out.len() <= libc::UIO_MAXIOV as usize).then(|| out.into_boxed_slice())
+    Some(())
 }
 
 /// A chain's device-readable and device-writable buffers, or `None` if a
