@@ -49,6 +49,8 @@ pub enum Engine {
     Sync,
     /// A server without a choice of engine.
     Default,
+    /// native with its buffers in a shared memfd mapping, as guest RAM is.
+    Memfd,
 }
 
 impl Engine {
@@ -58,6 +60,7 @@ impl Engine {
             Engine::IoUring => "io-uring",
             Engine::Sync => "sync",
             Engine::Default => "-",
+            Engine::Memfd => "memfd",
         }
     }
 }
@@ -147,7 +150,8 @@ pub struct Cli {
     pub diod: Option<PathBuf>,
     /// Servers to run, comma separated: native, virtiofsd-rs (both engines),
     /// virtiofsd-rs:io-uring, virtiofsd-rs:sync, virtiofsd, p9d, diod
-    /// [default: all].
+    /// [default: all]; also native:memfd (native with its buffers in shared
+    /// memfd memory, as guest RAM is; not in the default set).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub servers: Vec<String>,
     /// Workloads to run, comma separated [default: all].
@@ -287,6 +291,10 @@ pub fn parse_servers(items: &[String]) -> Result<Vec<Target>, CliError> {
                 .collect(),
             "virtiofsd-rs:io-uring" => vec![ALL_TARGETS[1]],
             "virtiofsd-rs:sync" => vec![ALL_TARGETS[2]],
+            "native:memfd" => vec![Target {
+                server: Server::Native,
+                engine: Engine::Memfd,
+            }],
             name => ALL_TARGETS
                 .iter()
                 .copied()

@@ -9,6 +9,10 @@
 //!   `close`, `unlinkat`.
 //! - `readdir-10k`: `open(O_DIRECTORY)`, `getdents64` with a 4 KiB buffer
 //!   (the FUSE guest's READDIR size) until the end, `close`.
+//!
+//! The I/O buffers are ordinary heap memory (`native`), or, for
+//! `native:memfd`, a shared memfd mapping: the kind of memory a vhost-user
+//! guest's RAM is, so the figure is the limit of copying into guest memory.
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -42,10 +46,78 @@ pub enum NativeError {
     Data(String),
 }
 
+/// A shared memfd mapping, as a vhost-user guest's RAM is.
+struct SharedMem {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl SharedMem {
+    fn new(len: usize, fill: u8) -> io::Result<SharedMem> {
+        // SAFETY: memfd_create with a NUL-terminated name; we own the result.
+        let fd = unsafe { libc::memfd_create(c"native-buf".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created and is owned by nobody else.
+        let file = unsafe { File::from_raw_fd(fd) };
+        file.set_len(len as u64)?;
+        // SAFETY: a fresh shared mapping of the whole memfd; the fd may be
+        // closed afterwards, the mapping keeps the memory.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let mut m = SharedMem {
+            ptr: ptr.cast(),
+            len,
+        };
+        m.bytes().fill(fill);
+        Ok(m)
+    }
+
+    fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: the mapping is `len` bytes, readable and writable, mapped
+        // only here (the memfd is not shared), and lives as long as `self`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for SharedMem {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the mapping made in `new`.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// One I/O slot's buffer.
+enum Buffer {
+    Heap(Vec<u8>),
+    Shared(SharedMem),
+}
+
+impl Buffer {
+    fn bytes(&mut self) -> &mut [u8] {
+        match self {
+            Buffer::Heap(v) => v,
+            Buffer::Shared(m) => m.bytes(),
+        }
+    }
+}
+
 /// The share's files, opened for one workload.
 pub struct NativeSession {
     file: Option<(File, IoSpec, PathBuf)>,
-    bufs: Vec<Vec<u8>>,
+    bufs: Vec<Buffer>,
     done: Vec<(usize, Instant)>,
     dir: Option<(OwnedFd, PathBuf)>,
     dir10k: PathBuf,
@@ -72,8 +144,13 @@ fn cstring(p: &[u8], path: &Path) -> Result<CString, NativeError> {
 }
 
 impl NativeSession {
-    /// Opens what `kind` needs in `share`.
-    pub fn open(share: &Path, kind: &Kind) -> Result<NativeSession, NativeError> {
+    /// Opens what `kind` needs in `share`; with `shared_memory`, the I/O
+    /// buffers are a shared memfd mapping instead of heap memory.
+    pub fn open(
+        share: &Path,
+        kind: &Kind,
+        shared_memory: bool,
+    ) -> Result<NativeSession, NativeError> {
         let mut s = NativeSession {
             file: None,
             bufs: Vec::new(),
@@ -94,9 +171,18 @@ impl NativeSession {
                     .open(&path)
                     .map_err(err("open", &path))?;
                 let fill = if write { WRITE_BYTE } else { 0 };
+                let len = spec.len as usize;
                 s.bufs = (0..spec.qd)
-                    .map(|_| vec![fill; spec.len as usize])
-                    .collect();
+                    .map(|_| {
+                        if shared_memory {
+                            SharedMem::new(len, fill)
+                                .map(Buffer::Shared)
+                                .map_err(err("memfd", &path))
+                        } else {
+                            Ok(Buffer::Heap(vec![fill; len]))
+                        }
+                    })
+                    .collect::<Result<_, _>>()?;
                 s.file = Some((f, *spec, path));
             }
             Kind::CreateStatUnlink => {
@@ -130,7 +216,7 @@ impl Session for NativeSession {
         let Some((f, spec, path)) = &self.file else {
             return Ok(());
         };
-        let buf = &mut self.bufs[slot];
+        let buf = self.bufs[slot].bytes();
         let n = if spec.write() {
             f.write_at(buf, offset).map_err(err("pwrite", path))?
         } else {
@@ -254,9 +340,12 @@ mod tests {
     fn native_runs_every_workload_on_a_fixture() {
         let parent = tempfile::tempdir().unwrap();
         let f = Fixture::create(parent.path(), 2 << 20).unwrap();
-        for w in Workload::ALL {
+        for (w, shared) in Workload::ALL
+            .into_iter()
+            .flat_map(|w| [(w, false), (w, true)])
+        {
             let kind = w.kind(1);
-            let mut s = NativeSession::open(&f.share, &kind).unwrap();
+            let mut s = NativeSession::open(&f.share, &kind, shared).unwrap();
             match kind {
                 Kind::Io(spec) => {
                     assert_eq!(s.io_len(), Some(spec.len));
@@ -288,7 +377,7 @@ mod tests {
         let parent = tempfile::tempdir().unwrap();
         let f = Fixture::create(parent.path(), 1 << 20).unwrap();
         std::fs::write(f.share.join(DATA), vec![0u8; 1 << 20]).unwrap();
-        let mut s = NativeSession::open(&f.share, &Workload::RandRead4kQd1.kind(1)).unwrap();
+        let mut s = NativeSession::open(&f.share, &Workload::RandRead4kQd1.kind(1), false).unwrap();
         assert!(s.submit(0, 4096).is_err());
     }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::affinity;
-use crate::cli::{Config, Server, Target};
+use crate::cli::{Config, Engine, Server, Target};
 use crate::daemon::{command_line_output, Daemon, DaemonError};
 use crate::fixture::{Fixture, FixtureError};
 use crate::native::NativeSession;
@@ -421,7 +421,8 @@ fn run_one(
     // its frontend go and exits by itself.
     let mut session: Box<dyn Session> = match target.server {
         Server::Native => Box::new(
-            NativeSession::open(&fx.share, &kind).map_err(|e| session_err(None)(e.into()))?,
+            NativeSession::open(&fx.share, &kind, target.engine == Engine::Memfd)
+                .map_err(|e| session_err(None)(e.into()))?,
         ),
         Server::VirtiofsdRs | Server::Virtiofsd => Box::new(
             VfsSession::connect(&socket, &kind, cfg.layout, cfg.event_idx, cfg.guest_poll)
