@@ -88,14 +88,19 @@ pub fn segs_len(segs: &[Seg]) -> usize {
     segs.iter().map(|s| s.len as usize).sum()
 }
 
-/// Whether an operation reads the file into guest memory or writes it from
-/// guest memory.
+/// What an operation does with its file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// File to guest.
     Read,
     /// Guest to file.
     Write,
+    /// Flush the file to stable storage (`fsync`, or `fdatasync` with
+    /// `data_only`); no buffers. Always on the ring: it would block.
+    Fsync {
+        /// Only the data and what is needed to read it back.
+        data_only: bool,
+    },
 }
 
 /// A host file an operation uses; held until the operation completes, so the
@@ -140,6 +145,15 @@ impl DataOp {
     }
 
     fn overlaps(&self, other: &DataOp) -> bool {
+        if self.inode != other.inode {
+            return false;
+        }
+        // A flush must cover the writes before it, so it waits for those in
+        // flight; a write after it waits too (conservative, and rare).
+        match (self.kind, other.kind) {
+            (Kind::Fsync { .. }, k) | (k, Kind::Fsync { .. }) => return k == Kind::Write,
+            _ => {}
+        }
         let (a0, b0) = (self.offset, other.offset);
         let (a1, b1) = (a0 + self.len(), b0 + other.len());
         self.inode == other.inode
@@ -219,6 +233,13 @@ impl UringQueue {
         let entry = match op.kind {
             Kind::Read => opcode::Readv::new(fd, ptr, n).offset(op.offset).build(),
             Kind::Write => opcode::Writev::new(fd, ptr, n).offset(op.offset).build(),
+            Kind::Fsync { data_only } => opcode::Fsync::new(fd)
+                .flags(if data_only {
+                    types::FsyncFlags::DATASYNC
+                } else {
+                    types::FsyncFlags::empty()
+                })
+                .build(),
         }
         .user_data(slot as u64);
         self.slots[slot] = Some(op);
@@ -434,6 +455,9 @@ pub fn split_chain(chain: &Chain) -> Option<(Vec<Seg>, Vec<Seg>)> {
 /// block (or read only part of what was asked, which a client may take for
 /// end of file), so it goes on the ring.
 pub fn try_inline(op: &DataOp) -> Option<i32> {
+    if let Kind::Fsync { .. } = op.kind {
+        return None;
+    }
     // SAFETY: the iovecs name guest buffers valid for the duration of the
     // call (the caller holds the memory snapshot); the fd is held open by
     // the op's file.
@@ -451,6 +475,9 @@ pub fn try_inline(op: &DataOp) -> Option<i32> {
 /// Every iovec must name memory valid for the access (writable for a read)
 /// for the duration of the call.
 pub unsafe fn rw_nowait(kind: Kind, fd: i32, iovecs: &[libc::iovec], offset: u64) -> Option<i32> {
+    if let Kind::Fsync { .. } = kind {
+        return None;
+    }
     let want: usize = iovecs.iter().map(|v| v.iov_len).sum();
     let call = |flags: libc::c_int| {
         let (iov, n) = (iovecs.as_ptr(), iovecs.len() as libc::c_int);
@@ -458,7 +485,7 @@ pub unsafe fn rw_nowait(kind: Kind, fd: i32, iovecs: &[libc::iovec], offset: u64
         unsafe {
             match kind {
                 Kind::Read => libc::preadv2(fd, iov, n, offset as libc::off_t, flags),
-                Kind::Write => libc::pwritev2(fd, iov, n, offset as libc::off_t, flags),
+                _ => libc::pwritev2(fd, iov, n, offset as libc::off_t, flags),
             }
         }
     };
@@ -479,7 +506,7 @@ pub unsafe fn rw_nowait(kind: Kind, fd: i32, iovecs: &[libc::iovec], offset: u64
             // write elsewhere would append twice to an O_APPEND file).
             // SAFETY: the caller's iovecs, as above.
             Kind::Write if r > 0 => Some(unsafe { finish_write(fd, iovecs, offset, r) }),
-            Kind::Write => None,
+            _ => None,
         };
     }
     match last_errno() {
@@ -795,9 +822,17 @@ mod tests {
         assert!(!r1.overlaps(&r2), "two reads never conflict");
         assert!(r1.overlaps(&w) && w.overlaps(&r1));
         assert!(!r1.overlaps(&w_after), "adjacent ranges do not overlap");
-        let mut other = op(Kind::Write, 0, 10, f);
+        let mut other = op(Kind::Write, 0, 10, f.clone());
         other.inode = 2;
         assert!(!r1.overlaps(&other), "another inode");
+        let sync = op(Kind::Fsync { data_only: false }, 0, 0, f);
+        assert!(
+            sync.overlaps(&w) && w.overlaps(&sync),
+            "a flush waits for writes"
+        );
+        assert!(!sync.overlaps(&r1), "not for reads");
+        assert!(!sync.overlaps(&other), "nor for another inode");
+        assert_eq!(try_inline(&sync), None, "a flush always goes on the ring");
     }
 
     #[test]

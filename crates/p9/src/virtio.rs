@@ -126,9 +126,13 @@ fn reply_for(session: &Session, request: &[u8], room: usize) -> Vec<u8> {
 /// the data moves between the host file and the guest's own buffers, with
 /// no copy in the daemon. A chain is planned only if it is a well-formed
 /// Tread or Twrite (the readable part exactly the frame, within msize) on a
-/// fid opened for I/O, with room for the reply header; everything else,
-/// every error reply included, goes through [`serve_chain`].
+/// fid opened for I/O, with room for the reply header, or a Tfsync of such
+/// a fid (on the ring); everything else, every error reply included, goes
+/// through [`serve_chain`].
 pub struct P9Data<'a>(pub &'a Session);
+
+/// A Tfsync frame's size.
+const TFSYNC_SIZE: usize = HEADER_SIZE + 4 + 4;
 
 fn le32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
@@ -138,6 +142,30 @@ impl DataPath for P9Data<'_> {
     fn plan(&self, mem: &MemGuard, chain: &Chain) -> Option<DataOp> {
         let session = self.0;
         let (readable, writable) = split_chain(chain)?;
+        // Tfsync: size[4] type[1] tag[2] fid[4] datasync[4]. It blocks on
+        // the disk: on the ring, the queue goes on serving while it runs.
+        let head = gather::<TFSYNC_SIZE>(mem, &readable)?;
+        if head[4] == ty::TFSYNC {
+            if le32(&head, 0) as usize != TFSYNC_SIZE
+                || segs_len(&readable) != TFSYNC_SIZE
+                || segs_len(&writable) < HEADER_SIZE
+            {
+                return None;
+            }
+            let (node, file) = session.data_file(le32(&head, 7))?;
+            return Some(DataOp {
+                head: chain.head_index(),
+                id: u16::from_le_bytes([head[5], head[6]]) as u64,
+                kind: Kind::Fsync {
+                    data_only: le32(&head, 11) != 0,
+                },
+                reply: writable,
+                iovecs: Box::new([]),
+                file: file as Arc<_>,
+                offset: 0,
+                inode: node,
+            });
+        }
         // Tread and Twrite share this layout: size[4] type[1] tag[2] fid[4]
         // offset[8] count[4].
         let hdr = gather::<TWRITE_HEADER>(mem, &readable)?;
@@ -187,6 +215,12 @@ impl DataPath for P9Data<'_> {
             _ if res < 0 => (ty::RLERROR, RREAD_HEADER as u32, res.unsigned_abs()),
             Kind::Read => (ty::RREAD, RREAD_HEADER as u32 + res as u32, res as u32),
             Kind::Write => (ty::RWRITE, RREAD_HEADER as u32, res as u32),
+            Kind::Fsync { .. } => {
+                out.extend_from_slice(&(HEADER_SIZE as u32).to_le_bytes());
+                out.push(ty::RFSYNC);
+                out.extend_from_slice(&(op.id as u16).to_le_bytes());
+                return HEADER_SIZE as u32;
+            }
         };
         out.extend_from_slice(&size.to_le_bytes());
         out.push(t);

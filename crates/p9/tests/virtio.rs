@@ -378,13 +378,33 @@ fn zero_copy_reads_and_writes_through_each_engine() {
             "{what}"
         );
         assert_eq!(&std::fs::read(dir.path().join("ro")).unwrap(), b"read only");
+        // Tfsync of an open file (on the ring with io_uring), and of the
+        // root fid, which is not open (EBADF from the synchronous path).
+        for datasync in [0, 1] {
+            assert_eq!(
+                d.rpc(Tmessage::Fsync { fid: 1, datasync }),
+                Rmessage::Fsync,
+                "{what}"
+            );
+        }
+        assert_eq!(
+            d.rpc(Tmessage::Fsync {
+                fid: 0,
+                datasync: 0
+            }),
+            ebadf,
+            "{what}"
+        );
 
         let (ring, inline) = (d.dev.ring_completions(), d.dev.inline_completions());
         match (engine, inline_first) {
             // Two writes (the read-only fid's fails with EBADF from the
-            // kernel) and three reads; the rest went the synchronous way.
-            (IoEngine::IoUring, false) => assert_eq!((ring, inline), (5, 0), "{what}"),
-            (IoEngine::IoUring, true) => assert_eq!(ring + inline, 5, "{what}"),
+            // kernel), three reads and two Tfsyncs (always on the ring); the
+            // rest went the synchronous way.
+            (IoEngine::IoUring, false) => assert_eq!((ring, inline), (7, 0), "{what}"),
+            (IoEngine::IoUring, true) => {
+                assert!(ring >= 2 && ring + inline == 7, "{what}: {ring} {inline}")
+            }
             (IoEngine::Sync, _) => assert_eq!((ring, inline), (0, 0), "{what}"),
         }
     }

@@ -7,8 +7,10 @@
 //! A chain is planned only if its layout is the one this module understands:
 //! header and arguments in the device-readable part, data buffers in guest
 //! RAM, a known open handle, a writable share for WRITE, no
-//! `FUSE_WRITE_KILL_SUIDGID`, at most 1 MiB. Everything else, including
-//! every error reply, goes through the synchronous FUSE path.
+//! `FUSE_WRITE_KILL_SUIDGID`, at most 1 MiB. FSYNC of an open handle goes
+//! on the ring as well (it blocks on the disk; the queue goes on meanwhile).
+//! Everything else, including every error reply, goes through the
+//! synchronous FUSE path.
 
 use std::sync::Arc;
 
@@ -19,6 +21,11 @@ use passthrough::PassthroughFs;
 /// FUSE opcodes taken by the engine.
 const FUSE_READ: u32 = 15;
 const FUSE_WRITE: u32 = 16;
+const FUSE_FSYNC: u32 = 20;
+/// `struct fuse_fsync_in`.
+const FSYNC_IN: usize = 16;
+/// `fuse_fsync_in.fsync_flags`: only the data.
+const FSYNC_FDATASYNC: u32 = 1;
 /// `struct fuse_in_header`.
 const IN_HEADER: usize = 40;
 /// `struct fuse_read_in` / `struct fuse_write_in`.
@@ -47,18 +54,40 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 impl DataPath for FuseData<'_> {
     fn plan(&self, mem: &MemGuard, chain: &Chain) -> Option<DataOp> {
         let (readable, writable) = split_chain(chain)?;
-        let hdr = gather::<{ IN_HEADER + RW_IN }>(mem, &readable)?;
+        let head = gather::<{ IN_HEADER + FSYNC_IN }>(mem, &readable)?;
         let (len, opcode, unique, nodeid) = (
-            u32_at(&hdr, 0),
-            u32_at(&hdr, 4),
-            u64_at(&hdr, 8),
-            u64_at(&hdr, 16),
+            u32_at(&head, 0),
+            u32_at(&head, 4),
+            u64_at(&head, 8),
+            u64_at(&head, 16),
         );
         let kind = match opcode {
             FUSE_READ => Kind::Read,
             FUSE_WRITE => Kind::Write,
+            FUSE_FSYNC => {
+                // An fsync blocks on the disk: on the ring, the queue goes on
+                // serving while it runs.
+                let args = &head[IN_HEADER..];
+                if len as usize != IN_HEADER + FSYNC_IN || segs_len(&writable) < OUT_HEADER {
+                    return None;
+                }
+                let file = self.0.handle(nodeid, u64_at(args, 0)).ok()?;
+                return Some(DataOp {
+                    head: chain.head_index(),
+                    id: unique,
+                    kind: Kind::Fsync {
+                        data_only: u32_at(args, 8) & FSYNC_FDATASYNC != 0,
+                    },
+                    reply: writable,
+                    iovecs: Box::new([]),
+                    file: file as Arc<_>,
+                    offset: 0,
+                    inode: nodeid,
+                });
+            }
             _ => return None,
         };
+        let hdr = gather::<{ IN_HEADER + RW_IN }>(mem, &readable)?;
         let args = &hdr[IN_HEADER..];
         let (fh, offset, size) = (u64_at(args, 0), u64_at(args, 8), u32_at(args, 16));
         if size > MAX_IO || offset.checked_add(size as u64)? > i64::MAX as u64 {
@@ -83,6 +112,7 @@ impl DataPath for FuseData<'_> {
                 }
                 iovecs(mem, &readable, IN_HEADER + RW_IN, size as usize)?
             }
+            Kind::Fsync { .. } => return None,
         };
         let file = self.0.handle(nodeid, fh).ok()?;
         Some(DataOp {
@@ -102,6 +132,7 @@ impl DataPath for FuseData<'_> {
             (r, _) if r < 0 => (r, 0, 0),
             (n, Kind::Read) => (0, 0, n as u32),
             (_, Kind::Write) => (0, WRITE_OUT, 0),
+            (_, Kind::Fsync { .. }) => (0, 0, 0),
         };
         let len = (OUT_HEADER + body_len) as u32 + data_len;
         out.extend_from_slice(&len.to_le_bytes());

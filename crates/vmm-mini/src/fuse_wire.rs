@@ -21,6 +21,7 @@ pub mod opcode {
     pub const READ: u32 = 15;
     pub const WRITE: u32 = 16;
     pub const RELEASE: u32 = 18;
+    pub const FSYNC: u32 = 20;
     pub const INIT: u32 = 26;
     pub const OPENDIR: u32 = 27;
     pub const READDIR: u32 = 28;
@@ -130,6 +131,14 @@ pub fn release_in(fh: u64, flags: u32) -> Vec<u8> {
     b.extend_from_slice(&fh.to_le_bytes());
     b.extend_from_slice(&u32s(&[flags, 0])); // flags, release_flags
     b.extend_from_slice(&0u64.to_le_bytes()); // lock_owner
+    b
+}
+
+/// `fuse_fsync_in` (16 bytes): FSYNC of `fh`, data only with `datasync`.
+pub fn fsync_in(fh: u64, datasync: bool) -> Vec<u8> {
+    let mut b = Vec::with_capacity(16);
+    b.extend_from_slice(&fh.to_le_bytes());
+    b.extend_from_slice(&u32s(&[datasync as u32, 0])); // fsync_flags, padding
     b
 }
 

@@ -166,12 +166,31 @@ fn serves_through_the_transport(engine: virtiofs::IoEngine, inline_first: bool) 
         (0, true),
         "READ lands in guest memory"
     );
+    for datasync in [false, true] {
+        let r = g.fuse(
+            &mut d,
+            opcode::FSYNC,
+            node,
+            &fuse_wire::fsync_in(fh, datasync),
+        );
+        assert_eq!((r.error, r.body.len()), (0, 0), "FSYNC answered");
+    }
+    let r = g.fuse(
+        &mut d,
+        opcode::FSYNC,
+        node,
+        &fuse_wire::fsync_in(fh + 99, false),
+    );
+    assert_eq!(r.error, -libc::EBADF, "FSYNC of an unknown handle");
     // The READ went through the ring (inline first off), or inline (it
-    // was in the page cache), with io_uring; with sync, through neither.
+    // was in the page cache), with io_uring, and the two FSYNCs through the
+    // ring; with sync, through neither.
     let (ring, inline) = (backend.ring_completions(), backend.inline_completions());
     match (engine, inline_first) {
-        (virtiofs::IoEngine::IoUring, false) => assert_eq!((ring, inline), (1, 0)),
-        (virtiofs::IoEngine::IoUring, true) => assert_eq!(ring + inline, 1),
+        (virtiofs::IoEngine::IoUring, false) => assert_eq!((ring, inline), (3, 0)),
+        (virtiofs::IoEngine::IoUring, true) => {
+            assert!(ring >= 2 && ring + inline == 3, "{ring} {inline}")
+        }
         (virtiofs::IoEngine::Sync, _) => assert_eq!((ring, inline), (0, 0)),
     }
     // The edge checks hold behind this transport too.
