@@ -17,7 +17,7 @@ pub use poll::Poller;
 use std::fmt::Display;
 use std::io;
 use std::sync::atomic::Ordering;
-use std::sync::{Mutex, MutexGuard, RwLock};
+use std::sync::RwLock;
 
 use log::warn;
 use vhost_user_backend::{VringRwLock, VringT};
@@ -86,7 +86,7 @@ pub fn serve_kick<E: Display>(
     mut serve: impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
 ) -> io::Result<()> {
     serve_kick_with(vring, mem, event_idx, queue, poller, |mem| {
-        drain(vring, mem, queue, &mut serve)
+        uring::drain(vring, mem, queue, None, &mut serve)
     })
 }
 
@@ -181,78 +181,5 @@ pub fn notify(vring: &VringRwLock) -> io::Result<()> {
     match vring.needs_notification() {
         Ok(true) | Err(_) => vring.signal_used_queue(),
         Ok(false) => Ok(()),
-    }
-}
-
-fn drain<E: Display>(
-    vring: &VringRwLock,
-    mem: &MemGuard,
-    queue: &str,
-    serve: &mut impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
-) -> io::Result<()> {
-    for _ in 0..MAX_PASSES {
-        let chains = available(vring, mem, queue)?;
-        if chains.is_empty() {
-            return Ok(());
-        }
-        let mut unsignalled = 0;
-        for chain in chains {
-            serve_chain(vring, mem, queue, chain, serve);
-            unsignalled += 1;
-            if unsignalled == NOTIFY_EVERY {
-                notify(vring)?;
-                unsignalled = 0;
-            }
-        }
-        if unsignalled > 0 {
-            notify(vring)?;
-        }
-    }
-    Ok(())
-}
-
-/// One [`Poller`] per queue of a device, each used by its queue's worker.
-#[derive(Debug)]
-pub struct QueuePollers(Vec<Mutex<Poller>>);
-
-impl QueuePollers {
-    /// `queues` pollers polling up to `max` (zero: never).
-    pub fn new(queues: usize, max: std::time::Duration) -> QueuePollers {
-        QueuePollers((0..queues).map(|_| Mutex::new(Poller::new(max))).collect())
-    }
-
-    /// Queue `q`'s poller (a disabled one for a queue out of range).
-    pub fn get(&self, q: usize) -> PollerGuard<'_> {
-        match self.0.get(q) {
-            Some(m) => PollerGuard::Shared(m.lock().unwrap_or_else(|p| p.into_inner())),
-            None => PollerGuard::Off(Poller::new(std::time::Duration::ZERO)),
-        }
-    }
-}
-
-/// A queue's poller, borrowed for one kick.
-pub enum PollerGuard<'a> {
-    /// The queue's own.
-    Shared(MutexGuard<'a, Poller>),
-    /// No polling.
-    Off(Poller),
-}
-
-impl std::ops::Deref for PollerGuard<'_> {
-    type Target = Poller;
-    fn deref(&self) -> &Poller {
-        match self {
-            PollerGuard::Shared(g) => g,
-            PollerGuard::Off(p) => p,
-        }
-    }
-}
-
-impl std::ops::DerefMut for PollerGuard<'_> {
-    fn deref_mut(&mut self) -> &mut Poller {
-        match self {
-            PollerGuard::Shared(g) => g,
-            PollerGuard::Off(p) => p,
-        }
     }
 }

@@ -10,6 +10,7 @@
 //! to anything else runnable on it, so a driver (or guest vCPU) sharing the
 //! CPU is not held up.
 
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// The default limit: about what waking a sleeping thread on another CPU
@@ -99,6 +100,52 @@ pub fn readable(fd: i32) -> bool {
     };
     // SAFETY: one valid pollfd, zero timeout.
     unsafe { libc::poll(&mut p, 1, 0) != 0 }
+}
+
+/// One [`Poller`] per queue of a device, each used by its queue's worker.
+#[derive(Debug)]
+pub struct QueuePollers(Vec<Mutex<Poller>>);
+
+impl QueuePollers {
+    /// `queues` pollers polling up to `max` (zero: never).
+    pub fn new(queues: usize, max: Duration) -> QueuePollers {
+        QueuePollers((0..queues).map(|_| Mutex::new(Poller::new(max))).collect())
+    }
+
+    /// Queue `q`'s poller (a disabled one for a queue out of range).
+    pub fn get(&self, q: usize) -> PollerGuard<'_> {
+        match self.0.get(q) {
+            Some(m) => PollerGuard::Shared(m.lock().unwrap_or_else(|p| p.into_inner())),
+            None => PollerGuard::Off(Poller::new(Duration::ZERO)),
+        }
+    }
+}
+
+/// A queue's poller, borrowed for one kick.
+pub enum PollerGuard<'a> {
+    /// The queue's own.
+    Shared(MutexGuard<'a, Poller>),
+    /// No polling.
+    Off(Poller),
+}
+
+impl std::ops::Deref for PollerGuard<'_> {
+    type Target = Poller;
+    fn deref(&self) -> &Poller {
+        match self {
+            PollerGuard::Shared(g) => g,
+            PollerGuard::Off(p) => p,
+        }
+    }
+}
+
+impl std::ops::DerefMut for PollerGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Poller {
+        match self {
+            PollerGuard::Shared(g) => g,
+            PollerGuard::Off(p) => p,
+        }
+    }
 }
 
 #[cfg(test)]

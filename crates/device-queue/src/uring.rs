@@ -5,7 +5,7 @@
 //! an open file and how their replies look; this module does the rest, the
 //! same way for FUSE READ/WRITE and 9P Tread/Twrite. One ring per request
 //! queue, created on the queue's worker thread at its first kick
-//! ([`Rings`]). A kick is served in passes over the available ring:
+//! ([`QueueEngine`]). A kick is served in passes over the available ring:
 //!
 //! 1. Each chain the protocol plans as a [`DataOp`] is first tried inline
 //!    with `preadv2`/`pwritev2(RWF_NOWAIT)`: data in the page cache (or room
@@ -32,6 +32,7 @@ use log::{debug, warn};
 use vhost_user_backend::VringRwLock;
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
+use crate::poll::{QueuePollers, DEFAULT_POLL};
 use crate::{available, notify, return_chain, Chain, MemGuard, MAX_PASSES, NOTIFY_EVERY};
 
 /// Submission queue entries per ring.
@@ -259,7 +260,7 @@ impl UringQueue {
     /// Writes `op`'s reply and returns its chain to the used ring.
     fn finish(
         &mut self,
-        path: &impl DataPath,
+        path: &dyn DataPath,
         mem: &MemGuard,
         vring: &VringRwLock,
         queue: &str,
@@ -282,7 +283,7 @@ impl UringQueue {
     /// the replies and returning each chain to the used ring.
     fn complete_all(
         &mut self,
-        path: &impl DataPath,
+        path: &dyn DataPath,
         mem: &MemGuard,
         vring: &VringRwLock,
         queue: &str,
@@ -556,35 +557,19 @@ unsafe fn finish_write(fd: i32, iovecs: &[libc::iovec], offset: u64, mut done: u
     done as i32
 }
 
-/// Serves one kick of a request queue through `uq`: chains `path` plans go
-/// inline or on the ring, the rest to `sync`. Same contract as
-/// [`crate::serve_kick`].
-#[allow(clippy::too_many_arguments)]
-pub fn serve_kick<E: std::fmt::Display>(
-    vring: &VringRwLock,
-    mem: Option<MemGuard>,
-    event_idx: bool,
-    queue: &str,
-    poller: &mut crate::Poller,
-    path: &impl DataPath,
-    uq: &mut UringQueue,
-    mut sync: impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
-) -> io::Result<()> {
-    crate::serve_kick_with(vring, mem, event_idx, queue, poller, |mem| {
-        drain(vring, mem, queue, path, uq, &mut sync)
-    })
-}
-
-fn drain<E: std::fmt::Display>(
+/// Serves what is available on `vring` in passes (up to [`MAX_PASSES`], so a
+/// driver refilling as replies arrive is served without another wake-up):
+/// with `data`, the chains its path plans go inline or on the ring; every
+/// other chain first waits for the ring, then goes to `sync`. The guest is
+/// notified every [`NOTIFY_EVERY`] requests and at the end of each pass.
+/// Both engines run this one loop.
+pub(crate) fn drain<E: std::fmt::Display>(
     vring: &VringRwLock,
     mem: &MemGuard,
     queue: &str,
-    path: &impl DataPath,
-    uq: &mut UringQueue,
+    mut data: Option<(&dyn DataPath, &mut UringQueue)>,
     sync: &mut impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
 ) -> io::Result<()> {
-    // Keep serving while the driver keeps adding chains: it refills as the
-    // replies come back, and a pass that finds the ring empty ends the kick.
     for _ in 0..MAX_PASSES {
         let chains = available(vring, mem, queue)?;
         if chains.is_empty() {
@@ -592,29 +577,47 @@ fn drain<E: std::fmt::Display>(
         }
         let mut unsignalled = 0;
         for chain in chains {
-            let Some(op) = path.plan(mem, &chain) else {
-                uq.complete_all(path, mem, vring, queue)?;
-                crate::serve_chain(vring, mem, queue, chain, sync);
-                continue;
+            let planned = match &mut data {
+                Some((path, uq)) => match path.plan(mem, &chain) {
+                    Some(op) => Some((*path, &mut **uq, op)),
+                    None => {
+                        uq.complete_all(*path, mem, vring, queue)?;
+                        None
+                    }
+                },
+                None => None,
             };
-            if uq.free.is_empty() || uq.overlaps(&op) {
-                uq.complete_all(path, mem, vring, queue)?;
-            }
-            match uq.inline_first.then(|| try_inline(&op)).flatten() {
-                Some(res) => {
-                    uq.finish(path, mem, vring, queue, &op, res);
-                    uq.inline_done += 1;
+            match planned {
+                Some((path, uq, op)) => {
+                    if uq.free.is_empty() || uq.overlaps(&op) {
+                        uq.complete_all(path, mem, vring, queue)?;
+                    }
+                    match uq.inline_first.then(|| try_inline(&op)).flatten() {
+                        Some(res) => {
+                            uq.finish(path, mem, vring, queue, &op, res);
+                            uq.inline_done += 1;
+                            unsignalled += 1;
+                        }
+                        None => uq.push(op)?,
+                    }
+                }
+                None => {
+                    crate::serve_chain(vring, mem, queue, chain, sync);
                     unsignalled += 1;
                 }
-                None => uq.push(op)?,
             }
-            if uq.in_flight() + unsignalled >= NOTIFY_EVERY {
-                uq.complete_all(path, mem, vring, queue)?;
+            let in_flight = data.as_ref().map_or(0, |(_, uq)| uq.in_flight());
+            if in_flight + unsignalled >= NOTIFY_EVERY {
+                if let Some((path, uq)) = &mut data {
+                    uq.complete_all(*path, mem, vring, queue)?;
+                }
                 notify(vring)?;
                 unsignalled = 0;
             }
         }
-        uq.complete_all(path, mem, vring, queue)?;
+        if let Some((path, uq)) = &mut data {
+            uq.complete_all(*path, mem, vring, queue)?;
+        }
         notify(vring)?;
     }
     Ok(())
@@ -627,23 +630,40 @@ enum RingSlot {
     Unavailable,
 }
 
-/// The rings of a device's request queues, each made on first use by its
-/// queue's worker thread; where io_uring is unavailable the queue is served
-/// synchronously, and that is logged once per device.
-pub struct Rings {
-    slots: Vec<Mutex<RingSlot>>,
+/// How a device serves its queues' kicks: the engine asked for, each
+/// queue's ring (made on first use by the queue's worker thread; where
+/// io_uring is unavailable the queue is served synchronously, logged once
+/// per device) and each queue's polling. Both the virtio-fs and the
+/// virtio-9p device hold one.
+pub struct QueueEngine {
+    engine: IoEngine,
+    rings: Vec<Mutex<RingSlot>>,
     fallback_logged: AtomicBool,
     inline_first: bool,
+    pollers: QueuePollers,
 }
 
-impl Rings {
-    /// Room for queues `0..queues`.
-    pub fn new(queues: usize) -> Rings {
-        Rings {
-            slots: (0..queues).map(|_| Mutex::new(RingSlot::Unset)).collect(),
+impl QueueEngine {
+    /// For queues `0..queues`: io_uring where available, polling up to
+    /// [`DEFAULT_POLL`].
+    pub fn new(queues: usize) -> QueueEngine {
+        QueueEngine {
+            engine: IoEngine::default(),
+            rings: (0..queues).map(|_| Mutex::new(RingSlot::Unset)).collect(),
             fallback_logged: AtomicBool::new(false),
             inline_first: true,
+            pollers: QueuePollers::new(queues, DEFAULT_POLL),
         }
+    }
+
+    /// Selects the engine.
+    pub fn set_engine(&mut self, engine: IoEngine) {
+        self.engine = engine;
+    }
+
+    /// The engine asked for.
+    pub fn engine(&self) -> IoEngine {
+        self.engine
     }
 
     /// With `false`, every operation goes through the ring, even when it
@@ -652,8 +672,14 @@ impl Rings {
         self.inline_first = inline_first;
     }
 
+    /// How long a queue's worker polls before it sleeps (adaptive, up to
+    /// `max`; zero: never).
+    pub fn set_poll(&mut self, max: std::time::Duration) {
+        self.pollers = QueuePollers::new(self.rings.len(), max);
+    }
+
     fn counts(&self, count: impl Fn(&UringQueue) -> u64) -> u64 {
-        self.slots
+        self.rings
             .iter()
             .map(|r| match &*r.lock().unwrap_or_else(|p| p.into_inner()) {
                 RingSlot::Ready(uq) => count(uq),
@@ -672,24 +698,34 @@ impl Rings {
         self.counts(UringQueue::inline_done)
     }
 
-    /// Serves a kick of queue `q` through its ring (see [`serve_kick`]);
-    /// `None` if the queue has no ring (io_uring unavailable, or `q` out of
-    /// range), so the caller serves it synchronously.
+    /// Serves one kick of queue `q` (named `queue` in log lines), with the
+    /// kick protocol of [`crate::serve_kick_with`]. With `data`, the queue
+    /// polls, and with the io_uring engine and a ring its reads and writes
+    /// go through [`drain`]'s inline-then-ring path; every other chain goes
+    /// to `sync`. Without `data` (a queue such as virtio-fs's hiprio), every
+    /// chain goes to `sync` and the queue never polls.
     #[allow(clippy::too_many_arguments)]
-    pub fn serve<E: std::fmt::Display>(
+    pub fn serve_kick<E: std::fmt::Display>(
         &self,
         q: usize,
         vring: &VringRwLock,
         mem: Option<MemGuard>,
         event_idx: bool,
         queue: &str,
-        poller: &mut crate::Poller,
-        path: &impl DataPath,
-        sync: impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
-    ) -> Option<io::Result<()>> {
-        let mut slot = self.slots.get(q)?.lock().unwrap_or_else(|p| p.into_inner());
-        if let RingSlot::Unset = *slot {
-            *slot = match UringQueue::new() {
+        data: Option<&dyn DataPath>,
+        mut sync: impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
+    ) -> io::Result<()> {
+        let Some(path) = data else {
+            let mut off = crate::Poller::new(std::time::Duration::ZERO);
+            return crate::serve_kick(vring, mem, event_idx, queue, &mut off, sync);
+        };
+        let mut poller = self.pollers.get(q);
+        let mut slot = match (self.engine, self.rings.get(q)) {
+            (IoEngine::IoUring, Some(r)) => Some(r.lock().unwrap_or_else(|p| p.into_inner())),
+            _ => None,
+        };
+        if let Some(RingSlot::Unset) = slot.as_deref() {
+            *slot.as_deref_mut().expect("just matched") = match UringQueue::new() {
                 Ok(r) => {
                     debug!("{queue}: io_uring ring ready");
                     RingSlot::Ready(Box::new(r))
@@ -702,13 +738,17 @@ impl Rings {
                 }
             };
         }
-        let RingSlot::Ready(uq) = &mut *slot else {
-            return None;
+        let mut uq = match slot.as_deref_mut() {
+            Some(RingSlot::Ready(uq)) => {
+                uq.inline_first = self.inline_first;
+                Some(&mut **uq)
+            }
+            _ => None,
         };
-        uq.inline_first = self.inline_first;
-        Some(serve_kick(
-            vring, mem, event_idx, queue, poller, path, uq, sync,
-        ))
+        crate::serve_kick_with(vring, mem, event_idx, queue, &mut poller, |mem| {
+            let data = uq.as_deref_mut().map(|uq| (path, uq));
+            drain(vring, mem, queue, data, &mut sync)
+        })
     }
 }
 

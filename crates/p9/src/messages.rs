@@ -810,8 +810,15 @@ impl Rmessage {
     /// Encodes this reply as a frame with `tag`.
     pub fn encode(&self, tag: u16) -> Vec<u8> {
         let mut buf = Vec::new();
-        start_frame(&mut buf, self.type_number(), tag);
-        let mut e = Encoder::new(&mut buf);
+        self.encode_into(tag, &mut buf);
+        buf
+    }
+
+    /// Appends this reply's frame for `tag` to `buf` (a batch of replies).
+    pub fn encode_into(&self, tag: u16, buf: &mut Vec<u8>) {
+        let start = buf.len();
+        start_frame(buf, self.type_number(), tag);
+        let mut e = Encoder::new(buf);
         match self {
             Rmessage::Lerror { ecode } => {
                 e.u32(*ecode);
@@ -890,8 +897,7 @@ impl Rmessage {
             | Rmessage::Renameat
             | Rmessage::Unlinkat => {}
         }
-        finish_frame(&mut buf);
-        buf
+        finish_frame(&mut buf[start..]);
     }
 }
 

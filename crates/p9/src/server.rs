@@ -96,6 +96,14 @@ impl Reply {
             Reply::Read(r) => r.into_frame(tag),
         }
     }
+
+    /// Appends the frame for `tag` to `out` (a batch of replies).
+    pub fn append_to(self, tag: u16, out: &mut Vec<u8>) {
+        match self {
+            Reply::Msg(m) => m.encode_into(tag, out),
+            Reply::Read(r) => out.extend_from_slice(&r.into_frame(tag)),
+        }
+    }
 }
 
 impl From<Rmessage> for Reply {

@@ -244,7 +244,7 @@ impl<W: Write> Conn<W> {
             }
         }
         match decode_tframe(frame) {
-            Ok((_, msg)) => out.extend_from_slice(&self.session.handle(msg).into_frame(tag)),
+            Ok((_, msg)) => self.session.handle(msg).append_to(tag, out),
             Err(e) => {
                 debug!("9p: bad frame (tag {tag}): {e}");
                 out.extend_from_slice(&lerror(tag, wire_errno(&e)))

@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use device_queue::uring::{
-    gather, iovecs, segs_len, split_chain, DataOp, DataPath, IoEngine, Kind, Rings,
+    gather, iovecs, segs_len, split_chain, DataOp, DataPath, IoEngine, Kind, QueueEngine,
 };
-use device_queue::{Chain, MemGuard, MemorySlot, QueuePollers};
+use device_queue::{Chain, MemGuard, MemorySlot};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringRwLock};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -237,9 +237,8 @@ pub struct P9VhostBackend {
     mem: MemorySlot,
     event_idx: AtomicBool,
     exit: (EventConsumer, EventNotifier),
-    engine: IoEngine,
-    rings: Rings,
-    pollers: QueuePollers,
+    /// The engine, the queue's io_uring ring and its polling.
+    data: QueueEngine,
 }
 
 /// Why the vhost-user 9P device could not be created.
@@ -266,9 +265,7 @@ impl P9VhostBackend {
             event_idx: AtomicBool::new(false),
             exit: new_event_consumer_and_notifier(EventFlag::NONBLOCK)
                 .map_err(BackendError::ExitEvent)?,
-            engine: IoEngine::default(),
-            rings: Rings::new(1),
-            pollers: QueuePollers::new(1, device_queue::poll::DEFAULT_POLL),
+            data: QueueEngine::new(1),
         })
     }
 
@@ -276,13 +273,13 @@ impl P9VhostBackend {
     /// (adaptive, up to `max`; zero: never). Default
     /// [`device_queue::poll::DEFAULT_POLL`].
     pub fn with_poll(mut self, max: std::time::Duration) -> Self {
-        self.pollers = QueuePollers::new(1, max);
+        self.data.set_poll(max);
         self
     }
 
     /// Selects the Tread/Twrite engine (default: io_uring where available).
     pub fn with_engine(mut self, engine: IoEngine) -> Self {
-        self.engine = engine;
+        self.data.set_engine(engine);
         self
     }
 
@@ -290,18 +287,18 @@ impl P9VhostBackend {
     /// through the ring, even when it would not block (default `true`). For
     /// tests and measurements.
     pub fn with_inline_first(mut self, inline_first: bool) -> Self {
-        self.rings.set_inline_first(inline_first);
+        self.data.set_inline_first(inline_first);
         self
     }
 
     /// Treads and Twrites completed through the io_uring ring.
     pub fn ring_completions(&self) -> u64 {
-        self.rings.ring_completions()
+        self.data.ring_completions()
     }
 
     /// Treads and Twrites the io_uring engine completed inline.
     pub fn inline_completions(&self) -> u64 {
-        self.rings.inline_completions()
+        self.data.inline_completions()
     }
 
     /// Stops the worker thread.
@@ -369,27 +366,13 @@ impl VhostUserBackend for P9VhostBackend {
         _thread: usize,
     ) -> io::Result<()> {
         let vring = device_queue::kicked_vring(vrings, device_event, evset)?;
-        let mut poller = self.pollers.get(device_event as usize);
-        if self.engine == IoEngine::IoUring {
-            if let Some(r) = self.rings.serve(
-                device_event as usize,
-                vring,
-                self.mem.snapshot(),
-                self.event_idx.load(Ordering::Acquire),
-                "virtio-9p queue",
-                &mut poller,
-                &P9Data(&self.session),
-                |mem, chain| serve_chain(&self.session, &**mem, chain),
-            ) {
-                return r;
-            }
-        }
-        device_queue::serve_kick(
+        self.data.serve_kick(
+            device_event as usize,
             vring,
             self.mem.snapshot(),
             self.event_idx.load(Ordering::Acquire),
             "virtio-9p queue",
-            &mut poller,
+            Some(&P9Data(&self.session)),
             |mem, chain| serve_chain(&self.session, &**mem, chain),
         )
     }

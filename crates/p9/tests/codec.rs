@@ -373,3 +373,33 @@ fn strings_with_nul_are_refused() {
         p9::wire::WireError::NulInString
     );
 }
+
+#[test]
+fn replies_encoded_into_a_batch_are_whole_frames() {
+    let replies = [
+        (3u16, Rmessage::Clunk),
+        (4, Rmessage::Lerror { ecode: 2 }),
+        (
+            5,
+            Rmessage::Version {
+                msize: 8192,
+                version: b"9P2000.L".to_vec(),
+            },
+        ),
+    ];
+    let mut batch = b"prefix".to_vec();
+    for (tag, r) in &replies {
+        r.encode_into(*tag, &mut batch);
+    }
+    let mut at = 6;
+    for (tag, r) in &replies {
+        let size = u32::from_le_bytes(batch[at..at + 4].try_into().unwrap()) as usize;
+        assert_eq!(&batch[at..at + size], &r.encode(*tag)[..]);
+        assert_eq!(
+            decode_rframe(&batch[at..at + size]).unwrap(),
+            (*tag, r.clone())
+        );
+        at += size;
+    }
+    assert_eq!(at, batch.len());
+}

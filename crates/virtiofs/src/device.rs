@@ -12,7 +12,7 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use device_queue::{Chain, MemGuard, MemorySlot, QueuePollers};
+use device_queue::{Chain, MemGuard, MemorySlot};
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
 use log::debug;
@@ -28,7 +28,7 @@ use vmm_sys_util::event::{
 
 use crate::fast_path;
 use crate::uring::FuseData;
-use device_queue::uring::Rings;
+use device_queue::uring::{DataPath, QueueEngine};
 
 pub use device_queue::uring::IoEngine;
 
@@ -70,12 +70,9 @@ pub struct VirtioFsBackend {
     tag: Option<String>,
     /// One exit event per worker thread.
     exits: Vec<(EventConsumer, EventNotifier)>,
-    engine: IoEngine,
-    /// Per queue (index = queue number): its io_uring, made on first use by
-    /// the queue's worker thread.
-    rings: Rings,
-    /// Per queue: its polling state (queue 0, hiprio, never polls).
-    pollers: QueuePollers,
+    /// The engine, and per queue (index = queue number) its io_uring ring
+    /// and polling; hiprio uses neither.
+    data: QueueEngine,
 }
 
 impl VirtioFsBackend {
@@ -107,54 +104,46 @@ impl VirtioFsBackend {
             request_queues,
             tag,
             exits,
-            engine: IoEngine::default(),
-            rings: Rings::new(request_queues + 1),
-            pollers: Self::pollers(request_queues, device_queue::poll::DEFAULT_POLL),
+            data: QueueEngine::new(request_queues + 1),
         })
-    }
-
-    fn pollers(request_queues: usize, max: std::time::Duration) -> QueuePollers {
-        // Index 0 is the hiprio queue: out of QueuePollers' range is "never
-        // poll", so request queue q uses poller q - 1.
-        QueuePollers::new(request_queues, max)
     }
 
     /// How long a request queue's worker polls for more requests before it
     /// sleeps (adaptive, up to `max`; zero: never). Default
     /// [`device_queue::poll::DEFAULT_POLL`].
     pub fn with_poll(mut self, max: std::time::Duration) -> Self {
-        self.pollers = Self::pollers(self.request_queues, max);
+        self.data.set_poll(max);
         self
     }
 
     /// Selects the READ/WRITE engine (default: io_uring where available).
     pub fn with_engine(mut self, engine: IoEngine) -> Self {
-        self.engine = engine;
+        self.data.set_engine(engine);
         self
     }
 
     /// The engine asked for.
     pub fn engine(&self) -> IoEngine {
-        self.engine
+        self.data.engine()
     }
 
     /// With `false`, every READ and WRITE the io_uring engine takes goes
     /// through the ring, even when it would not block (default `true`: try
     /// `RWF_NOWAIT` inline first). For tests and measurements.
     pub fn with_inline_first(mut self, inline_first: bool) -> Self {
-        self.rings.set_inline_first(inline_first);
+        self.data.set_inline_first(inline_first);
         self
     }
 
     /// READs and WRITEs completed through the io_uring rings, all queues.
     pub fn ring_completions(&self) -> u64 {
-        self.rings.ring_completions()
+        self.data.ring_completions()
     }
 
     /// READs and WRITEs the io_uring engine completed inline (they would
     /// not block), all queues.
     pub fn inline_completions(&self) -> u64 {
-        self.rings.inline_completions()
+        self.data.inline_completions()
     }
 
     /// Stops every worker thread.
@@ -270,29 +259,15 @@ impl VhostUserBackend for VirtioFsBackend {
             debug!("hiprio queue kicked");
         }
         let name = format!("virtio-fs queue {device_event}");
-        // Request queue q polls with poller q - 1; hiprio's index is out of
-        // range, which never polls.
-        let mut poller = self.pollers.get((device_event as usize).wrapping_sub(1));
-        if device_event != HIPRIO_QUEUE && self.engine == IoEngine::IoUring {
-            if let Some(r) = self.rings.serve(
-                device_event as usize,
-                vring,
-                self.mem.snapshot(),
-                self.event_idx.load(Ordering::Acquire),
-                &name,
-                &mut poller,
-                &FuseData(&self.fs),
-                |mem, chain| self.handle_chain(mem, chain).map(|n| n as u32),
-            ) {
-                return r;
-            }
-        }
-        device_queue::serve_kick(
+        let fuse = FuseData(&self.fs);
+        let data: Option<&dyn DataPath> = (device_event != HIPRIO_QUEUE).then_some(&fuse);
+        self.data.serve_kick(
+            device_event as usize,
             vring,
             self.mem.snapshot(),
             self.event_idx.load(Ordering::Acquire),
             &name,
-            &mut poller,
+            data,
             |mem, chain| self.handle_chain(mem, chain).map(|n| n as u32),
         )
     }
