@@ -178,15 +178,27 @@ mod tests {
         off.learn(Duration::ZERO);
         assert_eq!(off.window(), Duration::ZERO);
         assert!(!off.spin(|| panic!("must not poll")));
-        // sleeping/woken learn the time between.
-        let mut p = Poller::new(max);
+        // sleeping/woken learn the time between. The limit is far above
+        // any scheduling delay, so the test does not depend on timing.
+        let long = Duration::from_secs(60);
+        let mut p = Poller::new(long);
         p.sleeping();
         p.woken();
-        assert!(p.window() > Duration::ZERO);
+        assert_eq!(p.window(), Poller::GROW_FROM);
+        for _ in 0..40 {
+            p.learn(Duration::ZERO);
+        }
+        assert_eq!(p.window(), long);
+        // A spin returns as soon as the work is there.
         let mut calls = 0;
         assert!(p.spin(|| {
             calls += 1;
             calls == 3
         }));
+        assert_eq!(calls, 3);
+        // A spin that never finds work gives up once its window passed.
+        let mut short = Poller::new(Duration::from_micros(1));
+        short.learn(Duration::ZERO);
+        assert!(!short.spin(|| false));
     }
 }
