@@ -755,6 +755,7 @@ impl QueueEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::FromRawFd;
     use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 
     fn mem() -> MemGuard {
@@ -904,7 +905,13 @@ mod tests {
 
     #[test]
     fn inline_reads_and_writes_a_file() {
-        let f: OpenFile = Arc::new(File(tempfile::tempfile().unwrap()));
+        // A memfd: the same non-blocking behaviour on every host, whatever
+        // filesystem the temporary directory is on.
+        // SAFETY: a NUL-terminated name; the new fd is owned by the File.
+        let fd = unsafe { libc::memfd_create(c"inline".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+        // SAFETY: `fd` is a fresh descriptor nothing else owns.
+        let f: OpenFile = Arc::new(File(unsafe { std::fs::File::from_raw_fd(fd) }));
         let w = op(Kind::Write, 4096, 100, f.clone());
         assert_eq!(try_inline(&w), Some(100));
         let r = op(Kind::Read, 4096, 100, f.clone());

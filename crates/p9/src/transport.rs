@@ -25,7 +25,7 @@
 
 use std::collections::HashSet;
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
@@ -321,12 +321,40 @@ impl<W: Write> Conn<W> {
     }
 }
 
+/// What a read that must not wait found.
+enum RecvNow {
+    /// Bytes (zero: the end of the stream), or an error.
+    Got(io::Result<usize>),
+    /// Nothing yet.
+    Empty,
+    /// Not a socket (a pipe of the fd transport): the caller checks
+    /// readiness with `poll` instead.
+    NotSocket,
+}
+
+/// Receives what is on socket `fd` now, without waiting.
+fn recv_now(fd: RawFd, buf: &mut [u8]) -> RecvNow {
+    // SAFETY: `buf` is valid for writes of its length for the whole call.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    if n >= 0 {
+        return RecvNow::Got(Ok(n as usize));
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EINTR) => RecvNow::Empty,
+        Some(libc::ENOTSOCK) => RecvNow::NotSocket,
+        _ => RecvNow::Got(Err(e)),
+    }
+}
+
 /// The reader's view of the stream: a buffer of received bytes.
 struct Frames<R> {
     r: R,
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// The reader is not a socket: polling checks readiness with `poll`.
+    not_socket: bool,
 }
 
 impl<R: Read + AsRawFd> Frames<R> {
@@ -343,7 +371,36 @@ impl<R: Read + AsRawFd> Frames<R> {
             }
         }
         let fd = self.r.as_raw_fd();
-        let polled = poller.spin(|| readable(fd));
+        // Polling reads at once what has arrived: one syscall, not a poll
+        // and then a read.
+        let mut got = None;
+        let buf = &mut self.buf[self.end..];
+        let not_socket = &mut self.not_socket;
+        let polled = poller.spin(|| {
+            if *not_socket {
+                return readable(fd);
+            }
+            match recv_now(fd, buf) {
+                RecvNow::Got(r) => {
+                    got = Some(r);
+                    true
+                }
+                RecvNow::Empty => false,
+                RecvNow::NotSocket => {
+                    *not_socket = true;
+                    readable(fd)
+                }
+            }
+        });
+        match got {
+            Some(Ok(0)) => return Ok(false),
+            Some(Ok(n)) => {
+                self.end += n;
+                return Ok(true);
+            }
+            Some(Err(e)) => return Err(e),
+            None => {}
+        }
         let t = Instant::now();
         loop {
             match self.r.read(&mut self.buf[self.end..]) {
@@ -370,6 +427,9 @@ impl<R: Read + AsRawFd> Frames<R> {
 
 /// Serves one client on a byte stream until it closes, in the default
 /// [`StreamMode::Inline`]; then clunks its fids.
+///
+/// While polling, the reader's fd is read directly (`recv(MSG_DONTWAIT)`),
+/// so `reader` must not buffer: a socket, or a pipe.
 ///
 /// Bad frames get an Rlerror and the connection goes on; a frame whose size
 /// field cannot be right (smaller than a header) ends the connection, since
@@ -422,6 +482,7 @@ where
         buf: vec![0; READ_BUFFER],
         start: 0,
         end: 0,
+        not_socket: false,
     };
     let mut out = Vec::with_capacity(REPLY_BATCH);
     let mut batched = 0;
@@ -535,4 +596,43 @@ where
     }
     conn.session.reset();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+    use std::os::fd::FromRawFd;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn recv_now_reads_a_socket_and_tells_a_pipe_apart() {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        let mut buf = [0u8; 8];
+        assert!(matches!(recv_now(b.as_raw_fd(), &mut buf), RecvNow::Empty));
+        a.write_all(b"abc").unwrap();
+        match recv_now(b.as_raw_fd(), &mut buf) {
+            RecvNow::Got(Ok(3)) => assert_eq!(&buf[..3], b"abc"),
+            _ => panic!("three bytes were waiting"),
+        }
+        drop(a);
+        assert!(matches!(
+            recv_now(b.as_raw_fd(), &mut buf),
+            RecvNow::Got(Ok(0))
+        ));
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe() returns.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both fds are fresh and owned only here.
+        let (r, _w) = unsafe {
+            (
+                std::fs::File::from_raw_fd(fds[0]),
+                std::fs::File::from_raw_fd(fds[1]),
+            )
+        };
+        assert!(matches!(
+            recv_now(r.as_raw_fd(), &mut buf),
+            RecvNow::NotSocket
+        ));
+    }
 }

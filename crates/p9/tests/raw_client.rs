@@ -775,10 +775,17 @@ fn pipelined_requests_are_each_answered() {
             .encode(200),
         );
         burst.extend_from_slice(&Tmessage::Getattr { fid: 1, mask: !0 }.encode(201));
-        // Send it in uneven pieces: frames split across reads.
-        for piece in burst.chunks(10_007) {
-            c.send_raw(piece);
-        }
+        // Send it in uneven pieces (frames split across reads) from another
+        // thread while this one reads the replies: the burst and its
+        // replies together are more than the socket buffers hold, and the
+        // server's reader writes replies as it goes.
+        let mut w = c.s.try_clone().unwrap();
+        w.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+        let sender = std::thread::spawn(move || {
+            for piece in burst.chunks(10_007) {
+                w.write_all(piece).expect("the server keeps reading");
+            }
+        });
         let mut seen = std::collections::HashSet::new();
         for _ in 0..66 {
             let (tag, r) = c.recv();
@@ -794,7 +801,77 @@ fn pipelined_requests_are_each_answered() {
                 (tag, r) => panic!("{mode:?}: tag {tag}: {r:?}"),
             }
         }
+        sender.join().unwrap();
         let on_disk = std::fs::read(s.share.join("f")).unwrap();
         assert_eq!(&on_disk[1 << 20..], &big[..], "{mode:?}");
     }
+}
+
+/// The fd transport (`p9d --listen fd:R,W`) may be a pair of pipes: the
+/// reader's polling cannot `recv` from a pipe and falls back to `poll`.
+#[test]
+fn a_pair_of_pipes_is_served() {
+    use std::os::fd::FromRawFd;
+    let s = setup();
+    let pipe = || {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe() returns.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both fds are fresh and owned only here.
+        unsafe {
+            (
+                std::fs::File::from_raw_fd(fds[0]),
+                std::fs::File::from_raw_fd(fds[1]),
+            )
+        }
+    };
+    let (server_r, mut client_w) = pipe();
+    let (mut client_r, server_w) = pipe();
+    let server = s.server.clone();
+    let conn = std::thread::spawn(move || {
+        serve_connection_with(server, server_r, server_w, StreamConfig::default())
+    });
+    let mut rpc = |m: Tmessage<'_>, tag: u16| {
+        client_w.write_all(&m.encode(tag)).unwrap();
+        let mut size = [0u8; 4];
+        client_r.read_exact(&mut size).unwrap();
+        let mut frame = vec![0u8; u32::from_le_bytes(size) as usize];
+        frame[..4].copy_from_slice(&size);
+        client_r.read_exact(&mut frame[4..]).unwrap();
+        let (rtag, r) = decode_rframe(&frame).unwrap();
+        assert_eq!(rtag, tag);
+        r
+    };
+    let v = rpc(
+        Tmessage::Version {
+            msize: 65536,
+            version: b"9P2000.L",
+        },
+        NOTAG,
+    );
+    assert!(matches!(v, Rmessage::Version { msize: 65536, .. }), "{v:?}");
+    let a = Tmessage::Attach {
+        fid: 0,
+        afid: NOFID,
+        uname: b"root",
+        aname: b"",
+        n_uname: 0,
+    };
+    assert!(matches!(rpc(a, 1), Rmessage::Attach { .. }));
+    // Several round trips, so the reader polls the pipe between them.
+    for tag in 2..50 {
+        let w = Tmessage::Walk {
+            fid: 0,
+            newfid: 1,
+            names: vec![b"inside"],
+        };
+        assert!(matches!(rpc(w, tag), Rmessage::Walk { .. }));
+        assert!(matches!(
+            rpc(Tmessage::Clunk { fid: 1 }, tag),
+            Rmessage::Clunk
+        ));
+    }
+    drop(rpc);
+    drop(client_w);
+    conn.join().unwrap().unwrap();
 }
