@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Print the host's TSC frequency in kHz (x86-64 only), measured: RDTSC against
-CLOCK_MONOTONIC over 3 x 20 ms, the median.
+CLOCK_MONOTONIC over 7 x 20 ms, the median (each reading of the TSC
+bracketed by two clock readings, retried if they are far apart).
 
 run-guest.sh passes it to a TCG guest under -M microvm as tsc_early_khz=.
 Under TCG a guest's RDTSC reads the host's TSC, so this is the guest's TSC
@@ -32,17 +33,29 @@ def main():
     buf.write(code)
     addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
     rdtsc = ctypes.CFUNCTYPE(ctypes.c_uint64)(addr)
+    def stamp():
+        # A (clock, TSC) pair read close together: retried while a
+        # preemption separates the two reads by more than 50 us.
+        for _ in range(100):
+            a = time.perf_counter_ns()
+            c = rdtsc()
+            b = time.perf_counter_ns()
+            if b - a <= 50_000:
+                return (a + b) // 2, c
+        return None
+
     samples = []
-    for _ in range(3):
-        t0 = time.perf_counter_ns()
-        c0 = rdtsc()
+    for _ in range(7):
+        s0 = stamp()
         time.sleep(0.02)
-        t1 = time.perf_counter_ns()
-        c1 = rdtsc()
+        s1 = stamp()
+        if s0 is None or s1 is None:
+            return 1
+        (t0, c0), (t1, c1) = s0, s1
         if t1 <= t0 or c1 <= c0:
             return 1
         samples.append((c1 - c0) * 1_000_000 // (t1 - t0))
-    khz = sorted(samples)[1]
+    khz = sorted(samples)[len(samples) // 2]
     if not 100_000 <= khz <= 10_000_000:
         return 1
     print(khz)

@@ -334,7 +334,8 @@ if [[ $rc -eq 124 || $rc -eq 137 ]]; then
     printf 'run-guest: TIMEOUT: %s killed after %ss (log: %s)\n' "$vmm_name" "$timeout" "$log" >&2
     exit 124
 fi
-status=$(tr -d '\r' <"$log" | sed -n 's/^E2E-EXIT=\([0-9][0-9]*\)$/\1/p' | tail -n1)
+# Unanchored: a kernel message may share the line on the serial console.
+status=$(tr -d '\r' <"$log" | sed -n 's/.*E2E-EXIT=\([0-9][0-9]*\).*/\1/p' | tail -n1)
 if [[ -z $status ]]; then
     printf 'run-guest: no E2E-EXIT marker (%s exit %s after %ss; log: %s)\n' \
         "$vmm_name" "$rc" "$elapsed" "$log" >&2

@@ -1,6 +1,7 @@
 //! The `virtiofsd-rs` binary as a user meets it: flags, errors, lifecycle.
 
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -199,20 +200,27 @@ fn inherited_listening_fd_is_served() {
     let sock = t.path().join("inherited.sock");
     let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
     let fd = listener.as_raw_fd();
-    // Clear CLOEXEC so the child inherits it under the same number.
-    // SAFETY: fcntl on an fd we own.
-    unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
-    let mut child = Command::new(BIN)
-        .args([
-            "--shared-dir",
-            t.path().to_str().unwrap(),
-            "--fd",
-            &fd.to_string(),
-            "--sandbox",
-            "none",
-        ])
-        .spawn()
-        .unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "--shared-dir",
+        t.path().to_str().unwrap(),
+        "--fd",
+        &fd.to_string(),
+        "--sandbox",
+        "none",
+    ]);
+    // Clear CLOEXEC in the child only, so it inherits the socket under the
+    // same number and the daemons other tests spawn meanwhile do not.
+    // SAFETY: only async-signal-safe fcntl between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
     let conn = UnixStream::connect(&sock).unwrap();
     std::thread::sleep(Duration::from_millis(100));
     assert!(
