@@ -601,7 +601,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write as _;
     use std::os::fd::FromRawFd;
     use std::os::unix::net::UnixStream;
 

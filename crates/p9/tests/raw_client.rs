@@ -831,47 +831,48 @@ fn a_pair_of_pipes_is_served() {
     let conn = std::thread::spawn(move || {
         serve_connection_with(server, server_r, server_w, StreamConfig::default())
     });
-    let mut rpc = |m: Tmessage<'_>, tag: u16| {
-        client_w.write_all(&m.encode(tag)).unwrap();
-        let mut size = [0u8; 4];
-        client_r.read_exact(&mut size).unwrap();
-        let mut frame = vec![0u8; u32::from_le_bytes(size) as usize];
-        frame[..4].copy_from_slice(&size);
-        client_r.read_exact(&mut frame[4..]).unwrap();
-        let (rtag, r) = decode_rframe(&frame).unwrap();
-        assert_eq!(rtag, tag);
-        r
-    };
-    let v = rpc(
-        Tmessage::Version {
-            msize: 65536,
-            version: b"9P2000.L",
-        },
-        NOTAG,
-    );
-    assert!(matches!(v, Rmessage::Version { msize: 65536, .. }), "{v:?}");
-    let a = Tmessage::Attach {
-        fid: 0,
-        afid: NOFID,
-        uname: b"root",
-        aname: b"",
-        n_uname: 0,
-    };
-    assert!(matches!(rpc(a, 1), Rmessage::Attach { .. }));
-    // Several round trips, so the reader polls the pipe between them.
-    for tag in 2..50 {
-        let w = Tmessage::Walk {
-            fid: 0,
-            newfid: 1,
-            names: vec![b"inside"],
+    {
+        let mut rpc = |m: Tmessage<'_>, tag: u16| {
+            client_w.write_all(&m.encode(tag)).unwrap();
+            let mut size = [0u8; 4];
+            client_r.read_exact(&mut size).unwrap();
+            let mut frame = vec![0u8; u32::from_le_bytes(size) as usize];
+            frame[..4].copy_from_slice(&size);
+            client_r.read_exact(&mut frame[4..]).unwrap();
+            let (rtag, r) = decode_rframe(&frame).unwrap();
+            assert_eq!(rtag, tag);
+            r
         };
-        assert!(matches!(rpc(w, tag), Rmessage::Walk { .. }));
-        assert!(matches!(
-            rpc(Tmessage::Clunk { fid: 1 }, tag),
-            Rmessage::Clunk
-        ));
+        let v = rpc(
+            Tmessage::Version {
+                msize: 65536,
+                version: b"9P2000.L",
+            },
+            NOTAG,
+        );
+        assert!(matches!(v, Rmessage::Version { msize: 65536, .. }), "{v:?}");
+        let a = Tmessage::Attach {
+            fid: 0,
+            afid: NOFID,
+            uname: b"root",
+            aname: b"",
+            n_uname: 0,
+        };
+        assert!(matches!(rpc(a, 1), Rmessage::Attach { .. }));
+        // Several round trips, so the reader polls the pipe between them.
+        for tag in 2..50 {
+            let w = Tmessage::Walk {
+                fid: 0,
+                newfid: 1,
+                names: vec![b"inside"],
+            };
+            assert!(matches!(rpc(w, tag), Rmessage::Walk { .. }));
+            assert!(matches!(
+                rpc(Tmessage::Clunk { fid: 1 }, tag),
+                Rmessage::Clunk
+            ));
+        }
     }
-    drop(rpc);
     drop(client_w);
     conn.join().unwrap().unwrap();
 }
