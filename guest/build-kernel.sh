@@ -58,12 +58,14 @@ if [[ $EUID -eq 0 ]]; then apt_opts=(-o APT::Sandbox::User=root); fi
 
 # The version of linux-source-6.1 to build: the installed one, else apt's
 # candidate.
+# Neither may fail: on a fresh machine dpkg-query does not know the package
+# (exit 1), which under pipefail would end the script without a word.
 installed_version() {
-    dpkg-query -W -f='${db:Status-Status} ${Version}\n' "$src_pkg" 2>/dev/null |
+    { dpkg-query -W -f='${db:Status-Status} ${Version}\n' "$src_pkg" 2>/dev/null || true; } |
         awk '$1 == "installed" { print $2 }'
 }
 candidate_version() {
-    apt-cache policy "$src_pkg" 2>/dev/null |
+    { apt-cache policy "$src_pkg" 2>/dev/null || true; } |
         awk '$1 == "Candidate:" && $2 != "(none)" { print $2; exit }'
 }
 src_version=$(installed_version)
