@@ -130,8 +130,10 @@ pub struct DataOp {
 }
 
 // SAFETY: the raw pointers in `iovecs` point into guest memory mappings held
-// alive by the serving loop's memory snapshot; a DataOp only moves between
-// the worker thread's own structures.
+// alive by the serving loop's memory snapshot. A DataOp is made, put on the
+// ring and completed by the queue's worker within one `drain`, which
+// completes every operation before it returns; a `UringQueue` reachable
+// from other threads (behind its lock) then holds none.
 unsafe impl Send for DataOp {}
 
 impl DataOp {
@@ -226,9 +228,13 @@ impl UringQueue {
         self.in_flight() > 0 && self.slots.iter().flatten().any(|o| o.overlaps(op))
     }
 
-    /// Puts `op` on the submission queue.
-    fn push(&mut self, op: DataOp) -> io::Result<()> {
-        let slot = self.free.pop().expect("caller checked for room");
+    /// Puts `op` on the submission queue; gives it back if the ring cannot
+    /// take it (the submission queue full and the kernel refusing to take
+    /// what is on it), so the caller can do it another way.
+    fn push(&mut self, op: DataOp) -> Result<(), DataOp> {
+        let Some(slot) = self.free.pop() else {
+            return Err(op);
+        };
         let (ptr, n) = (op.iovecs.as_ptr(), op.iovecs.len() as u32);
         let fd = types::Fd(op.file.as_raw_fd());
         let entry = match op.kind {
@@ -248,13 +254,33 @@ impl UringQueue {
         // completion is reaped: the DataOp (owning the iovec array and the
         // file) stays in its slot, and the serving loop holds the guest
         // memory snapshot until every operation has completed.
-        if unsafe { self.ring.submission().push(&entry) }.is_err() {
-            self.ring.submit()?;
+        let mut pushed = unsafe { self.ring.submission().push(&entry) }.is_ok();
+        if !pushed && self.ring.submit().is_ok() {
             // SAFETY: as above.
-            unsafe { self.ring.submission().push(&entry) }
-                .map_err(|_| io::Error::other("io_uring submission queue full"))?;
+            pushed = unsafe { self.ring.submission().push(&entry) }.is_ok();
         }
-        Ok(())
+        if pushed {
+            return Ok(());
+        }
+        self.free.push(slot);
+        Err(self.slots[slot].take().expect("just put there"))
+    }
+
+    /// Puts `op` on the ring, or, if the ring cannot take it, does it here
+    /// with a blocking call and replies.
+    fn submit_or_run(
+        &mut self,
+        path: &dyn DataPath,
+        mem: &MemGuard,
+        vring: &VringRwLock,
+        queue: &str,
+        op: DataOp,
+    ) {
+        if let Err(op) = self.push(op) {
+            warn!("{queue}: io_uring refused an operation; doing it synchronously");
+            let res = run_blocking(&op);
+            self.finish(path, mem, vring, queue, &op, res);
+        }
     }
 
     /// Writes `op`'s reply and returns its chain to the used ring.
@@ -349,6 +375,14 @@ pub fn scatter(
         mem.write_slice(&data[..n], GuestAddress(s.addr))?;
         data = &data[n..];
     }
+    if !data.is_empty() {
+        // The buffers are too short for the reply: the caller must not
+        // report bytes it did not write.
+        return Err(vm_memory::GuestMemoryError::PartialBuffer {
+            expected: data.len() + segs.iter().map(|s| s.len as usize).sum::<usize>(),
+            completed: segs.iter().map(|s| s.len as usize).sum(),
+        });
+    }
     Ok(())
 }
 
@@ -363,6 +397,25 @@ pub fn gather<const N: usize>(mem: &MemGuard, segs: &[Seg]) -> Option<[u8; N]> {
         }
         let n = (s.len as usize).min(N - filled);
         mem.read_slice(&mut out[filled..filled + n], GuestAddress(s.addr))
+            .ok()?;
+        filled += n;
+    }
+    (filled == N).then_some(out)
+}
+
+/// The first `N` bytes of `chain`'s device-readable part, read without
+/// allocating: what a [`DataPath::plan`] looks at first to turn away the
+/// chains that are not its business (most of them, on a metadata
+/// workload). `None` if the readable part is shorter.
+pub fn peek<const N: usize>(mem: &MemGuard, chain: &Chain) -> Option<[u8; N]> {
+    let mut out = [0u8; N];
+    let mut filled = 0;
+    for d in chain.clone() {
+        if filled == N || d.is_write_only() {
+            break;
+        }
+        let n = (d.len() as usize).min(N - filled);
+        mem.read_slice(&mut out[filled..filled + n], d.addr())
             .ok()?;
         filled += n;
     }
@@ -465,6 +518,47 @@ pub fn try_inline(op: &DataOp) -> Option<i32> {
     unsafe { rw_nowait(op.kind, op.file.as_raw_fd(), &op.iovecs, op.offset) }
 }
 
+/// Does `op` with a blocking system call: the bytes moved, or a negated
+/// errno. For when the ring cannot take it.
+fn run_blocking(op: &DataOp) -> i32 {
+    let fd = op.file.as_raw_fd();
+    let errno = || {
+        -io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
+    };
+    match op.kind {
+        Kind::Fsync { data_only } => {
+            // SAFETY: plain syscalls on an fd the op holds open.
+            let r = unsafe {
+                if data_only {
+                    libc::fdatasync(fd)
+                } else {
+                    libc::fsync(fd)
+                }
+            };
+            if r == 0 {
+                0
+            } else {
+                errno()
+            }
+        }
+        // SAFETY: the op's iovecs name guest buffers valid while the serving
+        // loop holds its memory snapshot, which it does while serving `op`.
+        Kind::Write => unsafe { finish_write(fd, &op.iovecs, op.offset, 0) },
+        Kind::Read => {
+            let (iov, n) = (op.iovecs.as_ptr(), op.iovecs.len() as libc::c_int);
+            // SAFETY: as above; preadv2 writes only inside the iovecs.
+            let r = unsafe { libc::preadv2(fd, iov, n, op.offset as libc::off_t, 0) };
+            if r >= 0 {
+                r as i32
+            } else {
+                errno()
+            }
+        }
+    }
+}
+
 /// One read or write of `fd` at `offset` that must not block: the bytes
 /// moved (or a negated errno) if it completed, `None` if it would block or a
 /// read came back short (the caller then does it where blocking is fine).
@@ -521,9 +615,9 @@ pub unsafe fn rw_nowait(kind: Kind, fd: i32, iovecs: &[libc::iovec], offset: u64
 }
 
 /// Writes what is left of `iovecs` after the first `done` bytes, blocking;
-/// returns the total written, or a negated errno if nothing more could be
-/// written and the error is worth reporting (the bytes written so far are
-/// reported instead, as `write(2)` does).
+/// returns the total written. An error after some bytes were written
+/// reports those bytes, as `write(2)` does; an error before any gives its
+/// negated errno.
 ///
 /// # Safety
 /// As [`rw_nowait`].
@@ -550,8 +644,11 @@ unsafe fn finish_write(fd: i32, iovecs: &[libc::iovec], offset: u64, mut done: u
         match r {
             n if n > 0 => done += n as usize,
             0 => break,
-            _ if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => {}
-            _ => break,
+            _ => match io::Error::last_os_error().raw_os_error() {
+                Some(libc::EINTR) => {}
+                e if done == 0 => return -e.unwrap_or(libc::EIO),
+                _ => break,
+            },
         }
     }
     done as i32
@@ -570,6 +667,24 @@ pub(crate) fn drain<E: std::fmt::Display>(
     mut data: Option<(&dyn DataPath, &mut UringQueue)>,
     sync: &mut impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
 ) -> io::Result<()> {
+    let r = drain_passes(vring, mem, queue, &mut data, sync);
+    if r.is_err() {
+        // Operations in flight use guest memory: none may outlive the
+        // snapshot the caller drops when this returns.
+        if let Some((path, uq)) = &mut data {
+            uq.complete_all(*path, mem, vring, queue)?;
+        }
+    }
+    r
+}
+
+fn drain_passes<E: std::fmt::Display>(
+    vring: &VringRwLock,
+    mem: &MemGuard,
+    queue: &str,
+    data: &mut Option<(&dyn DataPath, &mut UringQueue)>,
+    sync: &mut impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
+) -> io::Result<()> {
     for _ in 0..MAX_PASSES {
         let chains = available(vring, mem, queue)?;
         if chains.is_empty() {
@@ -577,7 +692,7 @@ pub(crate) fn drain<E: std::fmt::Display>(
         }
         let mut unsignalled = 0;
         for chain in chains {
-            let planned = match &mut data {
+            let planned = match data {
                 Some((path, uq)) => match path.plan(mem, &chain) {
                     Some(op) => Some((*path, &mut **uq, op)),
                     None => {
@@ -598,7 +713,7 @@ pub(crate) fn drain<E: std::fmt::Display>(
                             uq.inline_done += 1;
                             unsignalled += 1;
                         }
-                        None => uq.push(op)?,
+                        None => uq.submit_or_run(path, mem, vring, queue, op),
                     }
                 }
                 None => {
@@ -608,14 +723,14 @@ pub(crate) fn drain<E: std::fmt::Display>(
             }
             let in_flight = data.as_ref().map_or(0, |(_, uq)| uq.in_flight());
             if in_flight + unsignalled >= NOTIFY_EVERY {
-                if let Some((path, uq)) = &mut data {
+                if let Some((path, uq)) = data {
                     uq.complete_all(*path, mem, vring, queue)?;
                 }
                 notify(vring)?;
                 unsignalled = 0;
             }
         }
-        if let Some((path, uq)) = &mut data {
+        if let Some((path, uq)) = data {
             uq.complete_all(*path, mem, vring, queue)?;
         }
         notify(vring)?;
@@ -818,6 +933,10 @@ mod tests {
         m.read_slice(&mut a, GuestAddress(0x10)).unwrap();
         m.read_slice(&mut b, GuestAddress(0x40)).unwrap();
         assert_eq!((&a, &b), (b"123", b"45"));
+        // A reply longer than the buffers is an error, not a silent cut.
+        let short = [Seg { addr: 0x10, len: 3 }];
+        assert!(scatter(&m, &short, b"12345").is_err());
+        assert!(scatter(&m, &short, b"123").is_ok());
     }
 
     #[test]

@@ -351,6 +351,75 @@ pub fn peek_type_tag(frame: &[u8]) -> Option<(u8, u16)> {
     Some((frame[4], u16::from_le_bytes([frame[5], frame[6]])))
 }
 
+/// The fixed part of a Tread or Twrite, read without decoding the frame:
+/// what a data path (the stream reader's inline I/O, the virtio-9p io_uring
+/// engine) needs to move the data itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataRequest {
+    /// True for Tread, false for Twrite.
+    pub read: bool,
+    /// The request's tag.
+    pub tag: u16,
+    /// The fid read or written.
+    pub fid: u32,
+    /// The file offset.
+    pub offset: u64,
+    /// Bytes asked for (Tread) or carried (Twrite).
+    pub count: u32,
+}
+
+impl DataRequest {
+    /// Parses `size[4] type[1] tag[2] fid[4] offset[8] count[4]` from a
+    /// frame of `frame_len` bytes: `None` unless it is a Tread of exactly
+    /// that size, or a Twrite whose size is the header plus `count`, with
+    /// the size field equal to `frame_len` and `offset + count` a valid file
+    /// offset. Anything else is for the decoder, which gives the right error.
+    pub fn parse(hdr: &[u8; TWRITE_HEADER], frame_len: usize) -> Option<DataRequest> {
+        let le32 = |at: usize| u32::from_le_bytes([hdr[at], hdr[at + 1], hdr[at + 2], hdr[at + 3]]);
+        let mut offset = [0u8; 8];
+        offset.copy_from_slice(&hdr[11..19]);
+        let r = DataRequest {
+            read: hdr[4] == ty::TREAD,
+            tag: u16::from_le_bytes([hdr[5], hdr[6]]),
+            fid: le32(7),
+            offset: u64::from_le_bytes(offset),
+            count: le32(19),
+        };
+        let size = match hdr[4] {
+            ty::TREAD => TWRITE_HEADER,
+            ty::TWRITE => TWRITE_HEADER + r.count as usize,
+            _ => return None,
+        };
+        (le32(0) as usize == frame_len
+            && size == frame_len
+            && r.offset.checked_add(r.count as u64)? <= i64::MAX as u64)
+            .then_some(r)
+    }
+
+    /// The reply's fixed part for `res`: see [`data_reply_header`].
+    pub fn reply_header(&self, res: i32) -> ([u8; RREAD_HEADER], u32) {
+        data_reply_header(self.read, self.tag, res)
+    }
+}
+
+/// The fixed part of the reply to a Tread (`read`) or Twrite tagged `tag`
+/// that moved `res` bytes or failed with errno `-res`: Rread (its `res`
+/// bytes of data follow), Rwrite or Rlerror. Returns the header and the
+/// reply's whole size.
+pub fn data_reply_header(read: bool, tag: u16, res: i32) -> ([u8; RREAD_HEADER], u32) {
+    let (t, size, word) = match read {
+        _ if res < 0 => (ty::RLERROR, RREAD_HEADER as u32, res.unsigned_abs()),
+        true => (ty::RREAD, RREAD_HEADER as u32 + res as u32, res as u32),
+        false => (ty::RWRITE, RREAD_HEADER as u32, res as u32),
+    };
+    let mut h = [0u8; RREAD_HEADER];
+    h[0..4].copy_from_slice(&size.to_le_bytes());
+    h[4] = t;
+    h[5..7].copy_from_slice(&tag.to_le_bytes());
+    h[7..11].copy_from_slice(&word.to_le_bytes());
+    (h, size)
+}
+
 fn lock_body<'a>(
     d: &mut Decoder<'a>,
     with_flags: bool,

@@ -329,8 +329,21 @@ impl Session {
     }
 
     /// Serves one decoded request (all but Tversion and Tflush, which the
-    /// transport handles because they concern the connection).
+    /// transport handles because they concern the connection). A request
+    /// that panics (a bug: no client input should) is answered with EIO
+    /// and logged; the session and the other requests go on.
     pub fn handle(&self, msg: Tmessage<'_>) -> Reply {
+        let t = msg.type_number();
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.dispatch(msg)))
+            .unwrap_or_else(|_| {
+                log::error!("9p: a request of type {t} panicked; answering EIO");
+                Reply::Msg(Rmessage::Lerror {
+                    ecode: libc::EIO as u32,
+                })
+            })
+    }
+
+    fn dispatch(&self, msg: Tmessage<'_>) -> Reply {
         let r = match msg {
             Tmessage::Version { .. } | Tmessage::Flush { .. } => Err(Errno(libc::EPROTO)),
             // No authentication is required: answer as diod does (ENOENT),
@@ -837,6 +850,21 @@ impl Session {
             }
         };
         Some((node, self.fs().handle(node, h).ok()?))
+    }
+
+    /// Where a plain Tread or Twrite goes when served without
+    /// [`Session::handle`]: the fid's node, the core's handle and the bytes
+    /// to move (a read's count capped at [`Session::max_read`]). `None`
+    /// where `handle` must answer: the cases of [`Session::data_file`], and
+    /// a write to a read-only share (EROFS).
+    pub fn data_target(&self, req: &DataRequest) -> Option<(u64, Arc<HandleData>, u32)> {
+        let count = match req.read {
+            true => req.count.min(self.max_read()),
+            false if self.readonly() => return None,
+            false => req.count,
+        };
+        let (node, file) = self.data_file(req.fid)?;
+        Some((node, file, count))
     }
 
     /// Whether the share refuses writes (they go through `handle`, for the

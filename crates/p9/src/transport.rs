@@ -8,26 +8,34 @@
 //! and the frame buffers, and the metadata requests. Their replies collect
 //! in one buffer that goes out in one `write` before the reader waits for
 //! more. What could block (a read or write that `RWF_NOWAIT` refuses,
-//! Tfsync, Tlock, Tflush) goes to a small pool of workers, so it holds up
+//! Tfsync, Tlock) goes to a small pool of workers, so it holds up
 //! nothing else; [`StreamMode::Workers`] sends every request there.
 //!
 //! Replies are written whole under a lock. Inline replies are written before
-//! any request is handed to a worker, so a Tflush, which waits until the
-//! flushed request's reply has been written, still answers after it (9P
-//! requires the Rflush to come second). Tversion waits for every request in
-//! flight, then resets the session.
+//! any request is handed to a worker. The reader answers Tflush itself and
+//! never parks a worker on it: if the flushed request has been answered (or
+//! is unknown) the Rflush goes out at once, after every reply before it;
+//! otherwise it is attached to the flushed request, and whoever writes that
+//! request's reply writes the Rflush right after it, under the same lock
+//! (9P requires the Rflush to come second). Tversion waits for every
+//! request in flight, then resets the session.
 //!
 //! The reader writes replies itself, so a client that sends requests but
 //! never reads replies stalls its own connection once the socket buffers
 //! fill (9P clients, v9fs among them, read replies as they send); other
-//! connections are unaffected. Before sleeping, the reader polls the socket
-//! adaptively ([`device_queue::poll`]).
+//! connections are unaffected. The same holds for requests handed to the
+//! workers: at most [`MAX_DISPATCHED`] of them, [`MAX_DISPATCHED_BYTES`]
+//! together, wait for a worker or for their reply to be written; beyond
+//! that the reader stops reading until some are answered, so a client
+//! cannot make the server queue without bound (the tag space alone would
+//! allow 65535 frames of up to msize each). Before sleeping, the reader
+//! polls the socket adaptively ([`device_queue::poll`]).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -37,7 +45,8 @@ use device_queue::poll::{readable, Poller};
 use device_queue::uring::{rw_nowait, IoEngine, Kind};
 
 use crate::messages::{
-    decode_tframe, peek_type_tag, ty, Rmessage, Tmessage, HEADER_SIZE, RREAD_HEADER, TWRITE_HEADER,
+    decode_tframe, peek_type_tag, ty, DataRequest, Rmessage, Tmessage, HEADER_SIZE, RREAD_HEADER,
+    TWRITE_HEADER,
 };
 use crate::server::{Server, Session, MAX_MSIZE};
 use crate::wire::WireError;
@@ -96,49 +105,131 @@ impl From<IoEngine> for StreamMode {
     }
 }
 
+/// Requests handed to the workers and not yet answered, at most: a client
+/// that sends without reading the replies cannot make the server queue
+/// more (the reader stops reading until some are answered).
+pub const MAX_DISPATCHED: usize = 1024;
+/// Bytes of requests handed to the workers and not yet answered, at most
+/// (a single frame up to msize always goes).
+pub const MAX_DISPATCHED_BYTES: usize = 64 << 20;
+
+/// A request handed to the workers.
+#[derive(Default)]
+struct Entry {
+    /// The frame's size.
+    bytes: usize,
+    /// Tflush requests waiting for this request's reply: their Rflush goes
+    /// out right after it.
+    flushes: Vec<u16>,
+}
+
+/// The requests being served by the workers, and the Tflushes waiting for
+/// them.
+#[derive(Default)]
+struct Dispatched {
+    tags: HashMap<u16, Entry>,
+    /// The sum of the frame sizes.
+    bytes: usize,
+    /// Threads waiting on `InFlight::done` (a wake-up is a system call; most
+    /// retirements have nobody to wake).
+    waiters: usize,
+}
+
 /// Tags of requests being served, with a condition to wait on.
 #[derive(Default)]
 struct InFlight {
-    tags: Mutex<HashSet<u16>>,
+    state: Mutex<Dispatched>,
     done: Condvar,
 }
 
 impl InFlight {
-    fn insert(&self, tag: u16) -> bool {
-        self.tags
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(tag)
+    fn lock(&self) -> MutexGuard<'_, Dispatched> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers `tag` for a frame of `bytes`; false if it is in flight.
+    fn insert(&self, tag: u16, bytes: usize) -> bool {
+        let mut d = self.lock();
+        if d.tags.contains_key(&tag) {
+            return false;
+        }
+        d.tags.insert(
+            tag,
+            Entry {
+                bytes,
+                flushes: Vec::new(),
+            },
+        );
+        d.bytes += bytes;
+        true
     }
 
     fn contains(&self, tag: u16) -> bool {
-        self.tags
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&tag)
+        self.lock().tags.contains_key(&tag)
     }
 
-    fn remove(&self, tag: u16) {
-        self.tags
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&tag);
-        self.done.notify_all();
+    /// Attaches Tflush `tag` to request `oldtag` if that is in flight (the
+    /// flush is then in flight too, until `oldtag` is retired); false if
+    /// `oldtag` is not in flight, so the Rflush can go at once.
+    fn attach_flush(&self, tag: u16, oldtag: u16) -> bool {
+        let mut d = self.lock();
+        if tag == oldtag || d.tags.contains_key(&tag) {
+            return false;
+        }
+        let Some(old) = d.tags.get_mut(&oldtag) else {
+            return false;
+        };
+        old.flushes.push(tag);
+        d.tags.insert(tag, Entry::default());
+        true
     }
 
-    fn wait_for(&self, tag: u16) {
-        let mut tags = self.tags.lock().unwrap_or_else(|e| e.into_inner());
-        while tags.contains(&tag) {
-            tags = self.done.wait(tags).unwrap_or_else(|e| e.into_inner());
+    /// Retires `tag` (its reply is being written) and every Tflush waiting
+    /// for it, and for those in turn; appends their tags to `flushes`, in
+    /// the order their Rflush must go out.
+    fn retire(&self, tag: u16, flushes: &mut Vec<u16>) {
+        let mut d = self.lock();
+        let first = flushes.len();
+        let mut next = Some(tag);
+        let mut i = first;
+        while let Some(t) = next {
+            if let Some(e) = d.tags.remove(&t) {
+                d.bytes -= e.bytes;
+                flushes.extend(e.flushes);
+            }
+            next = flushes.get(i).copied();
+            i += 1;
+        }
+        let wake = d.waiters > 0;
+        drop(d);
+        if wake {
+            self.done.notify_all();
+        }
+    }
+
+    /// Waits while `busy` says so.
+    fn wait_while(&self, busy: impl Fn(&Dispatched) -> bool) {
+        let mut d = self.lock();
+        while busy(&d) {
+            d.waiters += 1;
+            d = self.done.wait(d).unwrap_or_else(|e| e.into_inner());
+            d.waiters -= 1;
         }
     }
 
     /// Waits until no request is in flight.
     fn wait_idle(&self) {
-        let mut tags = self.tags.lock().unwrap_or_else(|e| e.into_inner());
-        while !tags.is_empty() {
-            tags = self.done.wait(tags).unwrap_or_else(|e| e.into_inner());
-        }
+        self.wait_while(|d| !d.tags.is_empty());
+    }
+
+    /// Waits until a frame of `bytes` may be dispatched within
+    /// [`MAX_DISPATCHED`] and [`MAX_DISPATCHED_BYTES`].
+    fn wait_room(&self, bytes: usize) {
+        self.wait_while(|d| {
+            !d.tags.is_empty()
+                && (d.tags.len() >= MAX_DISPATCHED
+                    || d.bytes.saturating_add(bytes) > MAX_DISPATCHED_BYTES)
+        });
     }
 }
 
@@ -169,17 +260,22 @@ impl<W: Write> Conn<W> {
         self.send_retiring(frame, None);
     }
 
-    /// Writes a reply; with `retire`, removes that tag from the in-flight set
-    /// under the same writer lock. The tag must be free before the client can
-    /// see the reply (it may reuse the tag at once), and a Tflush waiting for
-    /// it needs the writer lock to answer, so its Rflush still comes after
-    /// this reply.
+    /// Writes a reply; with `retire`, retires that tag (and the Tflushes
+    /// waiting for it, whose Rflush frames follow the reply) under the same
+    /// writer lock. The tag must be free before the client can see the
+    /// reply (it may reuse the tag at once), and the Rflush frames must come
+    /// after it.
     fn send_retiring(&self, frame: &[u8], retire: Option<u16>) {
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut flushes = Vec::new();
         if let Some(tag) = retire {
-            self.inflight.remove(tag);
+            self.inflight.retire(tag, &mut flushes);
         }
-        if let Err(e) = w.write_all(frame).and_then(|()| w.flush()) {
+        let mut res = w.write_all(frame);
+        for f in flushes {
+            res = res.and_then(|()| w.write_all(&Rmessage::Flush.encode(f)));
+        }
+        if let Err(e) = res.and_then(|()| w.flush()) {
             debug!("9p: reply not sent: {e}");
         }
     }
@@ -190,12 +286,6 @@ impl<W: Write> Conn<W> {
             return;
         };
         let reply = match decode_tframe(frame) {
-            Ok((_, Tmessage::Flush { oldtag })) => {
-                if oldtag != tag {
-                    self.inflight.wait_for(oldtag);
-                }
-                Rmessage::Flush.encode(tag)
-            }
             Ok((_, msg)) => self.session.handle(msg).into_frame(tag),
             Err(e) => {
                 debug!("9p: bad frame (tag {tag}): {e}");
@@ -203,6 +293,22 @@ impl<W: Write> Conn<W> {
             }
         };
         self.send_retiring(&reply, Some(tag));
+    }
+
+    /// Answers Tflush `frame` (tag `tag`) on the reader: at once into `out`
+    /// when the flushed request is not in flight, else after its reply.
+    fn flush(&self, frame: &[u8], tag: u16, out: &mut Vec<u8>) {
+        match decode_tframe(frame) {
+            Ok((_, Tmessage::Flush { oldtag })) => {
+                if self.inflight.contains(tag) {
+                    out.extend_from_slice(&lerror(tag, libc::EPROTO));
+                } else if !self.inflight.attach_flush(tag, oldtag) {
+                    out.extend_from_slice(&Rmessage::Flush.encode(tag));
+                }
+            }
+            Ok(_) => out.extend_from_slice(&lerror(tag, libc::EPROTO)),
+            Err(e) => out.extend_from_slice(&lerror(tag, wire_errno(&e))),
+        }
     }
 }
 
@@ -230,7 +336,7 @@ impl<W: Write> Conn<W> {
             return Step::Dispatch;
         };
         match t {
-            ty::TFLUSH | ty::TFSYNC | ty::TLOCK => return Step::Dispatch,
+            ty::TFSYNC | ty::TLOCK => return Step::Dispatch,
             _ => {}
         }
         if self.inflight.contains(tag) {
@@ -239,7 +345,7 @@ impl<W: Write> Conn<W> {
             return Step::Answered;
         }
         if t == ty::TREAD || t == ty::TWRITE {
-            if let Some(step) = self.data_inline(t, tag, frame, out) {
+            if let Some(step) = self.data_inline(frame, out) {
                 return step;
             }
         }
@@ -257,30 +363,12 @@ impl<W: Write> Conn<W> {
     /// between the file and the frame buffers with one system call. `None`
     /// if the frame is not a well-formed read or write of a file opened for
     /// I/O (`Session::handle` gives the right reply, at once).
-    fn data_inline(&self, t: u8, tag: u16, frame: &[u8], out: &mut Vec<u8>) -> Option<Step> {
-        // size[4] type[1] tag[2] fid[4] offset[8] count[4], then Twrite data.
-        let hdr = frame.get(..TWRITE_HEADER)?;
-        let le32 = |at: usize| u32::from_le_bytes([hdr[at], hdr[at + 1], hdr[at + 2], hdr[at + 3]]);
-        let (fid, count) = (le32(7), le32(19));
-        let offset = u64::from_le_bytes([
-            hdr[11], hdr[12], hdr[13], hdr[14], hdr[15], hdr[16], hdr[17], hdr[18],
-        ]);
-        let count = match t {
-            ty::TREAD if frame.len() == TWRITE_HEADER => count.min(self.session.max_read()),
-            ty::TWRITE
-                if frame.len() == TWRITE_HEADER + count as usize && !self.session.readonly() =>
-            {
-                count
-            }
-            _ => return None,
-        };
-        if offset.checked_add(count as u64)? > i64::MAX as u64 {
-            return None;
-        }
-        let (_, file) = self.session.data_file(fid)?;
+    fn data_inline(&self, frame: &[u8], out: &mut Vec<u8>) -> Option<Step> {
+        let req = DataRequest::parse(frame.get(..TWRITE_HEADER)?.try_into().ok()?, frame.len())?;
+        let (_, file, count) = self.session.data_target(&req)?;
         let fd = std::os::fd::AsRawFd::as_raw_fd(&*file);
         let start = out.len();
-        let res = if t == ty::TREAD {
+        let res = if req.read {
             out.reserve(RREAD_HEADER + count as usize);
             let iov = [libc::iovec {
                 // SAFETY: in bounds of the reserved capacity.
@@ -289,7 +377,7 @@ impl<W: Write> Conn<W> {
             }];
             // SAFETY: the iovec names `count` bytes of `out`'s spare
             // capacity, reserved above and untouched until the call returns.
-            unsafe { rw_nowait(Kind::Read, fd, &iov, offset) }
+            unsafe { rw_nowait(Kind::Read, fd, &iov, req.offset) }
         } else {
             let data = &frame[TWRITE_HEADER..];
             let iov = [libc::iovec {
@@ -298,21 +386,14 @@ impl<W: Write> Conn<W> {
             }];
             // SAFETY: the iovec names the frame's data, valid and only read
             // by pwritev2 during the call.
-            unsafe { rw_nowait(Kind::Write, fd, &iov, offset) }
+            unsafe { rw_nowait(Kind::Write, fd, &iov, req.offset) }
         };
         let Some(res) = res else {
             return Some(Step::Dispatch);
         };
-        let (rt, size, word) = match t {
-            _ if res < 0 => (ty::RLERROR, RREAD_HEADER as u32, res.unsigned_abs()),
-            ty::TREAD => (ty::RREAD, RREAD_HEADER as u32 + res as u32, res as u32),
-            _ => (ty::RWRITE, RREAD_HEADER as u32, res as u32),
-        };
-        out.extend_from_slice(&size.to_le_bytes());
-        out.push(rt);
-        out.extend_from_slice(&tag.to_le_bytes());
-        out.extend_from_slice(&word.to_le_bytes());
-        if rt == ty::RREAD {
+        let (header, size) = req.reply_header(res);
+        out.extend_from_slice(&header);
+        if req.read && res > 0 {
             // SAFETY: preadv2 initialised these `res` bytes right after the
             // header just written.
             unsafe { out.set_len(start + size as usize) };
@@ -546,16 +627,22 @@ where
                     // An R-message (or Rerror) sent to a server.
                     out.extend_from_slice(&lerror(tag, libc::EPROTO));
                     Step::Answered
+                } else if t == ty::TFLUSH {
+                    conn.flush(frame, tag, &mut out);
+                    Step::Answered
                 } else if mode == StreamMode::Inline {
                     conn.serve_inline(frame, &mut out)
                 } else {
                     Step::Dispatch
                 };
                 if let Step::Dispatch = step {
-                    // Inline replies go first: a Tflush must not overtake
-                    // them.
+                    // Inline replies go out before the reader may wait
+                    // for room.
                     conn.flush_batch(&mut out);
-                    if !conn.inflight.insert(tag) {
+                    // Back-pressure: a client that does not read its
+                    // replies cannot make the queue grow without bound.
+                    conn.inflight.wait_room(frame.len());
+                    if !conn.inflight.insert(tag, frame.len()) {
                         // The client reused a tag still in flight: a protocol
                         // error. Refuse without touching the in-flight
                         // request's bookkeeping.
@@ -633,5 +720,65 @@ mod tests {
             recv_now(r.as_raw_fd(), &mut buf),
             RecvNow::NotSocket
         ));
+    }
+
+    /// Runs `wait_room(bytes)` on another thread; the receiver hears when it
+    /// returned.
+    fn waiter(f: &Arc<InFlight>, bytes: usize) -> mpsc::Receiver<()> {
+        let (tx, rx) = mpsc::channel();
+        let f = f.clone();
+        thread::spawn(move || {
+            f.wait_room(bytes);
+            let _ = tx.send(());
+        });
+        rx
+    }
+
+    #[test]
+    fn dispatch_waits_for_room_by_bytes_and_by_count() {
+        let long = Duration::from_secs(30);
+        let f = Arc::new(InFlight::default());
+        // With nothing in flight, any frame goes.
+        f.wait_room(usize::MAX);
+        assert!(f.insert(1, MAX_DISPATCHED_BYTES - 10));
+        assert!(!f.insert(1, 1), "a tag in flight is refused");
+        f.wait_room(10);
+        let rx = waiter(&f, 11);
+        // It must still be waiting (a late check can only miss a bug, never
+        // report one that is not there).
+        assert!(rx.recv_timeout(Duration::from_millis(50)).is_err());
+        f.retire(1, &mut Vec::new());
+        rx.recv_timeout(long)
+            .expect("room once the request is answered");
+        for tag in 0..MAX_DISPATCHED as u16 {
+            assert!(f.insert(tag, 1));
+        }
+        let rx = waiter(&f, 1);
+        assert!(rx.recv_timeout(Duration::from_millis(50)).is_err());
+        f.retire(7, &mut Vec::new());
+        rx.recv_timeout(long).expect("room once one is answered");
+    }
+
+    #[test]
+    fn flushes_wait_for_their_request_and_retire_in_order() {
+        let f = InFlight::default();
+        assert!(f.insert(1, 100));
+        // Nothing in flight under 9, or the flush's own tag: answer at once.
+        assert!(!f.attach_flush(2, 9));
+        assert!(!f.attach_flush(1, 1));
+        // Two flushes of 1, and a flush of the first flush.
+        assert!(f.attach_flush(2, 1));
+        assert!(f.attach_flush(3, 1));
+        assert!(f.attach_flush(4, 2));
+        // A flush tag in flight is not attached again.
+        assert!(!f.attach_flush(2, 1));
+        assert!(f.contains(2) && f.contains(4));
+        let mut flushes = Vec::new();
+        f.retire(1, &mut flushes);
+        assert_eq!(flushes, [2, 3, 4]);
+        assert!(f.lock().tags.is_empty());
+        assert_eq!(f.lock().bytes, 0);
+        // Everything retired: Tversion would not wait.
+        f.wait_idle();
     }
 }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use device_queue::uring::{
-    gather, iovecs, segs_len, split_chain, DataOp, DataPath, IoEngine, Kind, QueueEngine,
+    gather, iovecs, peek, segs_len, split_chain, DataOp, DataPath, IoEngine, Kind, QueueEngine,
 };
 use device_queue::{Chain, MemGuard, MemorySlot};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
@@ -27,7 +27,8 @@ use vmm_sys_util::event::{
 };
 
 use crate::messages::{
-    decode_tframe, peek_type_tag, ty, Rmessage, Tmessage, HEADER_SIZE, RREAD_HEADER, TWRITE_HEADER,
+    data_reply_header, decode_tframe, peek_type_tag, ty, DataRequest, Rmessage, Tmessage,
+    HEADER_SIZE, RREAD_HEADER, TWRITE_HEADER,
 };
 use crate::server::{Server, Session};
 use crate::transport::wire_errno;
@@ -141,6 +142,11 @@ fn le32(b: &[u8], at: usize) -> u32 {
 impl DataPath for P9Data<'_> {
     fn plan(&self, mem: &MemGuard, chain: &Chain) -> Option<DataOp> {
         let session = self.0;
+        // The frame's type: most chains stop here.
+        let t = peek::<HEADER_SIZE>(mem, chain)?[4];
+        if !matches!(t, ty::TREAD | ty::TWRITE | ty::TFSYNC) {
+            return None;
+        }
         let (readable, writable) = split_chain(chain)?;
         // Tfsync: size[4] type[1] tag[2] fid[4] datasync[4]. It blocks on
         // the disk: on the ring, the queue goes on serving while it runs.
@@ -148,7 +154,8 @@ impl DataPath for P9Data<'_> {
         if head[4] == ty::TFSYNC {
             if le32(&head, 0) as usize != TFSYNC_SIZE
                 || segs_len(&readable) != TFSYNC_SIZE
-                || segs_len(&writable) < HEADER_SIZE
+                // Room for an Rlerror, the longest reply.
+                || segs_len(&writable) < RREAD_HEADER
             {
                 return None;
             }
@@ -166,66 +173,48 @@ impl DataPath for P9Data<'_> {
                 inode: node,
             });
         }
-        // Tread and Twrite share this layout: size[4] type[1] tag[2] fid[4]
-        // offset[8] count[4].
         let hdr = gather::<TWRITE_HEADER>(mem, &readable)?;
-        let size = le32(&hdr, 0) as usize;
-        let tag = u16::from_le_bytes([hdr[5], hdr[6]]);
-        let fid = le32(&hdr, 7);
-        let offset = u64::from_le_bytes(hdr[11..19].try_into().ok()?);
-        let count = le32(&hdr, 19);
         let (readable_len, writable_len) = (segs_len(&readable), segs_len(&writable));
-        if readable_len != size || size > session.msize() as usize || writable_len < RREAD_HEADER {
+        let req = DataRequest::parse(&hdr, readable_len)?;
+        if readable_len > session.msize() as usize || writable_len < RREAD_HEADER {
             return None;
         }
-        let (kind, iovecs) = match hdr[4] {
-            ty::TREAD if size == TWRITE_HEADER => {
-                let n = count
-                    .min(session.max_read())
-                    .min((writable_len - RREAD_HEADER) as u32);
+        let (node, file, count) = session.data_target(&req)?;
+        let (kind, iovecs) = match req.read {
+            true => {
+                let n = count.min((writable_len - RREAD_HEADER) as u32);
                 (
                     Kind::Read,
                     iovecs(mem, &writable, RREAD_HEADER, n as usize)?,
                 )
             }
-            ty::TWRITE if size == TWRITE_HEADER + count as usize && !session.readonly() => (
+            false => (
                 Kind::Write,
                 iovecs(mem, &readable, TWRITE_HEADER, count as usize)?,
             ),
-            _ => return None,
         };
-        if offset.checked_add(count as u64)? > i64::MAX as u64 {
-            return None;
-        }
-        let (node, file) = session.data_file(fid)?;
         Some(DataOp {
             head: chain.head_index(),
-            id: tag as u64,
+            id: req.tag as u64,
             kind,
             reply: writable,
             iovecs,
             file: file as Arc<_>,
-            offset,
+            offset: req.offset,
             inode: node,
         })
     }
 
     fn reply_header(&self, op: &DataOp, res: i32, out: &mut Vec<u8>) -> u32 {
-        let (t, size, word) = match op.kind {
-            _ if res < 0 => (ty::RLERROR, RREAD_HEADER as u32, res.unsigned_abs()),
-            Kind::Read => (ty::RREAD, RREAD_HEADER as u32 + res as u32, res as u32),
-            Kind::Write => (ty::RWRITE, RREAD_HEADER as u32, res as u32),
-            Kind::Fsync { .. } => {
-                out.extend_from_slice(&(HEADER_SIZE as u32).to_le_bytes());
-                out.push(ty::RFSYNC);
-                out.extend_from_slice(&(op.id as u16).to_le_bytes());
-                return HEADER_SIZE as u32;
-            }
-        };
-        out.extend_from_slice(&size.to_le_bytes());
-        out.push(t);
-        out.extend_from_slice(&(op.id as u16).to_le_bytes());
-        out.extend_from_slice(&word.to_le_bytes());
+        let tag = op.id as u16;
+        if matches!(op.kind, Kind::Fsync { .. }) && res >= 0 {
+            out.extend_from_slice(&(HEADER_SIZE as u32).to_le_bytes());
+            out.push(ty::RFSYNC);
+            out.extend_from_slice(&tag.to_le_bytes());
+            return HEADER_SIZE as u32;
+        }
+        let (header, size) = data_reply_header(op.kind == Kind::Read, tag, res);
+        out.extend_from_slice(&header);
         size
     }
 }

@@ -876,3 +876,127 @@ fn a_pair_of_pipes_is_served() {
     drop(client_w);
     conn.join().unwrap().unwrap();
 }
+
+/// More requests than the workers may hold (p9::transport::MAX_DISPATCHED),
+/// sent before any reply is read, with replies that fill the socket: the
+/// reader stops taking requests until replies are read (so the client's
+/// writes block: the server queues no more), then serves the rest. Every
+/// request is answered once, with its own data.
+#[test]
+fn requests_beyond_the_dispatch_limit_wait_and_are_all_answered() {
+    let s = setup();
+    let data: Vec<u8> = (0..64 * 4096u32).map(|i| (i / 4096) as u8).collect();
+    std::fs::write(s.share.join("f"), &data).unwrap();
+    let mut c = Client::ready_with(&s.server, StreamMode::Workers);
+    c.walk(0, 1, &[b"f"]);
+    c.rpc(Tmessage::Lopen { fid: 1, flags: 0 });
+    c.walk(0, 2, &[b"f"]);
+    c.rpc(Tmessage::Lopen {
+        fid: 2,
+        flags: libc::O_WRONLY as u32,
+    });
+    // Reads whose 4 KiB replies fill the socket, then 16 MiB of writes (of
+    // what the file holds) the server may not take in until the replies
+    // are read.
+    let reads = p9::transport::MAX_DISPATCHED as u16 + 64;
+    let writes = 64u16;
+    let mut burst = Vec::new();
+    for tag in 0..reads {
+        let m = Tmessage::Read {
+            fid: 1,
+            offset: (tag % 64) as u64 * 4096,
+            count: 4096,
+        };
+        burst.extend_from_slice(&m.encode(tag));
+    }
+    for i in 0..writes {
+        let m = Tmessage::Write {
+            fid: 2,
+            offset: 0,
+            data: &data,
+        };
+        burst.extend_from_slice(&m.encode(reads + i));
+    }
+    let mut w = c.s.try_clone().unwrap();
+    w.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+    let sender = std::thread::spawn(move || w.write_all(&burst).expect("the server reads on"));
+    // Give the server time to take in all it would; a slow machine can only
+    // hide a missing limit here, not report one that is there.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !sender.is_finished(),
+        "the server took in every request without its replies being read"
+    );
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..reads + writes {
+        let (tag, r) = c.recv();
+        assert!(seen.insert(tag), "tag {tag} answered twice");
+        match r {
+            Rmessage::Read { data } if tag < reads => {
+                assert_eq!(data, vec![(tag % 64) as u8; 4096], "tag {tag}")
+            }
+            Rmessage::Write { count } if tag >= reads => assert_eq!(count as usize, data.len()),
+            r => panic!("tag {tag}: {r:?}"),
+        }
+    }
+    sender.join().unwrap();
+    // The connection still serves.
+    assert!(matches!(
+        c.rpc(Tmessage::Getattr { fid: 1, mask: !0 }),
+        Rmessage::Getattr(_)
+    ));
+}
+
+/// Tflush never holds a worker: flushes of requests that always go to the
+/// workers (Tfsync), twice as many as there are workers, sent before the
+/// requests they name (answered at once: nothing to wait for) and after
+/// them (answered after each request's reply), are all answered, and the
+/// connection serves on.
+#[test]
+fn flushes_of_requests_on_workers_are_answered_after_them() {
+    for mode in MODES {
+        let s = setup();
+        let mut c = Client::ready_with(&s.server, mode);
+        c.walk(0, 1, &[b"inside"]);
+        c.rpc(Tmessage::Lopen {
+            fid: 1,
+            flags: libc::O_RDWR as u32,
+        });
+        let n = p9::transport::WORKERS_PER_CONNECTION as u16 * 2;
+        let mut burst = Vec::new();
+        for i in 0..n {
+            burst.extend_from_slice(&Tmessage::Flush { oldtag: 100 + i }.encode(200 + i));
+        }
+        for i in 0..n {
+            let m = Tmessage::Fsync {
+                fid: 1,
+                datasync: 0,
+            };
+            burst.extend_from_slice(&m.encode(100 + i));
+        }
+        for i in 0..n {
+            burst.extend_from_slice(&Tmessage::Flush { oldtag: 100 + i }.encode(300 + i));
+        }
+        c.send_raw(&burst);
+        let mut order = std::collections::HashMap::new();
+        for k in 0..3 * n {
+            let (tag, r) = c.recv();
+            assert!(order.insert(tag, k).is_none(), "{mode:?}: tag {tag} twice");
+            match tag {
+                100..=199 => assert_eq!(r, Rmessage::Fsync, "{mode:?}: tag {tag}"),
+                _ => assert_eq!(r, Rmessage::Flush, "{mode:?}: tag {tag}"),
+            }
+        }
+        for i in 0..n {
+            assert!(
+                order[&(300 + i)] > order[&(100 + i)],
+                "{mode:?}: the Rflush of {} came before its reply",
+                100 + i
+            );
+        }
+        assert!(matches!(
+            c.rpc(Tmessage::Getattr { fid: 1, mask: !0 }),
+            Rmessage::Getattr(_)
+        ));
+    }
+}

@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use device_queue::uring::{gather, iovecs, segs_len, split_chain, DataOp, DataPath, Kind};
+use device_queue::uring::{gather, iovecs, peek, segs_len, split_chain, DataOp, DataPath, Kind};
 use device_queue::{Chain, MemGuard};
 use passthrough::PassthroughFs;
 
@@ -53,6 +53,11 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 
 impl DataPath for FuseData<'_> {
     fn plan(&self, mem: &MemGuard, chain: &Chain) -> Option<DataOp> {
+        // fuse_in_header's len and opcode: most chains stop here.
+        let op = peek::<8>(mem, chain)?;
+        if !matches!(u32_at(&op, 4), FUSE_READ | FUSE_WRITE | FUSE_FSYNC) {
+            return None;
+        }
         let (readable, writable) = split_chain(chain)?;
         let head = gather::<{ IN_HEADER + FSYNC_IN }>(mem, &readable)?;
         let (len, opcode, unique, nodeid) = (
