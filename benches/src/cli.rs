@@ -186,6 +186,13 @@ pub struct Cli {
     /// Requests outstanding in seqread-1m and seqwrite-1m.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub seq_qd: usize,
+    /// Measure everything N times and report each figure's median: the
+    /// rounds run one after the other, each workload by every server in
+    /// turn, so a machine whose speed drifts (a VM's neighbours) moves all
+    /// servers alike. The table adds each figure's spread over the rounds.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=99))]
+    pub rounds: u32,
     /// Diagnostic: put READ/WRITE data in one descriptor instead of one per
     /// 4 KiB page (Linux sends pages).
     #[arg(long)]
@@ -247,6 +254,8 @@ pub struct Config {
     pub file_size: u64,
     /// Queue depth of the sequential workloads.
     pub seq_qd: usize,
+    /// Rounds of the whole set of runs; figures are their medians.
+    pub rounds: u32,
     /// How virtio-fs READ/WRITE data is split into descriptors.
     pub layout: crate::vfs::DataLayout,
     /// Negotiate EVENT_IDX with virtio-fs servers.
@@ -412,6 +421,7 @@ impl Cli {
             warmup: Duration::from_secs_f64(warmup),
             file_size: mib << 20,
             seq_qd: self.seq_qd,
+            rounds: self.rounds,
             layout: if self.flat_data {
                 crate::vfs::DataLayout::Flat
             } else {

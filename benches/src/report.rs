@@ -225,11 +225,13 @@ pub fn table(out: &Outcome, command: &str, date: &str) -> String {
     let v: Vec<String> = out.versions.iter().map(|(_, v)| v.clone()).collect();
     let _ = writeln!(s, "  servers: {}", v.join("; "));
     let _ = writeln!(s);
-    let _ = writeln!(
+    let spreads = out.records.iter().any(|r| r.spread.is_some());
+    let _ = write!(
         s,
         "{:<20} {:<13} {:<9} {:>10} {:>9} {:>9} {:>9} {:>8}",
         "workload", "server", "engine", "ops/s", "MiB/s", "p50 µs", "p99 µs", "srv CPU"
     );
+    let _ = writeln!(s, "{}", if spreads { "  spread" } else { "" });
     let mut records: Vec<&Record> = out.records.iter().collect();
     records.sort_by_key(|r| (r.workload, r.target));
     let mut last = None;
@@ -258,6 +260,14 @@ pub fn table(out: &Outcome, command: &str, date: &str) -> String {
             r.server_cpu
                 .map_or("-".into(), |c| format!("{:.0}%", c * 100.0))
         );
+        if spreads {
+            let _ = write!(
+                s,
+                "  {:>6}",
+                r.spread
+                    .map_or("-".into(), |x| format!("{:.0}%", x * 100.0))
+            );
+        }
         if let Some(len) = r.capped_len {
             let _ = write!(s, "  ({len}-byte requests: the server's msize)");
         }
@@ -269,6 +279,12 @@ pub fn table(out: &Outcome, command: &str, date: &str) -> String {
         s,
         "srv CPU: the server's CPU time over the run (all threads), as a share of one CPU."
     );
+    if spreads {
+        let _ = writeln!(
+            s,
+            "spread: (max - min) / median of ops/s over the rounds; each row is its median round."
+        );
+    }
     let _ = writeln!(s, "ours = virtiofsd-rs io-uring; sync = virtiofsd-rs sync; ratios of MiB/s for I/O, ops/s otherwise.");
     let _ = writeln!(s);
     let _ = writeln!(
@@ -560,6 +576,7 @@ mod tests {
             },
             capped_len: None,
             server_cpu: (server != Server::Native).then_some(0.5),
+            spread: None,
         }
     }
 

@@ -72,6 +72,39 @@ pub struct Record {
     /// The server's CPU use over the run, warm-up included, in CPUs (1.0:
     /// one CPU busy all the time); `None` for native.
     pub server_cpu: Option<f64>,
+    /// With several rounds: the spread of ops/s over them, (max − min) /
+    /// median.
+    pub spread: Option<f64>,
+}
+
+/// One record per (target, workload) out of records measured in several
+/// rounds: the round with the median ops/s (the lower of the two middle
+/// ones for an even count), with the spread over the rounds. Order: as
+/// each pair first appears.
+pub fn median_of_rounds(records: Vec<Record>) -> Vec<Record> {
+    let mut groups: Vec<Vec<Record>> = Vec::new();
+    for r in records {
+        match groups
+            .iter_mut()
+            .find(|g| g[0].target == r.target && g[0].workload == r.workload)
+        {
+            Some(g) => g.push(r),
+            None => groups.push(vec![r]),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|mut g| {
+            g.sort_by(|a, b| a.summary.ops_per_s.total_cmp(&b.summary.ops_per_s));
+            let n = g.len();
+            let (lo, hi) = (g[0].summary.ops_per_s, g[n - 1].summary.ops_per_s);
+            let mut m = g.swap_remove((n - 1) / 2);
+            if n > 1 && m.summary.ops_per_s > 0.0 {
+                m.spread = Some((hi - lo) / m.summary.ops_per_s);
+            }
+            m
+        })
+        .collect()
 }
 
 /// A (target, workload) without figures, and why.
@@ -301,38 +334,71 @@ pub fn run(cfg: &Config) -> Result<Outcome, RunSetupError> {
             }
         }
     }
-    let mut progress = Progress::new(programs.len() * cfg.workloads.len(), cfg.duration);
-    for (target, prog) in &programs {
+    let rounds = cfg.rounds.max(1) as usize;
+    let mut progress = Progress::new(rounds * programs.len() * cfg.workloads.len(), cfg.duration);
+    // Workload by workload, every server in turn: the figures compared with
+    // each other are measured close together.
+    for round in 0..rounds {
         for &w in &cfg.workloads {
-            progress.start(format!("{} {}", target.label(), w.name()));
-            let log = logs.join(format!(
-                "{}-{}-{}.log",
-                target.server.name(),
-                target.engine.name().replace('-', ""),
-                w.name()
-            ));
-            match run_one(cfg, &fx, *target, prog, w, &log, server_set, &mut progress) {
-                Ok(r) => {
-                    progress.done(&format!(
-                        "{:.0} ops/s, {:.1} MiB/s, p50 {:.1} µs, p99 {:.1} µs",
-                        r.summary.ops_per_s,
-                        r.summary.mib_per_s,
-                        r.summary.p50_us,
-                        r.summary.p99_us
-                    ));
-                    records.push(r);
+            for (target, prog) in &programs {
+                if failures
+                    .iter()
+                    .any(|f: &Failure| f.target == *target && f.workload == Some(w))
+                {
+                    continue;
                 }
-                Err(e) => {
-                    progress.done(&format!("FAILED: {e}"));
-                    failures.push(Failure {
-                        target: *target,
-                        workload: Some(w),
-                        reason: e.to_string(),
-                    });
+                let label = format!("{} {}", target.label(), w.name());
+                progress.start(if rounds > 1 {
+                    format!("round {}/{rounds}: {label}", round + 1)
+                } else {
+                    label
+                });
+                let log = logs.join(format!(
+                    "{}-{}-{}{}.log",
+                    target.server.name(),
+                    target.engine.name().replace('-', ""),
+                    w.name(),
+                    if rounds > 1 {
+                        format!("-{}", round + 1)
+                    } else {
+                        String::new()
+                    }
+                ));
+                match run_one(cfg, &fx, *target, prog, w, &log, server_set, &mut progress) {
+                    Ok(r) => {
+                        progress.done(&format!(
+                            "{:.0} ops/s, {:.1} MiB/s, p50 {:.1} µs, p99 {:.1} µs",
+                            r.summary.ops_per_s,
+                            r.summary.mib_per_s,
+                            r.summary.p50_us,
+                            r.summary.p99_us
+                        ));
+                        records.push(r);
+                    }
+                    Err(e) => {
+                        progress.done(&format!("FAILED: {e}"));
+                        failures.push(Failure {
+                            target: *target,
+                            workload: Some(w),
+                            reason: e.to_string(),
+                        });
+                    }
                 }
             }
         }
     }
+    // A pair that failed in any round is reported as failed, not as the
+    // median of the rounds that worked.
+    records.retain(|r| {
+        !failures
+            .iter()
+            .any(|f| f.target == r.target && f.workload == Some(r.workload))
+    });
+    let records = if rounds > 1 {
+        median_of_rounds(records)
+    } else {
+        records
+    };
     let context = vec![
         machine,
         format!(
@@ -352,6 +418,13 @@ pub fn run(cfg: &Config) -> Result<Outcome, RunSetupError> {
                 ""
             }
         ),
+        if rounds > 1 {
+            format!(
+                "{rounds} rounds, each workload run by every server in turn; each figure is the round with the median ops/s, spread = (max - min) / median of ops/s"
+            )
+        } else {
+            "one round, each workload run by every server in turn".to_string()
+        },
         format!(
             "{placement}; virtio-fs EVENT_IDX {}; the driver polls up to {} µs for a reply before sleeping{}",
             if cfg.event_idx { "negotiated" } else { "off (--no-event-idx)" },
@@ -469,6 +542,7 @@ fn run_one(
         summary,
         capped_len,
         server_cpu,
+        spread: None,
     })
 }
 
@@ -651,6 +725,50 @@ mod tests {
                 "fsbench".into(),
             )
             .unwrap()
+    }
+
+    #[test]
+    fn rounds_give_each_pair_its_median_and_spread() {
+        use crate::stats::Summary;
+        use crate::workload::Workload;
+        let rec = |server, w, ops: f64| Record {
+            target: Target {
+                server,
+                engine: Engine::Default,
+            },
+            workload: w,
+            summary: Summary {
+                ops_per_s: ops,
+                mib_per_s: ops,
+                p50_us: 1e6 / ops,
+                p99_us: 2e6 / ops,
+                samples: 1,
+                seconds: 1.0,
+            },
+            capped_len: None,
+            server_cpu: None,
+            spread: None,
+        };
+        let (a, b) = (Workload::SeqRead1m, Workload::Readdir10k);
+        let all = vec![
+            rec(Server::Native, a, 100.0),
+            rec(Server::Native, b, 10.0),
+            rec(Server::Native, a, 120.0),
+            rec(Server::Native, b, 30.0),
+            rec(Server::Native, a, 80.0),
+            rec(Server::Native, b, 20.0),
+            rec(Server::Diod, a, 7.0),
+        ];
+        let m = median_of_rounds(all);
+        assert_eq!(m.len(), 3);
+        assert_eq!((m[0].workload, m[0].summary.ops_per_s), (a, 100.0));
+        assert_eq!(m[0].spread, Some(0.4));
+        // The median round's other figures come with it.
+        assert_eq!(m[0].summary.p50_us, 1e4);
+        assert_eq!((m[1].workload, m[1].summary.ops_per_s), (b, 20.0));
+        assert_eq!(m[1].spread, Some(1.0));
+        // One round: no spread.
+        assert_eq!((m[2].summary.ops_per_s, m[2].spread), (7.0, None));
     }
 
     #[test]
