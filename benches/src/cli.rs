@@ -164,8 +164,10 @@ pub struct Cli {
     /// Write one JSON record per (server, engine, workload) to FILE.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
-    /// Write the SVG chart to FILE [default: docs/benchmarks/fsbench.svg of
-    /// the workspace for full runs, target/fsbench-quick.svg with --quick].
+    /// Write the SVG chart to FILE [default: fsbench.svg, or
+    /// fsbench-quick.svg with --quick, beside the binary's target/
+    /// profile directory (target/fsbench.svg), so a trial run never
+    /// overwrites the published chart in docs/benchmarks/].
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
     /// Where the scratch directory (the share) is made [default: /dev/shm
@@ -336,13 +338,6 @@ pub fn parse_workloads(items: &[String]) -> Result<Vec<Workload>, CliError> {
     Ok(out)
 }
 
-/// The workspace fsbench was built in, if the binary still sits in its
-/// `target/<profile>/`.
-pub fn workspace_of(exe: &Path) -> Option<PathBuf> {
-    let ws = exe.parent()?.parent()?.parent()?;
-    ws.join("Cargo.toml").exists().then(|| ws.to_path_buf())
-}
-
 impl Cli {
     /// Resolves defaults against fsbench's own location `exe` and `home`.
     pub fn into_config(
@@ -393,16 +388,13 @@ impl Cli {
                 Err("no diod: not at /usr/sbin/diod (apt-get install diod) and no --diod".into())
             }
         };
-        let svg = self
-            .svg
-            .unwrap_or_else(|| match (self.quick, workspace_of(exe)) {
-                (false, Some(ws)) => ws.join("docs/benchmarks/fsbench.svg"),
-                (true, _) => exe_dir
-                    .parent()
-                    .unwrap_or(exe_dir)
-                    .join("fsbench-quick.svg"),
-                (false, None) => PathBuf::from("fsbench.svg"),
-            });
+        let svg = self.svg.unwrap_or_else(|| {
+            exe_dir.parent().unwrap_or(exe_dir).join(if self.quick {
+                "fsbench-quick.svg"
+            } else {
+                "fsbench.svg"
+            })
+        });
         Ok(Config {
             virtiofsd_rs: self
                 .virtiofsd_rs
@@ -492,6 +484,8 @@ mod tests {
         assert_eq!(full.duration, Duration::from_secs(5));
         assert_eq!(full.warmup, Duration::from_secs(1));
         assert_eq!(full.file_size, 256 << 20);
+        // Never the published chart unless asked.
+        assert_eq!(full.svg, PathBuf::from("/w/target/fsbench.svg"));
         assert!(cfg(&["--duration", "0"]).is_err());
         assert!(cfg(&["--duration", "2", "--warmup", "2"]).is_err());
         assert!(cfg(&["--seq-qd", "0"]).is_err());
