@@ -135,6 +135,17 @@ struct Dispatched {
     waiters: usize,
 }
 
+/// What becomes of a Tflush.
+#[derive(Debug, PartialEq, Eq)]
+enum FlushVerdict {
+    /// The flushed request is in flight: the Rflush follows its reply.
+    Attached,
+    /// Nothing to wait for: the Rflush goes at once.
+    Now,
+    /// The Tflush's own tag is in flight: a protocol error.
+    TagInUse,
+}
+
 /// Tags of requests being served, with a condition to wait on.
 #[derive(Default)]
 struct InFlight {
@@ -168,20 +179,21 @@ impl InFlight {
         self.lock().tags.contains_key(&tag)
     }
 
-    /// Attaches Tflush `tag` to request `oldtag` if that is in flight (the
-    /// flush is then in flight too, until `oldtag` is retired); false if
-    /// `oldtag` is not in flight, so the Rflush can go at once.
-    fn attach_flush(&self, tag: u16, oldtag: u16) -> bool {
+    /// Registers Tflush `tag` of request `oldtag`, under one lock: what
+    /// the reader answers.
+    fn attach_flush(&self, tag: u16, oldtag: u16) -> FlushVerdict {
         let mut d = self.lock();
-        if tag == oldtag || d.tags.contains_key(&tag) {
-            return false;
+        if d.tags.contains_key(&tag) {
+            return FlushVerdict::TagInUse;
         }
-        let Some(old) = d.tags.get_mut(&oldtag) else {
-            return false;
-        };
-        old.flushes.push(tag);
-        d.tags.insert(tag, Entry::default());
-        true
+        match d.tags.get_mut(&oldtag) {
+            Some(old) if tag != oldtag => {
+                old.flushes.push(tag);
+                d.tags.insert(tag, Entry::default());
+                FlushVerdict::Attached
+            }
+            _ => FlushVerdict::Now,
+        }
     }
 
     /// Retires `tag` (its reply is being written) and every Tflush waiting
@@ -299,13 +311,11 @@ impl<W: Write> Conn<W> {
     /// when the flushed request is not in flight, else after its reply.
     fn flush(&self, frame: &[u8], tag: u16, out: &mut Vec<u8>) {
         match decode_tframe(frame) {
-            Ok((_, Tmessage::Flush { oldtag })) => {
-                if self.inflight.contains(tag) {
-                    out.extend_from_slice(&lerror(tag, libc::EPROTO));
-                } else if !self.inflight.attach_flush(tag, oldtag) {
-                    out.extend_from_slice(&Rmessage::Flush.encode(tag));
-                }
-            }
+            Ok((_, Tmessage::Flush { oldtag })) => match self.inflight.attach_flush(tag, oldtag) {
+                FlushVerdict::Attached => {}
+                FlushVerdict::Now => out.extend_from_slice(&Rmessage::Flush.encode(tag)),
+                FlushVerdict::TagInUse => out.extend_from_slice(&lerror(tag, libc::EPROTO)),
+            },
             Ok(_) => out.extend_from_slice(&lerror(tag, libc::EPROTO)),
             Err(e) => out.extend_from_slice(&lerror(tag, wire_errno(&e))),
         }
@@ -764,14 +774,16 @@ mod tests {
         let f = InFlight::default();
         assert!(f.insert(1, 100));
         // Nothing in flight under 9, or the flush's own tag: answer at once.
-        assert!(!f.attach_flush(2, 9));
-        assert!(!f.attach_flush(1, 1));
+        assert_eq!(f.attach_flush(2, 9), FlushVerdict::Now);
+        assert_eq!(f.attach_flush(5, 5), FlushVerdict::Now);
+        // A Tflush whose own tag is in flight is refused.
+        assert_eq!(f.attach_flush(1, 9), FlushVerdict::TagInUse);
         // Two flushes of 1, and a flush of the first flush.
-        assert!(f.attach_flush(2, 1));
-        assert!(f.attach_flush(3, 1));
-        assert!(f.attach_flush(4, 2));
+        assert_eq!(f.attach_flush(2, 1), FlushVerdict::Attached);
+        assert_eq!(f.attach_flush(3, 1), FlushVerdict::Attached);
+        assert_eq!(f.attach_flush(4, 2), FlushVerdict::Attached);
         // A flush tag in flight is not attached again.
-        assert!(!f.attach_flush(2, 1));
+        assert_eq!(f.attach_flush(2, 1), FlushVerdict::TagInUse);
         assert!(f.contains(2) && f.contains(4));
         let mut flushes = Vec::new();
         f.retire(1, &mut flushes);

@@ -148,10 +148,10 @@ impl DataPath for P9Data<'_> {
             return None;
         }
         let (readable, writable) = split_chain(chain)?;
-        // Tfsync: size[4] type[1] tag[2] fid[4] datasync[4]. It blocks on
-        // the disk: on the ring, the queue goes on serving while it runs.
-        let head = gather::<TFSYNC_SIZE>(mem, &readable)?;
-        if head[4] == ty::TFSYNC {
+        if t == ty::TFSYNC {
+            // size[4] type[1] tag[2] fid[4] datasync[4]. It blocks on the
+            // disk: on the ring, the queue goes on serving while it runs.
+            let head = gather::<TFSYNC_SIZE>(mem, &readable)?;
             if le32(&head, 0) as usize != TFSYNC_SIZE
                 || segs_len(&readable) != TFSYNC_SIZE
                 // Room for an Rlerror, the longest reply.

@@ -59,27 +59,24 @@ impl DataPath for FuseData<'_> {
             return None;
         }
         let (readable, writable) = split_chain(chain)?;
-        let head = gather::<{ IN_HEADER + FSYNC_IN }>(mem, &readable)?;
-        let (len, opcode, unique, nodeid) = (
-            u32_at(&head, 0),
-            u32_at(&head, 4),
-            u64_at(&head, 8),
-            u64_at(&head, 16),
-        );
-        let kind = match opcode {
+        let kind = match u32_at(&op, 4) {
             FUSE_READ => Kind::Read,
             FUSE_WRITE => Kind::Write,
-            FUSE_FSYNC => {
-                // An fsync blocks on the disk: on the ring, the queue goes on
+            _ => {
+                // FSYNC blocks on the disk: on the ring, the queue goes on
                 // serving while it runs.
+                let head = gather::<{ IN_HEADER + FSYNC_IN }>(mem, &readable)?;
                 let args = &head[IN_HEADER..];
-                if len as usize != IN_HEADER + FSYNC_IN || segs_len(&writable) < OUT_HEADER {
+                if u32_at(&head, 0) as usize != IN_HEADER + FSYNC_IN
+                    || segs_len(&writable) < OUT_HEADER
+                {
                     return None;
                 }
+                let nodeid = u64_at(&head, 16);
                 let file = self.0.handle(nodeid, u64_at(args, 0)).ok()?;
                 return Some(DataOp {
                     head: chain.head_index(),
-                    id: unique,
+                    id: u64_at(&head, 8),
                     kind: Kind::Fsync {
                         data_only: u32_at(args, 8) & FSYNC_FDATASYNC != 0,
                     },
@@ -90,9 +87,9 @@ impl DataPath for FuseData<'_> {
                     inode: nodeid,
                 });
             }
-            _ => return None,
         };
         let hdr = gather::<{ IN_HEADER + RW_IN }>(mem, &readable)?;
+        let (len, unique, nodeid) = (u32_at(&hdr, 0), u64_at(&hdr, 8), u64_at(&hdr, 16));
         let args = &hdr[IN_HEADER..];
         let (fh, offset, size) = (u64_at(args, 0), u64_at(args, 8), u32_at(args, 16));
         if size > MAX_IO || offset.checked_add(size as u64)? > i64::MAX as u64 {
