@@ -9,7 +9,7 @@
 #   tests/e2e/diod-clients.sh --diod
 #
 # P9D_BIN is started as
-#   P9D_BIN --shared-dir DIR --listen tcp:127.0.0.1:PORT [P9D_ARGS...]
+#   P9D_BIN --shared-dir DIR --listen tcp:127.0.0.1:PORT --no-auth [P9D_ARGS...]
 # on a free loopback port, as in tests/e2e/e2e-p9.sh, and stopped with
 # SIGTERM at the end (it must exit 0 within 10 s). --diod runs the same
 # against diod itself (the reference; validates this script).

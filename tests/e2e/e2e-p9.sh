@@ -12,7 +12,7 @@
 # microvm: guest/build-kernel.sh's kernel on -M microvm, virtio-net-device.
 #
 # P9D_BIN is started as
-#   P9D_BIN --shared-dir DIR --listen tcp:127.0.0.1:PORT [P9D_ARGS...]
+#   P9D_BIN --shared-dir DIR --listen tcp:127.0.0.1:PORT --no-auth [P9D_ARGS...]
 # on a free loopback port. It must accept connections within 20 s, serve any
 # number of clients (the readiness probe connects and closes without a
 # message; QEMU then connects once, when it starts), keep running after they

@@ -209,9 +209,10 @@ e2e_cleanup() {
 # pjdfstest-guest.sh --p9d/--diod) ---------------------------------------------
 #
 # e2e_p9_kind is p9d (e2e_p9_bin is started as BIN --shared-dir DIR --listen
-# tcp:127.0.0.1:PORT [e2e_p9_args...]) or diod (Debian's diod, the reference:
-# no auth, no user database, every uid may attach; e2e_p9_args are extra
-# diod options, e.g. "-e ctl").
+# tcp:127.0.0.1:PORT --no-auth [e2e_p9_args...]: like diod's -n, p9d serves
+# TCP only when told that it has no authentication) or diod (Debian's diod,
+# the reference: no auth, no user database, every uid may attach;
+# e2e_p9_args are extra diod options, e.g. "-e ctl").
 e2e_p9_kind=
 e2e_p9_bin=
 e2e_p9_args=()
@@ -265,7 +266,7 @@ e2e_start_p9_server() {
             cmd=(diod -f -n -N -d 0 -c /dev/null -L stderr -l "127.0.0.1:$e2e_port"
                 -e "$e2e_share" "${e2e_p9_args[@]}")
         else
-            cmd=("$e2e_p9_bin" --shared-dir "$e2e_share" --listen "tcp:127.0.0.1:$e2e_port"
+            cmd=("$e2e_p9_bin" --shared-dir "$e2e_share" --listen "tcp:127.0.0.1:$e2e_port" --no-auth
                 "${e2e_p9_args[@]}")
         fi
         e2e_note "starting ${cmd[*]}"

@@ -15,7 +15,7 @@
 # [ARG...]. TEST_PATTERNs filter pjdfstest's test names (e.g. chmod rename).
 # --9p-qemu uses QEMU's built-in 9p server instead (reference run).
 # --p9d: the guest mounts 9P2000.L over TCP (see tests/e2e/e2e-p9.sh) from
-# P9D_BIN --shared-dir DIR --listen tcp:127.0.0.1:PORT [ARG...], which is
+# P9D_BIN --shared-dir DIR --listen tcp:127.0.0.1:PORT --no-auth [ARG...], which is
 # stopped with SIGTERM afterwards (it must exit 0 within 10 s). --diod: the
 # same with Debian's diod (the reference 9P server).
 # Needs pjdfstest (cargo install pjdfstest) on the host: it is copied into the

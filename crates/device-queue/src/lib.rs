@@ -6,6 +6,15 @@
 //! with zero bytes, so a guest can never wedge a queue), notify the guest when
 //! the ring asks for it, and with event-idx keep draining until no chain
 //! arrived since notifications were re-enabled, so no kick is lost.
+//!
+//! A guest can also break a queue as a whole: an available index more than
+//! the queue size ahead of the device, rings outside guest memory, a kick on
+//! a queue that is not started. Such a queue is stopped (logged once, its
+//! ready flag cleared) and its kicks are ignored until the driver restarts
+//! it; the kick itself succeeds. A `handle_event` built on this crate
+//! therefore returns an error only for an event it never registered, and
+//! vhost-user-backend never ends a worker thread (with the other queues it
+//! serves) because of what a guest wrote. See [`serve_kick_with`].
 
 #![deny(missing_docs)]
 
@@ -20,8 +29,8 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::RwLock;
 
-use log::warn;
-use vhost_user_backend::{VringRwLock, VringT};
+use log::{debug, error, warn};
+use vhost_user_backend::{VringRwLock, VringState, VringT};
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
@@ -75,9 +84,50 @@ pub fn kicked_vring(
         .ok_or_else(|| io::Error::other(format!("event for unknown queue {device_event}")))
 }
 
+/// Why a queue was stopped: what the guest (or, for [`QueueError::Signal`],
+/// the frontend) got wrong. The queue stays stopped until the driver
+/// restarts it.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The available ring could not be read or its index is impossible
+    /// (more than the queue size ahead of the device), or the queue is not
+    /// started.
+    #[error("bad available ring: {0}")]
+    Avail(virtio_queue::Error),
+    /// The notification fields of the rings could not be written.
+    #[error("cannot set notifications: {0}")]
+    Notification(virtio_queue::Error),
+    /// The driver could not be signalled (its call eventfd).
+    #[error("cannot signal the driver: {0}")]
+    Signal(io::Error),
+}
+
+/// Runs `f` on `vring`'s state; if it fails, stops the queue (clears its
+/// ready flag) in the same critical section, so a driver restarting the
+/// ring meanwhile (which sets the flag again) is never undone by a failure
+/// seen on the ring it replaced.
+fn or_stop<T, E>(
+    vring: &VringRwLock,
+    f: impl FnOnce(&mut VringState<GuestMem>) -> Result<T, E>,
+) -> Result<T, E> {
+    let mut state = vring.get_mut();
+    let r = f(&mut state);
+    if r.is_err() {
+        state.get_queue_mut().set_ready(false);
+    }
+    r
+}
+
+/// Whether `vring` is started: the driver set it up, and it was not stopped
+/// since (by the driver, or by this crate after a [`QueueError`]).
+pub fn is_started(vring: &VringRwLock) -> bool {
+    vring.get_ref().get_queue().ready()
+}
+
 /// Serves one kick of `vring` named `queue` (for log lines): every available
 /// chain goes to `serve`, which returns the reply length or an error.
-/// `poller` is the queue's polling state (see [`poll`]).
+/// `poller` is the queue's polling state (see [`poll`]). As
+/// [`serve_kick_with`], this never fails.
 pub fn serve_kick<E: Display>(
     vring: &VringRwLock,
     mem: Option<MemGuard>,
@@ -85,7 +135,7 @@ pub fn serve_kick<E: Display>(
     queue: &str,
     poller: &mut Poller,
     mut serve: impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
-) -> io::Result<()> {
+) {
     serve_kick_with(vring, mem, event_idx, queue, poller, |mem| {
         uring::drain(vring, mem, queue, None, &mut serve)
     })
@@ -97,27 +147,54 @@ pub fn serve_kick<E: Display>(
 /// says (notifications still off, so the guest need not kick), and stop
 /// once no chain arrived after notifications were re-enabled, so no kick is
 /// lost.
+///
+/// A kick never fails. If the queue is broken ([`QueueError`]), the queue
+/// is stopped and that is logged once: its ready flag is cleared, and
+/// kicks of a queue that is not ready are ignored (at debug level). The
+/// driver restarts the queue the way it starts one: vhost-user-backend
+/// marks a queue ready again when the frontend hands it a kick or call
+/// eventfd (SET_VRING_KICK/CALL, what a VMM sends when the guest resets
+/// and sets up the device again). `drain`'s errors must be those of this
+/// crate's [`available`], [`notify`] and [`uring`] drain, which stop the
+/// queue when they fail (under the vring's lock, so a restart racing with
+/// the failure is not undone).
 pub fn serve_kick_with(
     vring: &VringRwLock,
     mem: Option<MemGuard>,
     event_idx: bool,
     queue: &str,
     poller: &mut Poller,
-    mut drain: impl FnMut(&MemGuard) -> io::Result<()>,
-) -> io::Result<()> {
+    mut drain: impl FnMut(&MemGuard) -> Result<(), QueueError>,
+) {
+    if !is_started(vring) {
+        debug!("{queue}: kicked while stopped; ignored");
+        return;
+    }
     let Some(mem) = mem else {
         warn!("{queue} kicked before guest memory was set");
-        return Ok(());
+        return;
     };
-    let vq_err = |e: virtio_queue::Error| io::Error::other(format!("{queue}: {e}"));
+    if let Err(e) = kick_protocol(vring, &mem, event_idx, poller, &mut drain) {
+        // Every QueueError comes from `or_stop`: the queue is stopped.
+        error!("{queue}: {e}; queue stopped until the driver resets it");
+    }
+}
+
+fn kick_protocol(
+    vring: &VringRwLock,
+    mem: &MemGuard,
+    event_idx: bool,
+    poller: &mut Poller,
+    drain: &mut impl FnMut(&MemGuard) -> Result<(), QueueError>,
+) -> Result<(), QueueError> {
     if !event_idx {
-        return drain(&mem);
+        return drain(mem);
     }
     poller.woken();
     let mut drains = 0;
     loop {
-        vring.disable_notification().map_err(vq_err)?;
-        drain(&mem)?;
+        or_stop(vring, |s| s.disable_notification()).map_err(QueueError::Notification)?;
+        drain(mem)?;
         drains += 1;
         if drains >= MAX_DRAINS_PER_KICK && kick_self(vring) {
             // Still busy: the thread's other events (its exit event, a
@@ -125,10 +202,10 @@ pub fn serve_kick_with(
             // worker back.
             return Ok(());
         }
-        if poller.spin(|| has_available(vring, &mem)) {
+        if poller.spin(|| has_available(vring, mem)) {
             continue;
         }
-        if !vring.enable_notification().map_err(vq_err)? {
+        if !or_stop(vring, |s| s.enable_notification()).map_err(QueueError::Notification)? {
             poller.sleeping();
             return Ok(());
         }
@@ -156,14 +233,15 @@ fn has_available(vring: &VringRwLock, mem: &MemGuard) -> bool {
         .is_ok_and(|idx| idx.0 != q.next_avail())
 }
 
-/// The chains now available on `vring`.
-pub fn available(vring: &VringRwLock, mem: &MemGuard, queue: &str) -> io::Result<Vec<Chain>> {
-    Ok(vring
-        .get_mut()
-        .get_queue_mut()
-        .iter(mem.clone())
-        .map_err(|e| io::Error::other(format!("{queue}: {e}")))?
-        .collect())
+/// The chains now available on `vring`; a broken available ring (or a
+/// queue not started) stops the queue.
+pub fn available(vring: &VringRwLock, mem: &MemGuard) -> Result<Vec<Chain>, QueueError> {
+    or_stop(vring, |s| {
+        s.get_queue_mut()
+            .iter(mem.clone())
+            .map(|chains| chains.collect())
+    })
+    .map_err(QueueError::Avail)
 }
 
 /// Serves `chain` with `serve` and returns it to the used ring; a chain that
@@ -202,10 +280,12 @@ pub const MAX_PASSES: usize = 64;
 /// that keeps a queue busy cannot starve the other events of its thread.
 pub const MAX_DRAINS_PER_KICK: usize = 16;
 
-/// Signals the guest if the ring asks for it (always without event-idx).
-pub fn notify(vring: &VringRwLock) -> io::Result<()> {
-    match vring.needs_notification() {
-        Ok(true) | Err(_) => vring.signal_used_queue(),
+/// Signals the guest if the ring asks for it (always without event-idx);
+/// a failure stops the queue.
+pub fn notify(vring: &VringRwLock) -> Result<(), QueueError> {
+    or_stop(vring, |s| match s.needs_notification() {
+        Ok(true) | Err(_) => s.signal_used_queue(),
         Ok(false) => Ok(()),
-    }
+    })
+    .map_err(QueueError::Signal)
 }

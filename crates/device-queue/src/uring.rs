@@ -21,22 +21,83 @@
 //! 3. Every [`NOTIFY_EVERY`] requests, the completions fill in the reply
 //!    headers, the used ring gets them in one batch, and the guest gets one
 //!    notification if the ring (event-idx) asks for it.
+//!
+//! A ring's operations are not system calls, so a seccomp filter never sees
+//! them: an unrestricted ring would let a compromised daemon open, connect
+//! or unlink whatever its ring names. Every ring is therefore created
+//! disabled, restricted to the three operations the engine submits
+//! ([`RING_OPS`]: `READV`, `WRITEV`, `FSYNC`, without SQE flags) and to no
+//! `io_uring_register` operation at all, and only then enabled
+//! ([`restricted_ring`]). A kernel that cannot restrict rings (before 5.10)
+//! gets no ring: the queue is served synchronously, as where io_uring is
+//! unavailable.
 
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use io_uring::register::Restriction;
 use io_uring::{opcode, types, IoUring};
-use log::{debug, warn};
+use log::{debug, error, warn};
 use vhost_user_backend::VringRwLock;
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use crate::poll::{QueuePollers, DEFAULT_POLL};
-use crate::{available, notify, return_chain, Chain, MemGuard, MAX_PASSES, NOTIFY_EVERY};
+use crate::{
+    available, notify, return_chain, Chain, MemGuard, QueueError, MAX_PASSES, NOTIFY_EVERY,
+};
 
 /// Submission queue entries per ring.
 pub const RING_ENTRIES: u32 = 256;
+
+/// The only operations a ring accepts: what [`UringQueue`] submits for
+/// [`Kind::Read`], [`Kind::Write`] and [`Kind::Fsync`]. The kernel fails
+/// any other with `EACCES`.
+pub const RING_OPS: [u8; 3] = [
+    opcode::Readv::CODE,
+    opcode::Writev::CODE,
+    opcode::Fsync::CODE,
+];
+
+/// Why a ring could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum RingError {
+    /// `io_uring_setup` failed (no io_uring, `kernel.io_uring_disabled`,
+    /// seccomp, or a kernel without `IORING_SETUP_R_DISABLED`).
+    #[error("io_uring_setup: {0}")]
+    Setup(io::Error),
+    /// The kernel refused the restrictions.
+    #[error("cannot restrict the ring: {0}")]
+    Restrict(io::Error),
+    /// The restricted ring could not be enabled.
+    #[error("cannot enable the ring: {0}")]
+    Enable(io::Error),
+}
+
+/// A ring of `entries` that accepts only [`RING_OPS`], with no SQE flags,
+/// and no `io_uring_register` operation: created disabled, restricted,
+/// then enabled, so no operation ever runs on it unrestricted. What
+/// [`UringQueue::new`] uses.
+pub fn restricted_ring(entries: u32) -> Result<IoUring, RingError> {
+    let ring = IoUring::builder()
+        .setup_r_disabled()
+        .build(entries)
+        .map_err(RingError::Setup)?;
+    // No register-op restriction: once enabled, every io_uring_register
+    // call on the ring (registering files, buffers, more restrictions...)
+    // fails with EACCES. No SQE-flag restriction: any flag is refused.
+    let mut allowed: Vec<Restriction> =
+        RING_OPS.iter().map(|&op| Restriction::sqe_op(op)).collect();
+    let submitter = ring.submitter();
+    submitter
+        .register_restrictions(&mut allowed)
+        .map_err(RingError::Restrict)?;
+    submitter
+        .register_enable_rings()
+        .map_err(RingError::Enable)?;
+    Ok(ring)
+}
 
 /// How reads and writes reach the host files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -193,10 +254,11 @@ pub struct UringQueue {
 }
 
 impl UringQueue {
-    /// A ring of [`RING_ENTRIES`] entries; fails where io_uring is
+    /// A ring of [`RING_ENTRIES`] entries, restricted to [`RING_OPS`]
+    /// ([`restricted_ring`]); fails where io_uring or its restrictions are
     /// unavailable (old kernels, `kernel.io_uring_disabled`, seccomp).
-    pub fn new() -> io::Result<UringQueue> {
-        let ring = IoUring::new(RING_ENTRIES)?;
+    pub fn new() -> Result<UringQueue, RingError> {
+        let ring = restricted_ring(RING_ENTRIES)?;
         Ok(UringQueue {
             ring,
             slots: (0..RING_ENTRIES).map(|_| None).collect(),
@@ -306,14 +368,15 @@ impl UringQueue {
     }
 
     /// Submits what is queued and reaps every operation in flight, writing
-    /// the replies and returning each chain to the used ring.
+    /// the replies and returning each chain to the used ring. It returns
+    /// only once nothing is in flight (or aborts the process: see below).
     fn complete_all(
         &mut self,
         path: &dyn DataPath,
         mem: &MemGuard,
         vring: &VringRwLock,
         queue: &str,
-    ) -> io::Result<()> {
+    ) {
         let mut warned = false;
         while self.in_flight() > 0 {
             match self.ring.submit_and_wait(self.in_flight()) {
@@ -334,7 +397,7 @@ impl UringQueue {
                             std::thread::sleep(std::time::Duration::from_millis(1));
                         }
                         _ => {
-                            log::error!(
+                            error!(
                                 "{queue}: io_uring wait failed ({e}) with {} operations on guest memory in flight; aborting",
                                 self.in_flight()
                             );
@@ -357,7 +420,6 @@ impl UringQueue {
             }
             self.done = done;
         }
-        Ok(())
     }
 }
 
@@ -666,16 +728,32 @@ pub(crate) fn drain<E: std::fmt::Display>(
     queue: &str,
     mut data: Option<(&dyn DataPath, &mut UringQueue)>,
     sync: &mut impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
-) -> io::Result<()> {
+) -> Result<(), QueueError> {
     let r = drain_passes(vring, mem, queue, &mut data, sync);
     if r.is_err() {
         // Operations in flight use guest memory: none may outlive the
         // snapshot the caller drops when this returns.
         if let Some((path, uq)) = &mut data {
-            uq.complete_all(*path, mem, vring, queue)?;
+            uq.complete_all(*path, mem, vring, queue);
         }
     }
     r
+}
+
+/// `path`'s plan for `chain`; a plan that panics (a bug: no guest input
+/// should make it) is logged and the chain goes the synchronous way, so
+/// the panic neither ends the worker nor leaves operations in flight on
+/// guest memory the unwinding would release.
+fn plan_caught(path: &dyn DataPath, mem: &MemGuard, chain: &Chain, queue: &str) -> Option<DataOp> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| path.plan(mem, chain))).unwrap_or_else(
+        |_| {
+            error!(
+                "{queue}: planning chain {} panicked; serving it synchronously",
+                chain.head_index()
+            );
+            None
+        },
+    )
 }
 
 fn drain_passes<E: std::fmt::Display>(
@@ -684,19 +762,19 @@ fn drain_passes<E: std::fmt::Display>(
     queue: &str,
     data: &mut Option<(&dyn DataPath, &mut UringQueue)>,
     sync: &mut impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
-) -> io::Result<()> {
+) -> Result<(), QueueError> {
     for _ in 0..MAX_PASSES {
-        let chains = available(vring, mem, queue)?;
+        let chains = available(vring, mem)?;
         if chains.is_empty() {
             return Ok(());
         }
         let mut unsignalled = 0;
         for chain in chains {
             let planned = match data {
-                Some((path, uq)) => match path.plan(mem, &chain) {
+                Some((path, uq)) => match plan_caught(*path, mem, &chain, queue) {
                     Some(op) => Some((*path, &mut **uq, op)),
                     None => {
-                        uq.complete_all(*path, mem, vring, queue)?;
+                        uq.complete_all(*path, mem, vring, queue);
                         None
                     }
                 },
@@ -705,7 +783,7 @@ fn drain_passes<E: std::fmt::Display>(
             match planned {
                 Some((path, uq, op)) => {
                     if uq.free.is_empty() || uq.overlaps(&op) {
-                        uq.complete_all(path, mem, vring, queue)?;
+                        uq.complete_all(path, mem, vring, queue);
                     }
                     match uq.inline_first.then(|| try_inline(&op)).flatten() {
                         Some(res) => {
@@ -724,14 +802,14 @@ fn drain_passes<E: std::fmt::Display>(
             let in_flight = data.as_ref().map_or(0, |(_, uq)| uq.in_flight());
             if in_flight + unsignalled >= NOTIFY_EVERY {
                 if let Some((path, uq)) = data {
-                    uq.complete_all(*path, mem, vring, queue)?;
+                    uq.complete_all(*path, mem, vring, queue);
                 }
                 notify(vring)?;
                 unsignalled = 0;
             }
         }
         if let Some((path, uq)) = data {
-            uq.complete_all(*path, mem, vring, queue)?;
+            uq.complete_all(*path, mem, vring, queue);
         }
         notify(vring)?;
     }
@@ -818,7 +896,8 @@ impl QueueEngine {
     /// polls, and with the io_uring engine and a ring its reads and writes
     /// go through [`drain`]'s inline-then-ring path; every other chain goes
     /// to `sync`. Without `data` (a queue such as virtio-fs's hiprio), every
-    /// chain goes to `sync` and the queue never polls.
+    /// chain goes to `sync` and the queue never polls. Never fails: a
+    /// broken queue is stopped (see [`crate::serve_kick_with`]).
     #[allow(clippy::too_many_arguments)]
     pub fn serve_kick<E: std::fmt::Display>(
         &self,
@@ -829,7 +908,7 @@ impl QueueEngine {
         queue: &str,
         data: Option<&dyn DataPath>,
         mut sync: impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
-    ) -> io::Result<()> {
+    ) {
         let Some(path) = data else {
             let mut off = crate::Poller::new(std::time::Duration::ZERO);
             return crate::serve_kick(vring, mem, event_idx, queue, &mut off, sync);
@@ -937,6 +1016,78 @@ mod tests {
         let short = [Seg { addr: 0x10, len: 3 }];
         assert!(scatter(&m, &short, b"12345").is_err());
         assert!(scatter(&m, &short, b"123").is_ok());
+    }
+
+    /// A ring as the engine makes it runs what the engine submits (READV,
+    /// WRITEV, FSYNC) and nothing else: an OPENAT, which no seccomp filter
+    /// would see, fails with EACCES, as does an engine operation with an
+    /// SQE flag and every io_uring_register operation.
+    #[test]
+    fn rings_run_only_the_engines_operations() {
+        if let Err(e) = IoUring::new(8) {
+            eprintln!("skipped: io_uring unavailable here ({e})");
+            return;
+        }
+        let mut uq = UringQueue::new().expect("a restricted ring where io_uring works");
+        let ring = &mut uq.ring;
+        let run = |ring: &mut IoUring, entry: io_uring::squeue::Entry| -> i32 {
+            // SAFETY: every buffer and path the entry names lives until the
+            // completion is reaped below.
+            unsafe { ring.submission().push(&entry.user_data(7)) }.expect("room on the ring");
+            ring.submit_and_wait(1).expect("io_uring_enter");
+            let cqe = ring.completion().next().expect("a completion");
+            assert_eq!(cqe.user_data(), 7);
+            cqe.result()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"....").unwrap();
+        let cpath = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        let open = opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), cpath.as_ptr())
+            .flags(libc::O_RDONLY | libc::O_CLOEXEC)
+            .build();
+        assert_eq!(run(ring, open), -libc::EACCES, "OPENAT must be refused");
+
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let fd = types::Fd(f.as_raw_fd());
+        let mut msg = *b"hello";
+        let iov = [libc::iovec {
+            iov_base: msg.as_mut_ptr().cast(),
+            iov_len: msg.len(),
+        }];
+        let write = opcode::Writev::new(fd, iov.as_ptr(), 1).offset(0).build();
+        assert_eq!(run(ring, write), 5, "WRITEV works");
+        let mut got = [0u8; 5];
+        let iov = [libc::iovec {
+            iov_base: got.as_mut_ptr().cast(),
+            iov_len: got.len(),
+        }];
+        let read = opcode::Readv::new(fd, iov.as_ptr(), 1).offset(0).build();
+        assert_eq!(run(ring, read), 5, "READV works");
+        assert_eq!(&got, b"hello");
+        assert_eq!(run(ring, opcode::Fsync::new(fd).build()), 0, "FSYNC works");
+
+        let flagged = opcode::Readv::new(fd, iov.as_ptr(), 1)
+            .build()
+            .flags(io_uring::squeue::Flags::ASYNC);
+        assert_eq!(run(ring, flagged), -libc::EACCES, "no SQE flags");
+
+        let refused = |r: io::Result<()>| r.err().and_then(|e| e.raw_os_error());
+        let submitter = ring.submitter();
+        assert_eq!(
+            refused(submitter.register_files(&[f.as_raw_fd()]).map(drop)),
+            Some(libc::EACCES),
+            "nothing can be registered"
+        );
+        let mut more = [Restriction::sqe_op(opcode::OpenAt::CODE)];
+        assert!(
+            refused(submitter.register_restrictions(&mut more)).is_some(),
+            "the restrictions cannot be changed"
+        );
     }
 
     #[test]

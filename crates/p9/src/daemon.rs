@@ -1,20 +1,28 @@
 //! The `p9d` daemon: listeners on TCP, unix sockets and inherited fds, all
 //! serving the same core. The binary only parses flags into a [`P9Config`].
+//!
+//! Hardened by default: unix sockets (`--listen unix:` and the vhost-user
+//! socket) are 0600 from the moment they exist (0660 for a chosen group);
+//! TCP, where 9P has no authentication, is refused unless
+//! [`P9Config::no_auth`] says so; a connection holds at most
+//! [`P9Config::max_fids`] fids, and the daemon serves at most
+//! [`P9Config::max_connections`] stream connections at once.
 
 use std::fs::File;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::FromRawFd;
-use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 
 use log::{info, warn};
 use passthrough::PassthroughFs;
 
-use crate::server::Server;
+use crate::attach_policy::AttachPolicy;
+use crate::server::{Server, ServerOptions};
 use crate::transport::{serve_connection_with, StreamConfig, StreamMode};
 
 /// Where `p9d` serves.
@@ -73,6 +81,12 @@ pub struct VhostUser {
     pub tag: String,
 }
 
+/// The most stream connections served at once unless told otherwise
+/// (`p9d --max-connections`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+
+pub use crate::fid_table::DEFAULT_MAX_FIDS;
+
 /// Everything `p9d` needs.
 #[derive(Debug, Clone)]
 pub struct P9Config {
@@ -89,6 +103,48 @@ pub struct P9Config {
     /// The longest a stream connection's reader polls for the next request
     /// before it sleeps (zero: never).
     pub poll: std::time::Duration,
+    /// Give the unix sockets (`unix:` listeners and the vhost-user socket)
+    /// to this group (a name or a gid), mode 0660; `None`: 0600, only the
+    /// owner (and root) may connect.
+    pub socket_group: Option<String>,
+    /// Serve `tcp:` listeners although 9P2000.L has no authentication here:
+    /// anyone who can reach the port can attach as any uid. Without it a
+    /// `tcp:` listener is refused ([`P9Error::NoAuth`]).
+    pub no_auth: bool,
+    /// Who may attach, and as whom, on every transport.
+    pub attach: AttachPolicy,
+    /// The most fids one connection may hold ([`DEFAULT_MAX_FIDS`]); a
+    /// request that would create another is answered `EMFILE`.
+    pub max_fids: usize,
+    /// The most stream connections (`tcp:` and `unix:`) served at once
+    /// ([`DEFAULT_MAX_CONNECTIONS`]); one more is accepted and closed at
+    /// once. Inherited `fd:` connections are not counted.
+    pub max_connections: usize,
+    /// The walls to put up before serving (namespace sandbox,
+    /// capabilities, Landlock, seccomp), as `virtiofsd-rs`.
+    pub sandbox: sandbox::SandboxConfig,
+}
+
+impl P9Config {
+    /// A configuration serving `fs` on nothing yet, with the defaults: the
+    /// io_uring engine, [`crate::transport::DEFAULT_POLL`], private sockets,
+    /// no TCP, any uid, [`DEFAULT_MAX_FIDS`] and
+    /// [`DEFAULT_MAX_CONNECTIONS`].
+    pub fn new(fs: passthrough::Config) -> Self {
+        P9Config {
+            fs,
+            listen: Vec::new(),
+            vhost_user: None,
+            io_engine: device_queue::uring::IoEngine::IoUring,
+            poll: crate::transport::DEFAULT_POLL,
+            socket_group: None,
+            no_auth: false,
+            attach: AttachPolicy::default(),
+            max_fids: DEFAULT_MAX_FIDS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            sandbox: sandbox::SandboxConfig::new(sandbox::Profile::P9),
+        }
+    }
 }
 
 /// Why `p9d` stopped with an error.
@@ -108,17 +164,21 @@ pub enum P9Error {
     /// Nothing to serve on.
     #[error("nothing to serve on: give --listen or --socket-path")]
     NoListener,
+    /// A `tcp:` listener without [`P9Config::no_auth`].
+    #[error(
+        "--listen tcp:{0} has no authentication (anyone who can reach the port \
+         can act as any uid): give --no-auth to serve it anyway"
+    )]
+    NoAuth(SocketAddr),
+    /// A unix socket could not be created (or given to its group).
+    #[error(transparent)]
+    Socket(#[from] sandbox::SocketError),
+    /// A wall could not be put up.
+    #[error(transparent)]
+    Sandbox(#[from] sandbox::SandboxError),
     /// The vhost-user device could not be created.
     #[error(transparent)]
     Backend(#[from] crate::virtio::BackendError),
-    /// The vhost-user socket could not be created.
-    #[error("cannot listen on {path}: {source}")]
-    VhostListen {
-        /// The socket path.
-        path: PathBuf,
-        /// What vhost said.
-        source: vhost::vhost_user::Error,
-    },
     /// The vhost-user daemon failed.
     #[error("vhost-user: {0}")]
     VhostUser(vhost_user_backend::Error),
@@ -127,12 +187,60 @@ pub enum P9Error {
     Thread(io::Error),
 }
 
+/// The stream connections being served, against a limit.
+#[derive(Debug)]
+struct ConnCount {
+    live: AtomicUsize,
+    max: usize,
+}
+
+/// One connection's place in a [`ConnCount`], given back when dropped.
+#[derive(Debug)]
+struct ConnSlot(Arc<ConnCount>);
+
+impl ConnCount {
+    fn new(max: usize) -> Arc<ConnCount> {
+        Arc::new(ConnCount {
+            live: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    /// A place for one more connection, if there is room.
+    fn take(self: &Arc<Self>) -> Option<ConnSlot> {
+        self.live
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ConnSlot(self.clone()))
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Refuses a connection beyond the limit: closes it (by dropping it) with
+/// one warning.
+fn refuse<S>(s: S, peer: &str, count: &ConnCount) {
+    warn!(
+        "client {peer} refused: {} connections already served (--max-connections)",
+        count.max
+    );
+    drop(s);
+}
+
+/// Serves one connection on its own thread, holding `slot` until it ends.
 fn spawn_conn<R, W>(
     server: Arc<Server>,
     r: R,
     w: W,
     peer: String,
     mode: StreamConfig,
+    slot: ConnSlot,
 ) -> io::Result<()>
 where
     R: io::Read + std::os::fd::AsRawFd + Send + 'static,
@@ -146,9 +254,23 @@ where
                 Ok(()) => info!("client {peer} disconnected"),
                 Err(e) => warn!("client {peer}: {e}"),
             }
+            drop(slot);
         })?;
     Ok(())
 }
+
+/// Removes a socket path when dropped (the vhost-user socket, once the
+/// daemon is done with it).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        sandbox::socket::remove_socket(&self.0);
+    }
+}
+
+/// After a failed accept (e.g. out of fds), before the next: no busy loop.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Serves `cfg` until SIGINT or SIGTERM (or, with only `fd:` transports,
 /// until those connections close).
@@ -156,8 +278,17 @@ pub fn run(cfg: P9Config) -> Result<(), P9Error> {
     if cfg.listen.is_empty() && cfg.vhost_user.is_none() {
         return Err(P9Error::NoListener);
     }
-    let fs = Arc::new(PassthroughFs::new(cfg.fs.clone())?);
-    let server = Server::new(fs);
+    if !cfg.no_auth {
+        if let Some(a) = cfg.listen.iter().find_map(|l| match l {
+            ListenAddr::Tcp(a) => Some(*a),
+            _ => None,
+        }) {
+            return Err(P9Error::NoAuth(a));
+        }
+    }
+    // A bad share is refused before any socket or sandbox exists.
+    cfg.fs.check_root()?;
+    let group = cfg.socket_group.as_deref();
     // Bind everything first so a bad address fails before serving starts.
     let mut tcp = Vec::new();
     let mut unix = Vec::new();
@@ -169,12 +300,7 @@ pub fn run(cfg: P9Config) -> Result<(), P9Error> {
         };
         match addr {
             ListenAddr::Tcp(a) => tcp.push(TcpListener::bind(a).map_err(err)?),
-            ListenAddr::Unix(p) => {
-                if p.exists() {
-                    let _ = std::fs::remove_file(p);
-                }
-                unix.push(UnixListener::bind(p).map_err(err)?)
-            }
+            ListenAddr::Unix(p) => unix.push(sandbox::bind_private_unix(p, group)?),
             ListenAddr::Fds(r, w) => {
                 // SAFETY: the user handed us these fds (--listen fd:R,W); we
                 // take ownership. For one socket, the write side is a dup.
@@ -188,23 +314,63 @@ pub fn run(cfg: P9Config) -> Result<(), P9Error> {
             }
         }
     }
-    let vhost = match &cfg.vhost_user {
+    let vhost_listener = match &cfg.vhost_user {
         Some(v) => Some((
-            vhost::vhost_user::Listener::new(&v.socket, true).map_err(|source| {
-                P9Error::VhostListen {
-                    path: v.socket.clone(),
-                    source,
-                }
-            })?,
+            vhost::vhost_user::Listener::from(sandbox::bind_private_unix(&v.socket, group)?),
+            RemoveOnDrop(v.socket.clone()),
+        )),
+        None => None,
+    };
+    // The host's users, while they can still be read.
+    let users = Arc::new(crate::user_db::UserDb::snapshot());
+    // Every socket exists: now the walls, and the share opened inside them.
+    let mut walls = cfg.sandbox.clone();
+    walls.file_handles = cfg.fs.inode_file_handles != passthrough::InodeFileHandles::Never;
+    // The supervisor (namespace mode) removes the vhost-user socket, which
+    // the sandboxed daemon can no longer reach.
+    let vhost_socket = cfg.vhost_user.as_ref().map(|v| v.socket.clone());
+    let fs = sandbox::wall_in(
+        &walls,
+        &cfg.fs.root_dir,
+        move || {
+            if let Some(p) = vhost_socket {
+                sandbox::socket::remove_socket(&p);
+            }
+        },
+        |root, proc_fd| {
+            let fs = passthrough::Config {
+                root_dir: root.to_path_buf(),
+                ..cfg.fs.clone()
+            };
+            Ok::<_, P9Error>(Arc::new(match proc_fd {
+                Some(fd) => PassthroughFs::with_proc_self_fd(fs, fd)?,
+                None => PassthroughFs::new(fs)?,
+            }))
+        },
+    )?;
+    let server = Server::with_options(
+        fs,
+        ServerOptions {
+            attach: cfg.attach.clone(),
+            max_fids: cfg.max_fids,
+            users: Some(users),
+            export: Some(cfg.fs.root_dir.clone()),
+        },
+    );
+    let vhost = match (vhost_listener, &cfg.vhost_user) {
+        (Some((listener, remove)), Some(v)) => Some((
+            listener,
+            remove,
             Arc::new(
                 crate::virtio::P9VhostBackend::new(server.clone(), &v.tag)?
                     .with_engine(cfg.io_engine)
                     .with_poll(cfg.poll),
             ),
         )),
-        None => None,
+        _ => None,
     };
     let only_fds = tcp.is_empty() && unix.is_empty();
+    let count = ConnCount::new(cfg.max_connections);
     let mode = StreamConfig {
         mode: StreamMode::from(cfg.io_engine),
         poll: cfg.poll,
@@ -239,42 +405,63 @@ pub fn run(cfg: P9Config) -> Result<(), P9Error> {
             "listening on tcp:{}",
             l.local_addr().map(|a| a.to_string()).unwrap_or_default()
         );
-        let server = server.clone();
+        let (server, count) = (server.clone(), count.clone());
         thread::Builder::new()
             .name("9p-tcp".into())
             .spawn(move || {
                 for conn in l.incoming() {
-                    match conn.and_then(|s| {
-                        s.set_nodelay(true)?;
-                        let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+                    let s = match conn {
+                        Ok(s) => s,
+                        Err(e) => {
+                            warn!("accept: {e}");
+                            thread::sleep(ACCEPT_BACKOFF);
+                            continue;
+                        }
+                    };
+                    let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+                    let Some(slot) = count.take() else {
+                        refuse(s, &peer, &count);
+                        continue;
+                    };
+                    if let Err(e) = s.set_nodelay(true).and_then(|()| {
                         let r = s.try_clone()?;
-                        spawn_conn(server.clone(), r, s, peer, mode)
+                        spawn_conn(server.clone(), r, s, peer, mode, slot)
                     }) {
-                        Ok(()) => {}
-                        Err(e) => warn!("accept: {e}"),
+                        warn!("accept: {e}");
                     }
                 }
             })
             .map_err(P9Error::Thread)?;
     }
     for l in unix {
-        let server = server.clone();
+        let (server, count) = (server.clone(), count.clone());
         thread::Builder::new()
             .name("9p-unix".into())
             .spawn(move || {
                 for conn in l.incoming() {
-                    match conn.and_then(|s| {
-                        let r = s.try_clone()?;
-                        spawn_conn(server.clone(), r, s, "unix".into(), mode)
-                    }) {
-                        Ok(()) => {}
-                        Err(e) => warn!("accept: {e}"),
+                    let s = match conn {
+                        Ok(s) => s,
+                        Err(e) => {
+                            warn!("accept: {e}");
+                            thread::sleep(ACCEPT_BACKOFF);
+                            continue;
+                        }
+                    };
+                    let Some(slot) = count.take() else {
+                        refuse(s, "unix", &count);
+                        continue;
+                    };
+                    if let Err(e) = s
+                        .try_clone()
+                        .and_then(|r| spawn_conn(server.clone(), r, s, "unix".into(), mode, slot))
+                    {
+                        warn!("accept: {e}");
                     }
                 }
             })
             .map_err(P9Error::Thread)?;
     }
-    if let Some((mut listener, backend)) = vhost {
+    if let Some((mut listener, _remove, backend)) = vhost {
         let mut daemon = vhost_user_backend::VhostUserDaemon::new(
             "p9d".to_string(),
             backend.clone(),

@@ -63,10 +63,24 @@ impl Fid {
     }
 }
 
-/// The fid numbers of one session.
-#[derive(Debug, Default)]
+/// The most fids one session may hold unless told otherwise (`p9d
+/// --max-fids`).
+pub const DEFAULT_MAX_FIDS: usize = 65536;
+
+/// The fid numbers of one session, at most a limit of them.
+#[derive(Debug)]
 pub struct FidTable {
     fids: HashMap<u32, Fid>,
+    limit: usize,
+    /// The limit was reached once (and logged).
+    warned: bool,
+}
+
+impl Default for FidTable {
+    /// A table of at most [`DEFAULT_MAX_FIDS`] fids.
+    fn default() -> Self {
+        FidTable::with_limit(DEFAULT_MAX_FIDS)
+    }
 }
 
 /// Why a fid could not be used.
@@ -78,6 +92,9 @@ pub enum FidError {
     /// The fid is already in use.
     #[error("fid {0} already in use")]
     InUse(u32),
+    /// The session holds as many fids as it may.
+    #[error("the session already holds {0} fids")]
+    TooMany(usize),
 }
 
 impl FidError {
@@ -85,11 +102,26 @@ impl FidError {
     pub fn errno(self) -> i32 {
         match self {
             FidError::Unknown(_) | FidError::InUse(_) => libc::EBADF,
+            FidError::TooMany(_) => libc::EMFILE,
         }
     }
 }
 
 impl FidTable {
+    /// A table of at most `limit` fids.
+    pub fn with_limit(limit: usize) -> Self {
+        FidTable {
+            fids: HashMap::new(),
+            limit,
+            warned: false,
+        }
+    }
+
+    /// The most fids the table holds.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     /// A copy of fid `id`.
     pub fn get(&self, id: u32) -> Result<Fid, FidError> {
         self.fids.get(&id).cloned().ok_or(FidError::Unknown(id))
@@ -105,10 +137,23 @@ impl FidTable {
         self.fids.contains_key(&id)
     }
 
-    /// Adds a fid under a number not in use.
+    /// Adds a fid under a number not in use, if the table has room. The
+    /// first time it has none, a warning is logged (once per table, that is
+    /// per connection).
     pub fn insert_new(&mut self, id: u32, fid: Fid) -> Result<(), FidError> {
         if self.fids.contains_key(&id) {
             return Err(FidError::InUse(id));
+        }
+        if self.fids.len() >= self.limit {
+            if !self.warned {
+                self.warned = true;
+                log::warn!(
+                    "9p: a connection reached its limit of {} fids (--max-fids); \
+                     refusing more with EMFILE",
+                    self.limit
+                );
+            }
+            return Err(FidError::TooMany(self.limit));
         }
         self.fids.insert(id, fid);
         Ok(())
@@ -152,6 +197,26 @@ mod tests {
         assert_eq!(t.remove(1).unwrap().node, 1);
         assert_eq!(t.remove(1), Err(FidError::Unknown(1)));
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_full_table_refuses_new_fids_until_one_is_removed() {
+        let mut t = FidTable::with_limit(2);
+        t.insert_new(1, Fid::new(1, 0, 0, vec![])).unwrap();
+        t.insert_new(2, Fid::new(2, 0, 0, vec![])).unwrap();
+        assert_eq!(
+            t.insert_new(3, Fid::new(3, 0, 0, vec![])),
+            Err(FidError::TooMany(2))
+        );
+        assert_eq!(FidError::TooMany(2).errno(), libc::EMFILE);
+        // A number in use is still EBADF, not EMFILE.
+        assert_eq!(
+            t.insert_new(2, Fid::new(3, 0, 0, vec![])),
+            Err(FidError::InUse(2))
+        );
+        t.remove(1).unwrap();
+        t.insert_new(3, Fid::new(3, 0, 0, vec![])).unwrap();
+        assert_eq!(t.len(), 2);
     }
 
     #[test]

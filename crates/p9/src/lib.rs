@@ -4,8 +4,10 @@
 //!   the frame and msize, walks carry at most 16 names, strings may not
 //!   contain NUL, and nothing may trail a message.
 //! - [`server`]: a [`server::Session`] per connection with its fid table
-//!   ([`fid_table`]); one method per message, on the shared
+//!   ([`fid_table`], bounded); one method per message, on the shared
 //!   [`passthrough::PassthroughFs`] through its `FileSystem` interface.
+//! - [`attach_policy`]: who may attach, and as whom (`--squash-root`,
+//!   `--allow-uids`), since 9P2000.L's identities come from the client.
 //! - [`transport`]: byte streams (TCP, unix, inherited fds) with concurrent
 //!   requests and a Tflush that waits for the flushed request.
 //! - [`virtio`]: virtio-9p, as a descriptor-chain transport a VMM can run
@@ -28,11 +30,13 @@
 
 #![deny(missing_docs)]
 
+pub mod attach_policy;
 pub mod daemon;
 pub mod fid_table;
 pub mod messages;
 pub mod server;
 pub mod transport;
+pub mod user_db;
 pub mod virtio;
 pub mod wire;
 

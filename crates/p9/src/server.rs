@@ -15,12 +15,15 @@ use fuse_backend_rs::abi::fuse_abi::{stat64, CreateIn, SetattrValid};
 use fuse_backend_rs::api::filesystem::{
     Context, FileLock, FileSystem, GetxattrReply, ListxattrReply,
 };
+use passthrough::fs::{XATTR_LIST_MAX, XATTR_NAME_MAX, XATTR_SIZE_MAX};
 use passthrough::io_buf::{SliceReader, VecWriter};
 use passthrough::name::name_from_bytes;
 use passthrough::{HandleData, PassthroughFs, ROOT_ID};
 
-use crate::fid_table::{Fid, FidError, FidTable, Open, Xattr};
+use crate::attach_policy::AttachPolicy;
+use crate::fid_table::{Fid, FidError, FidTable, Open, Xattr, DEFAULT_MAX_FIDS};
 use crate::messages::*;
+use crate::user_db::UserDb;
 use crate::wire::{Encoder, Qid, QID_SIZE, QTDIR, QTFILE, QTSYMLINK};
 
 /// The largest msize the server agrees to.
@@ -29,8 +32,6 @@ pub const MAX_MSIZE: u32 = 4 * 1024 * 1024;
 pub const MIN_MSIZE: u32 = 4096;
 /// `P9_GETATTR_BASIC`: every field up to and including blocks.
 const GETATTR_BASIC: u64 = 0x0000_07ff;
-/// The largest extended attribute value (Linux `XATTR_SIZE_MAX`).
-const XATTR_SIZE_MAX: u64 = 65536;
 /// `V9FS_MAGIC`, reported as the file system type.
 const V9FS_MAGIC: u32 = 0x0102_1997;
 /// The 9P version this server speaks.
@@ -112,9 +113,39 @@ impl From<Rmessage> for Reply {
     }
 }
 
+/// How a [`Server`] treats its sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerOptions {
+    /// Who may attach, and as whom.
+    pub attach: AttachPolicy,
+    /// The most fids one session may hold; a request that would create
+    /// another is answered `EMFILE`.
+    pub max_fids: usize,
+    /// The users Tattach may name, snapshotted before a sandbox hid the
+    /// host's database; `None` asks the live database.
+    pub users: Option<Arc<UserDb>>,
+    /// The export path clients may name as aname (diod's clients do), when
+    /// the core's root is not it (a sandboxed daemon serves the share as
+    /// `/`); `None`: the core's root.
+    pub export: Option<std::path::PathBuf>,
+}
+
+impl Default for ServerOptions {
+    /// Any uid may attach as itself; [`DEFAULT_MAX_FIDS`] fids a session.
+    fn default() -> Self {
+        ServerOptions {
+            attach: AttachPolicy::default(),
+            max_fids: DEFAULT_MAX_FIDS,
+            users: None,
+            export: None,
+        }
+    }
+}
+
 /// The server shared by every connection: the core and the qid space.
 pub struct Server {
     fs: Arc<PassthroughFs>,
+    options: ServerOptions,
     /// The shared directory as given, accepted as an aname (diod's clients
     /// name the export path).
     export: Vec<u8>,
@@ -123,11 +154,23 @@ pub struct Server {
 }
 
 impl Server {
-    /// A server for `fs`.
+    /// A server for `fs` with the default [`ServerOptions`].
     pub fn new(fs: Arc<PassthroughFs>) -> Arc<Server> {
-        let export = fs.config().root_dir.as_os_str().as_encoded_bytes().to_vec();
+        Server::with_options(fs, ServerOptions::default())
+    }
+
+    /// A server for `fs` whose sessions follow `options`.
+    pub fn with_options(fs: Arc<PassthroughFs>, options: ServerOptions) -> Arc<Server> {
+        let export = options
+            .export
+            .clone()
+            .unwrap_or_else(|| fs.config().root_dir.clone())
+            .as_os_str()
+            .as_encoded_bytes()
+            .to_vec();
         Arc::new(Server {
             fs,
+            options,
             export,
             devices: Mutex::new(HashMap::new()),
         })
@@ -178,57 +221,12 @@ fn cname(bytes: &[u8]) -> R<CString> {
     name_from_bytes(bytes).map_err(Errno::from)
 }
 
-/// A user's uid and primary gid from the host's user database.
-fn user_ids(uname: &[u8], n_uname: u32) -> (u32, u32) {
-    const NOBODY: u32 = 65534;
-    let mut buf = vec![0u8; 16384];
-    // SAFETY: passwd is plain data; zero is a valid initial value.
-    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    if n_uname != NONUNAME {
-        // SAFETY: all pointers are valid for the sizes passed.
-        let r = unsafe {
-            libc::getpwuid_r(
-                n_uname,
-                &mut pw,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut result,
-            )
-        };
-        let gid = if r == 0 && !result.is_null() {
-            pw.pw_gid
-        } else {
-            n_uname
-        };
-        return (n_uname, gid);
-    }
-    let Ok(name) = CString::new(uname) else {
-        return (NOBODY, NOBODY);
-    };
-    // SAFETY: all pointers are valid for the sizes passed.
-    let r = unsafe {
-        libc::getpwnam_r(
-            name.as_ptr(),
-            &mut pw,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    if r == 0 && !result.is_null() {
-        (pw.pw_uid, pw.pw_gid)
-    } else {
-        (NOBODY, NOBODY)
-    }
-}
-
 impl Session {
     /// A new session with nothing attached.
     pub fn new(server: Arc<Server>) -> Session {
         Session {
+            fids: Mutex::new(FidTable::with_limit(server.options.max_fids)),
             server,
-            fids: Mutex::new(FidTable::default()),
             msize: AtomicU32::new(MAX_MSIZE),
         }
     }
@@ -240,6 +238,11 @@ impl Session {
 
     fn fs(&self) -> &PassthroughFs {
         &self.server.fs
+    }
+
+    /// The gid a create request naming `gid` acts as ([`AttachPolicy`]).
+    fn request_gid(&self, gid: u32) -> u32 {
+        self.server.options.attach.request_gid(gid)
     }
 
     fn fids(&self) -> MutexGuard<'_, FidTable> {
@@ -370,13 +373,13 @@ impl Session {
                 flags,
                 mode,
                 gid,
-            } => self.lcreate(fid, name, flags, mode, gid),
+            } => self.lcreate(fid, name, flags, mode, self.request_gid(gid)),
             Tmessage::Symlink {
                 fid,
                 name,
                 target,
                 gid,
-            } => self.symlink(fid, name, target, gid),
+            } => self.symlink(fid, name, target, self.request_gid(gid)),
             Tmessage::Mknod {
                 dfid,
                 name,
@@ -384,7 +387,7 @@ impl Session {
                 major,
                 minor,
                 gid,
-            } => self.mknod(dfid, name, mode, major, minor, gid),
+            } => self.mknod(dfid, name, mode, major, minor, self.request_gid(gid)),
             Tmessage::Rename { fid, dfid, name } => self.rename(fid, dfid, name),
             Tmessage::Readlink { fid } => self.readlink(fid),
             Tmessage::Getattr { fid, .. } => self.getattr(fid),
@@ -406,7 +409,7 @@ impl Session {
                 name,
                 mode,
                 gid,
-            } => self.mkdir(dfid, name, mode, gid),
+            } => self.mkdir(dfid, name, mode, self.request_gid(gid)),
             Tmessage::Renameat {
                 olddirfid,
                 oldname,
@@ -445,7 +448,14 @@ impl Session {
         if self.fids().contains(fid) {
             return Err(Errno(libc::EBADF));
         }
-        let (uid, gid) = user_ids(uname, n_uname);
+        let (uid, gid) = match &self.server.options.users {
+            Some(db) => db.ids(uname, n_uname),
+            None => UserDb::live_ids(uname, n_uname),
+        };
+        let (uid, gid) = self.server.options.attach.attach(uid, gid).map_err(|e| {
+            log::info!("9p: Tattach refused: {e}");
+            Errno(e.errno())
+        })?;
         // "" and "/" and the export path itself are the root; anything else
         // is a path inside the share, walked one confined component at a time.
         let rel = aname
@@ -1009,10 +1019,9 @@ impl Session {
         };
         // Never block a server thread: a conflicting lock is BLOCKED, and the
         // client retries (the Linux client does for blocking requests).
-        let status = match self
-            .fs()
-            .setlk(&ctx(f.uid, f.gid), f.node, h, 0, Self::file_lock(l), 0)
-        {
+        // 9P2000.L always has Tlock: served whether or not FUSE's POSIX locks
+        // are offered (Config::posix_locks).
+        let status = match self.fs().try_lock(f.node, h, Self::file_lock(l)) {
             Ok(()) => lock_status::SUCCESS,
             Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) => {
                 lock_status::BLOCKED
@@ -1027,9 +1036,7 @@ impl Session {
         let Some(Open::File(h)) = f.open else {
             return Err(Errno(libc::EBADF));
         };
-        let got = self
-            .fs()
-            .getlk(&ctx(f.uid, f.gid), f.node, h, 0, Self::file_lock(l), 0)?;
+        let got = self.fs().test_lock(f.node, h, Self::file_lock(l))?;
         let length = if got.lock_type == libc::F_UNLCK as u32 || got.end >= i64::MAX as u64 {
             0
         } else {
@@ -1057,21 +1064,34 @@ impl Session {
     fn xattrwalk(&self, fid: u32, newfid: u32, name: &[u8]) -> R<Rmessage> {
         let f = self.fid(fid)?;
         let c = ctx(f.uid, f.gid);
+        // The size the host reports is asked for again, never more than
+        // Linux's limits (the core caps its buffer there too): a value that
+        // grew past it meanwhile is ERANGE. An empty value or list needs no
+        // second call.
         let value = if name.is_empty() {
             match self.fs().listxattr(&c, f.node, 0)? {
-                ListxattrReply::Count(n) => match self.fs().listxattr(&c, f.node, n)? {
-                    ListxattrReply::Names(v) => v,
-                    ListxattrReply::Count(_) => return Err(Errno(libc::EIO)),
-                },
+                ListxattrReply::Count(0) => Vec::new(),
+                ListxattrReply::Count(n) => {
+                    match self.fs().listxattr(&c, f.node, n.min(XATTR_LIST_MAX))? {
+                        ListxattrReply::Names(v) => v,
+                        ListxattrReply::Count(_) => return Err(Errno(libc::EIO)),
+                    }
+                }
                 ListxattrReply::Names(v) => v,
             }
         } else {
             let n = CString::new(name).map_err(|_| Errno(libc::EINVAL))?;
             match self.fs().getxattr(&c, f.node, &n, 0)? {
-                GetxattrReply::Count(len) => match self.fs().getxattr(&c, f.node, &n, len)? {
-                    GetxattrReply::Value(v) => v,
-                    GetxattrReply::Count(_) => return Err(Errno(libc::EIO)),
-                },
+                GetxattrReply::Count(0) => Vec::new(),
+                GetxattrReply::Count(len) => {
+                    match self
+                        .fs()
+                        .getxattr(&c, f.node, &n, len.min(XATTR_SIZE_MAX))?
+                    {
+                        GetxattrReply::Value(v) => v,
+                        GetxattrReply::Count(_) => return Err(Errno(libc::EIO)),
+                    }
+                }
                 GetxattrReply::Value(v) => v,
             }
         };
@@ -1088,12 +1108,17 @@ impl Session {
     }
 
     fn xattrcreate(&self, fid: u32, name: &[u8], size: u64, flags: u32) -> R<Rmessage> {
-        if size > XATTR_SIZE_MAX {
+        // Refused before anything is allocated for the value: the client's
+        // attr_size is a u64.
+        if size > u64::from(XATTR_SIZE_MAX) {
             return Err(Errno(libc::E2BIG));
         }
         let n = CString::new(name).map_err(|_| Errno(libc::EINVAL))?;
         if n.as_bytes().is_empty() {
             return Err(Errno(libc::EINVAL));
+        }
+        if n.as_bytes().len() > XATTR_NAME_MAX {
+            return Err(Errno(libc::ERANGE));
         }
         let mut fids = self.fids();
         let f = fids.get_mut(fid)?;

@@ -354,6 +354,9 @@ impl VhostUserBackend for P9VhostBackend {
         vrings: &[VringRwLock],
         _thread: usize,
     ) -> io::Result<()> {
+        // Only an event this device never registered is an error: a queue
+        // the guest broke is stopped by the serving loop, and this worker
+        // thread goes on (see `device_queue::serve_kick_with`).
         let vring = device_queue::kicked_vring(vrings, device_event, evset)?;
         self.data.serve_kick(
             device_event as usize,
@@ -363,6 +366,7 @@ impl VhostUserBackend for P9VhostBackend {
             "virtio-9p queue",
             Some(&P9Data(&self.session)),
             |mem, chain| serve_chain(&self.session, &**mem, chain),
-        )
+        );
+        Ok(())
     }
 }

@@ -122,6 +122,11 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with(|_| {})
+}
+
+/// A share as [`setup`] makes it, served with `tune` applied to its config.
+fn setup_with(tune: impl FnOnce(&mut Config)) -> Setup {
     let base = tempfile::tempdir().unwrap();
     let share = base.path().join("share");
     let outside = base.path().join("outside");
@@ -130,7 +135,9 @@ fn setup() -> Setup {
     std::fs::write(outside.join("secret"), b"host secret").unwrap();
     std::fs::write(share.join("inside"), b"guest data").unwrap();
     std::fs::create_dir(share.join("dir")).unwrap();
-    let fs = Arc::new(PassthroughFs::new(Config::new(&share)).unwrap());
+    let mut cfg = Config::new(&share);
+    tune(&mut cfg);
+    let fs = Arc::new(PassthroughFs::new(cfg).unwrap());
     Setup {
         _base: base,
         share,
@@ -999,4 +1006,225 @@ fn flushes_of_requests_on_workers_are_answered_after_them() {
             Rmessage::Getattr(_)
         ));
     }
+}
+
+/// The variable naming the one test a re-executed test binary runs as a
+/// child (see [`run_in_child`]).
+const CHILD_ENV: &str = "P9_RAW_CLIENT_TEST_CHILD";
+
+/// Whether this process is the child [`run_in_child`] started for `test`.
+fn is_child(test: &str) -> bool {
+    std::env::var(CHILD_ENV).as_deref() == Ok(test)
+}
+
+/// Runs the test `test` again in a child process (this test binary, that
+/// test alone) and asserts that it passed: for a check under a process-wide
+/// `setrlimit` the other tests must not share.
+fn run_in_child(test: &str) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, test)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the child running {test} failed: {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+    assert!(
+        stdout.contains("1 passed"),
+        "the child did not run {test}:\n{stdout}"
+    );
+}
+
+fn tlcreate(c: &mut Client, fid: u32, name: &[u8], flags: i32) -> Rmessage {
+    c.rpc(Tmessage::Lcreate {
+        fid,
+        name,
+        flags: flags as u32,
+        mode: 0o644,
+        gid: 0,
+    })
+}
+
+#[test]
+fn tlcreate_over_a_device_node_is_refused_and_the_connection_serves_on() {
+    let s = setup();
+    let mut c = Client::ready(&s.server);
+    // /dev/zero's numbers.
+    let r = c.rpc(Tmessage::Mknod {
+        dfid: 0,
+        name: b"zdev",
+        mode: libc::S_IFCHR | 0o666,
+        major: 1,
+        minor: 5,
+        gid: 0,
+    });
+    assert!(matches!(r, Rmessage::Mknod { .. }), "{r:?}");
+    c.walk(0, 1, &[]);
+    let r = tlcreate(&mut c, 1, b"zdev", libc::O_RDWR);
+    if matches!(r, Rmessage::Lcreate { .. }) {
+        let read = c.rpc(Tmessage::Read {
+            fid: 1,
+            offset: 0,
+            count: 16,
+        });
+        panic!("Tlcreate opened the host device: {read:?}");
+    }
+    assert_eq!(errno(&r), libc::ENXIO);
+    // The fid still names the directory, and the connection serves on.
+    assert!(matches!(
+        c.rpc(Tmessage::Getattr { fid: 1, mask: !0 }),
+        Rmessage::Getattr(a) if a.qid.ty == QTDIR
+    ));
+    assert!(matches!(
+        c.rpc(Tmessage::Getattr { fid: 0, mask: !0 }),
+        Rmessage::Getattr(_)
+    ));
+}
+
+#[test]
+fn tlcreate_over_a_host_fifo_answers_at_once() {
+    let s = setup();
+    let path = std::ffi::CString::new(s.share.join("fifo").as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o666) }, 0);
+    let mut c = Client::ready(&s.server);
+    c.walk(0, 1, &[]);
+    let start = Instant::now();
+    // A server blocked in open(O_WRONLY) never answers: the client's 10 s
+    // read timeout fails the test.
+    let r = tlcreate(&mut c, 1, b"fifo", libc::O_WRONLY);
+    assert_eq!(errno(&r), libc::ENXIO, "{r:?}");
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert!(matches!(
+        c.rpc(Tmessage::Getattr { fid: 0, mask: !0 }),
+        Rmessage::Getattr(_)
+    ));
+}
+
+const XATTRCREATE_CHILD: &str = "txattrcreate_of_a_2_pow_40_size_is_e2big_without_allocating_it";
+
+#[test]
+fn txattrcreate_of_a_2_pow_40_size_is_e2big_without_allocating_it() {
+    if !is_child(XATTRCREATE_CHILD) {
+        return run_in_child(XATTRCREATE_CHILD);
+    }
+    let s = setup_with(|cfg| cfg.xattr = true);
+    let mut c = Client::ready(&s.server);
+    // Any allocation of the client's size now fails (and aborts the child).
+    let rl = libc::rlimit {
+        rlim_cur: 1 << 30,
+        rlim_max: 1 << 30,
+    };
+    // SAFETY: `rl` is a valid rlimit; setrlimit only reads it.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &rl) }, 0);
+    c.walk(0, 1, &[b"inside"]);
+    let r = c.rpc(Tmessage::XattrCreate {
+        fid: 1,
+        name: b"user.big",
+        size: 1 << 40,
+        flags: 0,
+    });
+    assert_eq!(errno(&r), libc::E2BIG);
+    let r = c.rpc(Tmessage::XattrCreate {
+        fid: 1,
+        name: b"user.big",
+        size: 65537,
+        flags: 0,
+    });
+    assert_eq!(errno(&r), libc::E2BIG);
+    // The fid is untouched and the connection serves on.
+    assert!(matches!(
+        c.rpc(Tmessage::Getattr { fid: 1, mask: !0 }),
+        Rmessage::Getattr(_)
+    ));
+    assert_eq!(c.rpc(Tmessage::Clunk { fid: 1 }), Rmessage::Clunk);
+}
+
+#[test]
+fn txattrwalk_of_an_empty_value_or_list_is_size_0() {
+    let s = setup_with(|cfg| cfg.xattr = true);
+    let mut c = Client::ready(&s.server);
+    c.walk(0, 1, &[b"inside"]);
+    // No attributes yet: the list is empty.
+    let r = c.rpc(Tmessage::XattrWalk {
+        fid: 1,
+        newfid: 2,
+        name: b"",
+    });
+    assert_eq!(r, Rmessage::XattrWalk { size: 0 });
+    assert_eq!(c.rpc(Tmessage::Clunk { fid: 2 }), Rmessage::Clunk);
+    // An attribute with an empty value.
+    let path =
+        std::ffi::CString::new(s.share.join("inside").as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: NUL-terminated path and name; a zero-length value.
+    let rc = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            c"user.empty".as_ptr(),
+            std::ptr::null(),
+            0,
+            0,
+        )
+    };
+    assert_eq!(rc, 0);
+    let r = c.rpc(Tmessage::XattrWalk {
+        fid: 1,
+        newfid: 3,
+        name: b"user.empty",
+    });
+    assert_eq!(r, Rmessage::XattrWalk { size: 0 });
+    let r = c.rpc(Tmessage::Read {
+        fid: 3,
+        offset: 0,
+        count: 100,
+    });
+    assert_eq!(r, Rmessage::Read { data: Vec::new() });
+}
+
+#[test]
+fn tlock_is_served_although_fuse_posix_locks_are_not_offered() {
+    let s = setup();
+    assert!(!s.server.fs().config().posix_locks);
+    let mut c = Client::ready(&s.server);
+    for fid in [1, 2] {
+        c.walk(0, fid, &[b"inside"]);
+        assert!(matches!(
+            c.rpc(Tmessage::Lopen {
+                fid,
+                flags: libc::O_RDWR as u32
+            }),
+            Rmessage::Lopen { .. }
+        ));
+    }
+    let lock = |ty: i32| Lock {
+        ty: ty as u8,
+        start: 0,
+        length: 0,
+        proc_id: 1,
+        client_id: b"c".as_slice(),
+    };
+    let r = c.rpc(Tmessage::Lock {
+        fid: 1,
+        flags: 0,
+        lock: lock(libc::F_WRLCK),
+    });
+    assert_eq!(r, Rmessage::Lock { status: 0 }, "taken");
+    let r = c.rpc(Tmessage::Lock {
+        fid: 2,
+        flags: 1,
+        lock: lock(libc::F_WRLCK),
+    });
+    assert_eq!(r, Rmessage::Lock { status: 1 }, "blocked, answered at once");
+    let r = c.rpc(Tmessage::GetLock {
+        fid: 2,
+        lock: lock(libc::F_WRLCK),
+    });
+    assert!(
+        matches!(&r, Rmessage::GetLock(l) if l.ty == libc::F_WRLCK as u8),
+        "{r:?}"
+    );
 }

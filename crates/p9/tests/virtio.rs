@@ -8,7 +8,7 @@ use p9::messages::*;
 use p9::server::Server;
 use p9::virtio::P9VhostBackend;
 use passthrough::{Config, PassthroughFs};
-use vhost_user_backend::{VhostUserBackend, VringRwLock};
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use vm_memory::GuestAddress;
 use vmm_mini::harness::{Buf, GuestRam, SplitQueue, DESC_F_NEXT, DESC_F_WRITE};
 use vmm_sys_util::epoll::EventSet;
@@ -408,4 +408,54 @@ fn zero_copy_reads_and_writes_through_each_engine() {
             (IoEngine::Sync, _) => assert_eq!((ring, inline), (0, 0), "{what}"),
         }
     }
+}
+
+/// A queue the guest breaks (an available index more than the queue size
+/// ahead of the device), or a kick of a queue not started, makes no error
+/// of `handle_event`: vhost-user-backend would end the device's only worker
+/// thread for good. The queue is stopped instead, its kicks ignored, until
+/// the driver starts it again (vhost-user-backend marks a queue ready on
+/// SET_VRING_KICK); then it serves.
+#[test]
+fn a_broken_avail_index_stops_the_queue_until_the_driver_restarts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Driver::ready(dir.path());
+    let kick_only = |d: &Driver| {
+        d.dev
+            .handle_event(0, EventSet::IN, &d.vrings, 0)
+            .expect("guest input never fails the handler")
+    };
+    let count = d.q.avail_idx();
+    d.q.write_avail_idx(&d.ram, count.wrapping_add(d.q.size() + 1));
+    kick_only(&d);
+    assert_eq!(d.q.take_used(&d.ram), None);
+
+    // Stopped, even for a proper request once the index is sane again.
+    d.q.write_avail_idx(&d.ram, count);
+    let frame = Tmessage::Getattr { fid: 0, mask: 0 }.encode(9);
+    d.ram.write(d.req, &frame);
+    let head = d.q.write_chain(
+        &d.ram,
+        &Buf::request_reply(d.req, frame.len() as u32, d.reply, 4096),
+    );
+    assert_eq!(d.kick(head), None, "a stopped queue serves nothing");
+
+    // Started again: the request waiting there is served.
+    d.vrings[0].set_queue_ready(true);
+    kick_only(&d);
+    let (_, used) = d.q.take_used(&d.ram).expect("served once started");
+    let out = d.ram.read(d.reply, used as usize);
+    assert!(matches!(
+        decode_rframe(&out).unwrap().1,
+        Rmessage::Getattr(_)
+    ));
+
+    // A kick of a queue that is not started is ignored too.
+    d.vrings[0].set_queue_ready(false);
+    kick_only(&d);
+    d.vrings[0].set_queue_ready(true);
+    assert!(matches!(
+        d.rpc(Tmessage::Getattr { fid: 0, mask: 0 }),
+        Rmessage::Getattr(_)
+    ));
 }

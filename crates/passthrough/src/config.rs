@@ -72,6 +72,12 @@ pub struct Config {
     /// Pass `O_NOATIME` from the guest through (it fails with EPERM for
     /// files the daemon's credentials do not own).
     pub preserve_noatime: bool,
+    /// File descriptors kept free for the daemon's own needs (eventfds,
+    /// io_uring rings, sockets, accepting a connection): an fd opened for
+    /// the guest whose number reaches `RLIMIT_NOFILE (soft) - fd_reserve` is
+    /// closed again and the request answers `EMFILE`
+    /// (see [`FdBudget`](crate::fd_budget::FdBudget)).
+    pub fd_reserve: u32,
 }
 
 impl Config {
@@ -91,6 +97,31 @@ impl Config {
             posix_locks: false,
             readdirplus: true,
             preserve_noatime: false,
+            fd_reserve: 64,
+        }
+    }
+}
+
+impl Config {
+    /// Checks that `root_dir` is a directory that can be opened, without
+    /// keeping it open: for a daemon to refuse a bad share before it binds
+    /// a socket or enters a sandbox (which then opens the share for real).
+    pub fn check_root(&self) -> Result<(), crate::Error> {
+        let path = &self.root_dir;
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => {
+                std::fs::read_dir(path)
+                    .map(drop)
+                    .map_err(|source| crate::Error::OpenRoot {
+                        path: path.clone(),
+                        source,
+                    })
+            }
+            Ok(_) => Err(crate::Error::NotADirectory(path.clone())),
+            Err(source) => Err(crate::Error::OpenRoot {
+                path: path.clone(),
+                source,
+            }),
         }
     }
 }

@@ -23,6 +23,7 @@ use fuse_backend_rs::api::filesystem::{
 use crate::config::{CachePolicy, Config, InodeFileHandles};
 use crate::credentials::CredGuard;
 use crate::error::Error;
+use crate::fd_budget::FdBudget;
 use crate::file_handle::{FileHandle, MountFds};
 use crate::handle_table::{HandleData, HandleTable};
 use crate::inode_store::{InodeData, InodeFd, InodeKey, InodeSource, InodeStore, ROOT_ID};
@@ -45,6 +46,16 @@ const ALLOWED_OPEN_FLAGS: libc::c_int = libc::O_ACCMODE
     | libc::O_LARGEFILE
     | libc::O_EXCL;
 
+/// The largest extended attribute value Linux stores (`XATTR_SIZE_MAX`):
+/// no GETXATTR buffer is larger, and a larger SETXATTR value is `E2BIG`.
+pub const XATTR_SIZE_MAX: u32 = 65536;
+/// The largest extended attribute name list (`XATTR_LIST_MAX`): no
+/// LISTXATTR buffer is larger.
+pub const XATTR_LIST_MAX: u32 = 65536;
+/// The longest extended attribute name (`XATTR_NAME_MAX`); a longer one is
+/// `ERANGE`, as the host answers.
+pub const XATTR_NAME_MAX: usize = 255;
+
 /// The shared filesystem core: a confined passthrough of one host directory.
 pub struct PassthroughFs {
     cfg: Config,
@@ -57,11 +68,21 @@ pub struct PassthroughFs {
     proc_self_fd: OwnedFd,
     root_key: InodeKey,
     switch_creds: bool,
+    /// The fds kept free for the daemon, whatever the guest holds open.
+    fds: FdBudget,
 }
 
 fn fd_name(fd: RawFd) -> CString {
     // A decimal number never contains NUL.
     CString::new(fd.to_string()).unwrap_or_default()
+}
+
+fn check_xattr_name(name: &CStr) -> io::Result<()> {
+    if name.to_bytes().len() > XATTR_NAME_MAX {
+        Err(errno(libc::ERANGE))
+    } else {
+        Ok(())
+    }
 }
 
 fn is_readonly_violation(flags: libc::c_int) -> bool {
@@ -74,6 +95,21 @@ impl PassthroughFs {
     /// Sets the process umask to 0: the wire protocols deliver modes that the
     /// guest already masked, and the host must not mask them again.
     pub fn new(cfg: Config) -> Result<PassthroughFs, Error> {
+        let proc_self_fd = sys::openat(
+            libc::AT_FDCWD,
+            c"/proc/self/fd",
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )
+        .map_err(Error::ProcSelfFd)?;
+        Self::with_proc_self_fd(cfg, proc_self_fd)
+    }
+
+    /// As [`new`](Self::new), reopening `O_PATH` fds through
+    /// `proc_self_fd`, a `/proc/self/fd` directory the caller opened: a
+    /// sandboxed daemon's own private `/proc` (see the `sandbox` crate),
+    /// whose `..` cannot reach the host's processes.
+    pub fn with_proc_self_fd(cfg: Config, proc_self_fd: OwnedFd) -> Result<PassthroughFs, Error> {
         let path = cfg.root_dir.clone();
         let cpath =
             CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| Error::OpenRoot {
@@ -121,19 +157,13 @@ impl PassthroughFs {
                 Err(_) => {}
             }
         }
-        let proc_self_fd = sys::openat(
-            libc::AT_FDCWD,
-            c"/proc/self/fd",
-            libc::O_PATH | libc::O_DIRECTORY,
-            0,
-        )
-        .map_err(Error::ProcSelfFd)?;
         sys::clear_umask();
         let root_key = InodeKey::from_stat(&st);
         let inodes = InodeStore::default();
         inodes.insert_root(root_key, root);
         // SAFETY: geteuid cannot fail.
         let switch_creds = cfg.switch_credentials && unsafe { libc::geteuid() } == 0;
+        let fds = FdBudget::new(cfg.fd_reserve);
         Ok(PassthroughFs {
             cfg,
             inodes,
@@ -143,7 +173,16 @@ impl PassthroughFs {
             proc_self_fd,
             root_key,
             switch_creds,
+            fds,
         })
+    }
+
+    /// Re-reads the soft `RLIMIT_NOFILE` that the fd reserve
+    /// ([`Config::fd_reserve`]) is kept below, after the daemon changed it.
+    /// (A limit that was raised is also noticed the first time an fd would
+    /// otherwise be refused.)
+    pub fn refresh_fd_limit(&self) {
+        self.fds.refresh();
     }
 
     /// The configuration this core serves with.
@@ -193,6 +232,15 @@ impl PassthroughFs {
         self.cfg.cache.timeout()
     }
 
+    /// An `O_PATH` fd for `data`. One opened from a file handle for this
+    /// request is held to the fd reserve like every fd opened for the guest.
+    fn path_fd<'a>(&self, data: &'a InodeData) -> io::Result<InodeFd<'a>> {
+        match data.path_fd(&self.mounts)? {
+            InodeFd::Owned(fd) => self.fds.admit(fd).map(InodeFd::Owned),
+            borrowed => Ok(borrowed),
+        }
+    }
+
     /// Reopens an `O_PATH` fd with real access `flags` through `/proc/self/fd`.
     /// Only regular files and directories are ever reopened: device nodes,
     /// FIFOs and sockets are never opened on the host.
@@ -211,21 +259,22 @@ impl PassthroughFs {
             flags & !libc::O_NOFOLLOW,
             0,
         )?;
-        Ok(File::from(owned))
+        Ok(File::from(self.fds.admit(owned)?))
     }
 
     /// Opens `name` in `dir` as `O_PATH`, never following a symlink and never
     /// leaving `dir`.
     fn open_child(&self, dir: RawFd, name: &CStr) -> io::Result<OwnedFd> {
         let flags = libc::O_PATH | libc::O_NOFOLLOW;
-        match sys::openat2_beneath(dir, name, flags) {
+        let fd = match sys::openat2_beneath(dir, name, flags) {
             Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
                 // Pre-5.6 kernels: `name` is a single validated component and
                 // O_NOFOLLOW stops at a trailing symlink, which is as strict.
                 sys::openat(dir, name, flags, 0)
             }
             r => r,
-        }
+        }?;
+        self.fds.admit(fd)
     }
 
     /// Whether the directory `fd` lies beneath the share root, by walking up.
@@ -236,7 +285,12 @@ impl PassthroughFs {
             if InodeKey::from_stat(&st) == self.root_key {
                 return Ok(true);
             }
-            let parent = sys::openat(cur.as_raw_fd(), c"..", libc::O_PATH | libc::O_DIRECTORY, 0)?;
+            let parent = self.fds.admit(sys::openat(
+                cur.as_raw_fd(),
+                c"..",
+                libc::O_PATH | libc::O_DIRECTORY,
+                0,
+            )?)?;
             let pst = sys::fstat(parent.as_raw_fd())?;
             if InodeKey::from_stat(&pst) == InodeKey::from_stat(&st) {
                 return Ok(false);
@@ -281,12 +335,12 @@ impl PassthroughFs {
                     // A submount's root: its directory fd resolves its handles.
                     Ok(h) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
                         let name = fd_name(fd.as_raw_fd());
-                        let dirfd = sys::openat(
+                        let dirfd = self.fds.admit(sys::openat(
                             self.proc_self_fd.as_raw_fd(),
                             &name,
                             libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NONBLOCK,
                             0,
-                        )?;
+                        )?)?;
                         self.mounts.remember(h.mount_id(), dirfd);
                         InodeSource::Handle(h)
                     }
@@ -308,7 +362,7 @@ impl PassthroughFs {
         if !parent.is_dir() {
             return Err(errno(libc::ENOTDIR));
         }
-        let pfd = parent.path_fd(&self.mounts)?;
+        let pfd = self.path_fd(parent)?;
         let parent_dev = Some(parent.key.dev);
         match classify(name)? {
             NameKind::Normal => {
@@ -327,8 +381,13 @@ impl PassthroughFs {
                     self.inodes.add_ref(parent);
                     return Ok(self.entry_for(parent, st, None));
                 }
-                let up = sys::openat(pfd.as_raw_fd(), c"..", libc::O_PATH | libc::O_DIRECTORY, 0)?;
-                let check = sys::openat(up.as_raw_fd(), c".", libc::O_PATH | libc::O_DIRECTORY, 0)?;
+                let dir_flags = libc::O_PATH | libc::O_DIRECTORY;
+                let up = self
+                    .fds
+                    .admit(sys::openat(pfd.as_raw_fd(), c"..", dir_flags, 0)?)?;
+                let check = self
+                    .fds
+                    .admit(sys::openat(up.as_raw_fd(), c".", dir_flags, 0)?)?;
                 if !self.is_beneath_root(check)? {
                     return Err(errno(libc::EACCES));
                 }
@@ -338,7 +397,7 @@ impl PassthroughFs {
     }
 
     fn stat_inode(&self, data: &InodeData) -> io::Result<stat64> {
-        let fd = data.path_fd(&self.mounts)?;
+        let fd = self.path_fd(data)?;
         sys::fstat(fd.as_raw_fd())
     }
 
@@ -384,12 +443,41 @@ impl PassthroughFs {
         if self.cfg.readonly && is_readonly_violation(flags) {
             return Err(errno(libc::EROFS));
         }
-        let fd = data.path_fd(&self.mounts)?;
+        let fd = self.path_fd(&data)?;
         let file = {
             let _c = self.creds(ctx)?;
             self.reopen(&data, &fd, flags | libc::O_CLOEXEC)?
         };
         Ok(self.handles.insert(inode, file))
+    }
+
+    /// CREATE without `O_EXCL` of a name that exists: the checked path of
+    /// OPEN (a lookup to an `O_PATH` node, then [`reopen`](Self::reopen),
+    /// which opens only regular files and never blocks). A directory is
+    /// `EISDIR`, as `open(O_CREAT)` answers. Returns the entry, with one
+    /// lookup counted, and the open file. Runs under the requester's
+    /// credentials.
+    fn open_existing(
+        &self,
+        parent: &InodeData,
+        name: &CStr,
+        flags: libc::c_int,
+    ) -> io::Result<(Entry, File)> {
+        let entry = self.do_lookup(parent, name)?;
+        let file = self.inodes.get(entry.inode).and_then(|data| {
+            if data.is_dir() {
+                return Err(errno(libc::EISDIR));
+            }
+            let fd = self.path_fd(&data)?;
+            self.reopen(&data, &fd, flags | libc::O_CLOEXEC)
+        });
+        match file {
+            Ok(file) => Ok((entry, file)),
+            Err(e) => {
+                self.inodes.forget(entry.inode, 1);
+                Err(e)
+            }
+        }
     }
 
     /// Iterates the raw directory stream of `handle` from `offset`, calling
@@ -432,17 +520,23 @@ impl PassthroughFs {
         }
     }
 
+    fn check_xattr_enabled(&self) -> io::Result<()> {
+        if self.cfg.xattr {
+            Ok(())
+        } else {
+            Err(errno(libc::ENOSYS))
+        }
+    }
+
     fn with_xattr_file<T>(
         &self,
         ctx: &Context,
         inode: u64,
         f: impl FnOnce(RawFd) -> io::Result<T>,
     ) -> io::Result<T> {
-        if !self.cfg.xattr {
-            return Err(errno(libc::ENOSYS));
-        }
+        self.check_xattr_enabled()?;
         let data = self.inodes.get(inode)?;
-        let fd = data.path_fd(&self.mounts)?;
+        let fd = self.path_fd(&data)?;
         if !(data.is_reg() || data.is_dir()) {
             // Symlinks and special files: user xattrs are not allowed on them
             // by Linux, and they are never opened on the host.
@@ -493,6 +587,51 @@ impl PassthroughFs {
             )
         };
         sys::cvt_long(ret as libc::c_long).map(|n| n as usize)
+    }
+}
+
+impl PassthroughFs {
+    /// GETLK, SETLK and SETLKW are served only when POSIX locks were offered
+    /// ([`Config::posix_locks`]); otherwise they answer `ENOSYS` at once (a
+    /// guest that was not offered locks must not park a worker in SETLKW).
+    fn check_posix_locks(&self) -> io::Result<()> {
+        if self.cfg.posix_locks {
+            Ok(())
+        } else {
+            Err(errno(libc::ENOSYS))
+        }
+    }
+
+    /// Tests for a byte-range lock conflicting with `lock` on an open
+    /// handle (`F_OFD_GETLK`): the conflicting lock, or `lock` with type
+    /// `F_UNLCK` if there is none. For a front end with its own lock
+    /// protocol (9P's Tgetlock); never blocks.
+    pub fn test_lock(&self, inode: u64, handle: u64, lock: FileLock) -> io::Result<FileLock> {
+        let h = self.handles.get(inode, handle)?;
+        let mut fl = flock_from(&lock);
+        // SAFETY: `fl` is a valid flock; the fd is held by the handle Arc.
+        cvt(unsafe { libc::fcntl(h.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) })?;
+        let start = fl.l_start as u64;
+        Ok(FileLock {
+            start,
+            end: if fl.l_len == 0 {
+                i64::MAX as u64
+            } else {
+                start + fl.l_len as u64 - 1
+            },
+            lock_type: fl.l_type as u32,
+            pid: 0,
+        })
+    }
+
+    /// Takes or releases a byte-range lock on an open handle without
+    /// waiting (`F_OFD_SETLK`): `EAGAIN` if another holder conflicts. For a
+    /// front end with its own lock protocol (9P's Tlock); never blocks.
+    pub fn try_lock(&self, inode: u64, handle: u64, lock: FileLock) -> io::Result<()> {
+        let h = self.handles.get(inode, handle)?;
+        let fl = flock_from(&lock);
+        // SAFETY: `fl` is a valid flock; the fd is held by the handle Arc.
+        cvt(unsafe { libc::fcntl(h.as_raw_fd(), libc::F_OFD_SETLK, &fl) }).map(drop)
     }
 }
 
@@ -589,7 +728,7 @@ impl FileSystem for PassthroughFs {
     ) -> io::Result<(stat64, Duration)> {
         self.check_writable()?;
         let data = self.inodes.get(inode)?;
-        let fd = data.path_fd(&self.mounts)?;
+        let fd = self.path_fd(&data)?;
         let h = handle.and_then(|h| self.handles.get(inode, h).ok());
         let proc_name = fd_name(fd.as_raw_fd());
         let proc_fd = self.proc_self_fd.as_raw_fd();
@@ -684,7 +823,7 @@ impl FileSystem for PassthroughFs {
         if !data.is_symlink() {
             return Err(errno(libc::EINVAL));
         }
-        let fd = data.path_fd(&self.mounts)?;
+        let fd = self.path_fd(&data)?;
         let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
         // SAFETY: `buf` is writable for the length passed; EMPTY is NUL-terminated.
         let n = sys::cvt_long(unsafe {
@@ -712,7 +851,7 @@ impl FileSystem for PassthroughFs {
             return Err(errno(libc::ENOENT));
         }
         let parent = self.inodes.get(parent)?;
-        let pfd = parent.path_fd(&self.mounts)?;
+        let pfd = self.path_fd(&parent)?;
         let _c = self.creds(ctx)?;
         // The target is stored verbatim and never resolved by the host.
         // SAFETY: both strings are NUL-terminated; pfd is held.
@@ -733,7 +872,7 @@ impl FileSystem for PassthroughFs {
         self.check_writable()?;
         check_name(name)?;
         let parent = self.inodes.get(parent)?;
-        let pfd = parent.path_fd(&self.mounts)?;
+        let pfd = self.path_fd(&parent)?;
         let _c = self.creds(ctx)?;
         // SAFETY: NUL-terminated name; pfd is held.
         cvt(unsafe { libc::mknodat(pfd.as_raw_fd(), name.as_ptr(), mode, rdev as libc::dev_t) })?;
@@ -751,7 +890,7 @@ impl FileSystem for PassthroughFs {
         self.check_writable()?;
         check_name(name)?;
         let parent = self.inodes.get(parent)?;
-        let pfd = parent.path_fd(&self.mounts)?;
+        let pfd = self.path_fd(&parent)?;
         let _c = self.creds(ctx)?;
         // SAFETY: NUL-terminated name; pfd is held.
         cvt(unsafe { libc::mkdirat(pfd.as_raw_fd(), name.as_ptr(), mode) })?;
@@ -762,7 +901,7 @@ impl FileSystem for PassthroughFs {
         self.check_writable()?;
         check_name_for_removal(name)?;
         let parent = self.inodes.get(parent)?;
-        let pfd = parent.path_fd(&self.mounts)?;
+        let pfd = self.path_fd(&parent)?;
         let _c = self.creds(ctx)?;
         // SAFETY: NUL-terminated name; pfd is held.
         cvt(unsafe { libc::unlinkat(pfd.as_raw_fd(), name.as_ptr(), 0) }).map(drop)
@@ -772,7 +911,7 @@ impl FileSystem for PassthroughFs {
         self.check_writable()?;
         check_name_for_removal(name)?;
         let parent = self.inodes.get(parent)?;
-        let pfd = parent.path_fd(&self.mounts)?;
+        let pfd = self.path_fd(&parent)?;
         let _c = self.creds(ctx)?;
         // SAFETY: NUL-terminated name; pfd is held.
         cvt(unsafe { libc::unlinkat(pfd.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR) }).map(drop)
@@ -796,8 +935,8 @@ impl FileSystem for PassthroughFs {
         }
         let old = self.inodes.get(olddir)?;
         let new = self.inodes.get(newdir)?;
-        let ofd = old.path_fd(&self.mounts)?;
-        let nfd = new.path_fd(&self.mounts)?;
+        let ofd = self.path_fd(&old)?;
+        let nfd = self.path_fd(&new)?;
         let _c = self.creds(ctx)?;
         sys::renameat2(ofd.as_raw_fd(), oldname, nfd.as_raw_fd(), newname, flags)
     }
@@ -807,8 +946,8 @@ impl FileSystem for PassthroughFs {
         check_name(newname)?;
         let data = self.inodes.get(inode)?;
         let parent = self.inodes.get(newparent)?;
-        let fd = data.path_fd(&self.mounts)?;
-        let pfd = parent.path_fd(&self.mounts)?;
+        let fd = self.path_fd(&data)?;
+        let pfd = self.path_fd(&parent)?;
         let proc_name = fd_name(fd.as_raw_fd());
         let _c = self.creds(ctx)?;
         // Linking through /proc/self/fd needs no CAP_DAC_READ_SEARCH (unlike
@@ -848,13 +987,35 @@ impl FileSystem for PassthroughFs {
         self.check_writable()?;
         check_name(name)?;
         let parent = self.inodes.get(parent)?;
-        let pfd = parent.path_fd(&self.mounts)?;
-        let flags = self.open_flags(args.flags) | libc::O_CREAT | libc::O_NOFOLLOW;
-        let (file, entry) = {
+        let pfd = self.path_fd(&parent)?;
+        let flags = self.open_flags(args.flags);
+        let (entry, file) = {
             let _c = self.creds(ctx)?;
-            let fd = sys::openat(pfd.as_raw_fd(), name, flags, args.mode)?;
-            let entry = self.do_lookup(&parent, name)?;
-            (File::from(fd), entry)
+            // Only a new regular file is ever opened by name: an existing
+            // name (a device node, a FIFO, a symlink...) fails with EEXIST
+            // and, unless the guest asked for O_EXCL, goes the way of OPEN.
+            let create = flags | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
+            let mut retries = 3;
+            loop {
+                match sys::openat(pfd.as_raw_fd(), name, create, args.mode) {
+                    Ok(fd) => {
+                        let file = File::from(self.fds.admit(fd)?);
+                        break (self.do_lookup(&parent, name)?, file);
+                    }
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 =>
+                    {
+                        match self.open_existing(&parent, name, flags) {
+                            // Removed since: create it after all.
+                            Err(e) if e.raw_os_error() == Some(libc::ENOENT) && retries > 0 => {
+                                retries -= 1;
+                            }
+                            r => break r?,
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         };
         let handle = self.handles.insert(entry.inode, file);
         Ok((entry, Some(handle), self.open_options(false), None))
@@ -946,7 +1107,7 @@ impl FileSystem for PassthroughFs {
 
     fn statfs(&self, _ctx: &Context, inode: u64) -> io::Result<statvfs64> {
         let data = self.inodes.get(inode)?;
-        let fd = data.path_fd(&self.mounts)?;
+        let fd = self.path_fd(&data)?;
         let mut st = std::mem::MaybeUninit::<statvfs64>::zeroed();
         // SAFETY: valid out-pointer; fstatvfs accepts O_PATH fds.
         cvt(unsafe { libc::fstatvfs64(fd.as_raw_fd(), st.as_mut_ptr()) })?;
@@ -963,6 +1124,11 @@ impl FileSystem for PassthroughFs {
         flags: u32,
     ) -> io::Result<()> {
         self.check_writable()?;
+        self.check_xattr_enabled()?;
+        check_xattr_name(name)?;
+        if value.len() > XATTR_SIZE_MAX as usize {
+            return Err(errno(libc::E2BIG));
+        }
         self.with_xattr_file(ctx, inode, |fd| {
             // SAFETY: NUL-terminated name; `value` is valid for its length.
             cvt(unsafe {
@@ -985,12 +1151,17 @@ impl FileSystem for PassthroughFs {
         name: &CStr,
         size: u32,
     ) -> io::Result<GetxattrReply> {
+        self.check_xattr_enabled()?;
+        check_xattr_name(name)?;
         self.with_xattr_file(ctx, inode, |fd| {
-            let mut buf = vec![0u8; size as usize];
-            // SAFETY: `buf` is writable for `size` bytes (0 asks for the size).
+            // No value is larger than XATTR_SIZE_MAX, so neither is the
+            // buffer, whatever the guest offers; a larger value would be
+            // ERANGE from the host as for a short buffer.
+            let len = size.min(XATTR_SIZE_MAX) as usize;
+            let mut buf = vec![0u8; len];
+            // SAFETY: `buf` is writable for `len` bytes (0 asks for the size).
             let n = sys::cvt_long(unsafe {
-                libc::fgetxattr(fd, name.as_ptr(), buf.as_mut_ptr().cast(), size as usize)
-                    as libc::c_long
+                libc::fgetxattr(fd, name.as_ptr(), buf.as_mut_ptr().cast(), len) as libc::c_long
             })? as usize;
             if size == 0 {
                 Ok(GetxattrReply::Count(n as u32))
@@ -1003,10 +1174,12 @@ impl FileSystem for PassthroughFs {
 
     fn listxattr(&self, ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
         self.with_xattr_file(ctx, inode, |fd| {
-            let mut buf = vec![0u8; size as usize];
-            // SAFETY: `buf` is writable for `size` bytes (0 asks for the size).
+            // Capped at XATTR_LIST_MAX like the value in getxattr.
+            let len = size.min(XATTR_LIST_MAX) as usize;
+            let mut buf = vec![0u8; len];
+            // SAFETY: `buf` is writable for `len` bytes (0 asks for the size).
             let n = sys::cvt_long(unsafe {
-                libc::flistxattr(fd, buf.as_mut_ptr().cast(), size as usize) as libc::c_long
+                libc::flistxattr(fd, buf.as_mut_ptr().cast(), len) as libc::c_long
             })? as usize;
             if size == 0 {
                 Ok(ListxattrReply::Count(n as u32))
@@ -1019,6 +1192,8 @@ impl FileSystem for PassthroughFs {
 
     fn removexattr(&self, ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
         self.check_writable()?;
+        self.check_xattr_enabled()?;
+        check_xattr_name(name)?;
         self.with_xattr_file(ctx, inode, |fd| {
             // SAFETY: NUL-terminated name.
             cvt(unsafe { libc::fremovexattr(fd, name.as_ptr()) }).map(drop)
@@ -1065,6 +1240,7 @@ impl FileSystem for PassthroughFs {
     ) -> io::Result<()> {
         let parent = self.inodes.get(inode)?;
         let _c = self.creds(ctx)?;
+        let mut delivered = false;
         self.for_each_dirent(inode, handle, size, offset, |name, ino, off, type_| {
             let dirent = DirEntry {
                 ino,
@@ -1074,18 +1250,26 @@ impl FileSystem for PassthroughFs {
             };
             if name == b"." || name == b".." {
                 // A zero node id tells the guest to resolve these itself.
-                return add_entry(dirent, Entry::default());
+                let n = add_entry(dirent, Entry::default())?;
+                delivered |= n != 0;
+                return Ok(n);
             }
             let Ok(cname) = CString::new(name) else {
                 return Ok(1);
             };
             let entry = match self.do_lookup(&parent, &cname) {
                 Ok(e) => e,
+                // Out of fds (the reserve is reached): end the reply here,
+                // or fail if it is empty, rather than leave entries out.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    return if delivered { Ok(0) } else { Err(e) };
+                }
                 // Removed between getdents and the lookup: skip it.
                 Err(_) => return Ok(1),
             };
             let nodeid = entry.inode;
             let n = add_entry(dirent, entry)?;
+            delivered |= n != 0;
             if n == 0 {
                 // Not delivered: give back the lookup we took.
                 self.inodes.forget(nodeid, 1);
@@ -1104,7 +1288,7 @@ impl FileSystem for PassthroughFs {
 
     fn access(&self, ctx: &Context, inode: u64, mask: u32) -> io::Result<()> {
         let data = self.inodes.get(inode)?;
-        let fd = data.path_fd(&self.mounts)?;
+        let fd = self.path_fd(&data)?;
         if data.is_symlink() {
             return Ok(());
         }
@@ -1148,21 +1332,8 @@ impl FileSystem for PassthroughFs {
         lock: FileLock,
         _flags: u32,
     ) -> io::Result<FileLock> {
-        let h = self.handles.get(inode, handle)?;
-        let mut fl = flock_from(&lock);
-        // SAFETY: `fl` is a valid flock; the fd is held by the handle Arc.
-        cvt(unsafe { libc::fcntl(h.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) })?;
-        let start = fl.l_start as u64;
-        Ok(FileLock {
-            start,
-            end: if fl.l_len == 0 {
-                i64::MAX as u64
-            } else {
-                start + fl.l_len as u64 - 1
-            },
-            lock_type: fl.l_type as u32,
-            pid: 0,
-        })
+        self.check_posix_locks()?;
+        self.test_lock(inode, handle, lock)
     }
 
     fn setlk(
@@ -1174,10 +1345,8 @@ impl FileSystem for PassthroughFs {
         lock: FileLock,
         _flags: u32,
     ) -> io::Result<()> {
-        let h = self.handles.get(inode, handle)?;
-        let fl = flock_from(&lock);
-        // SAFETY: `fl` is a valid flock; the fd is held by the handle Arc.
-        cvt(unsafe { libc::fcntl(h.as_raw_fd(), libc::F_OFD_SETLK, &fl) }).map(drop)
+        self.check_posix_locks()?;
+        self.try_lock(inode, handle, lock)
     }
 
     fn setlkw(
@@ -1189,6 +1358,7 @@ impl FileSystem for PassthroughFs {
         lock: FileLock,
         _flags: u32,
     ) -> io::Result<()> {
+        self.check_posix_locks()?;
         let h = self.handles.get(inode, handle)?;
         let fl = flock_from(&lock);
         // SAFETY: `fl` is a valid flock; the fd is held by the handle Arc.

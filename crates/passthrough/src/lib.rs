@@ -12,7 +12,9 @@
 //! - confinement (`name`, and `openat2(RESOLVE_BENEATH)` in `fs`): every name
 //!   is one component, symlinks are never followed on the host, `..` at the
 //!   root is the root, and special files are never opened;
-//! - credentials (`credentials`): requests run with the requester's uid/gid.
+//! - credentials (`credentials`): requests run with the requester's uid/gid;
+//! - a reserve of fds (`fd_budget`) that no number of guest lookups and
+//!   opens can use up.
 //!
 //! ```no_run
 //! use passthrough::{Config, PassthroughFs};
@@ -30,6 +32,7 @@
 pub mod config;
 pub mod credentials;
 pub mod error;
+pub mod fd_budget;
 pub mod file_handle;
 pub mod fs;
 pub mod handle_table;

@@ -2,12 +2,13 @@
 
 mod common;
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use common::*;
-use fuse_backend_rs::abi::fuse_abi::SetattrValid;
-use fuse_backend_rs::api::filesystem::FileSystem;
+use fuse_backend_rs::abi::fuse_abi::{CreateIn, SetattrValid};
+use fuse_backend_rs::api::filesystem::{FileLock, FileSystem, GetxattrReply, ListxattrReply};
 use passthrough::io_buf::{SliceReader, VecWriter};
 use passthrough::{Config, InodeFileHandles, PassthroughFs, ROOT_ID};
 
@@ -427,4 +428,331 @@ fn copy_file_range_copies_between_handles() {
         .unwrap();
     assert_eq!(n, 5);
     assert_eq!(std::fs::read(dir.path().join("b")).unwrap(), b"23456");
+}
+
+fn create_args(flags: i32) -> CreateIn {
+    CreateIn {
+        flags: flags as u32,
+        mode: libc::S_IFREG | 0o644,
+        umask: 0,
+        fuse_flags: 0,
+    }
+}
+
+/// Runs `f` on another thread and waits at most 10 s for it: a request that
+/// blocks fails the test instead of hanging it. `unblock` runs first if it
+/// times out, to let the stuck thread go.
+fn within_10s<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+    unblock: impl FnOnce(),
+) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(v) => v,
+        Err(_) => {
+            unblock();
+            panic!("the request blocked for 10 s");
+        }
+    }
+}
+
+#[test]
+fn create_over_a_device_node_never_opens_the_host_device() {
+    let (_dir, fs) = new_fs();
+    // /dev/zero's numbers: a guest-made node must not reach the host device.
+    let dev = fs
+        .mknod(
+            &root(),
+            ROOT_ID,
+            &cs("zdev"),
+            libc::S_IFCHR | 0o666,
+            libc::makedev(1, 5) as u32,
+            0,
+        )
+        .unwrap();
+    for flags in [libc::O_RDWR, libc::O_RDONLY, libc::O_WRONLY | libc::O_TRUNC] {
+        match fs.create(&root(), ROOT_ID, &cs("zdev"), create_args(flags)) {
+            Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ENXIO), "flags {flags:#o}"),
+            Ok((entry, handle, _, _)) => {
+                let mut data = Vec::new();
+                let read = fs.read(
+                    &root(),
+                    entry.inode,
+                    handle.unwrap(),
+                    &mut VecWriter::new(&mut data),
+                    16,
+                    0,
+                    None,
+                    0,
+                );
+                panic!("CREATE opened the host device (flags {flags:#o}): read {read:?} {data:?}");
+            }
+        }
+    }
+    assert_eq!(fs.open_handles(), 0);
+    assert_eq!(
+        fs.inodes().get(dev.inode).unwrap().lookup_count(),
+        1,
+        "a refused CREATE keeps no lookup"
+    );
+}
+
+#[test]
+fn create_over_a_host_fifo_answers_at_once() {
+    let (dir, fs) = new_fs();
+    let fifo = dir.path().join("fifo");
+    let path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o666) }, 0);
+    let fs = Arc::new(fs);
+    let fs2 = fs.clone();
+    let r = within_10s(
+        move || errno(fs2.create(&root(), ROOT_ID, &cs("fifo"), create_args(libc::O_WRONLY))),
+        || {
+            // A reader lets the blocked open(O_WRONLY) return.
+            let _ = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&fifo);
+        },
+    );
+    assert_eq!(r, libc::ENXIO);
+    let r = within_10s(
+        {
+            let fs = fs.clone();
+            move || errno(fs.create(&root(), ROOT_ID, &cs("fifo"), create_args(libc::O_RDONLY)))
+        },
+        || {},
+    );
+    assert_eq!(r, libc::ENXIO);
+    assert_eq!(fs.open_handles(), 0);
+}
+
+#[test]
+fn create_of_an_existing_file_opens_it_truncates_on_o_trunc_and_is_eexist_with_o_excl() {
+    let (dir, fs) = new_fs();
+    std::fs::write(dir.path().join("f"), b"hello").unwrap();
+    let f = fs.lookup(&root(), ROOT_ID, &cs("f")).unwrap();
+    let (entry, handle, _, _) = fs
+        .create(&root(), ROOT_ID, &cs("f"), create_args(libc::O_RDWR))
+        .unwrap();
+    assert_eq!(entry.inode, f.inode, "the existing file");
+    assert_eq!(fs.inodes().get(f.inode).unwrap().lookup_count(), 2);
+    let mut data = Vec::new();
+    fs.read(
+        &root(),
+        f.inode,
+        handle.unwrap(),
+        &mut VecWriter::new(&mut data),
+        100,
+        0,
+        None,
+        0,
+    )
+    .unwrap();
+    assert_eq!(data, b"hello", "opened, not truncated");
+    fs.release(&root(), f.inode, 0, handle.unwrap(), false, false, None)
+        .unwrap();
+    let (entry, handle, _, _) = fs
+        .create(
+            &root(),
+            ROOT_ID,
+            &cs("f"),
+            create_args(libc::O_WRONLY | libc::O_TRUNC),
+        )
+        .unwrap();
+    assert_eq!(entry.inode, f.inode);
+    assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"", "O_TRUNC");
+    fs.release(&root(), f.inode, 0, handle.unwrap(), false, false, None)
+        .unwrap();
+    std::fs::write(dir.path().join("f"), b"kept").unwrap();
+    assert_eq!(
+        errno(fs.create(
+            &root(),
+            ROOT_ID,
+            &cs("f"),
+            create_args(libc::O_RDWR | libc::O_EXCL | libc::O_TRUNC)
+        )),
+        libc::EEXIST
+    );
+    assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"kept");
+    std::fs::create_dir(dir.path().join("d")).unwrap();
+    assert_eq!(
+        errno(fs.create(&root(), ROOT_ID, &cs("d"), create_args(libc::O_RDONLY))),
+        libc::EISDIR
+    );
+    assert_eq!(fs.open_handles(), 0);
+    assert_eq!(
+        fs.inodes().get(f.inode).unwrap().lookup_count(),
+        3,
+        "one lookup per successful CREATE, none for a refused one"
+    );
+}
+
+const XATTR_CHILD: &str = "getxattr_and_listxattr_of_a_4_gib_size_allocate_no_4_gib";
+
+#[test]
+fn getxattr_and_listxattr_of_a_4_gib_size_allocate_no_4_gib() {
+    if !is_child(XATTR_CHILD) {
+        return run_in_child(XATTR_CHILD);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), b"x").unwrap();
+    let mut cfg = Config::new(dir.path());
+    cfg.xattr = true;
+    let fs = PassthroughFs::new(cfg).unwrap();
+    let f = fs.lookup(&root(), ROOT_ID, &cs("f")).unwrap();
+    fs.setxattr(&root(), f.inode, &cs("user.x"), b"hi", 0)
+        .unwrap();
+    // Any allocation of the guest's size now fails (and aborts the child).
+    set_rlimit(libc::RLIMIT_AS, 1 << 30);
+    match fs
+        .getxattr(&root(), f.inode, &cs("user.x"), 0xFFFF_FFF0)
+        .unwrap()
+    {
+        GetxattrReply::Value(v) => assert_eq!(v, b"hi"),
+        GetxattrReply::Count(n) => panic!("a count ({n}) for a sized request"),
+    }
+    assert_eq!(
+        errno(fs.getxattr(&root(), f.inode, &cs("user.none"), 0xFFFF_FFF0)),
+        libc::ENODATA
+    );
+    match fs.listxattr(&root(), f.inode, 0xFFFF_FFF0).unwrap() {
+        ListxattrReply::Names(v) => assert_eq!(v, b"user.x\0"),
+        ListxattrReply::Count(n) => panic!("a count ({n}) for a sized request"),
+    }
+    // A short buffer is still ERANGE, as the host answers.
+    assert_eq!(
+        errno(fs.getxattr(&root(), f.inode, &cs("user.x"), 1)),
+        libc::ERANGE
+    );
+}
+
+#[test]
+fn xattr_values_over_64_kib_are_e2big_and_names_over_255_bytes_erange() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), b"x").unwrap();
+    let mut cfg = Config::new(dir.path());
+    cfg.xattr = true;
+    let fs = PassthroughFs::new(cfg).unwrap();
+    let f = fs.lookup(&root(), ROOT_ID, &cs("f")).unwrap();
+    assert_eq!(
+        errno(fs.setxattr(&root(), f.inode, &cs("user.big"), &vec![1u8; 65537], 0)),
+        libc::E2BIG
+    );
+    let long = format!("user.{}", "n".repeat(251));
+    assert_eq!(long.len(), 256);
+    assert_eq!(
+        errno(fs.setxattr(&root(), f.inode, &cs(&long), b"v", 0)),
+        libc::ERANGE
+    );
+    assert_eq!(
+        errno(fs.getxattr(&root(), f.inode, &cs(&long), 10)),
+        libc::ERANGE
+    );
+    assert_eq!(
+        errno(fs.removexattr(&root(), f.inode, &cs(&long))),
+        libc::ERANGE
+    );
+}
+
+#[test]
+fn lock_requests_answer_enosys_at_once_when_posix_locks_are_not_offered() {
+    let (dir, fs) = new_fs();
+    assert!(!fs.config().posix_locks, "not offered by default");
+    std::fs::write(dir.path().join("f"), b"x").unwrap();
+    let f = fs.lookup(&root(), ROOT_ID, &cs("f")).unwrap();
+    let (h1, _, _) = fs.open(&root(), f.inode, libc::O_RDWR as u32, 0).unwrap();
+    let (h2, _, _) = fs.open(&root(), f.inode, libc::O_RDWR as u32, 0).unwrap();
+    let (h1, h2) = (h1.unwrap(), h2.unwrap());
+    let lock = FileLock {
+        start: 0,
+        end: u64::MAX,
+        lock_type: libc::F_WRLCK as u32,
+        pid: 0,
+    };
+    let fs = Arc::new(fs);
+    let ino = f.inode;
+    // Another holder of the file has it locked (through the core's
+    // non-blocking call, as 9P's Tlock takes locks).
+    fs.try_lock(ino, h1, lock).unwrap();
+    // A guest that was never offered locks sends SETLKW: were it served, it
+    // would wait for that lock forever.
+    let fs2 = fs.clone();
+    let r = within_10s(
+        move || errno(fs2.setlkw(&root(), ino, h2, 2, lock, 0)),
+        || {
+            let unlock = FileLock {
+                lock_type: libc::F_UNLCK as u32,
+                ..lock
+            };
+            let _ = fs.try_lock(ino, h1, unlock);
+        },
+    );
+    assert_eq!(r, libc::ENOSYS);
+    assert_eq!(errno(fs.setlk(&root(), ino, h2, 2, lock, 0)), libc::ENOSYS);
+    assert_eq!(errno(fs.getlk(&root(), ino, h2, 2, lock, 0)), libc::ENOSYS);
+}
+
+const FD_CHILD: &str = "guest_lookups_and_opens_leave_the_fd_reserve_free";
+
+#[test]
+fn guest_lookups_and_opens_leave_the_fd_reserve_free() {
+    const LIMIT: u64 = 256;
+    const FILES: usize = 300;
+    if !is_child(FD_CHILD) {
+        return run_in_child(FD_CHILD);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..FILES {
+        std::fs::write(dir.path().join(format!("f{i}")), b"x").unwrap();
+    }
+    set_rlimit(libc::RLIMIT_NOFILE, LIMIT);
+    let cfg = Config::new(dir.path());
+    let reserve = cfg.fd_reserve as usize;
+    assert_eq!(reserve, 64, "the default reserve");
+    let fs = PassthroughFs::new(cfg).unwrap();
+    // Each lookup holds an O_PATH fd: they run out before the limit does.
+    let mut held = Vec::new();
+    let err = loop {
+        assert!(held.len() < FILES, "no lookup was refused");
+        match fs.lookup(&root(), ROOT_ID, &cs(&format!("f{}", held.len()))) {
+            Ok(e) => held.push(e.inode),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::EMFILE));
+    assert!(
+        held.len() < LIMIT as usize - reserve,
+        "{} lookups",
+        held.len()
+    );
+    // Give back a few: opens (handles) run out the same way.
+    for id in held.drain(held.len() - 10..) {
+        fs.forget(&root(), id, 1);
+    }
+    let mut handles = 0;
+    let err = loop {
+        assert!(handles < 100, "no open was refused");
+        match fs.open(&root(), held[0], libc::O_RDONLY as u32, 0) {
+            Ok(_) => handles += 1,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::EMFILE));
+    assert!(handles <= 10, "{handles} opens");
+    assert_eq!(
+        errno(fs.create(&root(), ROOT_ID, &cs("new"), create_args(libc::O_RDWR))),
+        libc::EMFILE
+    );
+    assert_eq!(errno(fs.opendir(&root(), ROOT_ID, 0)), libc::EMFILE);
+    // The daemon still has its reserve.
+    let own: Vec<std::fs::File> = (0..reserve - 8)
+        .map(|i| std::fs::File::open("/dev/null").unwrap_or_else(|e| panic!("own fd {i}: {e}")))
+        .collect();
+    assert_eq!(own.len(), reserve - 8);
+    assert!(fs.getattr(&root(), ROOT_ID, None).is_ok());
 }

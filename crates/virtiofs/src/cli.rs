@@ -7,7 +7,7 @@ use clap::{Parser, ValueEnum};
 use passthrough::{CachePolicy, Config, InodeFileHandles};
 
 use crate::daemon::{DaemonConfig, Listen};
-use crate::sandbox::SandboxMode;
+use sandbox::{Profile, SandboxConfig, SandboxMode, SeccompMode};
 
 /// `--cache` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -176,10 +176,16 @@ pub struct Cli {
     #[arg(long, value_enum, default_value = "namespace")]
     pub sandbox: SandboxArg,
 
-    /// Action on a syscall outside the seccomp filter (accepted; the filter
-    /// itself is not installed yet).
+    /// Action on a system call outside the seccomp allowlist: none (no
+    /// filter), kill (the process), log (let it through; the kernel logs
+    /// it), trap (SIGSYS: the call is reported on stderr and fails).
     #[arg(long, value_enum, default_value = "kill")]
     pub seccomp: SeccompArg,
+
+    /// Do not confine filesystem access to the share with Landlock (on by
+    /// default where the kernel has it; not in upstream virtiofsd).
+    #[arg(long)]
+    pub no_landlock: bool,
 
     /// Tell the guest about submounts so they get their own st_dev (the default).
     #[arg(long)]
@@ -245,7 +251,9 @@ pub struct Cli {
     #[arg(long, value_enum, num_args = 0..=1, default_value = "never", default_missing_value = "always", require_equals = true)]
     pub security_label: NegotiationArg,
 
-    /// Capability modifications (accepted and ignored).
+    /// Capability changes to the kept set, e.g. +sys_admin:-chown (the set
+    /// is chown, dac_override, fowner, fsetid, setgid, setuid, mknod,
+    /// setfcap, and dac_read_search with --inode-file-handles).
     #[arg(long)]
     pub modcaps: Option<String>,
 
@@ -322,6 +330,9 @@ pub enum CliError {
     /// A legacy `-o` option with a bad value.
     #[error("bad value in -o option {0:?}")]
     BadCompatValue(String),
+    /// `--modcaps` does not parse.
+    #[error("{0}")]
+    Modcaps(String),
 }
 
 /// The JSON `--print-capabilities` prints, as libvirt expects.
@@ -406,6 +417,9 @@ impl Cli {
                 "gid translation (--translate-gid/--gid-map)",
             ));
         }
+        if let Err(e) = sandbox::caps::kept_set(false, self.modcaps.as_deref()) {
+            return Err(CliError::Modcaps(e.to_string()));
+        }
         let shared_dir = self.shared_dir.ok_or(CliError::NoSharedDir)?;
         let listen = match (self.socket_path, self.fd, self.fuse_mount) {
             (Some(_), Some(_), _) => return Err(CliError::TwoListeners),
@@ -450,10 +464,21 @@ impl Cli {
             io_engine: self.io_engine,
             poll: std::time::Duration::from_micros(self.poll_us.into()),
             thread_pool_size: self.thread_pool_size,
-            sandbox: match self.sandbox {
-                SandboxArg::Namespace => SandboxMode::Namespace,
-                SandboxArg::Chroot => SandboxMode::Chroot,
-                SandboxArg::None => SandboxMode::None,
+            sandbox: SandboxConfig {
+                mode: match self.sandbox {
+                    SandboxArg::Namespace => SandboxMode::Namespace,
+                    SandboxArg::Chroot => SandboxMode::Chroot,
+                    SandboxArg::None => SandboxMode::None,
+                },
+                seccomp: match self.seccomp {
+                    SeccompArg::None => SeccompMode::None,
+                    SeccompArg::Kill => SeccompMode::Kill,
+                    SeccompArg::Log => SeccompMode::Log,
+                    SeccompArg::Trap => SeccompMode::Trap,
+                },
+                modcaps: self.modcaps,
+                landlock: !self.no_landlock,
+                ..SandboxConfig::new(Profile::VirtioFs)
             },
             rlimit_nofile: self.rlimit_nofile,
         })
@@ -473,7 +498,7 @@ mod tests {
     #[test]
     fn upstream_minimal_command_line_gives_upstream_defaults() {
         let cfg = parse(&["--shared-dir", "/tmp", "--socket-path", "/tmp/s"]).unwrap();
-        assert_eq!(cfg.sandbox, SandboxMode::Namespace);
+        assert_eq!(cfg.sandbox, SandboxConfig::new(Profile::VirtioFs));
         assert_eq!(cfg.fs.cache, CachePolicy::Auto);
         assert_eq!(cfg.fs.inode_file_handles, InodeFileHandles::Never);
         assert!(!cfg.fs.xattr && !cfg.fs.readonly);

@@ -3,7 +3,6 @@
 //! linking this crate can do the same, or use [`crate::VirtioFsBackend`]
 //! directly with its own vhost-user plumbing.
 
-use std::ffi::CString;
 use std::io;
 use std::os::fd::{FromRawFd, RawFd};
 use std::path::PathBuf;
@@ -17,7 +16,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use crate::device::{DeviceError, VirtioFsBackend};
 use crate::fuse_mount::{self, FuseMountError};
-use crate::sandbox::{self, SandboxError, SandboxMode};
+use sandbox::{SandboxConfig, SandboxError, SandboxMode, SocketError};
 
 /// Where the vhost-user frontend connects.
 #[derive(Debug, Clone)]
@@ -53,8 +52,9 @@ pub struct DaemonConfig {
     pub poll: std::time::Duration,
     /// Worker threads (FUSE-mount mode); 0 means one.
     pub thread_pool_size: usize,
-    /// The sandbox to enter before serving.
-    pub sandbox: SandboxMode,
+    /// The walls to put up before serving: namespace sandbox, capabilities,
+    /// Landlock, seccomp (see the `sandbox` crate).
+    pub sandbox: SandboxConfig,
     /// `RLIMIT_NOFILE` to set; `None` raises it to min(1000000, fs.nr_open),
     /// `Some(0)` leaves it alone.
     pub rlimit_nofile: Option<u64>,
@@ -66,23 +66,10 @@ pub enum DaemonError {
     /// The shared directory is unusable.
     #[error(transparent)]
     Fs(#[from] passthrough::Error),
-    /// The socket could not be created.
-    #[error("cannot listen on {path}: {source}")]
-    Listen {
-        /// The socket path.
-        path: PathBuf,
-        /// What vhost said.
-        source: VhostUserError,
-    },
-    /// `--socket-group` could not be applied.
-    #[error("socket group {group}: {source}")]
-    SocketGroup {
-        /// The group name.
-        group: String,
-        /// What the host said.
-        source: io::Error,
-    },
-    /// The sandbox could not be entered.
+    /// The socket could not be created (or given to its group).
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    /// A wall could not be put up.
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
     /// The device could not be created.
@@ -139,45 +126,12 @@ fn set_rlimit_nofile(limit: Option<u64>) -> Result<(), DaemonError> {
     Ok(())
 }
 
-fn group_id(name: &str) -> io::Result<libc::gid_t> {
-    if let Ok(gid) = name.parse::<libc::gid_t>() {
-        return Ok(gid);
-    }
-    let cname = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: NUL-terminated name; the result points into static storage we
-    // read immediately, before any other getgr* call on this thread.
-    let gr = unsafe { libc::getgrnam(cname.as_ptr()) };
-    if gr.is_null() {
-        return Err(io::Error::new(io::ErrorKind::NotFound, "no such group"));
-    }
-    // SAFETY: `gr` is non-null and valid until the next getgr* call.
-    Ok(unsafe { (*gr).gr_gid })
-}
-
 fn listener(listen: &Listen) -> Result<Listener, DaemonError> {
     match listen {
-        Listen::SocketPath { path, group } => {
-            let l = Listener::new(path, true).map_err(|source| DaemonError::Listen {
-                path: path.clone(),
-                source,
-            })?;
-            if let Some(group) = group {
-                let err = |source| DaemonError::SocketGroup {
-                    group: group.clone(),
-                    source,
-                };
-                let gid = group_id(group).map_err(err)?;
-                let c = CString::new(path.as_os_str().as_encoded_bytes())
-                    .map_err(|_| err(io::Error::from_raw_os_error(libc::EINVAL)))?;
-                // SAFETY: NUL-terminated path; plain syscalls.
-                if unsafe { libc::chown(c.as_ptr(), u32::MAX, gid) } < 0
-                    || unsafe { libc::chmod(c.as_ptr(), 0o660) } < 0
-                {
-                    return Err(err(io::Error::last_os_error()));
-                }
-            }
-            Ok(l)
-        }
+        Listen::SocketPath { path, group } => Ok(Listener::from(sandbox::bind_private_unix(
+            path,
+            group.as_deref(),
+        )?)),
         // SAFETY: the caller promised (with --fd) that this fd is a listening
         // unix socket handed to us; we take ownership of it.
         Listen::Fd(fd) => Ok(unsafe { Listener::from_raw_fd(*fd) }),
@@ -185,24 +139,68 @@ fn listener(listen: &Listen) -> Result<Listener, DaemonError> {
     }
 }
 
+/// Enters the sandbox of `cfg` (forking into a PID namespace in the default
+/// mode), opens the share from inside it, and puts up the remaining walls.
+/// `after_child` runs in the supervising parent when the server has ended.
+fn open_share_walled(
+    cfg: &DaemonConfig,
+    after_child: impl FnOnce(),
+) -> Result<Arc<PassthroughFs>, DaemonError> {
+    let mut walls = cfg.sandbox.clone();
+    walls.file_handles = cfg.fs.inode_file_handles != passthrough::InodeFileHandles::Never;
+    sandbox::wall_in(&walls, &cfg.fs.root_dir, after_child, |root, proc_fd| {
+        let fs = passthrough::Config {
+            root_dir: root.to_path_buf(),
+            ..cfg.fs.clone()
+        };
+        Ok(Arc::new(match proc_fd {
+            Some(fd) => PassthroughFs::with_proc_self_fd(fs, fd)?,
+            None => PassthroughFs::new(fs)?,
+        }))
+    })
+}
+
 /// Serves `cfg` until the frontend disconnects (vhost-user) or the mount goes
 /// away (FUSE mode).
 pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     set_rlimit_nofile(cfg.rlimit_nofile)?;
-    let fs = Arc::new(PassthroughFs::new(cfg.fs.clone())?);
+    // A bad share is refused before any socket, mount or sandbox exists.
+    cfg.fs.check_root()?;
 
     if let Listen::FuseMount(mnt) = &cfg.listen {
-        // The mount point lives outside the share: no pivot_root here.
-        return Ok(fuse_mount::serve(
-            fs,
-            mnt,
-            cfg.thread_pool_size,
-            cfg.fs.readonly,
-        )?);
+        // Mount in the host's namespace first; the walls go up after.
+        let mounted = fuse_mount::mount(mnt, cfg.thread_pool_size, cfg.fs.readonly)?;
+        let target = mnt.clone();
+        let unmount = move || fuse_mount::unmount(&target);
+        let fs = if cfg.sandbox.mode == SandboxMode::Namespace {
+            open_share_walled(&cfg, unmount)?
+        } else {
+            // No PID namespace, but still a supervisor to unmount.
+            sandbox::namespace::supervise(unmount).map_err(|source| {
+                SandboxError::Namespace(sandbox::NamespaceError::Step {
+                    mode: cfg.sandbox.mode,
+                    step: "fork a supervisor",
+                    dir: cfg.fs.root_dir.clone(),
+                    source,
+                })
+            })?;
+            open_share_walled(&cfg, || {})?
+        };
+        return Ok(mounted.serve(fs, false)?);
     }
 
     let mut listener = listener(&cfg.listen)?;
-    sandbox::enter(cfg.sandbox, &cfg.fs.root_dir)?;
+    // The supervisor (namespace mode) removes the socket when the daemon
+    // is done: the daemon itself no longer reaches it.
+    let socket = match &cfg.listen {
+        Listen::SocketPath { path, .. } => Some(path.clone()),
+        _ => None,
+    };
+    let fs = open_share_walled(&cfg, move || {
+        if let Some(p) = socket {
+            sandbox::socket::remove_socket(&p);
+        }
+    })?;
 
     let backend = Arc::new(
         VirtioFsBackend::new(fs, cfg.request_queues, cfg.tag.clone())?

@@ -6,16 +6,21 @@
 //! chain that cannot be parsed, or whose request is malformed, is logged and
 //! returned to the guest with whatever reply the FUSE server could write
 //! (often an errno reply, else zero bytes): the device never panics on guest
-//! input.
+//! input. Should serving a request panic all the same (a bug), the request
+//! is answered with EIO and the queue goes on ([`serve_caught`]). A queue
+//! the guest breaks as a whole (an impossible available index) is stopped
+//! until the driver resets it, and the worker thread, with the other queues
+//! it serves, goes on ([`device_queue::serve_kick_with`]).
 
 use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use device_queue::{Chain, MemGuard, MemorySlot};
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
-use log::debug;
+use log::{debug, error};
 use passthrough::PassthroughFs;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringRwLock};
@@ -28,7 +33,7 @@ use vmm_sys_util::event::{
 
 use crate::fast_path;
 use crate::uring::FuseData;
-use device_queue::uring::{DataPath, QueueEngine};
+use device_queue::uring::{peek, scatter, segs_len, split_chain, DataPath, QueueEngine};
 
 pub use device_queue::uring::IoEngine;
 
@@ -178,13 +183,62 @@ impl VirtioFsBackend {
 
 /// Why one descriptor chain got no regular reply.
 #[derive(Debug, thiserror::Error)]
-enum ChainError {
+pub enum ChainError {
+    /// The device-readable part is not in guest memory or malformed.
     #[error("bad device-readable descriptors: {0}")]
     Reader(fuse_backend_rs::transport::Error),
+    /// The device-writable part is not in guest memory or malformed.
     #[error("bad device-writable descriptors: {0}")]
     Writer(fuse_backend_rs::transport::Error),
+    /// The FUSE request could not be decoded or answered.
     #[error("malformed FUSE request: {0}")]
     Fuse(fuse_backend_rs::Error),
+    /// Serving the request panicked, and the chain has no room for an
+    /// error reply (or no readable FUSE header to answer).
+    #[error("serving the request panicked; no room for an error reply")]
+    Panicked,
+}
+
+/// `struct fuse_in_header` up to `unique`: len, opcode, unique.
+const IN_HEADER_UNIQUE: usize = 16;
+/// `struct fuse_out_header`.
+const OUT_HEADER: usize = 16;
+
+/// Serves `chain` with `serve` (the device's whole per-request path),
+/// returning the reply length. A panic while serving it (a bug: no guest
+/// input should cause one) is caught and logged, and the request is
+/// answered with `EIO` if the chain has a FUSE header and room for a reply
+/// header; otherwise it is returned with no reply. Either way the queue,
+/// and the worker thread serving it, go on.
+pub fn serve_caught(
+    mem: &MemGuard,
+    chain: Chain,
+    serve: impl FnOnce(&MemGuard, Chain) -> Result<usize, ChainError>,
+) -> Result<usize, ChainError> {
+    let kept = chain.clone();
+    catch_unwind(AssertUnwindSafe(|| serve(mem, chain))).unwrap_or_else(|_| {
+        error!(
+            "virtio-fs: serving the request in chain {} panicked; answering EIO",
+            kept.head_index()
+        );
+        eio_reply(mem, &kept)
+    })
+}
+
+/// Overwrites whatever reply `chain` holds with a bare `EIO` reply to its
+/// request; returns its length.
+fn eio_reply(mem: &MemGuard, chain: &Chain) -> Result<usize, ChainError> {
+    let header = peek::<IN_HEADER_UNIQUE>(mem, chain).ok_or(ChainError::Panicked)?;
+    let (_, writable) = split_chain(chain).ok_or(ChainError::Panicked)?;
+    if segs_len(&writable) < OUT_HEADER {
+        return Err(ChainError::Panicked);
+    }
+    let mut reply = Vec::with_capacity(OUT_HEADER);
+    reply.extend_from_slice(&(OUT_HEADER as u32).to_le_bytes());
+    reply.extend_from_slice(&(-libc::EIO).to_le_bytes());
+    reply.extend_from_slice(&header[8..16]);
+    scatter(mem, &writable, &reply).map_err(|_| ChainError::Panicked)?;
+    Ok(OUT_HEADER)
 }
 
 impl VhostUserBackend for VirtioFsBackend {
@@ -254,6 +308,9 @@ impl VhostUserBackend for VirtioFsBackend {
         vrings: &[VringRwLock],
         _thread: usize,
     ) -> io::Result<()> {
+        // Only an event this device never registered is an error: a queue
+        // the guest broke is stopped by the serving loop, and this worker
+        // thread (thread 0 also serves hiprio) goes on.
         let vring = device_queue::kicked_vring(vrings, device_event, evset)?;
         if device_event == HIPRIO_QUEUE {
             debug!("hiprio queue kicked");
@@ -268,7 +325,11 @@ impl VhostUserBackend for VirtioFsBackend {
             self.event_idx.load(Ordering::Acquire),
             &name,
             data,
-            |mem, chain| self.handle_chain(mem, chain).map(|n| n as u32),
-        )
+            |mem, chain| {
+                serve_caught(mem, chain, |mem, chain| self.handle_chain(mem, chain))
+                    .map(|n| n as u32)
+            },
+        );
+        Ok(())
     }
 }

@@ -1,12 +1,19 @@
 //! Serving the core over the host's `/dev/fuse`, for native-speed testing
-//! (pjdfstest, fio) without a guest.
+//! (pjdfstest, xfstests, fio) without a guest.
+//!
+//! The mount is made first, in the host's mount namespace, with every
+//! privilege; then the daemon puts up its walls (the sandbox crate) and
+//! only then serves. A sandboxed daemon cannot unmount (no CAP_SYS_ADMIN,
+//! no `umount2` in its seccomp list, a foreign mount namespace), so the
+//! supervising parent does it with [`unmount`] once the server has ended.
 
+use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
 use fuse_backend_rs::api::server::Server;
-use fuse_backend_rs::transport::FuseSession;
+use fuse_backend_rs::transport::{FuseChannel, FuseSession};
 use log::{info, warn};
 use passthrough::PassthroughFs;
 
@@ -26,81 +33,122 @@ pub enum FuseMountError {
     Thread(std::io::Error),
 }
 
-/// Mounts `fs` at `mountpoint` and serves it with `threads` workers until the
-/// mount goes away or the process gets SIGINT/SIGTERM; then unmounts.
-pub fn serve(
-    fs: Arc<PassthroughFs>,
-    mountpoint: &Path,
-    threads: usize,
-    readonly: bool,
-) -> Result<(), FuseMountError> {
+/// A mounted FUSE filesystem whose requests nobody serves yet.
+pub struct Mounted {
+    session: FuseSession,
+    channels: Vec<FuseChannel>,
+    mountpoint: PathBuf,
+}
+
+/// Mounts at `mountpoint` (read-only if `readonly`) and opens `threads`
+/// channels to serve it (0 means one).
+pub fn mount(mountpoint: &Path, threads: usize, readonly: bool) -> Result<Mounted, FuseMountError> {
     let mount_err = |source| FuseMountError::Mount {
         path: mountpoint.to_path_buf(),
         source,
     };
-    // Block the termination signals in every thread; one thread waits for them.
-    // SAFETY: sigset manipulation on a local, zero-initialised set.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid sigset_t.
-    unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
-
     let mut session =
         FuseSession::new(mountpoint, "virtiofsd-rs", "", readonly).map_err(mount_err)?;
     session.mount().map_err(mount_err)?;
-    info!(
-        "serving {} at {}",
-        fs.config().root_dir.display(),
-        mountpoint.display()
-    );
-    let server = Arc::new(Server::new(fs));
-    let mut workers = Vec::new();
-    for i in 0..threads.max(1) {
-        let mut channel = session.new_channel().map_err(mount_err)?;
-        let server = server.clone();
-        let worker = thread::Builder::new()
-            .name(format!("fuse-{i}"))
-            .spawn(move || loop {
-                match channel.get_request() {
-                    Ok(Some((reader, writer))) => {
-                        if let Err(e) = server.handle_message(reader, writer.into(), None, None) {
-                            warn!("FUSE request failed: {e}");
+    let channels = (0..threads.max(1))
+        .map(|_| session.new_channel().map_err(mount_err))
+        .collect::<Result<_, _>>()?;
+    Ok(Mounted {
+        session,
+        channels,
+        mountpoint: mountpoint.to_path_buf(),
+    })
+}
+
+/// Detaches the mount at `mountpoint` (for the supervising parent, once the
+/// sandboxed server has ended); a mount already gone is not an error.
+pub fn unmount(mountpoint: &Path) {
+    let Ok(c) = CString::new(mountpoint.as_os_str().as_encoded_bytes()) else {
+        return;
+    };
+    // SAFETY: NUL-terminated path.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINVAL) && e.raw_os_error() != Some(libc::ENOENT) {
+            warn!("unmount {}: {e}", mountpoint.display());
+        }
+    }
+}
+
+impl Mounted {
+    /// Serves `fs` until the mount goes away or the process gets SIGINT or
+    /// SIGTERM. With `unmount`, unmounts at the end; without (a sandboxed
+    /// daemon), leaves that to the supervisor.
+    pub fn serve(self, fs: Arc<PassthroughFs>, unmount: bool) -> Result<(), FuseMountError> {
+        // Block the termination signals in every thread; one thread waits for them.
+        // SAFETY: sigset manipulation on a local, zero-initialised set.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `set` is a valid sigset_t.
+        unsafe {
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGINT);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        }
+        info!(
+            "serving {} at {}",
+            fs.config().root_dir.display(),
+            self.mountpoint.display()
+        );
+        let server = Arc::new(Server::new(fs));
+        let mut workers = Vec::new();
+        for (i, mut channel) in self.channels.into_iter().enumerate() {
+            let server = server.clone();
+            let worker = thread::Builder::new()
+                .name(format!("fuse-{i}"))
+                .spawn(move || loop {
+                    match channel.get_request() {
+                        Ok(Some((reader, writer))) => {
+                            if let Err(e) = server.handle_message(reader, writer.into(), None, None)
+                            {
+                                warn!("FUSE request failed: {e}");
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            info!("FUSE channel closed: {e}");
+                            break;
                         }
                     }
-                    Ok(None) => break,
-                    Err(e) => {
-                        info!("FUSE channel closed: {e}");
-                        break;
+                })
+                .map_err(FuseMountError::Thread)?;
+            workers.push(worker);
+        }
+        let session = Arc::new(Mutex::new(Some(self.session)));
+        let waker = session.clone();
+        thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                let mut sig: libc::c_int = 0;
+                // SAFETY: `set` holds the blocked signals; `sig` is a valid out-pointer.
+                if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+                    info!("signal {sig}: stopping");
+                    let s = waker.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(s) = s.as_ref() {
+                        let _ = s.wake();
                     }
                 }
             })
             .map_err(FuseMountError::Thread)?;
-        workers.push(worker);
-    }
-    let session = Arc::new(Mutex::new(session));
-    let waker = session.clone();
-    thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let mut sig: libc::c_int = 0;
-            // SAFETY: `set` holds the blocked signals; `sig` is a valid out-pointer.
-            if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
-                info!("signal {sig}: unmounting");
-                let s = waker.lock().unwrap_or_else(|e| e.into_inner());
-                let _ = s.wake();
+        for w in workers {
+            let _ = w.join();
+        }
+        let taken = session.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match taken {
+            Some(mut s) if unmount => {
+                if let Err(e) = s.umount() {
+                    warn!("unmount: {e}");
+                }
             }
-        })
-        .map_err(FuseMountError::Thread)?;
-    for w in workers {
-        let _ = w.join();
+            // Its Drop would unmount, which the walls forbid: the
+            // supervisor does it.
+            other => std::mem::forget(other),
+        }
+        Ok(())
     }
-    let mut s = session.lock().unwrap_or_else(|e| e.into_inner());
-    if let Err(e) = s.umount() {
-        warn!("unmount: {e}");
-    }
-    Ok(())
 }

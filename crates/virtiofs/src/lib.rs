@@ -11,7 +11,7 @@
 //!
 //! ```no_run
 //! use std::path::PathBuf;
-//! use virtiofs::{run, DaemonConfig, Listen, SandboxMode};
+//! use virtiofs::{run, DaemonConfig, Listen, SandboxConfig, SandboxMode};
 //!
 //! let cfg = DaemonConfig {
 //!     fs: passthrough::Config::new("/srv/share"),
@@ -21,7 +21,10 @@
 //!     io_engine: virtiofs::IoEngine::IoUring,
 //!     poll: std::time::Duration::from_micros(50),
 //!     thread_pool_size: 0,
-//!     sandbox: SandboxMode::None,
+//!     sandbox: SandboxConfig {
+//!         mode: SandboxMode::None,
+//!         ..SandboxConfig::new(sandbox::Profile::VirtioFs)
+//!     },
 //!     rlimit_nofile: None,
 //! };
 //! run(cfg).expect("virtio-fs daemon");
@@ -34,9 +37,8 @@ pub mod daemon;
 pub mod device;
 pub mod fast_path;
 pub mod fuse_mount;
-pub mod sandbox;
 pub mod uring;
 
 pub use daemon::{run, DaemonConfig, DaemonError, Listen};
 pub use device::{DeviceError, IoEngine, VirtioFsBackend};
-pub use sandbox::SandboxMode;
+pub use sandbox::{SandboxConfig, SandboxMode, SeccompMode};

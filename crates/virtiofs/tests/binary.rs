@@ -231,3 +231,230 @@ fn inherited_listening_fd_is_served() {
     let status = wait_timeout(&mut child, Duration::from_secs(10)).expect("exits");
     assert!(status.success());
 }
+
+fn mode_of(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+/// Starts the daemon on a socket with `extra` flags and returns it and the
+/// socket's mode once the socket exists.
+fn socket_mode_with(extra: &[&str]) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let t = tempfile::tempdir().unwrap();
+    let sock = t.path().join("vfs.sock");
+    let mut child = Command::new(BIN)
+        .args(["--shared-dir", t.path().to_str().unwrap()])
+        .args(["--socket-path", sock.to_str().unwrap()])
+        .args(extra)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_socket(&sock);
+    let (mode, gid) = (mode_of(&sock), std::fs::metadata(&sock).unwrap().gid());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    (mode, gid)
+}
+
+#[test]
+fn socket_is_owner_only_from_the_start() {
+    let (mode, _) = socket_mode_with(&[]);
+    assert_eq!(mode, 0o600, "socket mode {mode:o}");
+}
+
+#[test]
+fn socket_group_makes_it_group_connectable() {
+    let group = if Command::new("getent")
+        .args(["group", "nogroup"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        "nogroup"
+    } else {
+        "0"
+    };
+    let gid = sandbox::socket::group_id(group).unwrap();
+    let (mode, owner) = socket_mode_with(&["--socket-group", group]);
+    assert_eq!(mode, 0o660, "socket mode {mode:o}");
+    assert_eq!(owner, gid);
+}
+
+/// A FUSE mount of a fresh share served by the daemon with `extra` flags
+/// (root only); unmounted and the daemon reaped on drop.
+struct FuseMount {
+    child: Child,
+    share: std::path::PathBuf,
+    mnt: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl FuseMount {
+    fn start(extra: &[&str]) -> Option<FuseMount> {
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(std::env::var_os("CI").is_none(), "CI runs as root");
+            eprintln!("SKIP: FUSE mounts and the sandbox need root");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let share = dir.path().join("share");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&share).unwrap();
+        std::fs::create_dir(&mnt).unwrap();
+        let child = Command::new(BIN)
+            .args(["--shared-dir", share.to_str().unwrap()])
+            .args(["--fuse-mount", mnt.to_str().unwrap(), "--xattr"])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        let share_dev = std::fs::metadata(&share).map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.dev()
+        });
+        loop {
+            use std::os::unix::fs::MetadataExt;
+            let dev = std::fs::metadata(&mnt).map(|m| m.dev());
+            if dev.is_ok() && dev.ok() != std::fs::metadata(dir.path()).map(|m| m.dev()).ok() {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "never mounted");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = share_dev;
+        Some(FuseMount {
+            child,
+            share,
+            mnt,
+            _dir: dir,
+        })
+    }
+
+    fn serving_pid(&self) -> u32 {
+        sandbox::status::serving_pid(self.child.id())
+    }
+
+    /// Unmounts and returns the daemon's exit status.
+    fn stop(mut self) -> std::process::ExitStatus {
+        let ok = Command::new("umount").arg(&self.mnt).status().unwrap();
+        assert!(ok.success(), "umount");
+        let st = wait_timeout(&mut self.child, Duration::from_secs(10));
+        st.expect("the daemon exits once unmounted")
+    }
+}
+
+impl Drop for FuseMount {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Everyday file operations through the mount, so the daemon runs the
+/// core's whole surface under its filters.
+fn exercise(mnt: &Path) {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let f = mnt.join("file");
+    std::fs::write(&f, b"hello walls").unwrap();
+    assert_eq!(std::fs::read(&f).unwrap(), b"hello walls");
+    std::fs::create_dir(mnt.join("dir")).unwrap();
+    std::fs::rename(&f, mnt.join("dir/moved")).unwrap();
+    std::fs::hard_link(mnt.join("dir/moved"), mnt.join("link")).unwrap();
+    symlink("dir/moved", mnt.join("sym")).unwrap();
+    assert_eq!(
+        std::fs::read_link(mnt.join("sym")).unwrap(),
+        Path::new("dir/moved")
+    );
+    std::fs::set_permissions(mnt.join("link"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    let ok = Command::new("setfattr")
+        .args(["-n", "user.k", "-v", "v"])
+        .arg(mnt.join("link"))
+        .status();
+    if let Ok(ok) = ok {
+        assert!(ok.success(), "setfattr");
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(mnt.join("link"))
+        .unwrap();
+    file.set_len(3).unwrap();
+    file.sync_all().unwrap();
+    drop(file);
+    let names: Vec<_> = std::fs::read_dir(mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    std::fs::remove_file(mnt.join("link")).unwrap();
+    std::fs::remove_file(mnt.join("sym")).unwrap();
+    std::fs::remove_dir_all(mnt.join("dir")).unwrap();
+}
+
+#[test]
+fn fuse_mount_serves_with_every_wall_up() {
+    let Some(m) = FuseMount::start(&[]) else {
+        return;
+    };
+    exercise(&m.mnt);
+    let pid = m.serving_pid();
+    assert_ne!(pid, m.child.id(), "the server runs in a supervised child");
+    let w = sandbox::status::ProcessWalls::of(pid).unwrap();
+    assert_eq!(w.seccomp, 2, "seccomp filter mode");
+    assert!(w.no_new_privs);
+    assert!(
+        w.forbidden_caps().is_empty(),
+        "holds {:?}",
+        w.forbidden_caps()
+    );
+    use sandbox::status::{CAP_CHOWN, CAP_SETUID, CAP_SYS_ADMIN};
+    assert!(w.has_cap(CAP_CHOWN) && w.has_cap(CAP_SETUID));
+    assert!(!w.has_cap(CAP_SYS_ADMIN));
+    assert!(w.groups.is_empty(), "Groups: {:?}", w.groups);
+    assert_proc_fd_stays_in_the_share(pid, &m.share);
+    let status = m.stop();
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn seccomp_none_installs_no_filter_and_modcaps_adds() {
+    let Some(m) = FuseMount::start(&["--seccomp", "none", "--modcaps", "+sys_admin"]) else {
+        return;
+    };
+    exercise(&m.mnt);
+    let w = sandbox::status::ProcessWalls::of(m.serving_pid()).unwrap();
+    assert_eq!(w.seccomp, 0);
+    assert!(w.has_cap(sandbox::status::CAP_SYS_ADMIN));
+    assert!(m.stop().success());
+}
+
+#[test]
+fn chroot_and_no_sandbox_still_drop_privileges() {
+    for mode in ["chroot", "none"] {
+        let Some(m) = FuseMount::start(&["--sandbox", mode]) else {
+            return;
+        };
+        exercise(&m.mnt);
+        let w = sandbox::status::ProcessWalls::of(m.serving_pid()).unwrap();
+        assert_eq!(w.seccomp, 2, "{mode}");
+        assert!(w.no_new_privs && w.forbidden_caps().is_empty(), "{mode}");
+        assert!(m.stop().success(), "{mode}");
+    }
+}
+
+/// For every `/proc/self/fd` directory the serving process holds,
+/// `../../1/root` must be the share, never the host's root.
+fn assert_proc_fd_stays_in_the_share(pid: u32, share: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+    let roots = sandbox::status::proc_fd_roots(pid).unwrap();
+    assert!(!roots.is_empty(), "the core holds a /proc/self/fd");
+    for r in roots {
+        assert_ne!(r, id(Path::new("/")), "reaches the host's root");
+        assert_eq!(r, id(share), "../../1/root is the share");
+    }
+}

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use passthrough::{Config, PassthroughFs};
-use vhost_user_backend::{VhostUserBackend, VringRwLock};
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtiofs::VirtioFsBackend;
 use vm_memory::GuestAddress;
 use vmm_mini::harness::{Buf, GuestRam, SplitQueue, DESC_F_NEXT, DESC_F_WRITE};
@@ -341,4 +341,119 @@ fn copy_file_range_is_served_by_the_device() {
     assert_eq!(std::fs::read(share.join("copy")).unwrap(), b"data");
     // A truncated COPY_FILE_RANGE body is an EINVAL reply.
     assert_eq!(d.request(COPY_FILE_RANGE, inside, &[0u8; 8]).error, EINVAL);
+}
+
+/// Kicks `queue` of `d` without publishing anything; the kick must succeed.
+fn kick_only(d: &Driver, queue: u16) {
+    d.dev
+        .handle_event(queue, EventSet::IN, &d.vrings, 0)
+        .expect("a kick never fails on guest input");
+}
+
+/// A request queue the guest breaks (an available index more than the queue
+/// size ahead of the device), or one kicked while it is not started, makes
+/// no error of `handle_event` (vhost-user-backend would end the worker
+/// thread, which also serves hiprio): the queue is stopped and its kicks
+/// ignored until the driver starts it again, while hiprio goes on.
+#[test]
+fn a_broken_or_unstarted_queue_is_stopped_not_an_error() {
+    let (_b, share, _o) = setup();
+    let mut d = Driver::new(&share);
+    let inside = d.request(LOOKUP, 1, &name(b"inside")).nodeid();
+    d.request(LOOKUP, 1, &name(b"inside"));
+
+    let count = d.queues[1].avail_idx();
+    d.queues[1].write_avail_idx(&d.ram, count.wrapping_add(QSIZE + 1));
+    kick_only(&d, 1);
+    assert_eq!(d.queues[1].take_used(&d.ram), None);
+
+    // hiprio still answers.
+    let mut req = d.header(FORGET, inside, 8);
+    req.extend_from_slice(&1u64.to_le_bytes());
+    let buf = d.ram.alloc(req.len() as u64, 8);
+    d.ram.write(buf, &req);
+    d.write_desc(0, 0, buf.0, req.len() as u32, 0, 0);
+    assert_eq!(d.kick(0, 0), Some((0, 0)), "FORGET returned");
+
+    // The queue stays stopped, even once the index is sane again...
+    d.queues[1].write_avail_idx(&d.ram, count);
+    kick_only(&d, 1);
+    let (req_addr, reply) = (d.req, d.reply);
+    let getattr = fuse_wire::request(GETATTR, 99, 1, 0, &[0u8; 16]);
+    d.ram.write(req_addr, &getattr);
+    let head = d.queues[1].write_chain(
+        &d.ram,
+        &Buf::request_reply(req_addr, getattr.len() as u32, reply, 4096),
+    );
+    assert_eq!(d.kick(1, head), None, "a stopped queue serves nothing");
+    // ... until the driver starts it again (vhost-user-backend marks it
+    // ready on SET_VRING_KICK); then the request waiting there is served.
+    d.vrings[1].set_queue_ready(true);
+    kick_only(&d, 1);
+    let (_, used) = d.queues[1].take_used(&d.ram).expect("served once started");
+    assert_eq!(
+        Reply::parse(used, &d.ram.read(reply, used as usize)).error,
+        0
+    );
+
+    // A kick of a queue that is not started is ignored too.
+    d.vrings[1].set_queue_ready(false);
+    kick_only(&d, 1);
+    d.vrings[1].set_queue_ready(true);
+    assert_eq!(d.request(GETATTR, 1, &[0u8; 16]).error, 0);
+}
+
+/// A panic while serving a request (a bug: no guest input should cause
+/// one) is answered with EIO where the chain has room for a reply header,
+/// and the kick goes on to the next chains instead of unwinding out of the
+/// worker thread. `serve_caught` is what the device wraps its per-chain
+/// serving in; here it wraps a request handler that always panics.
+#[test]
+fn a_panic_serving_a_request_becomes_an_eio_reply_and_the_queue_goes_on() {
+    use device_queue::{serve_kick, Poller};
+    use virtiofs::device::serve_caught;
+
+    let mut ram = GuestRam::new(MEM_SIZE).unwrap();
+    let mut q = SplitQueue::new(&mut ram, QSIZE);
+    let vring = q.vring(&ram).unwrap();
+    let mut replies = Vec::new();
+    // Two requests with room for a reply, then a FORGET-like chain with none.
+    for (i, unique) in [41u64, 42, 43].into_iter().enumerate() {
+        let req = fuse_wire::request(GETATTR, unique, 1, 0, &[0u8; 16]);
+        let at = ram.alloc(req.len() as u64, 8);
+        ram.write(at, &req);
+        let reply = ram.alloc(64, 8);
+        ram.write(reply, &[0xaa; 64]);
+        let d = 2 * i as u16;
+        if unique == 43 {
+            q.write_desc(&ram, d, at.0, req.len() as u32, 0, 0);
+        } else {
+            q.write_desc(&ram, d, at.0, req.len() as u32, DESC_F_NEXT, d + 1);
+            q.write_desc(&ram, d + 1, reply.0, 64, DESC_F_WRITE, 0);
+        }
+        q.publish(&ram, d);
+        replies.push(reply);
+    }
+    let mut served = 0;
+    serve_kick(
+        &vring,
+        Some(ram.memory()),
+        false,
+        "test queue",
+        &mut Poller::new(std::time::Duration::ZERO),
+        |mem, chain| {
+            served += 1;
+            serve_caught(mem, chain, |_, _| panic!("a bug while serving")).map(|n| n as u32)
+        },
+    );
+    assert_eq!(served, 3, "every chain was served");
+    for (i, unique) in [41u64, 42].into_iter().enumerate() {
+        assert_eq!(q.take_used(&ram), Some((2 * i as u32, 16)));
+        let out = ram.read(replies[i], 16);
+        assert_eq!(&out[0..4], &16u32.to_le_bytes(), "out header len");
+        assert_eq!(&out[4..8], &(-libc::EIO).to_le_bytes(), "EIO");
+        assert_eq!(&out[8..16], &unique.to_le_bytes(), "the request's unique");
+    }
+    assert_eq!(q.take_used(&ram), Some((4, 0)), "no room: returned empty");
+    assert_eq!(q.take_used(&ram), None);
 }

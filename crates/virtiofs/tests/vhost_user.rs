@@ -142,33 +142,79 @@ impl Guest {
         self.unique += 1;
         let req = fuse_wire::request(op, self.unique, nodeid, 0, body);
         self.ram.write(self.req, &req);
-        let qi = self.queue;
+        let bufs = Buf::request_reply(self.req, req.len() as u32, self.reply, 1 << 20);
+        let used = self.send(self.queue, &bufs, Duration::from_secs(10));
+        let (_, len) = used.unwrap_or_else(|| panic!("no reply to opcode {op}"));
+        Reply::parse(len, &self.ram.read(self.reply, len as usize))
+    }
+
+    /// Publishes `bufs` as one chain on queue `qi`, notifies the device and
+    /// waits up to `timeout` for the chain to be used.
+    fn send(&mut self, qi: usize, bufs: &[Buf], timeout: Duration) -> Option<(u32, u32)> {
         let q = &mut self.queues[qi];
-        let head = q.write_chain(
-            &self.ram,
-            &Buf::request_reply(self.req, req.len() as u32, self.reply, 1 << 20),
-        );
+        let head = q.write_chain(&self.ram, bufs);
         q.publish(&self.ram, head);
+        self.notify(qi);
         let mut used = None;
         let (ram, q) = (&self.ram, &mut self.queues[qi]);
         let mut done = || {
             used = q.take_used(ram);
             used.is_some()
         };
-        let timeout = Duration::from_secs(10);
         let answered = match &mut self.link {
-            Link::Direct(d) => {
-                d.kick(qi).unwrap();
-                d.wait(qi, timeout, done)
-            }
-            Link::Mmio(d) => {
-                d.notify(qi as u32);
-                d.wait(timeout, &mut done)
-            }
+            Link::Direct(d) => d.wait(qi, timeout, done),
+            Link::Mmio(d) => d.wait(timeout, &mut done),
         };
-        assert!(answered, "no reply to opcode {op}");
-        let (_, len) = used.unwrap();
-        Reply::parse(len, &self.ram.read(self.reply, len as usize))
+        answered.then(|| used.expect("used when answered"))
+    }
+
+    /// Notifies queue `qi`.
+    fn notify(&mut self, qi: usize) {
+        match &mut self.link {
+            Link::Direct(d) => d.kick(qi).unwrap(),
+            Link::Mmio(d) => d.notify(qi as u32),
+        }
+    }
+
+    /// A FORGET of `nlookup` lookups of `nodeid` on the hiprio queue (a
+    /// chain with no device-writable part); whether the device returned it.
+    fn forget(&mut self, nodeid: u64, nlookup: u64) -> bool {
+        self.unique += 1;
+        let req = fuse_wire::request(
+            opcode::FORGET,
+            self.unique,
+            nodeid,
+            0,
+            &nlookup.to_le_bytes(),
+        );
+        self.ram.write(self.req, &req);
+        let buf = Buf {
+            addr: self.req,
+            len: req.len() as u32,
+            writable: false,
+        };
+        self.send(0, &[buf], Duration::from_secs(10)) == Some((0, 0))
+    }
+
+    /// What a rebooting guest's driver does with the mmio link: a device
+    /// reset (the rings stop: GET_VRING_BASE), then a probe with fresh
+    /// queues (they start again: SET_VRING_*).
+    fn reset_and_probe(mut self) -> Guest {
+        let Link::Mmio(d) = self.link else {
+            panic!("needs the mmio link");
+        };
+        let mut transport = d.transport;
+        transport.reset();
+        let queues: Vec<SplitQueue> = (0..self.queues.len())
+            .map(|_| SplitQueue::new(&mut self.ram, 64))
+            .collect();
+        let refs: Vec<&SplitQueue> = queues.iter().collect();
+        let d = MmioDriver::probe(transport, &refs, d.features).expect("probe after reset");
+        Guest {
+            queues,
+            link: Link::Mmio(Box::new(d)),
+            ..self
+        }
     }
 }
 
@@ -360,4 +406,124 @@ fn every_configured_request_queue_is_served_with_either_engine() {
             "{engine}"
         );
     }
+}
+
+/// A guest that breaks a request queue (an available index more than the
+/// queue size ahead of the device, which no device may serve) gets that
+/// queue stopped, not the worker thread serving it: hiprio, served by the
+/// same thread (0) as request queue 1, and the other request queues still
+/// answer. The broken queue stays stopped until the driver resets the
+/// device; then it serves again.
+#[test]
+fn a_broken_avail_index_stops_its_queue_not_the_worker_thread() {
+    let t = tempfile::tempdir().unwrap();
+    let share = t.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    std::fs::write(share.join("f"), b"data").unwrap();
+    let sock = t.path().join("vfs.sock");
+    let extra = ["--request-queues", "2"];
+    let _daemon = Daemon::start(&[OURS.to_string()], &share, &sock, &extra);
+    let mut g = Guest::connect_queues(&sock, true, 3);
+    assert_eq!(g.request(opcode::INIT, 0, &fuse_wire::init_body()).error, 0);
+    let lookup = |g: &mut Guest| {
+        g.request(opcode::LOOKUP, 1, &fuse_wire::name(b"f"))
+            .nodeid()
+    };
+    let node = lookup(&mut g);
+    lookup(&mut g);
+    lookup(&mut g);
+
+    let q1 = &g.queues[1];
+    q1.write_avail_idx(&g.ram, q1.avail_idx().wrapping_add(q1.size() + 1));
+    g.notify(1);
+
+    // Request queue 2 has a thread of its own.
+    g.queue = 2;
+    assert_eq!(g.request(opcode::GETATTR, node, &[0u8; 16]).error, 0);
+    // hiprio shares thread 0 with queue 1. Two FORGETs: the second is
+    // notified after epoll has reported queue 1's kick to thread 0 for
+    // certain, whatever order the first one was handled in.
+    assert!(g.forget(node, 1), "hiprio answers after queue 1 broke");
+    assert!(g.forget(node, 1), "and goes on answering");
+    assert_eq!(g.request(opcode::GETATTR, node, &[0u8; 16]).error, 0);
+
+    // Queue 1 stays stopped, even for a proper request...
+    g.unique += 1;
+    let req = fuse_wire::request(opcode::GETATTR, g.unique, 1, 0, &[0u8; 16]);
+    g.ram.write(g.req, &req);
+    let bufs = Buf::request_reply(g.req, req.len() as u32, g.reply, 4096);
+    assert_eq!(g.send(1, &bufs, Duration::from_millis(300)), None);
+
+    // ... until the driver resets the device and sets the queues up again.
+    let mut g = g.reset_and_probe();
+    g.queue = 1;
+    assert_eq!(g.request(opcode::GETATTR, 1, &[0u8; 16]).error, 0);
+    assert!(g.forget(node, 1), "hiprio after the reset");
+}
+
+/// The default walls, read from the outside once a frontend is connected
+/// and a READ went through the io_uring engine: the serving process is
+/// alone in a PID namespace under a seccomp filter, with no_new_privs, no
+/// dangerous capability and no supplementary group, and its
+/// `/proc/self/fd` leads back into the share, not to the host's root.
+#[test]
+fn the_serving_process_is_walled_in_by_default() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(std::env::var_os("CI").is_none(), "CI runs as root");
+        eprintln!("SKIP: the default namespace sandbox needs root");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let share = t.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    std::fs::write(share.join("hello"), b"walled").unwrap();
+    let mut daemon = Daemon::start(&[OURS.to_string()], &share, &t.path().join("vfs.sock"), &[]);
+    let mut g = Guest::connect(&daemon.socket, false);
+    assert_eq!(g.request(opcode::INIT, 0, &fuse_wire::init_body()).error, 0);
+    let node = g
+        .request(opcode::LOOKUP, 1, &fuse_wire::name(b"hello"))
+        .nodeid();
+    let fh = g
+        .request(
+            opcode::OPEN,
+            node,
+            &fuse_wire::u32s(&[libc::O_RDONLY as u32, 0]),
+        )
+        .fh();
+    let r = g.request(opcode::READ, node, &fuse_wire::read_in(fh, 0, 4096));
+    assert_eq!(r.body, b"walled");
+    let pid = sandbox::status::serving_pid(daemon.child.id());
+    assert_ne!(
+        pid,
+        daemon.child.id(),
+        "served from the PID namespace's child"
+    );
+    let w = sandbox::status::ProcessWalls::of(pid).unwrap();
+    assert_eq!(w.seccomp, 2, "Seccomp: filter");
+    assert!(w.no_new_privs, "NoNewPrivs");
+    assert!(
+        w.forbidden_caps().is_empty(),
+        "holds {:?}",
+        w.forbidden_caps()
+    );
+    assert!(w.groups.is_empty(), "Groups: {:?}", w.groups);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let nspid = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
+    assert!(
+        nspid.trim_end().ends_with("\t1"),
+        "PID 1 of its namespace: {nspid}"
+    );
+    // Every /proc/self/fd the daemon holds: `../../1/root` is the share.
+    use std::os::unix::fs::MetadataExt;
+    let share_id = std::fs::metadata(&share).map(|m| (m.dev(), m.ino())).ok();
+    let roots = sandbox::status::proc_fd_roots(pid).unwrap();
+    assert!(!roots.is_empty(), "the daemon holds its /proc/self/fd");
+    assert!(
+        roots.iter().all(|r| *r == share_id),
+        "{roots:?} vs share {share_id:?}"
+    );
+    drop(g);
+    let st = daemon.wait_exit().expect("exits when the frontend leaves");
+    assert!(st.success(), "{st:?}");
 }

@@ -242,6 +242,20 @@ impl SplitQueue {
         ram.write_obj(GuestAddress(self.avail.0 + 2), self.avail_idx);
     }
 
+    /// The available ring's index as this driver counts it (what
+    /// [`SplitQueue::publish`] last wrote).
+    pub fn avail_idx(&self) -> u16 {
+        self.avail_idx
+    }
+
+    /// Writes `idx` as the available ring's index verbatim, leaving this
+    /// driver's own count alone: what a broken or hostile driver does (an
+    /// index more than the queue size ahead of the device is one no device
+    /// may serve). The next [`SplitQueue::publish`] writes the count again.
+    pub fn write_avail_idx(&self, ram: &GuestRam, idx: u16) {
+        ram.write_obj(GuestAddress(self.avail.0 + 2), idx);
+    }
+
     /// The next used element `(id, len)`, if the device returned one.
     pub fn take_used(&mut self, ram: &GuestRam) -> Option<(u32, u32)> {
         let used_idx: u16 = ram.read_obj(GuestAddress(self.used.0 + 2));

@@ -75,3 +75,45 @@ pub fn create_file(fs: &PassthroughFs, parent: u64, name: &str, data: &[u8]) -> 
     fs.release(&root(), entry.inode, 0, handle, false, false, None)?;
     Ok(entry)
 }
+
+/// The variable naming the one test a re-executed test binary runs as a
+/// child (see [`run_in_child`]).
+pub const CHILD_ENV: &str = "PASSTHROUGH_TEST_CHILD";
+
+/// Whether this process is the child [`run_in_child`] started for `test`.
+pub fn is_child(test: &str) -> bool {
+    std::env::var(CHILD_ENV).as_deref() == Ok(test)
+}
+
+/// Runs the test `test` again in a child process (this test binary, that
+/// test alone), where [`is_child`] is true, and asserts that it passed. For
+/// checks that need process-wide limits (`setrlimit`) the other tests of
+/// this binary must not share.
+pub fn run_in_child(test: &str) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, test)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the child running {test} failed: {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+    assert!(
+        stdout.contains("1 passed"),
+        "the child did not run {test}:\n{stdout}"
+    );
+}
+
+/// Sets the soft and hard limit of `resource` for this process.
+pub fn set_rlimit(resource: libc::__rlimit_resource_t, limit: u64) {
+    let rl = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    // SAFETY: `rl` is a valid rlimit; setrlimit only reads it.
+    assert_eq!(unsafe { libc::setrlimit(resource, &rl) }, 0, "setrlimit");
+}

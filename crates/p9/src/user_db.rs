@@ -1,0 +1,118 @@
+//! Who a Tattach names: uids and primary groups from the host's user
+//! database.
+//!
+//! A sandboxed p9d cannot consult the host's user database once it serves:
+//! after `pivot_root` its `/etc/passwd` is the share's (a guest could write
+//! it), and NSS would want sockets the seccomp filter forbids. So the
+//! daemon takes a [`UserDb`] snapshot before the walls go up; without one
+//! (a VMM linking the server in-process) lookups go to the live database.
+
+use std::collections::HashMap;
+use std::ffi::{CStr, CString};
+
+use crate::messages::NONUNAME;
+
+/// The uid given to a name nobody knows.
+pub const NOBODY: u32 = 65534;
+
+/// A snapshot of the host's users: name -> (uid, primary gid), uid ->
+/// primary gid.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct UserDb {
+    by_name: HashMap<Vec<u8>, (u32, u32)>,
+    gid_of: HashMap<u32, u32>,
+}
+
+impl UserDb {
+    /// Reads every user the host's database lists (`getpwent`). Call
+    /// before any thread starts: `getpwent` is not thread-safe.
+    pub fn snapshot() -> UserDb {
+        let mut db = UserDb::default();
+        // SAFETY: setpwent/getpwent/endpwent on one thread; each entry is
+        // read before the next call overwrites it.
+        unsafe {
+            libc::setpwent();
+            loop {
+                let pw = libc::getpwent();
+                if pw.is_null() || db.by_name.len() >= 1_000_000 {
+                    break;
+                }
+                let name = CStr::from_ptr((*pw).pw_name).to_bytes().to_vec();
+                db.gid_of.entry((*pw).pw_uid).or_insert((*pw).pw_gid);
+                db.by_name.insert(name, ((*pw).pw_uid, (*pw).pw_gid));
+            }
+            libc::endpwent();
+        }
+        db
+    }
+
+    /// The uid and primary gid a Tattach with `uname` and `n_uname` acts
+    /// as: `n_uname` with its primary group (itself if unknown), else
+    /// `uname`'s, else [`NOBODY`].
+    pub fn ids(&self, uname: &[u8], n_uname: u32) -> (u32, u32) {
+        if n_uname != NONUNAME {
+            return (
+                n_uname,
+                self.gid_of.get(&n_uname).copied().unwrap_or(n_uname),
+            );
+        }
+        self.by_name.get(uname).copied().unwrap_or((NOBODY, NOBODY))
+    }
+
+    /// As [`ids`](Self::ids), asking the live user database.
+    pub fn live_ids(uname: &[u8], n_uname: u32) -> (u32, u32) {
+        let mut buf = vec![0u8; 16384];
+        // SAFETY: passwd is plain data; zero is a valid initial value.
+        let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        let found = if n_uname != NONUNAME {
+            // SAFETY: all pointers are valid for the sizes passed.
+            unsafe {
+                libc::getpwuid_r(
+                    n_uname,
+                    &mut pw,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    &mut result,
+                )
+            }
+        } else {
+            let Ok(name) = CString::new(uname) else {
+                return (NOBODY, NOBODY);
+            };
+            // SAFETY: all pointers are valid for the sizes passed.
+            unsafe {
+                libc::getpwnam_r(
+                    name.as_ptr(),
+                    &mut pw,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    &mut result,
+                )
+            }
+        } == 0
+            && !result.is_null();
+        match (found, n_uname != NONUNAME) {
+            (true, _) => (pw.pw_uid, pw.pw_gid),
+            (false, true) => (n_uname, n_uname),
+            (false, false) => (NOBODY, NOBODY),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_answers_as_the_live_database() {
+        let db = UserDb::snapshot();
+        assert_eq!(
+            db.ids(b"root", NONUNAME),
+            UserDb::live_ids(b"root", NONUNAME)
+        );
+        assert_eq!(db.ids(b"", 0), UserDb::live_ids(b"", 0));
+        assert_eq!(db.ids(b"no-such-user-here", NONUNAME), (NOBODY, NOBODY));
+        assert_eq!(db.ids(b"", 424242), (424242, 424242));
+    }
+}

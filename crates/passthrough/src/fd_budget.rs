@@ -1,0 +1,82 @@
+//! A reserve of file descriptors the guest cannot exhaust.
+//!
+//! Every fd the core opens on a guest's behalf (an inode's `O_PATH` fd, an
+//! open handle, a file reopened for an xattr call or a truncate) goes through
+//! [`FdBudget::admit`] right after it is opened. Linux hands out the lowest
+//! free fd number, so an fd numbered at or above
+//! `RLIMIT_NOFILE (soft) - reserve` means every number below that line is in
+//! use: the new fd is closed again and the request answers `EMFILE`. The
+//! `reserve` fds above the line stay free for the daemon's own needs
+//! (eventfds, io_uring rings, sockets, accepting a new connection), however
+//! many files the guest keeps open or looked up.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::sys::errno;
+
+/// The soft `RLIMIT_NOFILE` of the process (`u64::MAX` if unlimited or unknown).
+pub fn soft_nofile_limit() -> u64 {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `rl` is a valid out-pointer of the right type.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0
+        || rl.rlim_cur == libc::RLIM_INFINITY
+    {
+        return u64::MAX;
+    }
+    rl.rlim_cur
+}
+
+/// The line below which guest-held fds must stay.
+#[derive(Debug)]
+pub struct FdBudget {
+    reserve: u64,
+    /// The soft `RLIMIT_NOFILE` as last read.
+    limit: AtomicU64,
+}
+
+impl FdBudget {
+    /// A budget keeping `reserve` fds free, under the current soft limit.
+    pub fn new(reserve: u32) -> FdBudget {
+        FdBudget {
+            reserve: reserve.into(),
+            limit: AtomicU64::new(soft_nofile_limit()),
+        }
+    }
+
+    /// Re-reads the soft `RLIMIT_NOFILE` (after the daemon changed it).
+    pub fn refresh(&self) {
+        self.limit.store(soft_nofile_limit(), Ordering::Relaxed);
+    }
+
+    /// The lowest fd number a guest-held fd may not have.
+    pub fn ceiling(&self) -> u64 {
+        self.limit
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.reserve)
+    }
+
+    /// Passes `fd`, just opened for the guest, if its number lies below the
+    /// ceiling; otherwise closes it and answers `EMFILE`.
+    ///
+    /// Before refusing, the soft limit is read again, so a limit raised
+    /// since the last read is honoured without an explicit [`refresh`].
+    ///
+    /// [`refresh`]: FdBudget::refresh
+    pub fn admit<T: AsRawFd>(&self, fd: T) -> io::Result<T> {
+        let n = fd.as_raw_fd() as u64;
+        if n < self.ceiling() {
+            return Ok(fd);
+        }
+        self.refresh();
+        if n < self.ceiling() {
+            return Ok(fd);
+        }
+        drop(fd);
+        Err(errno(libc::EMFILE))
+    }
+}
