@@ -51,6 +51,9 @@ pub enum Engine {
     Default,
     /// native with its buffers in a shared memfd mapping, as guest RAM is.
     Memfd,
+    /// `virtiofsd-rs --io-engine io-uring --seccomp none`: the cost of the
+    /// seccomp filter, against [`Engine::IoUring`] in the same run.
+    IoUringNoSeccomp,
 }
 
 impl Engine {
@@ -61,6 +64,15 @@ impl Engine {
             Engine::Sync => "sync",
             Engine::Default => "-",
             Engine::Memfd => "memfd",
+            Engine::IoUringNoSeccomp => "io-uring-no-seccomp",
+        }
+    }
+
+    /// The `--io-engine` value for virtiofsd-rs.
+    pub fn io_engine(self) -> &'static str {
+        match self {
+            Engine::Sync => "sync",
+            _ => "io-uring",
         }
     }
 }
@@ -151,7 +163,9 @@ pub struct Cli {
     /// Servers to run, comma separated: native, virtiofsd-rs (both engines),
     /// virtiofsd-rs:io-uring, virtiofsd-rs:sync, virtiofsd, p9d, diod
     /// [default: all]; also native:memfd (native with its buffers in shared
-    /// memfd memory, as guest RAM is; not in the default set).
+    /// memfd memory, as guest RAM is; not in the default set) and
+    /// virtiofsd-rs:io-uring-no-seccomp (ours without its seccomp filter,
+    /// to measure the filter's cost; not in the default set).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub servers: Vec<String>,
     /// Workloads to run, comma separated [default: all].
@@ -302,6 +316,10 @@ pub fn parse_servers(items: &[String]) -> Result<Vec<Target>, CliError> {
                 .collect(),
             "virtiofsd-rs:io-uring" => vec![ALL_TARGETS[1]],
             "virtiofsd-rs:sync" => vec![ALL_TARGETS[2]],
+            "virtiofsd-rs:io-uring-no-seccomp" => vec![Target {
+                server: Server::VirtiofsdRs,
+                engine: Engine::IoUringNoSeccomp,
+            }],
             "native:memfd" => vec![Target {
                 server: Server::Native,
                 engine: Engine::Memfd,

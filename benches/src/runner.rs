@@ -240,7 +240,11 @@ pub fn server_args(cfg: &Config, target: Target, share: &Path, socket: &Path) ->
             }
             if target.server == Server::VirtiofsdRs {
                 a.push("--io-engine".into());
-                a.push(target.engine.name().into());
+                a.push(target.engine.io_engine().into());
+                if target.engine == Engine::IoUringNoSeccomp {
+                    a.push("--seccomp".into());
+                    a.push("none".into());
+                }
                 a.push("--request-queues".into());
                 a.push("1".into());
                 if let Some(us) = cfg.server_poll_us {

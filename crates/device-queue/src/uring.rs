@@ -824,7 +824,8 @@ enum RingSlot {
 }
 
 /// How a device serves its queues' kicks: the engine asked for, each
-/// queue's ring (made on first use by the queue's worker thread; where
+/// queue's ring (made by [`QueueEngine::prepare_rings`], or else on first
+/// use by the queue's worker thread; where
 /// io_uring is unavailable the queue is served synchronously, logged once
 /// per device) and each queue's polling. Both the virtio-fs and the
 /// virtio-9p device hold one.
@@ -869,6 +870,55 @@ impl QueueEngine {
     /// `max`; zero: never).
     pub fn set_poll(&mut self, max: std::time::Duration) {
         self.pollers = QueuePollers::new(self.rings.len(), max);
+    }
+
+    /// Makes the ring of an unset slot (or marks it unavailable, logged
+    /// once per device).
+    fn fill(&self, slot: &mut RingSlot, queue: &str) {
+        if let RingSlot::Unset = slot {
+            *slot = match UringQueue::new() {
+                Ok(r) => {
+                    debug!("{queue}: io_uring ring ready");
+                    RingSlot::Ready(Box::new(r))
+                }
+                Err(e) => {
+                    if !self.fallback_logged.swap(true, Ordering::AcqRel) {
+                        warn!("io_uring unavailable ({e}); serving reads and writes synchronously");
+                    }
+                    RingSlot::Unavailable
+                }
+            };
+        }
+    }
+
+    /// Makes the rings of `queues` now, with the io_uring engine, instead
+    /// of at each queue's first kick. A daemon calls this before its
+    /// seccomp filter goes up: the filter then forbids `io_uring_setup`
+    /// and `io_uring_register`, so code running in the daemon cannot make
+    /// a ring without restrictions.
+    pub fn prepare_rings(&self, queues: impl IntoIterator<Item = usize>) {
+        if self.engine != IoEngine::IoUring {
+            return;
+        }
+        for q in queues {
+            if let Some(r) = self.rings.get(q) {
+                let mut slot = r.lock().unwrap_or_else(|p| p.into_inner());
+                self.fill(&mut slot, &format!("queue {q}"));
+            }
+        }
+    }
+
+    /// How many queues have a working ring.
+    pub fn ready_rings(&self) -> usize {
+        self.rings
+            .iter()
+            .filter(|r| {
+                matches!(
+                    &*r.lock().unwrap_or_else(|p| p.into_inner()),
+                    RingSlot::Ready(_)
+                )
+            })
+            .count()
     }
 
     fn counts(&self, count: impl Fn(&UringQueue) -> u64) -> u64 {
@@ -918,19 +968,8 @@ impl QueueEngine {
             (IoEngine::IoUring, Some(r)) => Some(r.lock().unwrap_or_else(|p| p.into_inner())),
             _ => None,
         };
-        if let Some(RingSlot::Unset) = slot.as_deref() {
-            *slot.as_deref_mut().expect("just matched") = match UringQueue::new() {
-                Ok(r) => {
-                    debug!("{queue}: io_uring ring ready");
-                    RingSlot::Ready(Box::new(r))
-                }
-                Err(e) => {
-                    if !self.fallback_logged.swap(true, Ordering::AcqRel) {
-                        warn!("io_uring unavailable ({e}); serving reads and writes synchronously");
-                    }
-                    RingSlot::Unavailable
-                }
-            };
+        if let Some(s) = slot.as_deref_mut() {
+            self.fill(s, queue);
         }
         let mut uq = match slot.as_deref_mut() {
             Some(RingSlot::Ready(uq)) => {

@@ -120,6 +120,9 @@ pub struct P9Config {
     /// ([`DEFAULT_MAX_CONNECTIONS`]); one more is accepted and closed at
     /// once. Inherited `fd:` connections are not counted.
     pub max_connections: usize,
+    /// `RLIMIT_NOFILE` to set (`--rlimit-nofile`, as virtiofsd's): `None`
+    /// raises it as far as the host allows, `Some(0)` leaves it alone.
+    pub rlimit_nofile: Option<u64>,
     /// The walls to put up before serving (namespace sandbox,
     /// capabilities, Landlock, seccomp), as `virtiofsd-rs`.
     pub sandbox: sandbox::SandboxConfig,
@@ -142,6 +145,7 @@ impl P9Config {
             attach: AttachPolicy::default(),
             max_fids: DEFAULT_MAX_FIDS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            rlimit_nofile: None,
             sandbox: sandbox::SandboxConfig::new(sandbox::Profile::P9),
         }
     }
@@ -176,6 +180,14 @@ pub enum P9Error {
     /// A wall could not be put up.
     #[error(transparent)]
     Sandbox(#[from] sandbox::SandboxError),
+    /// `--rlimit-nofile` could not be applied.
+    #[error("cannot set RLIMIT_NOFILE to {limit}: {source}")]
+    Rlimit {
+        /// The requested limit.
+        limit: u64,
+        /// What the host said.
+        source: io::Error,
+    },
     /// The vhost-user device could not be created.
     #[error(transparent)]
     Backend(#[from] crate::virtio::BackendError),
@@ -261,14 +273,6 @@ where
 
 /// Removes a socket path when dropped (the vhost-user socket, once the
 /// daemon is done with it).
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        sandbox::socket::remove_socket(&self.0);
-    }
-}
-
 /// After a failed accept (e.g. out of fds), before the next: no busy loop.
 const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(10);
 
@@ -288,6 +292,18 @@ pub fn run(cfg: P9Config) -> Result<(), P9Error> {
     }
     // A bad share is refused before any socket or sandbox exists.
     cfg.fs.check_root()?;
+    // As many fds as the host allows (virtiofsd's default), and a reserve
+    // the guests cannot take that covers every connection p9d may accept
+    // (two fds each) besides the daemon's own.
+    passthrough::fd_budget::raise_nofile_limit(cfg.rlimit_nofile).map_err(|source| {
+        P9Error::Rlimit {
+            limit: cfg.rlimit_nofile.unwrap_or(0),
+            source,
+        }
+    })?;
+    let mut cfg = cfg;
+    let conn_fds = u32::try_from(cfg.max_connections.saturating_mul(2)).unwrap_or(u32::MAX);
+    cfg.fs.fd_reserve = cfg.fs.fd_reserve.saturating_add(conn_fds);
     let group = cfg.socket_group.as_deref();
     // Bind everything first so a bad address fails before serving starts.
     let mut tcp = Vec::new();
@@ -315,9 +331,8 @@ pub fn run(cfg: P9Config) -> Result<(), P9Error> {
         }
     }
     let vhost_listener = match &cfg.vhost_user {
-        Some(v) => Some((
-            vhost::vhost_user::Listener::from(sandbox::bind_private_unix(&v.socket, group)?),
-            RemoveOnDrop(v.socket.clone()),
+        Some(v) => Some(vhost::vhost_user::Listener::from(
+            sandbox::bind_private_unix(&v.socket, group)?,
         )),
         None => None,
     };
@@ -326,10 +341,10 @@ pub fn run(cfg: P9Config) -> Result<(), P9Error> {
     // Every socket exists: now the walls, and the share opened inside them.
     let mut walls = cfg.sandbox.clone();
     walls.file_handles = cfg.fs.inode_file_handles != passthrough::InodeFileHandles::Never;
-    // The supervisor (namespace mode) removes the vhost-user socket, which
-    // the sandboxed daemon can no longer reach.
+    // The supervisor removes the vhost-user socket, which the walled-in
+    // daemon can no longer reach (or would reach inside the share).
     let vhost_socket = cfg.vhost_user.as_ref().map(|v| v.socket.clone());
-    let fs = sandbox::wall_in(
+    let (server, vhost_backend) = sandbox::wall_in(
         &walls,
         &cfg.fs.root_dir,
         move || {
@@ -342,33 +357,35 @@ pub fn run(cfg: P9Config) -> Result<(), P9Error> {
                 root_dir: root.to_path_buf(),
                 ..cfg.fs.clone()
             };
-            Ok::<_, P9Error>(Arc::new(match proc_fd {
+            let fs = Arc::new(match proc_fd {
                 Some(fd) => PassthroughFs::with_proc_self_fd(fs, fd)?,
                 None => PassthroughFs::new(fs)?,
-            }))
+            });
+            let server = Server::with_options(
+                fs,
+                ServerOptions {
+                    attach: cfg.attach.clone(),
+                    max_fids: cfg.max_fids,
+                    users: Some(users),
+                    export: Some(cfg.fs.root_dir.clone()),
+                },
+            );
+            // The vhost-user queue's ring is made now, before the seccomp
+            // filter forbids making rings.
+            let backend = match &cfg.vhost_user {
+                Some(v) => {
+                    let b = crate::virtio::P9VhostBackend::new(server.clone(), &v.tag)?
+                        .with_engine(cfg.io_engine)
+                        .with_poll(cfg.poll);
+                    b.prepare_rings();
+                    Some(Arc::new(b))
+                }
+                None => None,
+            };
+            Ok::<_, P9Error>((server, backend))
         },
     )?;
-    let server = Server::with_options(
-        fs,
-        ServerOptions {
-            attach: cfg.attach.clone(),
-            max_fids: cfg.max_fids,
-            users: Some(users),
-            export: Some(cfg.fs.root_dir.clone()),
-        },
-    );
-    let vhost = match (vhost_listener, &cfg.vhost_user) {
-        (Some((listener, remove)), Some(v)) => Some((
-            listener,
-            remove,
-            Arc::new(
-                crate::virtio::P9VhostBackend::new(server.clone(), &v.tag)?
-                    .with_engine(cfg.io_engine)
-                    .with_poll(cfg.poll),
-            ),
-        )),
-        _ => None,
-    };
+    let vhost = vhost_listener.zip(vhost_backend);
     let only_fds = tcp.is_empty() && unix.is_empty();
     let count = ConnCount::new(cfg.max_connections);
     let mode = StreamConfig {
@@ -461,7 +478,21 @@ pub fn run(cfg: P9Config) -> Result<(), P9Error> {
             })
             .map_err(P9Error::Thread)?;
     }
-    if let Some((mut listener, _remove, backend)) = vhost {
+    if let Some((mut listener, backend)) = vhost {
+        // SIGTERM and SIGINT end a vhost-user p9d too, not only the
+        // frontend's disconnect.
+        thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                let mut sig: libc::c_int = 0;
+                // SAFETY: `set` holds the blocked signals; `sig` is a valid
+                // out-pointer.
+                if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+                    info!("signal {sig}: exiting");
+                    std::process::exit(0);
+                }
+            })
+            .map_err(P9Error::Thread)?;
         let mut daemon = vhost_user_backend::VhostUserDaemon::new(
             "p9d".to_string(),
             backend.clone(),

@@ -82,6 +82,10 @@ struct Cli {
     /// virtiofsd's --modcaps).
     #[arg(long)]
     modcaps: Option<String>,
+    /// Set RLIMIT_NOFILE (default: as high as the host allows, up to
+    /// min(1000000, fs.nr_open); 0 leaves it alone).
+    #[arg(long)]
+    rlimit_nofile: Option<u64>,
     /// Do not confine filesystem access to the share with Landlock.
     #[arg(long)]
     no_landlock: bool,
@@ -132,6 +136,7 @@ fn main() -> ExitCode {
         },
         max_fids: cli.max_fids as usize,
         max_connections: cli.max_connections as usize,
+        rlimit_nofile: cli.rlimit_nofile,
         sandbox: sandbox::SandboxConfig {
             mode: cli.sandbox,
             seccomp: cli.seccomp,

@@ -6,7 +6,7 @@
 //! root stays at the root, so no fid can reach outside the share.
 
 use std::collections::HashMap;
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -21,7 +21,9 @@ use passthrough::name::name_from_bytes;
 use passthrough::{HandleData, PassthroughFs, ROOT_ID};
 
 use crate::attach_policy::AttachPolicy;
-use crate::fid_table::{Fid, FidError, FidTable, Open, Xattr, DEFAULT_MAX_FIDS};
+use crate::fid_table::{
+    Fid, FidError, FidPath, FidTable, Open, Xattr, DEFAULT_MAX_FIDS, MAX_PATH_BYTES,
+};
 use crate::messages::*;
 use crate::user_db::UserDb;
 use crate::wire::{Encoder, Qid, QID_SIZE, QTDIR, QTFILE, QTSYMLINK};
@@ -429,7 +431,12 @@ impl Session {
     }
 
     /// Walks `names` from `start` (holding one lookup on the result).
-    fn walk_names(&self, c: &Context, start: u64, names: &[CString]) -> R<u64> {
+    fn walk_names<'a>(
+        &self,
+        c: &Context,
+        start: u64,
+        names: impl IntoIterator<Item = &'a CStr>,
+    ) -> R<u64> {
         self.fs().add_lookup(start)?;
         let mut cur = start;
         for n in names {
@@ -461,13 +468,19 @@ impl Session {
         let rel = aname
             .strip_prefix(self.server.export.as_slice())
             .unwrap_or(aname);
-        let path = rel
+        // No fid may keep a longer path, and a longer aname is not split up
+        // (it may be as long as msize).
+        if rel.len() > MAX_PATH_BYTES {
+            return Err(Errno(libc::ENAMETOOLONG));
+        }
+        let names = rel
             .split(|&b| b == b'/')
             .filter(|c| !c.is_empty() && *c != b".")
             .map(cname)
             .collect::<R<Vec<_>>>()?;
+        let path = FidPath::root().walk(names.iter().map(|n| n.as_c_str()))?;
         let c = ctx(uid, gid);
-        let node = self.walk_names(&c, ROOT_ID, &path)?;
+        let node = self.walk_names(&c, ROOT_ID, names.iter().map(|n| n.as_c_str()))?;
         let f = Fid::new(node, uid, gid, path);
         let st = match self.stat(&f) {
             Ok(st) => st,
@@ -493,7 +506,7 @@ impl Session {
         let c = ctx(src.uid, src.gid);
         self.fs().add_lookup(src.node)?;
         let mut cur = src.node;
-        let mut path = (*src.path).clone();
+        let mut walked = Vec::with_capacity(names.len());
         let mut qids = Vec::with_capacity(names.len());
         for raw in names {
             let step = cname(raw).and_then(|n| {
@@ -504,13 +517,7 @@ impl Session {
                 Ok((n, e)) => {
                     self.fs().forget(&c, cur, 1);
                     cur = e.inode;
-                    match n.as_bytes() {
-                        b".." => {
-                            path.pop();
-                        }
-                        b"." => {}
-                        _ => path.push(n),
-                    }
+                    walked.push(n);
                     qids.push(self.server.qid(&e.attr));
                 }
                 Err(e) => {
@@ -525,11 +532,20 @@ impl Session {
                 }
             }
         }
+        // Where the walk ended, unless that is too deep to keep (then fid
+        // stays and newfid is not made).
+        let path = match src.path.walk(walked.iter().map(|n| n.as_c_str())) {
+            Ok(p) => p,
+            Err(e) => {
+                self.fs().forget(&c, cur, 1);
+                return Err(e.into());
+            }
+        };
         let mut fids = self.fids();
         if newfid == fid {
             let f = fids.get_mut(fid)?;
             let old = std::mem::replace(&mut f.node, cur);
-            f.path = Arc::new(path);
+            f.path = path;
             drop(fids);
             self.fs().forget(&c, old, 1);
         } else if let Err(e) = fids.insert_new(newfid, Fid::new(cur, src.uid, src.gid, path)) {
@@ -582,6 +598,9 @@ impl Session {
             return Err(Errno(libc::EBADF));
         }
         let n = cname(name)?;
+        // The path the fid will have: refused before anything is created
+        // if it is too long to keep.
+        let path = dir.path.walk([n.as_c_str()])?;
         let c = ctx(dir.uid, gid);
         let args = CreateIn {
             flags: flags | libc::O_CREAT as u32,
@@ -595,7 +614,7 @@ impl Session {
         match fids.get_mut(fid) {
             Ok(f) => {
                 f.node = entry.inode;
-                Arc::make_mut(&mut f.path).push(n);
+                f.path = path;
                 f.open = Some(Open::File(handle));
             }
             Err(e) => {
@@ -664,25 +683,29 @@ impl Session {
 
     /// The parent node (holding one lookup) and last name of a fid's path.
     fn parent_of(&self, f: &Fid) -> R<(u64, CString)> {
-        let Some((last, parent)) = f.path.split_last() else {
+        let Some((parent, last)) = f.path.split_last() else {
             // The share root has no parent inside the share.
             return Err(Errno(libc::EBUSY));
         };
         let c = ctx(f.uid, f.gid);
-        Ok((self.walk_names(&c, ROOT_ID, parent)?, last.clone()))
+        let node = self.walk_names(&c, ROOT_ID, parent.components())?;
+        Ok((node, last.to_owned()))
     }
 
     fn rename(&self, fid: u32, dfid: u32, name: &[u8]) -> R<Rmessage> {
         let f = self.fid(fid)?;
         let dir = self.fid(dfid)?;
         let n = cname(name)?;
+        // The fid's new path: refused before anything is renamed if it is
+        // too long to keep.
+        let new_path = dir.path.walk([n.as_c_str()])?;
         let c = ctx(f.uid, f.gid);
         let (parent, last) = self.parent_of(&f)?;
         let r = self.fs().rename(&c, parent, &last, dir.node, &n, 0);
         self.fs().forget(&c, parent, 1);
         r?;
         if let Ok(slot) = self.fids().get_mut(fid) {
-            slot.path = Arc::new(dir.path.iter().cloned().chain(std::iter::once(n)).collect());
+            slot.path = new_path;
         }
         Ok(Rmessage::Rename)
     }
@@ -920,21 +943,30 @@ impl Session {
     }
 
     fn write(&self, fid: u32, offset: u64, data: &[u8]) -> R<Rmessage> {
-        let f = self.fid(fid)?;
-        if let Some(Xattr::Write { .. }) = &f.xattr {
+        let f = {
             let mut fids = self.fids();
             let slot = fids.get_mut(fid)?;
-            let Some(Xattr::Write { size, buf, .. }) = &mut slot.xattr else {
-                return Err(Errno(libc::EBADF));
-            };
-            if offset != buf.len() as u64 || buf.len() as u64 + data.len() as u64 > *size {
-                return Err(Errno(libc::EINVAL));
+            if let Some(Xattr::Write { size, buf, .. }) = &mut slot.xattr {
+                let end = buf.len() as u64 + data.len() as u64;
+                if offset != buf.len() as u64 || end > *size {
+                    return Err(Errno(libc::EINVAL));
+                }
+                // The value grows as its data arrives (doubling, so a value
+                // sent in small pieces is not copied for each), never past
+                // the announced size, which the session's xattr bytes
+                // already count.
+                let end = end as usize;
+                if end > buf.capacity() {
+                    let want = end.max(buf.capacity() * 2).min(*size as usize);
+                    buf.reserve_exact(want - buf.len());
+                }
+                buf.extend_from_slice(data);
+                return Ok(Rmessage::Write {
+                    count: data.len() as u32,
+                });
             }
-            buf.extend_from_slice(data);
-            return Ok(Rmessage::Write {
-                count: data.len() as u32,
-            });
-        }
+            slot.clone()
+        };
         let Some(Open::File(h)) = f.open else {
             return Err(Errno(libc::EBADF));
         };
@@ -1061,18 +1093,39 @@ impl Session {
         Ok(Rmessage::Link)
     }
 
+    /// Whether the share serves extended attributes (`--xattr`). Without
+    /// them Txattrwalk and Txattrcreate are `EOPNOTSUPP` before anything is
+    /// looked at or allocated.
+    fn xattr_enabled(&self) -> R<()> {
+        match self.fs().config().xattr {
+            true => Ok(()),
+            false => Err(Errno(libc::EOPNOTSUPP)),
+        }
+    }
+
+    /// The session's xattr fids have room for `bytes` more (else
+    /// `ENOMEM`): checked before a value is fetched, and again when its
+    /// fid is added.
+    fn xattr_room(&self, bytes: u32) -> R<()> {
+        Ok(self.fids().check_xattr_room(bytes as usize)?)
+    }
+
     fn xattrwalk(&self, fid: u32, newfid: u32, name: &[u8]) -> R<Rmessage> {
+        self.xattr_enabled()?;
         let f = self.fid(fid)?;
         let c = ctx(f.uid, f.gid);
         // The size the host reports is asked for again, never more than
         // Linux's limits (the core caps its buffer there too): a value that
         // grew past it meanwhile is ERANGE. An empty value or list needs no
-        // second call.
+        // second call. A value the session's xattr fids have no room for is
+        // not fetched.
         let value = if name.is_empty() {
             match self.fs().listxattr(&c, f.node, 0)? {
                 ListxattrReply::Count(0) => Vec::new(),
                 ListxattrReply::Count(n) => {
-                    match self.fs().listxattr(&c, f.node, n.min(XATTR_LIST_MAX))? {
+                    let n = n.min(XATTR_LIST_MAX);
+                    self.xattr_room(n)?;
+                    match self.fs().listxattr(&c, f.node, n)? {
                         ListxattrReply::Names(v) => v,
                         ListxattrReply::Count(_) => return Err(Errno(libc::EIO)),
                     }
@@ -1084,10 +1137,9 @@ impl Session {
             match self.fs().getxattr(&c, f.node, &n, 0)? {
                 GetxattrReply::Count(0) => Vec::new(),
                 GetxattrReply::Count(len) => {
-                    match self
-                        .fs()
-                        .getxattr(&c, f.node, &n, len.min(XATTR_SIZE_MAX))?
-                    {
+                    let len = len.min(XATTR_SIZE_MAX);
+                    self.xattr_room(len)?;
+                    match self.fs().getxattr(&c, f.node, &n, len)? {
                         GetxattrReply::Value(v) => v,
                         GetxattrReply::Count(_) => return Err(Errno(libc::EIO)),
                     }
@@ -1097,8 +1149,7 @@ impl Session {
         };
         let size = value.len() as u64;
         self.fs().add_lookup(f.node)?;
-        let mut x = Fid::new(f.node, f.uid, f.gid, Vec::new());
-        x.path = f.path.clone();
+        let mut x = Fid::new(f.node, f.uid, f.gid, f.path.clone());
         x.xattr = Some(Xattr::Read(Arc::new(value)));
         if let Err(e) = self.fids().insert_new(newfid, x) {
             self.fs().forget(&c, f.node, 1);
@@ -1108,6 +1159,7 @@ impl Session {
     }
 
     fn xattrcreate(&self, fid: u32, name: &[u8], size: u64, flags: u32) -> R<Rmessage> {
+        self.xattr_enabled()?;
         // Refused before anything is allocated for the value: the client's
         // attr_size is a u64.
         if size > u64::from(XATTR_SIZE_MAX) {
@@ -1125,12 +1177,18 @@ impl Session {
         if f.open.is_some() || f.xattr.is_some() {
             return Err(Errno(libc::EBADF));
         }
-        f.xattr = Some(Xattr::Write {
-            name: n,
-            flags,
-            size,
-            buf: Vec::with_capacity(size as usize),
-        });
+        // The announced size counts against the session's xattr bytes at
+        // once (ENOMEM past them); the value itself is allocated as Twrite
+        // data arrives.
+        fids.set_xattr(
+            fid,
+            Xattr::Write {
+                name: n,
+                flags,
+                size,
+                buf: Vec::new(),
+            },
+        )?;
         Ok(Rmessage::XattrCreate)
     }
 }

@@ -266,6 +266,14 @@ impl P9VhostBackend {
         self
     }
 
+    /// Makes the request queue's io_uring ring now (with the io_uring
+    /// engine): before the daemon's seccomp filter, which forbids making
+    /// rings, goes up. Returns whether it has one.
+    pub fn prepare_rings(&self) -> bool {
+        self.data.prepare_rings([0]);
+        self.data.ready_rings() == 1
+    }
+
     /// Selects the Tread/Twrite engine (default: io_uring where available).
     pub fn with_engine(mut self, engine: IoEngine) -> Self {
         self.data.set_engine(engine);

@@ -1228,3 +1228,288 @@ fn tlock_is_served_although_fuse_posix_locks_are_not_offered() {
         "{r:?}"
     );
 }
+
+#[test]
+fn txattrcreate_and_txattrwalk_without_xattr_are_eopnotsupp_at_once() {
+    let s = setup();
+    assert!(!s.server.fs().config().xattr);
+    let mut c = Client::ready(&s.server);
+    c.walk(0, 1, &[b"inside"]);
+    let r = c.rpc(Tmessage::XattrCreate {
+        fid: 1,
+        name: b"user.x",
+        size: 65536,
+        flags: 0,
+    });
+    assert_eq!(errno(&r), libc::EOPNOTSUPP, "{r:?}");
+    for name in [b"".as_slice(), b"user.x"] {
+        let r = c.rpc(Tmessage::XattrWalk {
+            fid: 1,
+            newfid: 2,
+            name,
+        });
+        assert_eq!(errno(&r), libc::EOPNOTSUPP, "{r:?}");
+    }
+    assert_eq!(
+        errno(&c.rpc(Tmessage::Clunk { fid: 2 })),
+        libc::EBADF,
+        "no xattr fid was made"
+    );
+    // Fid 1 holds no pending value: it opens, and its clunk succeeds.
+    assert!(matches!(
+        c.rpc(Tmessage::Lopen { fid: 1, flags: 0 }),
+        Rmessage::Lopen { .. }
+    ));
+    assert_eq!(c.rpc(Tmessage::Clunk { fid: 1 }), Rmessage::Clunk);
+}
+
+fn xattrcreate(c: &mut Client, fid: u32, size: u64) -> Rmessage {
+    c.rpc(Tmessage::XattrCreate {
+        fid,
+        name: b"user.v",
+        size,
+        flags: 0,
+    })
+}
+
+/// Fills the session's xattr bound with fids 1..=n, each a pending 64 KiB
+/// Txattrcreate on "inside"; returns n.
+fn fill_xattr_bytes(c: &mut Client) -> u32 {
+    let n = (p9::fid_table::MAX_XATTR_BYTES_PER_SESSION / 65536) as u32;
+    for fid in 1..=n {
+        assert!(matches!(
+            c.walk(0, fid, &[b"inside"]),
+            Rmessage::Walk { .. }
+        ));
+        let r = xattrcreate(c, fid, 65536);
+        assert_eq!(r, Rmessage::XattrCreate, "fid {fid}");
+    }
+    n
+}
+
+/// Sets the extended attribute `name` of the share's file `file` on the
+/// host.
+fn host_setxattr(s: &Setup, file: &str, name: &std::ffi::CStr, value: &[u8]) {
+    let path = std::ffi::CString::new(s.share.join(file).as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: NUL-terminated path and name; `value` is readable for its length.
+    let rc = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+}
+
+/// The bytes pending Txattrcreates and Txattrwalk values of one session
+/// hold are bounded (p9::fid_table::MAX_XATTR_BYTES_PER_SESSION): past
+/// the bound both are ENOMEM and make no fid; Tclunk, Tremove and the end
+/// of the session (here Tversion) give the bytes back. Without the bound
+/// every fid could hold 64 KiB: 4 GiB with the default --max-fids.
+#[test]
+fn xattr_fids_of_a_session_hold_at_most_max_xattr_bytes() {
+    let s = setup_with(|cfg| cfg.xattr = true);
+    std::fs::write(s.share.join("scratch"), b"").unwrap();
+    for file in ["inside", "scratch"] {
+        host_setxattr(&s, file, c"user.four_k", &[7u8; 4000]);
+    }
+    let mut c = Client::ready(&s.server);
+    c.walk(0, 100, &[b"scratch"]);
+    c.walk(0, 101, &[b"inside"]);
+    let walk_value = |c: &mut Client, fid, newfid| {
+        c.rpc(Tmessage::XattrWalk {
+            fid,
+            newfid,
+            name: b"user.four_k",
+        })
+    };
+    let n = fill_xattr_bytes(&mut c);
+    // Full: another pending value, or a value read, is ENOMEM and makes no
+    // fid (nor is the fid it was asked of changed).
+    c.walk(0, 1000, &[b"inside"]);
+    assert_eq!(errno(&xattrcreate(&mut c, 1000, 65536)), libc::ENOMEM);
+    assert_eq!(errno(&xattrcreate(&mut c, 1000, 1)), libc::ENOMEM);
+    assert_eq!(errno(&walk_value(&mut c, 101, 1001)), libc::ENOMEM);
+    assert_eq!(errno(&c.rpc(Tmessage::Clunk { fid: 1001 })), libc::EBADF);
+    // A value of size 0 (a removal) holds nothing.
+    assert_eq!(xattrcreate(&mut c, 1000, 0), Rmessage::XattrCreate);
+    // Tclunk gives a pending value's bytes back (its value is incomplete,
+    // so the clunk is EINVAL, but the fid is gone).
+    assert_eq!(errno(&c.rpc(Tmessage::Clunk { fid: 1 })), libc::EINVAL);
+    // 64 KiB free, and values read count too: 16 of 4000 bytes leave 1536.
+    for newfid in 2000..2015 {
+        let r = walk_value(&mut c, 101, newfid);
+        assert_eq!(r, Rmessage::XattrWalk { size: 4000 }, "fid {newfid}");
+    }
+    let r = walk_value(&mut c, 100, 2015);
+    assert_eq!(r, Rmessage::XattrWalk { size: 4000 });
+    let free = 65536 - 16 * 4000;
+    c.walk(0, 1002, &[b"inside"]);
+    assert_eq!(errno(&xattrcreate(&mut c, 1002, free + 1)), libc::ENOMEM);
+    assert_eq!(xattrcreate(&mut c, 1002, free), Rmessage::XattrCreate);
+    assert_eq!(errno(&walk_value(&mut c, 101, 2016)), libc::ENOMEM);
+    // Tremove of an xattr fid (it names the file it was read from) gives
+    // its bytes back.
+    assert_eq!(c.rpc(Tmessage::Remove { fid: 2015 }), Rmessage::Remove);
+    assert!(!s.share.join("scratch").exists());
+    let r = walk_value(&mut c, 101, 2016);
+    assert_eq!(r, Rmessage::XattrWalk { size: 4000 });
+    // The end of a session gives everything back: after Tversion the
+    // bound is whole again.
+    assert!(matches!(c.version(65536), Rmessage::Version { .. }));
+    assert!(matches!(c.attach(0, b""), Rmessage::Attach { .. }));
+    assert_eq!(fill_xattr_bytes(&mut c), n);
+    assert_eq!(errno(&c.rpc(Tmessage::Clunk { fid: n })), libc::EINVAL);
+    // A value grown as its Twrites arrive reaches the host whole.
+    c.walk(0, 4000, &[b"dir"]);
+    assert_eq!(xattrcreate(&mut c, 4000, 3000), Rmessage::XattrCreate);
+    let data: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+    let mut offset = 0;
+    for piece in data.chunks(700) {
+        let r = c.rpc(Tmessage::Write {
+            fid: 4000,
+            offset,
+            data: piece,
+        });
+        let count = piece.len() as u32;
+        assert_eq!(r, Rmessage::Write { count });
+        offset += piece.len() as u64;
+    }
+    assert_eq!(c.rpc(Tmessage::Clunk { fid: 4000 }), Rmessage::Clunk);
+    let dir = std::ffi::CString::new(s.share.join("dir").as_os_str().as_encoded_bytes()).unwrap();
+    let mut got = vec![0u8; 4096];
+    // SAFETY: NUL-terminated path and name; `got` is writable for its length.
+    let len = unsafe {
+        libc::getxattr(
+            dir.as_ptr(),
+            c"user.v".as_ptr(),
+            got.as_mut_ptr().cast(),
+            got.len(),
+        )
+    };
+    assert_eq!(len, 3000);
+    got.truncate(3000);
+    assert_eq!(got, data);
+}
+
+/// A fid's path from the share root is at most
+/// p9::fid_table::MAX_PATH_BYTES (PATH_MAX less its NUL): a chain of
+/// directories deeper than that can be made (Tmkdir keeps no path) but no
+/// fid stands below it, so no fid copies more than that many bytes of path.
+/// Twalk, Tlcreate, Trename and Tattach that would go deeper are
+/// ENAMETOOLONG and change nothing; Tremove (which walks the parent from
+/// the root) still works at the deepest level allowed.
+#[test]
+fn a_fid_path_longer_than_path_max_is_enametoolong() {
+    let s = setup();
+    let mut c = Client::ready(&s.server);
+    let name = [b'd'; 200];
+    let levels = p9::fid_table::MAX_PATH_BYTES / (name.len() + 1);
+    assert_eq!(levels, 20);
+    let mkdir = |c: &mut Client, dfid, name: &[u8]| {
+        let r = c.rpc(Tmessage::Mkdir {
+            dfid,
+            name,
+            mode: 0o755,
+            gid: 0,
+        });
+        assert!(matches!(r, Rmessage::Mkdir { .. }), "{r:?}");
+    };
+    let qid = |c: &mut Client, fid| match c.rpc(Tmessage::Getattr { fid, mask: !0 }) {
+        Rmessage::Getattr(a) => a.qid,
+        r => panic!("getattr: {r:?}"),
+    };
+    c.walk(0, 1, &[]);
+    for _ in 0..levels {
+        mkdir(&mut c, 1, &name);
+        assert!(matches!(c.walk(1, 1, &[&name]), Rmessage::Walk { .. }));
+    }
+    let deepest = qid(&mut c, 1);
+    // One level more exists, but no fid may stand there.
+    mkdir(&mut c, 1, &name);
+    assert_eq!(errno(&c.walk(1, 2, &[&name])), libc::ENAMETOOLONG);
+    assert_eq!(errno(&c.rpc(Tmessage::Clunk { fid: 2 })), libc::EBADF);
+    assert_eq!(errno(&c.walk(1, 1, &[&name])), libc::ENAMETOOLONG);
+    assert_eq!(qid(&mut c, 1), deepest, "the fid stayed");
+    // Walking through it and back is fine: only where a walk ends counts.
+    let r = c.walk(1, 3, &[&name, b".."]);
+    assert!(
+        matches!(&r, Rmessage::Walk { qids } if qids[1] == deepest),
+        "{r:?}"
+    );
+    // Tlcreate of a name that does not fit creates nothing.
+    let long = [b'f'; 80];
+    c.walk(1, 4, &[]);
+    assert_eq!(
+        errno(&tlcreate(&mut c, 4, &long, libc::O_RDWR)),
+        libc::ENAMETOOLONG
+    );
+    assert_eq!(qid(&mut c, 4), deepest, "the fid still names the directory");
+    mkdir(&mut c, 1, &long); // EEXIST had Tlcreate made it
+                             // Trename to a name that does not fit renames nothing.
+    c.walk(0, 5, &[b"inside"]);
+    let r = c.rpc(Tmessage::Rename {
+        fid: 5,
+        dfid: 1,
+        name: &long[..79],
+    });
+    assert_eq!(errno(&r), libc::ENAMETOOLONG);
+    assert!(s.share.join("inside").exists());
+    // Tattach: the deepest level allowed, and not one more.
+    let aname = |n| vec![&name[..]; n].join(&b'/');
+    assert_eq!(
+        c.attach(6, &aname(levels)),
+        Rmessage::Attach { qid: deepest }
+    );
+    assert_eq!(errno(&c.attach(7, &aname(levels + 1))), libc::ENAMETOOLONG);
+    // Tremove at the deepest level: its parent is walked from the root.
+    let r = c.rpc(Tmessage::Unlinkat {
+        dirfid: 1,
+        name: &name,
+        flags: libc::AT_REMOVEDIR as u32,
+    });
+    assert_eq!(r, Rmessage::Unlinkat);
+    let r = c.rpc(Tmessage::Unlinkat {
+        dirfid: 1,
+        name: &long,
+        flags: libc::AT_REMOVEDIR as u32,
+    });
+    assert_eq!(r, Rmessage::Unlinkat);
+    for fid in [3, 4, 6] {
+        assert_eq!(c.rpc(Tmessage::Clunk { fid }), Rmessage::Clunk);
+    }
+    assert_eq!(c.rpc(Tmessage::Remove { fid: 1 }), Rmessage::Remove);
+    let chain = vec![&name[..]; levels - 1];
+    c.walk(0, 8, &[]);
+    for part in chain.chunks(16) {
+        assert!(matches!(c.walk(8, 8, part), Rmessage::Walk { .. }));
+    }
+    assert_eq!(errno(&c.walk(8, 9, &[&name])), libc::ENOENT, "removed");
+}
+
+/// An aname's `..` takes a component off the path the fid keeps, as a
+/// Twalk's does: "dir/.." is the root, so a later `..` stays there and
+/// Tremove of that fid (which removes the last component of its path) is
+/// EBUSY, not an rmdir of "dir".
+#[test]
+fn an_aname_with_dotdot_keeps_the_path_it_reaches() {
+    let s = setup();
+    let mut c = Client::connect(&s.server);
+    c.version(65536);
+    let root = match c.attach(0, b"") {
+        Rmessage::Attach { qid } => qid,
+        r => panic!("{r:?}"),
+    };
+    assert_eq!(c.attach(1, b"dir/.."), Rmessage::Attach { qid: root });
+    let r = c.walk(1, 2, &[b".."]);
+    assert_eq!(r, Rmessage::Walk { qids: vec![root] });
+    assert_eq!(
+        errno(&c.rpc(Tmessage::Remove { fid: 2 })),
+        libc::EBUSY,
+        "the root has no parent in the share"
+    );
+    assert!(s.share.join("dir").is_dir(), "dir was not removed");
+}

@@ -80,3 +80,52 @@ impl FdBudget {
         Err(errno(libc::EMFILE))
     }
 }
+
+/// Sets `RLIMIT_NOFILE` for a daemon, as virtiofsd's `--rlimit-nofile`:
+/// `None` raises the soft limit as far as `min(1000000, fs.nr_open)` and
+/// the hard limit allow, quietly keeping what it has where it may not
+/// (no `CAP_SYS_RESOURCE`); `Some(0)` leaves it alone; `Some(n)` sets `n`
+/// and fails if it cannot.
+pub fn raise_nofile_limit(limit: Option<u64>) -> io::Result<()> {
+    if limit == Some(0) {
+        return Ok(());
+    }
+    let mut cur = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut cur) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(cur.rlim_max);
+    let want = limit.unwrap_or_else(|| nr_open.min(1_000_000));
+    if want == cur.rlim_cur {
+        return Ok(());
+    }
+    let new = libc::rlimit {
+        rlim_cur: want,
+        rlim_max: want.max(cur.rlim_max),
+    };
+    // SAFETY: valid in-pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if limit.is_some() {
+        return Err(err);
+    }
+    // Not allowed to raise the hard limit: the soft one up to it.
+    if cur.rlim_cur < cur.rlim_max {
+        let up = libc::rlimit {
+            rlim_cur: want.min(cur.rlim_max),
+            rlim_max: cur.rlim_max,
+        };
+        // SAFETY: valid in-pointer.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &up) };
+    }
+    Ok(())
+}

@@ -104,6 +104,17 @@ pub fn restrict_to(keep: &HashSet<Capability>) -> Result<(), CapsError> {
     Ok(())
 }
 
+/// Whether the process holds no capability at all (an unprivileged daemon,
+/// which has nothing to cut).
+pub fn permitted_is_empty() -> Result<bool, CapsError> {
+    caps::read(None, CapSet::Permitted)
+        .map(|p| p.is_empty())
+        .map_err(|source| CapsError::Set {
+            set: "permitted",
+            source,
+        })
+}
+
 /// The capability names in `set`, sorted, lower case without `cap_`.
 pub fn names(set: &HashSet<Capability>) -> String {
     let mut v: Vec<String> = set

@@ -12,8 +12,8 @@
 use std::path::Path;
 
 use landlock::{
-    Access, AccessFs, AccessNet, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr,
-    RulesetStatus, Scope, ABI,
+    Access, AccessFs, AccessNet, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset,
+    RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
 };
 
 /// Why Landlock could not be applied.
@@ -39,7 +39,8 @@ pub enum LandlockState {
     Full,
     /// The kernel enforces part of it (an older Landlock ABI).
     Partial,
-    /// The kernel has no Landlock (or it is disabled).
+    /// The kernel has no Landlock (or it is disabled), or only ABI 1, under
+    /// which every rename or link across directories would fail: not used.
     Unsupported,
     /// Turned off by the user.
     Off,
@@ -50,7 +51,9 @@ impl std::fmt::Display for LandlockState {
         f.write_str(match self {
             LandlockState::Full => "landlock (share only)",
             LandlockState::Partial => "landlock (share only, partly: older kernel ABI)",
-            LandlockState::Unsupported => "no landlock (kernel lacks it)",
+            LandlockState::Unsupported => {
+                "no landlock (the kernel lacks it, or lacks ABI 2, without which no file could move between directories)"
+            }
             LandlockState::Off => "no landlock (--no-landlock)",
         })
     }
@@ -58,6 +61,15 @@ impl std::fmt::Display for LandlockState {
 
 /// Limits the calling thread (and the threads it starts later) to `share`.
 pub fn restrict_to(share: &Path) -> Result<LandlockState, LandlockError> {
+    // ABI 1 (Linux 5.13-5.18) refuses every cross-directory rename and link:
+    // a share would break. Require REFER (ABI 2) or leave Landlock off.
+    let refer = Ruleset::default()
+        .set_compatibility(CompatLevel::HardRequirement)
+        .handle_access(AccessFs::Refer)
+        .and_then(|r| r.create());
+    if refer.is_err() {
+        return Ok(LandlockState::Unsupported);
+    }
     let abi = ABI::V10;
     let fd = PathFd::new(share).map_err(|source| LandlockError::Open {
         path: share.display().to_string(),

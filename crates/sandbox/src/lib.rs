@@ -66,7 +66,7 @@ pub struct SandboxConfig {
     pub file_handles: bool,
     /// Confine filesystem access with Landlock where the kernel has it.
     pub landlock: bool,
-    /// Cut the capability sets (a daemon not running as root has none to
+    /// Cut the capability sets (a daemon that holds none has nothing to
     /// cut, and skips this).
     pub drop_caps: bool,
 }
@@ -183,9 +183,10 @@ impl Entered {
     /// share is open and before any thread starts: threads inherit all of
     /// it.
     pub fn lock_down(self, cfg: &SandboxConfig) -> Result<Walls, SandboxError> {
-        // SAFETY: geteuid cannot fail.
-        let root = unsafe { libc::geteuid() } == 0;
-        let caps = if cfg.drop_caps && root {
+        // Whatever the uid: a daemon started with file or ambient
+        // capabilities has some to cut too.
+        let holds_caps = caps::permitted_is_empty().map(|empty| !empty)?;
+        let caps = if cfg.drop_caps && holds_caps {
             let keep = caps::kept_set(cfg.file_handles, cfg.modcaps.as_deref())?;
             caps::restrict_to(&keep)?;
             Some(caps::names(&keep))

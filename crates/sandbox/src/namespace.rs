@@ -1,19 +1,25 @@
 //! The namespace sandbox, as upstream virtiofsd's `--sandbox`, for both
 //! daemons.
 //!
-//! `namespace` (the default): new PID, mount and network namespaces. The
-//! process forks: the parent stays outside as a supervisor that forwards
-//! termination signals and exits with the child's status; the child is
-//! PID 1 of the new PID namespace. It mounts a fresh `/proc` of that
-//! namespace (only its own process in it, and with `subset=pid` no
-//! `/proc/sys`), opens `/proc/self/fd` there, then bind-mounts the share
-//! on itself, `pivot_root`s into it and detaches the old root. So the
+//! In every mode the process forks first: the parent stays outside as a
+//! supervisor that forwards termination signals, does what the walled-in
+//! child cannot (unmount a FUSE mount, remove the socket) and exits with
+//! the child's status.
+//!
+//! `namespace` (the default): new PID, mount and network namespaces; the
+//! child is PID 1 of the new PID namespace. It mounts a fresh `/proc` of
+//! that namespace with `subset=pid` (only its own process in it, no
+//! `/proc/sys`; Linux 5.8), opens `/proc/self/fd` there, then bind-mounts
+//! the share on itself (`nodev,nosuid`), `pivot_root`s into it and
+//! detaches the old root. So the
 //! share is the whole filesystem it can name, and
 //! `/proc/self/fd/../../1/root` is the share again, not the host's root.
 //!
 //! `chroot`: `chroot` into the share (for containers without namespaces);
-//! `/proc/self/fd` is the host's, and Landlock is the wall that keeps it
-//! from reaching beyond the share. `none`: nothing.
+//! `none`: nothing. In both, `/proc/self/fd` is the host's and the share
+//! keeps its host mount flags: Landlock keeps opens for reading and writing
+//! inside the share, but not `O_PATH` opens or metadata changes (see
+//! docs/security.md).
 //!
 //! Everything here must run before any thread is started.
 
@@ -139,6 +145,19 @@ extern "C" fn exit_on_signal(sig: libc::c_int) {
 
 const TERMINATION: [libc::c_int; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT];
 
+fn termination_set() -> libc::sigset_t {
+    // SAFETY: a zeroed sigset_t is valid storage; sigemptyset/sigaddset
+    // initialise it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in TERMINATION {
+            libc::sigaddset(&mut set, sig);
+        }
+        set
+    }
+}
+
 fn set_handlers(handler: extern "C" fn(libc::c_int)) {
     for sig in TERMINATION {
         // SAFETY: a zeroed sigaction with a valid handler; the handlers
@@ -154,26 +173,70 @@ fn set_handlers(handler: extern "C" fn(libc::c_int)) {
 
 /// Forks. The parent never returns: it forwards termination signals to
 /// the child, waits for it, runs `after_child` (e.g. unmounting a FUSE
-/// mount the sandboxed child cannot unmount itself) and exits with the
-/// child's status. The child returns, and dies with its parent.
+/// mount, or removing a socket, that the walled-in child cannot reach) and
+/// exits with the child's status. The child returns, and dies with its
+/// parent. Termination signals are blocked across the fork so that none is
+/// lost or kills the wrong process while the handlers are not yet set.
 pub fn supervise(after_child: impl FnOnce()) -> io::Result<()> {
+    let set = termination_set();
+    // SAFETY: a zeroed sigset_t is valid storage for the old mask.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid sets; the process is single-threaded.
+    unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, &mut old) };
+    let restore = |old: &libc::sigset_t| {
+        // SAFETY: `old` is the mask saved above.
+        unsafe { libc::sigprocmask(libc::SIG_SETMASK, old, std::ptr::null_mut()) };
+    };
+    // A pipe whose write end only the parent holds: the child sees it hang
+    // up if the parent died before PR_SET_PDEATHSIG was in force.
+    let mut fds = [0; 2];
+    // SAFETY: valid out-array of two fds.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        let e = io::Error::last_os_error();
+        restore(&old);
+        return Err(e);
+    }
     // SAFETY: the caller guarantees the process is single-threaded, so the
     // child is a complete copy.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
-        return Err(io::Error::last_os_error());
+        let e = io::Error::last_os_error();
+        // SAFETY: closing the pipe we made.
+        unsafe {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
+        restore(&old);
+        return Err(e);
     }
     if pid == 0 {
-        // SAFETY: plain prctl with integer arguments.
-        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+        // SAFETY: plain prctl with integer arguments; closing our copy of
+        // the write end, then polling the read end without waiting.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            libc::close(fds[1]);
+            let mut p = libc::pollfd {
+                fd: fds[0],
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            if libc::poll(&mut p, 1, 0) > 0 && p.revents & libc::POLLHUP != 0 {
+                libc::_exit(1);
+            }
+            libc::close(fds[0]);
+        }
         // As PID 1 of a PID namespace, a signal without a handler would be
         // ignored: termination signals end the child unless it blocks them
         // to wait for them itself.
         set_handlers(exit_on_signal);
+        restore(&old);
         return Ok(());
     }
+    // SAFETY: the parent's copy of the read end is not needed.
+    unsafe { libc::close(fds[0]) };
     CHILD.store(pid, Ordering::Relaxed);
     set_handlers(forward_signal);
+    restore(&old);
     let mut status = 0;
     loop {
         // SAFETY: valid out-pointer.
@@ -186,6 +249,8 @@ pub fn supervise(after_child: impl FnOnce()) -> io::Result<()> {
             break;
         }
     }
+    // The pid may be reused from now on: forward nothing more.
+    CHILD.store(0, Ordering::Relaxed);
     after_child();
     let code = if libc::WIFEXITED(status) {
         libc::WEXITSTATUS(status)
@@ -206,9 +271,47 @@ pub fn supervise(after_child: impl FnOnce()) -> io::Result<()> {
     std::process::exit(code)
 }
 
+/// Makes every mount beneath `dir` (the share's bind mount) `nodev` and
+/// `nosuid`: a device node made in the share (the daemon keeps CAP_MKNOD
+/// so guests can make them) can never be opened through it, and no setuid
+/// bit in it counts.
+fn harden_share_mount(dir: &CString) -> io::Result<()> {
+    let attr = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOSUID,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: NUL-terminated path; `attr` is valid for its size.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            dir.as_ptr(),
+            libc::AT_RECURSIVE as libc::c_uint,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    // Before 5.12: the top mount at least.
+    // SAFETY: NUL-terminated path; null type/data are allowed for a remount.
+    check(unsafe {
+        libc::mount(
+            std::ptr::null(),
+            dir.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REMOUNT | libc::MS_BIND | libc::MS_NODEV | libc::MS_NOSUID,
+            std::ptr::null(),
+        )
+    })
+}
+
 /// Enters `mode` with `dir` (the share) as the new root; see the module
-/// docs. In namespace mode the process forks first, and `after_child` runs
-/// in the parent once the child has ended. Call before starting threads.
+/// docs. The process forks first, and `after_child` runs in the parent
+/// once the child has ended. Call before starting threads.
 pub fn enter(
     mode: SandboxMode,
     dir: &Path,
@@ -223,6 +326,15 @@ pub fn enter(
         }
     };
     let c = cpath(dir).map_err(fail("path"))?;
+    if mode == SandboxMode::Namespace {
+        // The PID namespace applies to children: the supervisor stays in
+        // the host's namespaces (so it can unmount what the child cannot),
+        // the child unshares the rest.
+        // SAFETY: plain syscall; the process is still single-threaded.
+        check(unsafe { libc::unshare(libc::CLONE_NEWPID) }).map_err(fail("unshare"))?;
+    }
+    // The same process structure in every mode: a supervisor outside.
+    supervise(after_child).map_err(fail("fork a supervisor"))?;
     match mode {
         SandboxMode::None => Ok(Entered {
             root: dir.to_path_buf(),
@@ -244,12 +356,6 @@ pub fn enter(
             })
         }
         SandboxMode::Namespace => {
-            // The PID namespace applies to children: the supervisor stays
-            // in the host's namespaces (so it can unmount what the child
-            // cannot), the child unshares the rest.
-            // SAFETY: plain syscall; the process is still single-threaded.
-            check(unsafe { libc::unshare(libc::CLONE_NEWPID) }).map_err(fail("unshare"))?;
-            supervise(after_child).map_err(fail("fork into the PID namespace"))?;
             // SAFETY: as above (the child is single-threaded too).
             check(unsafe { libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWNET) })
                 .map_err(fail("unshare"))?;
@@ -265,32 +371,21 @@ pub fn enter(
                 )
             })
             .map_err(fail("make / a slave mount"))?;
-            // A /proc of the new PID namespace: only this process is in it.
-            let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+            // A /proc of the new PID namespace: only this process is in it,
+            // and with subset=pid (Linux 5.8) nothing else either: no
+            // /proc/sys, no sysrq-trigger. Without it there is no private
+            // /proc worth the name, so no namespace sandbox.
             // SAFETY: NUL-terminated strings.
-            let mounted = check(unsafe {
+            check(unsafe {
                 libc::mount(
                     c"proc".as_ptr(),
                     c"/proc".as_ptr(),
                     c"proc".as_ptr(),
-                    flags,
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
                     c"subset=pid".as_ptr().cast(),
                 )
-            });
-            if mounted.is_err() {
-                // Kernels before 5.8 have no subset=pid.
-                // SAFETY: as above.
-                check(unsafe {
-                    libc::mount(
-                        c"proc".as_ptr(),
-                        c"/proc".as_ptr(),
-                        c"proc".as_ptr(),
-                        flags,
-                        std::ptr::null(),
-                    )
-                })
-                .map_err(fail("mount a private /proc"))?;
-            }
+            })
+            .map_err(fail("mount a private /proc (subset=pid needs Linux 5.8)"))?;
             let proc_self_fd = open_proc_self_fd().map_err(fail("open /proc/self/fd"))?;
             // pivot_root needs the new root to be a mount point.
             // SAFETY: as above.
@@ -304,6 +399,7 @@ pub fn enter(
                 )
             })
             .map_err(fail("bind-mount the shared directory"))?;
+            harden_share_mount(&c).map_err(fail("make the share nodev,nosuid"))?;
             // SAFETY: as above.
             check(unsafe { libc::chdir(c.as_ptr()) }).map_err(fail("chdir"))?;
             // pivot_root(".", ".") stacks the old root on top of the new

@@ -7,14 +7,18 @@
 //! as `--seccomp` says, as upstream virtiofsd does: `kill` (the default)
 //! ends the process, `log` lets it through and the kernel logs it, `trap`
 //! sends SIGSYS, which the daemon reports on stderr with the call's number
-//! (and the call fails with ENOSYS), `none` installs no filter.
+//! (and, on x86_64, the call fails with ENOSYS), `none` installs no filter.
 //!
 //! Beyond a plain list: `clone` is allowed only for threads (no `fork`,
 //! so no new process escapes the filter's reasoning), `clone3` answers
 //! ENOSYS (its flags live in memory a filter cannot read, and glibc then
 //! falls back to `clone`), no mapping may be executable, `ioctl` is limited
-//! to the few requests the runtime makes, `prctl` to thread names, and
-//! signals only go to the daemon itself.
+//! to the few requests the runtime makes, `fcntl` to flags, duplication
+//! and locks, `prlimit64` to the daemon's own limits, `prctl` to thread
+//! names, and signals only go to the daemon itself. There is no
+//! `io_uring_setup` or `io_uring_register`: the engine's rings are made,
+//! restricted and enabled before the filter goes up, so code running in the
+//! daemon cannot make a ring whose operations seccomp would not see.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -118,13 +122,11 @@ const COMMON: &[libc::c_long] = &[
     libc::SYS_setresgid,
     libc::SYS_capget,
     libc::SYS_getrlimit,
-    libc::SYS_prlimit64,
     // File descriptors.
     libc::SYS_close,
     libc::SYS_close_range,
     libc::SYS_dup,
     libc::SYS_dup3,
-    libc::SYS_fcntl,
     libc::SYS_lseek,
     // Data: the sync engine and inline RWF_NOWAIT calls.
     libc::SYS_read,
@@ -144,10 +146,9 @@ const COMMON: &[libc::c_long] = &[
     libc::SYS_fdatasync,
     libc::SYS_fallocate,
     libc::SYS_ftruncate,
-    // The io_uring engine (its rings are restricted to data opcodes).
-    libc::SYS_io_uring_setup,
+    // The io_uring engine: its rings are made (and restricted to data
+    // opcodes) before the filter goes up; no new ring after.
     libc::SYS_io_uring_enter,
-    libc::SYS_io_uring_register,
     // The filesystem core: everything relative to fds it holds.
     libc::SYS_openat,
     libc::SYS_openat2,
@@ -170,7 +171,6 @@ const COMMON: &[libc::c_long] = &[
     libc::SYS_readlinkat,
     libc::SYS_linkat,
     libc::SYS_unlinkat,
-    libc::SYS_renameat,
     libc::SYS_renameat2,
     libc::SYS_faccessat,
     libc::SYS_faccessat2,
@@ -183,11 +183,9 @@ const COMMON: &[libc::c_long] = &[
     // Waiting for work.
     libc::SYS_epoll_create1,
     libc::SYS_epoll_ctl,
-    libc::SYS_epoll_wait,
     libc::SYS_epoll_pwait,
     libc::SYS_epoll_pwait2,
     libc::SYS_eventfd2,
-    libc::SYS_poll,
     libc::SYS_ppoll,
     libc::SYS_pipe2,
     // Connections already listened on (vhost-user, 9P).
@@ -202,8 +200,38 @@ const COMMON: &[libc::c_long] = &[
     libc::SYS_getsockopt,
 ];
 
+/// x86_64's older calls that glibc and std still make there: `poll`,
+/// `epoll_wait`, `renameat`, and `readlink` (std's panic backtraces read
+/// `/proc/self/exe`).
+#[cfg(target_arch = "x86_64")]
+const LEGACY: &[libc::c_long] = &[
+    libc::SYS_poll,
+    libc::SYS_epoll_wait,
+    libc::SYS_renameat,
+    libc::SYS_readlink,
+];
+#[cfg(not(target_arch = "x86_64"))]
+const LEGACY: &[libc::c_long] = &[];
+
 /// What 9P streams add: socket options of accepted TCP connections.
 const P9_EXTRA: &[libc::c_long] = &[libc::SYS_setsockopt];
+
+/// `fcntl` commands the daemons use: descriptor and status flags,
+/// duplication, and (OFD and classic) record locks.
+const FCNTLS: &[u64] = &[
+    libc::F_GETFD as u64,
+    libc::F_SETFD as u64,
+    libc::F_GETFL as u64,
+    libc::F_SETFL as u64,
+    libc::F_DUPFD as u64,
+    libc::F_DUPFD_CLOEXEC as u64,
+    libc::F_GETLK as u64,
+    libc::F_SETLK as u64,
+    libc::F_SETLKW as u64,
+    libc::F_OFD_GETLK as u64,
+    libc::F_OFD_SETLK as u64,
+    libc::F_OFD_SETLKW as u64,
+];
 
 /// `ioctl` requests the runtime makes: non-blocking and close-on-exec
 /// toggles, and the terminal probe of the logger.
@@ -241,9 +269,14 @@ pub fn rules(profile: Profile, pid: u32) -> Result<BTreeMap<i64, Vec<SeccompRule
         Profile::VirtioFs => &[][..],
         Profile::P9 => P9_EXTRA,
     };
-    for &nr in COMMON.iter().chain(extra) {
+    for &nr in COMMON.iter().chain(LEGACY).chain(extra) {
         map.insert(nr, vec![]);
     }
+    // Reading limits, and setting its own (pid 0) only: another process's
+    // limits are not the daemon's business.
+    map.insert(libc::SYS_prlimit64, one_of(0, &[0])?);
+    // Not F_SETOWN/F_SETSIG, which would let SIGIO signal any process.
+    map.insert(libc::SYS_fcntl, one_of(1, FCNTLS)?);
     map.insert(libc::SYS_mmap, no_exec(2)?);
     map.insert(libc::SYS_mprotect, no_exec(2)?);
     map.insert(libc::SYS_ioctl, one_of(1, IOCTLS)?);

@@ -4,9 +4,9 @@
 //! a `chmod` afterwards leaves a window in which any local user can connect
 //! (and for vhost-user, win the daemon's single accept before the VMM
 //! does). So the umask is set around `bind`: the socket is 0600 from the
-//! moment it exists, or 0660 when it is given to a group, whose ownership is
-//! set before anyone of that group can connect because the group bits are
-//! only granted once the group owns it.
+//! moment it exists. Given to a group, it is created 0600 already owned by
+//! that group (the thread's fsgid), and only then opened to the group
+//! (0660), with calls that never follow a symlink put in its place.
 
 use std::ffi::CString;
 use std::io;
@@ -90,9 +90,18 @@ pub fn bind_private_unix(path: &Path, group: Option<&str>) -> Result<UnixListene
     };
     let listener = {
         let _lock = UMASK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        // The socket is created 0600 and, with a group, already owned by it
+        // (the thread's fsgid decides a new file's group).
         // SAFETY: umask cannot fail.
         let old = unsafe { libc::umask(0o177) };
+        // SAFETY: setfsgid affects the calling thread only; it returns the
+        // previous fsgid, restored below.
+        let old_fsgid = gid.map(|g| unsafe { libc::setfsgid(g) });
         let r = UnixListener::bind(path);
+        if let Some(prev) = old_fsgid {
+            // SAFETY: as above.
+            unsafe { libc::setfsgid(prev as libc::gid_t) };
+        }
         // SAFETY: as above.
         unsafe { libc::umask(old) };
         r.map_err(bind_err)?
@@ -104,12 +113,21 @@ pub fn bind_private_unix(path: &Path, group: Option<&str>) -> Result<UnixListene
         };
         let c = CString::new(path.as_os_str().as_encoded_bytes())
             .map_err(|_| err(io::Error::from_raw_os_error(libc::EINVAL)))?;
-        // Ownership first, then the group bits: never a moment in which
-        // the old group may connect.
+        // A set-group-ID directory gives its own group instead: then the
+        // ownership first. Neither call follows a symlink put in the
+        // socket's place; the group bits come last, once the group is right.
         // SAFETY: NUL-terminated path; plain syscalls.
-        if unsafe { libc::chown(c.as_ptr(), u32::MAX, gid) } < 0
-            || unsafe { libc::chmod(c.as_ptr(), 0o660) } < 0
-        {
+        let ok = unsafe {
+            libc::fchownat(
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                u32::MAX,
+                gid,
+                libc::AT_SYMLINK_NOFOLLOW,
+            ) == 0
+                && libc::fchmodat(libc::AT_FDCWD, c.as_ptr(), 0o660, libc::AT_SYMLINK_NOFOLLOW) == 0
+        };
+        if !ok {
             let e = io::Error::last_os_error();
             let _ = std::fs::remove_file(path);
             return Err(err(e));

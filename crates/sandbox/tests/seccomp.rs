@@ -73,6 +73,38 @@ fn child_entry() {
             };
             println!("mmap returned {p:?}");
         }
+        "uring-setup" => {
+            // SAFETY: a zeroed io_uring_params is valid input.
+            let mut params = [0u8; 120];
+            let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 8, params.as_mut_ptr()) };
+            println!("io_uring_setup returned {fd}");
+        }
+        "prlimit-other" => {
+            let mut old = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: valid out-pointer; a null new limit only reads.
+            let r = unsafe { libc::prlimit(1, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+            println!("prlimit returned {r}");
+        }
+        "own-limits" => {
+            let mut old = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: valid out-pointer.
+            let r = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut old) };
+            assert_eq!(r, 0);
+            // SAFETY: plain fcntl on stdin.
+            let fl = unsafe { libc::fcntl(0, libc::F_GETFL) };
+            assert!(fl >= 0);
+        }
+        "setown" => {
+            // SAFETY: plain fcntl on stdin.
+            let r = unsafe { libc::fcntl(0, libc::F_SETOWN, 1) };
+            println!("F_SETOWN returned {r}");
+        }
         other => panic!("unknown action {other}"),
     }
 }
@@ -140,4 +172,24 @@ fn threads_start_under_the_filter_but_fork_is_killed() {
 fn executable_mappings_are_killed() {
     let out = run_child("kill", "exec-mapping");
     assert!(killed_by_sigsys(&out), "{:?}", out.status);
+}
+
+#[test]
+fn no_new_io_uring_ring_can_be_made_under_the_filter() {
+    let out = run_child("kill", "uring-setup");
+    assert!(killed_by_sigsys(&out), "{:?}", out.status);
+}
+
+#[test]
+fn other_processes_limits_and_sigio_owners_are_out_of_reach() {
+    let out = run_child("kill", "prlimit-other");
+    assert!(
+        killed_by_sigsys(&out),
+        "prlimit64 on pid 1: {:?}",
+        out.status
+    );
+    let out = run_child("kill", "setown");
+    assert!(killed_by_sigsys(&out), "F_SETOWN: {:?}", out.status);
+    let out = run_child("kill", "own-limits");
+    assert!(out.status.success(), "own limits: {:?}", out.status);
 }

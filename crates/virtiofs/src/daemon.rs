@@ -16,7 +16,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use crate::device::{DeviceError, VirtioFsBackend};
 use crate::fuse_mount::{self, FuseMountError};
-use sandbox::{SandboxConfig, SandboxError, SandboxMode, SocketError};
+use sandbox::{SandboxConfig, SandboxError, SocketError};
 
 /// Where the vhost-user frontend connects.
 #[derive(Debug, Clone)]
@@ -92,38 +92,10 @@ pub enum DaemonError {
 }
 
 fn set_rlimit_nofile(limit: Option<u64>) -> Result<(), DaemonError> {
-    let mut cur = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut cur) };
-    if limit == Some(0) {
-        return Ok(());
-    }
-    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or(cur.rlim_max);
-    let want = limit.unwrap_or_else(|| nr_open.min(1_000_000));
-    if want == cur.rlim_cur {
-        return Ok(());
-    }
-    let new = libc::rlimit {
-        rlim_cur: want,
-        rlim_max: want.max(cur.rlim_max),
-    };
-    // SAFETY: valid in-pointer.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } < 0 {
-        let source = io::Error::last_os_error();
-        if limit.is_some() {
-            return Err(DaemonError::Rlimit {
-                limit: want,
-                source,
-            });
-        }
-    }
-    Ok(())
+    passthrough::fd_budget::raise_nofile_limit(limit).map_err(|source| DaemonError::Rlimit {
+        limit: limit.unwrap_or(0),
+        source,
+    })
 }
 
 fn listener(listen: &Listen) -> Result<Listener, DaemonError> {
@@ -139,13 +111,16 @@ fn listener(listen: &Listen) -> Result<Listener, DaemonError> {
     }
 }
 
-/// Enters the sandbox of `cfg` (forking into a PID namespace in the default
-/// mode), opens the share from inside it, and puts up the remaining walls.
-/// `after_child` runs in the supervising parent when the server has ended.
-fn open_share_walled(
+/// Enters the sandbox of `cfg` (forking a supervisor, into a new PID
+/// namespace in the default mode), opens the share from inside it, hands it
+/// to `then` (which makes whatever must exist before the walls close, such
+/// as io_uring rings), and puts up the remaining walls. `after_child` runs
+/// in the supervisor when the server has ended.
+fn open_share_walled<T>(
     cfg: &DaemonConfig,
     after_child: impl FnOnce(),
-) -> Result<Arc<PassthroughFs>, DaemonError> {
+    then: impl FnOnce(Arc<PassthroughFs>) -> Result<T, DaemonError>,
+) -> Result<T, DaemonError> {
     let mut walls = cfg.sandbox.clone();
     walls.file_handles = cfg.fs.inode_file_handles != passthrough::InodeFileHandles::Never;
     sandbox::wall_in(&walls, &cfg.fs.root_dir, after_child, |root, proc_fd| {
@@ -153,7 +128,7 @@ fn open_share_walled(
             root_dir: root.to_path_buf(),
             ..cfg.fs.clone()
         };
-        Ok(Arc::new(match proc_fd {
+        then(Arc::new(match proc_fd {
             Some(fd) => PassthroughFs::with_proc_self_fd(fs, fd)?,
             None => PassthroughFs::new(fs)?,
         }))
@@ -168,49 +143,41 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     cfg.fs.check_root()?;
 
     if let Listen::FuseMount(mnt) = &cfg.listen {
-        // Mount in the host's namespace first; the walls go up after.
+        // Mount in the host's namespace first; the walls go up after, and
+        // the supervisor unmounts.
         let mounted = fuse_mount::mount(mnt, cfg.thread_pool_size, cfg.fs.readonly)?;
         let target = mnt.clone();
         let unmount = move || fuse_mount::unmount(&target);
-        let fs = if cfg.sandbox.mode == SandboxMode::Namespace {
-            open_share_walled(&cfg, unmount)?
-        } else {
-            // No PID namespace, but still a supervisor to unmount.
-            sandbox::namespace::supervise(unmount).map_err(|source| {
-                SandboxError::Namespace(sandbox::NamespaceError::Step {
-                    mode: cfg.sandbox.mode,
-                    step: "fork a supervisor",
-                    dir: cfg.fs.root_dir.clone(),
-                    source,
-                })
-            })?;
-            open_share_walled(&cfg, || {})?
-        };
+        let fs = open_share_walled(&cfg, unmount, Ok)?;
         return Ok(mounted.serve(fs, false)?);
     }
 
     let mut listener = listener(&cfg.listen)?;
-    // The supervisor (namespace mode) removes the socket when the daemon
-    // is done: the daemon itself no longer reaches it.
+    // The supervisor removes the socket when the daemon is done: the
+    // daemon itself no longer reaches it.
     let socket = match &cfg.listen {
         Listen::SocketPath { path, .. } => Some(path.clone()),
         _ => None,
     };
-    let fs = open_share_walled(&cfg, move || {
-        if let Some(p) = socket {
-            sandbox::socket::remove_socket(&p);
-        }
-    })?;
-
-    let backend = Arc::new(
-        VirtioFsBackend::new(fs, cfg.request_queues, cfg.tag.clone())?
-            .with_engine(cfg.io_engine)
-            .with_poll(cfg.poll),
-    );
-    info!(
-        "serving up to {} request queues, I/O engine {}, polling up to {:?}",
-        cfg.request_queues, cfg.io_engine, cfg.poll
-    );
+    let backend = open_share_walled(
+        &cfg,
+        move || {
+            if let Some(p) = socket {
+                sandbox::socket::remove_socket(&p);
+            }
+        },
+        |fs| {
+            let backend = VirtioFsBackend::new(fs, cfg.request_queues, cfg.tag.clone())?
+                .with_engine(cfg.io_engine)
+                .with_poll(cfg.poll);
+            let rings = backend.prepare_rings();
+            info!(
+                "serving up to {} request queues, I/O engine {} ({rings} rings), polling up to {:?}",
+                cfg.request_queues, cfg.io_engine, cfg.poll
+            );
+            Ok(Arc::new(backend))
+        },
+    )?;
     let mut daemon = VhostUserDaemon::new(
         "virtiofsd-rs".to_string(),
         backend.clone(),

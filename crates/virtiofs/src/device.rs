@@ -140,6 +140,14 @@ impl VirtioFsBackend {
         self
     }
 
+    /// Makes every request queue's io_uring ring now (with the io_uring
+    /// engine): before the daemon's seccomp filter, which forbids making
+    /// rings, goes up. Returns how many queues have one.
+    pub fn prepare_rings(&self) -> usize {
+        self.data.prepare_rings(1..=self.request_queues);
+        self.data.ready_rings()
+    }
+
     /// READs and WRITEs completed through the io_uring rings, all queues.
     pub fn ring_completions(&self) -> u64 {
         self.data.ring_completions()
