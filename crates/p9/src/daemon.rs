@@ -271,10 +271,45 @@ where
     Ok(())
 }
 
-/// Removes a socket path when dropped (the vhost-user socket, once the
-/// daemon is done with it).
 /// After a failed accept (e.g. out of fds), before the next: no busy loop.
 const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Starts a thread named `name` that takes connections from `accept` (the
+/// reading and the writing side, and the peer's name) and serves each on
+/// its own thread while `count` has room; a connection beyond it is closed
+/// at once.
+fn spawn_acceptor<S>(
+    name: &str,
+    server: Arc<Server>,
+    count: Arc<ConnCount>,
+    mode: StreamConfig,
+    mut accept: impl FnMut() -> io::Result<(S, S, String)> + Send + 'static,
+) -> Result<(), P9Error>
+where
+    S: io::Read + io::Write + std::os::fd::AsRawFd + Send + 'static,
+{
+    thread::Builder::new()
+        .name(name.into())
+        .spawn(move || loop {
+            let (r, w, peer) = match accept() {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!("accept: {e}");
+                    thread::sleep(ACCEPT_BACKOFF);
+                    continue;
+                }
+            };
+            let Some(slot) = count.take() else {
+                refuse(w, &peer, &count);
+                continue;
+            };
+            if let Err(e) = spawn_conn(server.clone(), r, w, peer, mode, slot) {
+                warn!("accept: {e}");
+            }
+        })
+        .map_err(P9Error::Thread)?;
+    Ok(())
+}
 
 /// Serves `cfg` until SIGINT or SIGTERM (or, with only `fd:` transports,
 /// until those connections close).
@@ -392,17 +427,9 @@ pub fn run(cfg: P9Config) -> Result<(), P9Error> {
         mode: StreamMode::from(cfg.io_engine),
         poll: cfg.poll,
     };
-    // Block the termination signals before any thread exists, so every
-    // thread inherits the mask and the main thread can wait for them.
-    // SAFETY: sigset manipulation on a local, zero-initialised set.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid sigset_t.
-    unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
+    // Blocked before any thread exists, so every thread inherits the mask
+    // and one thread can wait for them.
+    let signals = sandbox::signals::Termination::block();
     let mut fd_threads = Vec::new();
     for (rf, wf) in fd_conns {
         let server = server.clone();
@@ -422,61 +449,17 @@ pub fn run(cfg: P9Config) -> Result<(), P9Error> {
             "listening on tcp:{}",
             l.local_addr().map(|a| a.to_string()).unwrap_or_default()
         );
-        let (server, count) = (server.clone(), count.clone());
-        thread::Builder::new()
-            .name("9p-tcp".into())
-            .spawn(move || {
-                for conn in l.incoming() {
-                    let s = match conn {
-                        Ok(s) => s,
-                        Err(e) => {
-                            warn!("accept: {e}");
-                            thread::sleep(ACCEPT_BACKOFF);
-                            continue;
-                        }
-                    };
-                    let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-                    let Some(slot) = count.take() else {
-                        refuse(s, &peer, &count);
-                        continue;
-                    };
-                    if let Err(e) = s.set_nodelay(true).and_then(|()| {
-                        let r = s.try_clone()?;
-                        spawn_conn(server.clone(), r, s, peer, mode, slot)
-                    }) {
-                        warn!("accept: {e}");
-                    }
-                }
-            })
-            .map_err(P9Error::Thread)?;
+        spawn_acceptor("9p-tcp", server.clone(), count.clone(), mode, move || {
+            let (s, peer) = l.accept()?;
+            s.set_nodelay(true)?;
+            Ok((s.try_clone()?, s, peer.to_string()))
+        })?;
     }
     for l in unix {
-        let (server, count) = (server.clone(), count.clone());
-        thread::Builder::new()
-            .name("9p-unix".into())
-            .spawn(move || {
-                for conn in l.incoming() {
-                    let s = match conn {
-                        Ok(s) => s,
-                        Err(e) => {
-                            warn!("accept: {e}");
-                            thread::sleep(ACCEPT_BACKOFF);
-                            continue;
-                        }
-                    };
-                    let Some(slot) = count.take() else {
-                        refuse(s, "unix", &count);
-                        continue;
-                    };
-                    if let Err(e) = s
-                        .try_clone()
-                        .and_then(|r| spawn_conn(server.clone(), r, s, "unix".into(), mode, slot))
-                    {
-                        warn!("accept: {e}");
-                    }
-                }
-            })
-            .map_err(P9Error::Thread)?;
+        spawn_acceptor("9p-unix", server.clone(), count.clone(), mode, move || {
+            let (s, _) = l.accept()?;
+            Ok((s.try_clone()?, s, "unix".to_string()))
+        })?;
     }
     if let Some((mut listener, backend)) = vhost {
         // SIGTERM and SIGINT end a vhost-user p9d too, not only the
@@ -484,13 +467,9 @@ pub fn run(cfg: P9Config) -> Result<(), P9Error> {
         thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
-                let mut sig: libc::c_int = 0;
-                // SAFETY: `set` holds the blocked signals; `sig` is a valid
-                // out-pointer.
-                if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
-                    info!("signal {sig}: exiting");
-                    std::process::exit(0);
-                }
+                let sig = signals.wait();
+                info!("signal {sig}: exiting");
+                std::process::exit(0);
             })
             .map_err(P9Error::Thread)?;
         let mut daemon = vhost_user_backend::VhostUserDaemon::new(
@@ -523,9 +502,7 @@ pub fn run(cfg: P9Config) -> Result<(), P9Error> {
         }
         return Ok(());
     }
-    let mut sig: libc::c_int = 0;
-    // SAFETY: `set` holds the blocked signals; `sig` is a valid out-pointer.
-    unsafe { libc::sigwait(&set, &mut sig) };
+    let sig = signals.wait();
     info!("signal {sig}: exiting");
     Ok(())
 }

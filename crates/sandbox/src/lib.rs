@@ -40,6 +40,7 @@ pub mod caps;
 pub mod landlock;
 pub mod namespace;
 pub mod seccomp;
+pub mod signals;
 pub mod socket;
 pub mod status;
 

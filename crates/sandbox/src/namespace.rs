@@ -145,19 +145,6 @@ extern "C" fn exit_on_signal(sig: libc::c_int) {
 
 const TERMINATION: [libc::c_int; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT];
 
-fn termination_set() -> libc::sigset_t {
-    // SAFETY: a zeroed sigset_t is valid storage; sigemptyset/sigaddset
-    // initialise it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for sig in TERMINATION {
-            libc::sigaddset(&mut set, sig);
-        }
-        set
-    }
-}
-
 fn set_handlers(handler: extern "C" fn(libc::c_int)) {
     for sig in TERMINATION {
         // SAFETY: a zeroed sigaction with a valid handler; the handlers
@@ -178,11 +165,11 @@ fn set_handlers(handler: extern "C" fn(libc::c_int)) {
 /// parent. Termination signals are blocked across the fork so that none is
 /// lost or kills the wrong process while the handlers are not yet set.
 pub fn supervise(after_child: impl FnOnce()) -> io::Result<()> {
-    let set = termination_set();
+    let set = crate::signals::Termination::set();
     // SAFETY: a zeroed sigset_t is valid storage for the old mask.
     let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: valid sets; the process is single-threaded.
-    unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, &mut old) };
+    unsafe { libc::sigprocmask(libc::SIG_BLOCK, set.as_sigset(), &mut old) };
     let restore = |old: &libc::sigset_t| {
         // SAFETY: `old` is the mask saved above.
         unsafe { libc::sigprocmask(libc::SIG_SETMASK, old, std::ptr::null_mut()) };

@@ -109,3 +109,54 @@ pub fn proc_fd_roots(pid: u32) -> io::Result<Vec<Option<(u64, u64)>>> {
     }
     Ok(roots)
 }
+
+/// What is wrong with the default walls of the daemon started as `pid`
+/// (see [`serving_pid`]) serving `share`: an empty list when its serving
+/// process runs in a PID namespace of its own under a seccomp filter, with
+/// `no_new_privs`, none of [`FORBIDDEN_CAPS`], no supplementary group, and
+/// every `/proc/self/fd` it holds leading back to the share.
+pub fn default_walls_violations(pid: u32, share: &std::path::Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let serving = serving_pid(pid);
+    let mut bad = Vec::new();
+    if serving == pid {
+        bad.push("no supervised child: not in a PID namespace".to_string());
+    }
+    match ProcessWalls::of(serving) {
+        Ok(w) => {
+            if w.seccomp != 2 {
+                bad.push(format!("Seccomp: {}", w.seccomp));
+            }
+            if !w.no_new_privs {
+                bad.push("NoNewPrivs: 0".into());
+            }
+            if !w.forbidden_caps().is_empty() {
+                bad.push(format!("holds {:?}", w.forbidden_caps()));
+            }
+            if !w.groups.is_empty() {
+                bad.push(format!("Groups: {:?}", w.groups));
+            }
+        }
+        Err(e) => bad.push(format!("/proc/{serving}/status: {e}")),
+    }
+    let nspid = std::fs::read_to_string(format!("/proc/{serving}/status")).unwrap_or_default();
+    if !nspid
+        .lines()
+        .any(|l| l.starts_with("NSpid:") && l.trim_end().ends_with("\t1"))
+    {
+        bad.push("not PID 1 of its namespace".into());
+    }
+    let share_id = std::fs::metadata(share).map(|m| (m.dev(), m.ino())).ok();
+    match proc_fd_roots(serving) {
+        Ok(roots) if roots.is_empty() => bad.push("holds no /proc/self/fd".into()),
+        Ok(roots) => {
+            for r in roots.into_iter().filter(|r| *r != share_id) {
+                bad.push(format!(
+                    "/proc/self/fd/../../1/root is {r:?}, not the share"
+                ));
+            }
+        }
+        Err(e) => bad.push(format!("/proc/{serving}/fd: {e}")),
+    }
+    bad
+}

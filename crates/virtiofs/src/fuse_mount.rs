@@ -80,16 +80,8 @@ impl Mounted {
     /// SIGTERM. With `unmount`, unmounts at the end; without (a sandboxed
     /// daemon), leaves that to the supervisor.
     pub fn serve(self, fs: Arc<PassthroughFs>, unmount: bool) -> Result<(), FuseMountError> {
-        // Block the termination signals in every thread; one thread waits for them.
-        // SAFETY: sigset manipulation on a local, zero-initialised set.
-        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: `set` is a valid sigset_t.
-        unsafe {
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGINT);
-            libc::sigaddset(&mut set, libc::SIGTERM);
-            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        }
+        // Blocked in every thread; one thread waits for them.
+        let signals = sandbox::signals::Termination::block();
         info!(
             "serving {} at {}",
             fs.config().root_dir.display(),
@@ -124,14 +116,11 @@ impl Mounted {
         thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
-                let mut sig: libc::c_int = 0;
-                // SAFETY: `set` holds the blocked signals; `sig` is a valid out-pointer.
-                if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
-                    info!("signal {sig}: stopping");
-                    let s = waker.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Some(s) = s.as_ref() {
-                        let _ = s.wake();
-                    }
+                let sig = signals.wait();
+                info!("signal {sig}: stopping");
+                let s = waker.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(s) = s.as_ref() {
+                    let _ = s.wake();
                 }
             })
             .map_err(FuseMountError::Thread)?;

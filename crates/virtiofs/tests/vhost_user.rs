@@ -493,36 +493,8 @@ fn the_serving_process_is_walled_in_by_default() {
         .fh();
     let r = g.request(opcode::READ, node, &fuse_wire::read_in(fh, 0, 4096));
     assert_eq!(r.body, b"walled");
-    let pid = sandbox::status::serving_pid(daemon.child.id());
-    assert_ne!(
-        pid,
-        daemon.child.id(),
-        "served from the PID namespace's child"
-    );
-    let w = sandbox::status::ProcessWalls::of(pid).unwrap();
-    assert_eq!(w.seccomp, 2, "Seccomp: filter");
-    assert!(w.no_new_privs, "NoNewPrivs");
-    assert!(
-        w.forbidden_caps().is_empty(),
-        "holds {:?}",
-        w.forbidden_caps()
-    );
-    assert!(w.groups.is_empty(), "Groups: {:?}", w.groups);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let nspid = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
-    assert!(
-        nspid.trim_end().ends_with("\t1"),
-        "PID 1 of its namespace: {nspid}"
-    );
-    // Every /proc/self/fd the daemon holds: `../../1/root` is the share.
-    use std::os::unix::fs::MetadataExt;
-    let share_id = std::fs::metadata(&share).map(|m| (m.dev(), m.ino())).ok();
-    let roots = sandbox::status::proc_fd_roots(pid).unwrap();
-    assert!(!roots.is_empty(), "the daemon holds its /proc/self/fd");
-    assert!(
-        roots.iter().all(|r| *r == share_id),
-        "{roots:?} vs share {share_id:?}"
-    );
+    let bad = sandbox::status::default_walls_violations(daemon.child.id(), &share);
+    assert!(bad.is_empty(), "{bad:?}");
     drop(g);
     let st = daemon.wait_exit().expect("exits when the frontend leaves");
     assert!(st.success(), "{st:?}");
