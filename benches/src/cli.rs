@@ -175,6 +175,11 @@ pub struct Cli {
     /// asserts no speed.
     #[arg(long)]
     pub quick: bool,
+    /// Exit non-zero when any selected server is missing, fails to start,
+    /// dies, or fails any workload (without it, those are reported and
+    /// skipped, and only a run that measured nothing fails). What CI runs.
+    #[arg(long)]
+    pub strict: bool,
     /// Write one JSON record per (server, engine, workload) to FILE.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -256,6 +261,8 @@ pub struct Config {
     pub workloads: Vec<Workload>,
     /// `--quick`.
     pub quick: bool,
+    /// `--strict`.
+    pub strict: bool,
     /// JSON output.
     pub json: Option<PathBuf>,
     /// SVG output.
@@ -424,6 +431,7 @@ impl Cli {
             targets: parse_servers(&self.servers)?,
             workloads: parse_workloads(&self.workloads)?,
             quick: self.quick,
+            strict: self.strict,
             json: self.json,
             svg,
             dir: self.dir.unwrap_or_else(default_dir),

@@ -66,5 +66,16 @@ fn main() -> ExitCode {
         eprintln!("fsbench: nothing could be measured");
         return ExitCode::from(1);
     }
+    if cfg.strict && !out.failures.is_empty() {
+        for f in &out.failures {
+            let what = f.workload.map(|w| w.name()).unwrap_or("every workload");
+            eprintln!(
+                "fsbench: --strict: {} {what}: {}",
+                f.target.label(),
+                f.reason
+            );
+        }
+        return ExitCode::from(1);
+    }
     status
 }

@@ -564,11 +564,11 @@ fn broken_connection_does_not_disturb_other_clients() {
     // A size field smaller than a header: the stream cannot be trusted.
     bad.send_raw(&[3, 0, 0, 0, 1, 2, 3]);
     let mut buf = [0u8; 1];
-    assert_eq!(
-        bad.s.read(&mut buf).unwrap_or(0),
-        0,
-        "the bad connection is closed"
-    );
+    // End of stream, not a read timeout: a server that never closes fails.
+    match bad.s.read(&mut buf) {
+        Ok(0) => {}
+        other => panic!("the bad connection must be closed, got {other:?}"),
+    }
     // A connection that dies mid-frame.
     let mut half = Client::ready(&s.server);
     half.send_raw(&[100, 0, 0, 0, 24]);

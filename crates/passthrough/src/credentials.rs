@@ -70,3 +70,38 @@ impl Drop for CredGuard {
         }
     }
 }
+
+/// Runs `f` with the daemon's own effective ids, then switches the calling
+/// thread back to the ids it had. For the one operation that needs the
+/// daemon's capability rather than the requester's: reopening, by its file
+/// handle, an inode the requester already holds (`open_by_handle_at` wants
+/// CAP_DAC_READ_SEARCH, which a switched thread does not have). Permission
+/// for what the request then does is checked with the requester's ids.
+pub fn as_daemon<T>(f: impl FnOnce() -> T) -> T {
+    let (mut r, mut e, mut s) = (0, 0, 0);
+    let (mut rg, mut eg, mut sg) = (0, 0, 0);
+    // SAFETY: valid out-pointers; these calls cannot fail with them.
+    unsafe {
+        libc::getresuid(&mut r, &mut e, &mut s);
+        libc::getresgid(&mut rg, &mut eg, &mut sg);
+    }
+    if (e == 0 && eg == 0) || s != 0 {
+        // Already the daemon, or a daemon that never was root: nothing to
+        // regain.
+        return f();
+    }
+    // The uid first: regaining euid 0 restores the effective capabilities,
+    // CAP_SETGID among them.
+    if set_euid(0).is_err() {
+        return f();
+    }
+    let _ = set_egid(0);
+    let out = f();
+    let restored = set_egid(eg).and_then(|()| set_euid(e));
+    if let Err(err) = restored {
+        // Serving the rest of the request as root would be wrong.
+        log::error!("cannot switch back to uid {e} gid {eg}: {err}");
+        std::process::abort();
+    }
+    out
+}

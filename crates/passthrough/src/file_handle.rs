@@ -65,7 +65,9 @@ impl FileHandle {
 
     /// Opens the inode with `flags` relative to `mount_fd`, any fd on the same mount.
     ///
-    /// Needs `CAP_DAC_READ_SEARCH`.
+    /// Needs `CAP_DAC_READ_SEARCH`, which the daemon has: on a thread that
+    /// acts as a guest user, the open runs with the daemon's ids
+    /// ([`crate::credentials::as_daemon`]).
     pub fn open(&self, mount_fd: RawFd, flags: libc::c_int) -> io::Result<OwnedFd> {
         let mut raw = RawFileHandle {
             handle_bytes: self.bytes.len() as libc::c_uint,
@@ -73,15 +75,20 @@ impl FileHandle {
             f_handle: [0; MAX_HANDLE_SZ],
         };
         raw.f_handle[..self.bytes.len()].copy_from_slice(&self.bytes);
-        // SAFETY: `raw` is a valid `struct file_handle` built from a handle the
-        // kernel gave us; the kernel validates `mount_fd` and the flags.
-        let fd = cvt(unsafe {
-            libc::syscall(
-                libc::SYS_open_by_handle_at,
-                mount_fd,
-                &mut raw as *mut RawFileHandle,
-                flags | libc::O_CLOEXEC,
-            ) as libc::c_int
+        // With the daemon's ids even when the thread acts for a guest user:
+        // the capability is the daemon's, the inode one the guest holds.
+        let fd = crate::credentials::as_daemon(|| {
+            // SAFETY: `raw` is a valid `struct file_handle` built from a
+            // handle the kernel gave us; the kernel validates `mount_fd` and
+            // the flags.
+            cvt(unsafe {
+                libc::syscall(
+                    libc::SYS_open_by_handle_at,
+                    mount_fd,
+                    &mut raw as *mut RawFileHandle,
+                    flags | libc::O_CLOEXEC,
+                ) as libc::c_int
+            })
         })?;
         // SAFETY: the kernel just returned this fd to us.
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })

@@ -1319,8 +1319,10 @@ impl FileSystem for PassthroughFs {
         whence: u32,
     ) -> io::Result<u64> {
         let h = self.handles.get(inode, handle)?;
-        let off = i64::try_from(offset).map_err(|_| errno(libc::EINVAL))?;
-        sys::lseek(h.as_raw_fd(), off, whence as libc::c_int)
+        // The offset is the guest's loff_t, signed: the host answers a
+        // negative one as it answers its own callers (ENXIO for SEEK_DATA
+        // and SEEK_HOLE, EINVAL for SEEK_SET).
+        sys::lseek(h.as_raw_fd(), offset as i64, whence as libc::c_int)
     }
 
     fn getlk(
