@@ -9,6 +9,7 @@ use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,6 +69,11 @@ pub struct PassthroughFs {
     proc_self_fd: OwnedFd,
     root_key: InodeKey,
     switch_creds: bool,
+    /// FUSE_DONT_MASK was negotiated (with POSIX ACLs): creates carry the
+    /// guest's umask unapplied, and the core applies it unless the parent
+    /// has a default ACL, which then decides instead, as on a local
+    /// filesystem.
+    dont_mask: AtomicBool,
     /// The fds kept free for the daemon, whatever the guest holds open.
     fds: FdBudget,
 }
@@ -173,6 +179,7 @@ impl PassthroughFs {
             proc_self_fd,
             root_key,
             switch_creds,
+            dont_mask: AtomicBool::new(false),
             fds,
         })
     }
@@ -218,6 +225,40 @@ impl PassthroughFs {
 
     fn creds(&self, ctx: &Context) -> io::Result<CredGuard> {
         CredGuard::new(self.switch_creds, ctx.uid, ctx.gid)
+    }
+
+    /// The mode a new file in `parent` gets from the guest's `mode` and
+    /// `umask`: without FUSE_DONT_MASK the guest kernel masked it already;
+    /// with it, the umask applies unless the parent has a default ACL (then
+    /// the host applies the ACL, as POSIX wants).
+    fn creation_mode(&self, parent: &InodeData, pfd: &InodeFd<'_>, mode: u32, umask: u32) -> u32 {
+        if !self.dont_mask.load(Ordering::Relaxed) {
+            return mode;
+        }
+        let has_default_acl = self
+            .reopen(
+                parent,
+                pfd,
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NONBLOCK,
+            )
+            .is_ok_and(|dir| {
+                // SAFETY: NUL-terminated name; a size of 0 asks for the
+                // value's length and writes nothing.
+                let n = unsafe {
+                    libc::fgetxattr(
+                        dir.as_raw_fd(),
+                        c"system.posix_acl_default".as_ptr(),
+                        std::ptr::null_mut(),
+                        0,
+                    )
+                };
+                n > 0
+            });
+        if has_default_acl {
+            mode
+        } else {
+            mode & !umask
+        }
     }
 
     fn check_writable(&self) -> io::Result<()> {
@@ -672,12 +713,15 @@ impl FileSystem for PassthroughFs {
             want |= FsOptions::SUBMOUNTS;
         }
         if self.cfg.posix_acl && self.cfg.xattr {
-            want |= FsOptions::POSIX_ACL;
+            want |= FsOptions::POSIX_ACL | FsOptions::DONT_MASK;
         }
         if self.cfg.posix_locks {
             want |= FsOptions::POSIX_LOCKS;
         }
-        Ok(want & capable)
+        let got = want & capable;
+        self.dont_mask
+            .store(got.contains(FsOptions::DONT_MASK), Ordering::Relaxed);
+        Ok(got)
     }
 
     fn destroy(&self) {
@@ -866,13 +910,13 @@ impl FileSystem for PassthroughFs {
         name: &CStr,
         mode: u32,
         rdev: u32,
-        // The guest kernel applied the umask already (no FUSE_DONT_MASK).
-        _umask: u32,
+        umask: u32,
     ) -> io::Result<Entry> {
         self.check_writable()?;
         check_name(name)?;
         let parent = self.inodes.get(parent)?;
         let pfd = self.path_fd(&parent)?;
+        let mode = self.creation_mode(&parent, &pfd, mode, umask);
         let _c = self.creds(ctx)?;
         // SAFETY: NUL-terminated name; pfd is held.
         cvt(unsafe { libc::mknodat(pfd.as_raw_fd(), name.as_ptr(), mode, rdev as libc::dev_t) })?;
@@ -885,12 +929,13 @@ impl FileSystem for PassthroughFs {
         parent: u64,
         name: &CStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
     ) -> io::Result<Entry> {
         self.check_writable()?;
         check_name(name)?;
         let parent = self.inodes.get(parent)?;
         let pfd = self.path_fd(&parent)?;
+        let mode = self.creation_mode(&parent, &pfd, mode, umask);
         let _c = self.creds(ctx)?;
         // SAFETY: NUL-terminated name; pfd is held.
         cvt(unsafe { libc::mkdirat(pfd.as_raw_fd(), name.as_ptr(), mode) })?;
@@ -989,6 +1034,7 @@ impl FileSystem for PassthroughFs {
         let parent = self.inodes.get(parent)?;
         let pfd = self.path_fd(&parent)?;
         let flags = self.open_flags(args.flags);
+        let mode = self.creation_mode(&parent, &pfd, args.mode, args.umask);
         let (entry, file) = {
             let _c = self.creds(ctx)?;
             // Only a new regular file is ever opened by name: an existing
@@ -997,7 +1043,7 @@ impl FileSystem for PassthroughFs {
             let create = flags | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
             let mut retries = 3;
             loop {
-                match sys::openat(pfd.as_raw_fd(), name, create, args.mode) {
+                match sys::openat(pfd.as_raw_fd(), name, create, mode) {
                     Ok(fd) => {
                         let file = File::from(self.fds.admit(fd)?);
                         break (self.do_lookup(&parent, name)?, file);

@@ -825,3 +825,59 @@ fn seek_data_and_hole_at_a_negative_offset_answer_as_the_host() {
         4
     );
 }
+
+/// With POSIX ACLs the core negotiates FUSE_DONT_MASK and decides itself:
+/// the guest's umask applies to a new file unless its directory has a
+/// default ACL, which then decides alone, as on a local filesystem
+/// (xfstests generic/319, 444, 697: the umask was applied on top).
+#[test]
+fn a_default_acl_replaces_the_umask_with_posix_acls() {
+    use fuse_backend_rs::abi::fuse_abi::FsOptions;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("acl")).unwrap();
+    std::fs::create_dir(dir.path().join("plain")).unwrap();
+    let ok = std::process::Command::new("setfacl")
+        .args(["-d", "-m", "u::rwx,g::rwx,o::rwx"])
+        .arg(dir.path().join("acl"))
+        .status();
+    if !ok.is_ok_and(|s| s.success()) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI installs acl (setfacl)"
+        );
+        eprintln!("SKIP: setfacl is missing or the filesystem has no ACLs");
+        return;
+    }
+    let mut cfg = Config::new(dir.path());
+    cfg.xattr = true;
+    cfg.posix_acl = true;
+    let fs = PassthroughFs::new(cfg).unwrap();
+    let got = fs.init(FsOptions::all()).unwrap();
+    assert!(got.contains(FsOptions::DONT_MASK | FsOptions::POSIX_ACL));
+    let acl = walk(&fs, "acl").unwrap().inode;
+    let plain = walk(&fs, "plain").unwrap().inode;
+    let mode = |e: fuse_backend_rs::api::filesystem::Entry| e.attr.st_mode & 0o777;
+    let umask = 0o022;
+    assert_eq!(
+        mode(fs.mkdir(&root(), acl, &cs("d"), 0o777, umask).unwrap()),
+        0o777
+    );
+    assert_eq!(
+        mode(fs.mkdir(&root(), plain, &cs("d"), 0o777, umask).unwrap()),
+        0o755
+    );
+    let args = |m| CreateIn {
+        flags: libc::O_RDWR as u32,
+        mode: m,
+        umask,
+        fuse_flags: 0,
+    };
+    let (e, _, _, _) = fs.create(&root(), acl, &cs("f"), args(0o666)).unwrap();
+    assert_eq!(mode(e), 0o666);
+    let (e, _, _, _) = fs.create(&root(), plain, &cs("f"), args(0o666)).unwrap();
+    assert_eq!(mode(e), 0o644);
+    let e = fs
+        .mknod(&root(), plain, &cs("p"), libc::S_IFIFO | 0o666, 0, umask)
+        .unwrap();
+    assert_eq!(mode(e), 0o644);
+}
