@@ -261,6 +261,13 @@ impl PassthroughFs {
         }
     }
 
+    /// Whether the thread's current (effective) ids may access the file
+    /// named `proc_name` in `/proc/self/fd` with `mask`.
+    fn may_access(&self, proc_fd: RawFd, proc_name: &CStr, mask: libc::c_int) -> bool {
+        // SAFETY: NUL-terminated name relative to the held /proc/self/fd.
+        unsafe { libc::faccessat(proc_fd, proc_name.as_ptr(), mask, libc::AT_EACCESS) == 0 }
+    }
+
     fn check_writable(&self) -> io::Result<()> {
         if self.cfg.readonly {
             Err(errno(libc::EROFS))
@@ -476,6 +483,7 @@ impl PassthroughFs {
         inode: u64,
         flags: libc::c_int,
         want_dir: bool,
+        exec: bool,
     ) -> io::Result<u64> {
         let data = self.inodes.get(inode)?;
         if want_dir && !data.is_dir() {
@@ -487,7 +495,19 @@ impl PassthroughFs {
         let fd = self.path_fd(&data)?;
         let file = {
             let _c = self.creds(ctx)?;
-            self.reopen(&data, &fd, flags | libc::O_CLOEXEC)?
+            if exec && flags & libc::O_ACCMODE == libc::O_RDONLY {
+                // Opened to be executed: the requester needs execute
+                // permission, not read permission (a mode 0111 program
+                // runs), so that is what is checked with their ids; the
+                // read-only open itself is the daemon's.
+                let name = fd_name(fd.as_raw_fd());
+                if !self.may_access(self.proc_self_fd.as_raw_fd(), &name, libc::X_OK) {
+                    return Err(errno(libc::EACCES));
+                }
+                crate::credentials::as_daemon(|| self.reopen(&data, &fd, flags | libc::O_CLOEXEC))?
+            } else {
+                self.reopen(&data, &fd, flags | libc::O_CLOEXEC)?
+            }
         };
         Ok(self.handles.insert(inode, file))
     }
@@ -676,6 +696,18 @@ impl PassthroughFs {
     }
 }
 
+/// Whether `new` (permission bits) is `cur`'s mode with only set-user-ID
+/// and/or set-group-ID bits removed (and at least one removed).
+fn only_drops_setid(cur: u32, new: u32) -> bool {
+    let setid = libc::S_ISUID | libc::S_ISGID;
+    let cur = cur & 0o7777;
+    new & !setid == cur & !setid && new & setid & !cur == 0 && new & setid != cur & setid
+}
+
+/// `FMODE_EXEC` in a FUSE OPEN's flags: the kernel opens the file to
+/// execute it (it checked the execute permission already).
+const FMODE_EXEC: u32 = 0x20;
+
 fn flock_from(lock: &FileLock) -> libc::flock {
     // SAFETY: flock is plain data; all-zero is a valid value.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
@@ -780,13 +812,32 @@ impl FileSystem for PassthroughFs {
 
         if valid.contains(SetattrValid::MODE) {
             let mode = attr.st_mode & 0o7777;
-            // SAFETY: plain syscalls on fds we hold; proc_name is NUL-terminated.
-            cvt(unsafe {
-                match &h {
-                    Some(h) => libc::fchmod(h.as_raw_fd(), mode),
-                    None => libc::fchmodat(proc_fd, proc_name.as_ptr(), mode, 0),
+            let chmod = || {
+                // SAFETY: plain syscalls on fds we hold; proc_name is
+                // NUL-terminated.
+                cvt(unsafe {
+                    match &h {
+                        Some(h) => libc::fchmod(h.as_raw_fd(), mode),
+                        None => libc::fchmodat(proc_fd, proc_name.as_ptr(), mode, 0),
+                    }
+                })
+            };
+            match chmod() {
+                // The guest kernel clearing set-id bits after a write, a
+                // truncate or an fallocate by someone who may write the file
+                // but does not own it: the kernel does that itself on a
+                // local filesystem, so the daemon does it for them.
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EPERM)
+                        && only_drops_setid(sys::fstat(fd.as_raw_fd())?.st_mode, mode)
+                        && self.may_access(proc_fd, &proc_name, libc::W_OK) =>
+                {
+                    crate::credentials::as_daemon(chmod)?;
                 }
-            })?;
+                r => {
+                    r?;
+                }
+            }
         }
         if valid.intersects(SetattrValid::UID | SetattrValid::GID) {
             let uid = if valid.contains(SetattrValid::UID) {
@@ -1017,8 +1068,9 @@ impl FileSystem for PassthroughFs {
         flags: u32,
         _fuse_flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
+        let exec = flags & FMODE_EXEC != 0;
         let flags = self.open_flags(flags);
-        let handle = self.do_open(ctx, inode, flags, false)?;
+        let handle = self.do_open(ctx, inode, flags, false, exec)?;
         Ok((Some(handle), self.open_options(false), None))
     }
 
@@ -1252,7 +1304,7 @@ impl FileSystem for PassthroughFs {
         inode: u64,
         _flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions)> {
-        let handle = self.do_open(ctx, inode, libc::O_RDONLY | libc::O_DIRECTORY, true)?;
+        let handle = self.do_open(ctx, inode, libc::O_RDONLY | libc::O_DIRECTORY, true, false)?;
         Ok((Some(handle), self.open_options(true)))
     }
 

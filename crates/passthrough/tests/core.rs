@@ -881,3 +881,85 @@ fn a_default_acl_replaces_the_umask_with_posix_acls() {
         .unwrap();
     assert_eq!(mode(e), 0o644);
 }
+
+/// Opened to be executed (FMODE_EXEC in FUSE OPEN's flags), a file needs
+/// execute permission, not read permission: a mode 0111 program runs for
+/// anyone (xfstests generic/126), while a file without execute permission
+/// is still refused.
+#[test]
+fn execute_only_files_open_for_execution() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(std::env::var_os("CI").is_none(), "CI runs as root");
+        eprintln!("SKIP: switching to a guest user's credentials needs root");
+        return;
+    }
+    let (dir, fs) = new_fs();
+    std::fs::write(dir.path().join("prog"), b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(dir.path().join("prog"), PermissionsExt::from_mode(0o111)).unwrap();
+    std::fs::write(dir.path().join("data"), b"x").unwrap();
+    std::fs::set_permissions(dir.path().join("data"), PermissionsExt::from_mode(0o644)).unwrap();
+    let user = common::ctx(1000, 1000);
+    let prog = fs.lookup(&user, ROOT_ID, &cs("prog")).unwrap().inode;
+    let data = fs.lookup(&user, ROOT_ID, &cs("data")).unwrap().inode;
+    let rd = libc::O_RDONLY as u32;
+    let exec = rd | 0x20;
+    assert_eq!(
+        errno(fs.open(&user, prog, rd, 0)),
+        libc::EACCES,
+        "reading stays refused"
+    );
+    assert!(
+        fs.open(&user, prog, exec, 0).is_ok(),
+        "executing is allowed"
+    );
+    assert_eq!(
+        errno(fs.open(&user, data, exec, 0)),
+        libc::EACCES,
+        "no x bit, no exec"
+    );
+    assert!(fs.open(&user, data, rd, 0).is_ok());
+}
+
+/// After a write, truncate or fallocate by a user who may write a set-id
+/// file but does not own it, the guest kernel asks to clear the set-id
+/// bits; the host refuses that chmod to a non-owner, so the daemon does it
+/// (xfstests generic/683-685, 688). Other mode changes stay the owner's.
+#[test]
+fn a_writer_may_clear_set_id_bits_but_change_nothing_else() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(std::env::var_os("CI").is_none(), "CI runs as root");
+        eprintln!("SKIP: switching to a guest user's credentials needs root");
+        return;
+    }
+    let (dir, fs) = new_fs();
+    let path = dir.path().join("suid");
+    std::fs::write(&path, b"x").unwrap();
+    std::fs::set_permissions(&path, PermissionsExt::from_mode(0o6777)).unwrap();
+    let ro = dir.path().join("ro");
+    std::fs::write(&ro, b"x").unwrap();
+    std::fs::set_permissions(&ro, PermissionsExt::from_mode(0o4755)).unwrap();
+    let user = common::ctx(1000, 1000);
+    let node = fs.lookup(&user, ROOT_ID, &cs("suid")).unwrap().inode;
+    let ro_node = fs.lookup(&user, ROOT_ID, &cs("ro")).unwrap().inode;
+    let set_mode = |node, mode: u32| {
+        // SAFETY: stat64 is plain data.
+        let mut attr: libc::stat64 = unsafe { std::mem::zeroed() };
+        attr.st_mode = mode;
+        fs.setattr(&user, node, attr, None, SetattrValid::MODE)
+    };
+    assert_eq!(
+        errno(set_mode(node, 0o6700)),
+        libc::EPERM,
+        "not a set-id drop"
+    );
+    let (st, _) = set_mode(node, 0o0777).unwrap();
+    assert_eq!(st.st_mode & 0o7777, 0o777);
+    assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o7777, 0o777);
+    assert_eq!(
+        errno(set_mode(ro_node, 0o0755)),
+        libc::EPERM,
+        "no write permission"
+    );
+}
