@@ -185,8 +185,7 @@ fn fifos_and_device_nodes_are_never_opened_on_the_host() {
 
 #[test]
 fn requests_run_with_the_requesters_credentials() {
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root to switch credentials");
+    if !can_switch_credentials() {
         return;
     }
     let (dir, fs) = new_fs();
@@ -763,10 +762,7 @@ fn guest_lookups_and_opens_leave_the_fd_reserve_free() {
 /// below the first level).
 #[test]
 fn non_root_lookups_below_the_first_level_work_with_file_handles() {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(std::env::var_os("CI").is_none(), "CI runs as root");
-        eprintln!("SKIP: switching to a guest user's credentials needs root");
+    if !can_switch_credentials() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -888,10 +884,7 @@ fn a_default_acl_replaces_the_umask_with_posix_acls() {
 /// is still refused.
 #[test]
 fn execute_only_files_open_for_execution() {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(std::env::var_os("CI").is_none(), "CI runs as root");
-        eprintln!("SKIP: switching to a guest user's credentials needs root");
+    if !can_switch_credentials() {
         return;
     }
     let (dir, fs) = new_fs();
@@ -927,10 +920,7 @@ fn execute_only_files_open_for_execution() {
 /// (xfstests generic/683-685, 688). Other mode changes stay the owner's.
 #[test]
 fn a_writer_may_clear_set_id_bits_but_change_nothing_else() {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(std::env::var_os("CI").is_none(), "CI runs as root");
-        eprintln!("SKIP: switching to a guest user's credentials needs root");
+    if !can_switch_credentials() {
         return;
     }
     let (dir, fs) = new_fs();
