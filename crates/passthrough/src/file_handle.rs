@@ -75,9 +75,7 @@ impl FileHandle {
             f_handle: [0; MAX_HANDLE_SZ],
         };
         raw.f_handle[..self.bytes.len()].copy_from_slice(&self.bytes);
-        // With the daemon's ids even when the thread acts for a guest user:
-        // the capability is the daemon's, the inode one the guest holds.
-        let fd = crate::credentials::as_daemon(|| {
+        let open = |raw: &mut RawFileHandle| {
             // SAFETY: `raw` is a valid `struct file_handle` built from a
             // handle the kernel gave us; the kernel validates `mount_fd` and
             // the flags.
@@ -85,11 +83,20 @@ impl FileHandle {
                 libc::syscall(
                     libc::SYS_open_by_handle_at,
                     mount_fd,
-                    &mut raw as *mut RawFileHandle,
+                    raw as *mut RawFileHandle,
                     flags | libc::O_CLOEXEC,
                 ) as libc::c_int
             })
-        })?;
+        };
+        // On a thread acting for a guest user the capability is missing
+        // (EPERM): then with the daemon's ids, the inode being one the guest
+        // holds. Requests served as the daemon pay nothing for this.
+        let fd = match open(&mut raw) {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                crate::credentials::as_daemon(|| open(&mut raw))?
+            }
+            r => r?,
+        };
         // SAFETY: the kernel just returned this fd to us.
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }

@@ -495,7 +495,7 @@ impl PassthroughFs {
         let fd = self.path_fd(&data)?;
         let file = {
             let _c = self.creds(ctx)?;
-            if exec && flags & libc::O_ACCMODE == libc::O_RDONLY {
+            if exec && data.is_reg() && flags & libc::O_ACCMODE == libc::O_RDONLY {
                 // Opened to be executed: the requester needs execute
                 // permission, not read permission (a mode 0111 program
                 // runs), so that is what is checked with their ids; the

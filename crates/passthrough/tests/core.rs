@@ -912,6 +912,13 @@ fn execute_only_files_open_for_execution() {
         "no x bit, no exec"
     );
     assert!(fs.open(&user, data, rd, 0).is_ok());
+    // A directory the user may search but not read stays unreadable: the
+    // exec path is for regular files only.
+    std::fs::create_dir(dir.path().join("xonly")).unwrap();
+    std::fs::set_permissions(dir.path().join("xonly"), PermissionsExt::from_mode(0o711)).unwrap();
+    let xonly = fs.lookup(&user, ROOT_ID, &cs("xonly")).unwrap().inode;
+    let dir_exec = exec | libc::O_DIRECTORY as u32;
+    assert_eq!(errno(fs.open(&user, xonly, dir_exec, 0)), libc::EACCES);
 }
 
 /// After a write, truncate or fallocate by a user who may write a set-id

@@ -113,8 +113,9 @@ pub fn proc_fd_roots(pid: u32) -> io::Result<Vec<Option<(u64, u64)>>> {
 /// What is wrong with the default walls of the daemon started as `pid`
 /// (see [`serving_pid`]) serving `share`: an empty list when its serving
 /// process runs in a PID namespace of its own under a seccomp filter, with
-/// `no_new_privs`, none of [`FORBIDDEN_CAPS`], no supplementary group, and
-/// every `/proc/self/fd` it holds leading back to the share.
+/// `no_new_privs`, none of [`FORBIDDEN_CAPS`], no supplementary group, its
+/// root (the share) mounted `nodev,nosuid`, and every `/proc/self/fd` it
+/// holds leading back to the share.
 pub fn default_walls_violations(pid: u32, share: &std::path::Path) -> Vec<String> {
     use std::os::unix::fs::MetadataExt;
     let serving = serving_pid(pid);
@@ -145,6 +146,24 @@ pub fn default_walls_violations(pid: u32, share: &std::path::Path) -> Vec<String
         .any(|l| l.starts_with("NSpid:") && l.trim_end().ends_with("\t1"))
     {
         bad.push("not PID 1 of its namespace".into());
+    }
+    // Its root (the share's bind mount) is nodev,nosuid.
+    let mountinfo =
+        std::fs::read_to_string(format!("/proc/{serving}/mountinfo")).unwrap_or_default();
+    match mountinfo
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .find(|f| f.get(4) == Some(&"/"))
+    {
+        Some(f) => {
+            let opts: Vec<&str> = f.get(5).map(|o| o.split(',').collect()).unwrap_or_default();
+            for want in ["nodev", "nosuid"] {
+                if !opts.contains(&want) {
+                    bad.push(format!("its root is mounted without {want}: {opts:?}"));
+                }
+            }
+        }
+        None => bad.push("no root mount in its mountinfo".into()),
     }
     let share_id = std::fs::metadata(share).map(|m| (m.dev(), m.ino())).ok();
     match proc_fd_roots(serving) {
