@@ -20,7 +20,9 @@ use vmm_mini::kvm_probe;
 --initrd target/guest/initramfs.cpio.gz --fs tag=c,dir=/some/dir -- ls /mnt/c\n\n\
 Exit status: the guest's (what its init writes to I/O port 0x501); 125 when \
 the guest resets without one (reboot, panic); 1 when the VM cannot be built \
-or a vCPU fails; 2 for bad flags.")]
+or a vCPU fails; 2 for bad flags.\n\n\
+With --probe-kvm: 0 when /dev/kvm is hardware-backed, 1 when it is not (the \
+reason on stdout), 3 when the probe failed (the error on stderr).")]
 struct Cli {
     /// The guest kernel: a PVH-capable ELF vmlinux or a bzImage.
     #[arg(long, required_unless_present = "probe_kvm")]
@@ -54,7 +56,8 @@ struct Cli {
     #[arg(long)]
     boot_timer: bool,
     /// Report whether /dev/kvm is hardware-backed and exit: 0 if it is, 1
-    /// if not.
+    /// if not (a software hypervisor, or no KVM), 3 if the probe failed (no
+    /// permission to open /dev/kvm, a failing ioctl, an unexpected VM exit).
     #[arg(long)]
     probe_kvm: bool,
     /// Log level: error, warn, info, debug, trace, off.
@@ -78,9 +81,12 @@ fn main() -> ExitCode {
         .format_target(false)
         .init();
     if cli.probe_kvm {
-        let support = kvm_probe::probe();
-        println!("{}", support.describe());
-        return ExitCode::from(if support.is_hardware() { 0 } else { 1 });
+        let result = kvm_probe::probe();
+        match &result {
+            Ok(support) => println!("{}", support.describe()),
+            Err(e) => eprintln!("vmm-mini: the KVM probe failed: {e}"),
+        }
+        return ExitCode::from(kvm_probe::exit_status(&result));
     }
     let Some(kernel) = cli.kernel else {
         unreachable!("clap requires --kernel without --probe-kvm")

@@ -4,20 +4,27 @@
 //! `vmm.sh=` command) and shares a host directory over in-process
 //! virtio-fs, in-process virtio-9p or vhost-user virtio-fs (`virtiofsd-rs`).
 //!
-//! The boot tests need a hardware-backed `/dev/kvm`. They first ask
-//! `vmm_mini::kvm_probe::probe()`; where KVM is not hardware-backed (a
-//! software hypervisor, or no usable `/dev/kvm`) they print the probe's
-//! reason and pass without booting, whatever the environment says. Only
-//! then do they look for the kernel, the initramfs (which must be newer than
-//! `guest/init`) and, for vhost-user, `virtiofsd-rs` next to `vmm-mini`:
-//! when one is missing they skip with the reason, or fail when
-//! `VIRTIOFSD_RS_REQUIRE_E2E` is set. They boot one at a time, each killed
-//! after 120 s. `VMM_MINI_ASSUME_HARDWARE_KVM=1` makes them boot even where
-//! the probe says no: for testing these tests themselves (the boots then
-//! fail).
+//! The boot tests need a hardware-backed `/dev/kvm`. They share one
+//! result of `vmm_mini::kvm_probe::probe()`, made by the first of them to
+//! ask ([`kvm`]). Where the probe fails (no permission on `/dev/kvm`, a
+//! failing ioctl, an unexpected VM exit) they fail. Where it says KVM is not
+//! hardware-backed (a software hypervisor, or no KVM) each prints
+//!   SKIP: <test>: KVM is not hardware-backed: <the probe's reason>
+//! past the harness's output capture and passes without booting, also when
+//! `VIRTIOFSD_RS_REQUIRE_E2E` is set (no package can fix the machine; the
+//! line then says so). Only on hardware KVM do they look for the kernel,
+//! the initramfs (which must be newer than `guest/init`) and, for
+//! vhost-user, `virtiofsd-rs` next to `vmm-mini`: when one is missing they
+//! print `SKIP: <test>: <why>`, or fail when `VIRTIOFSD_RS_REQUIRE_E2E` is
+//! set. They boot one at a time, each killed after 120 s.
+//! `VMM_MINI_ASSUME_HARDWARE_KVM=1` makes them boot even where the probe
+//! says not hardware-backed: for testing these tests themselves (the boots
+//! then fail).
 //!
-//! The other tests need no KVM: `--probe-kvm` answers, bad flags are usage
-//! errors (exit status 2), a missing kernel is a run-time error (exit 1).
+//! The other tests need no hardware KVM: the shared probe comes to a
+//! verdict, `--probe-kvm` answers (exit status 0 or 1, not 3: a failed
+//! probe), bad flags are usage errors (exit status 2), a missing kernel is a
+//! run-time error (exit 1).
 
 use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
@@ -28,7 +35,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use vmm_mini::kvm_probe::{self, KvmSupport};
+use vmm_mini::kvm_probe::{self, KvmSupport, ProbeError};
 
 const VMM: &str = env!("CARGO_BIN_EXE_vmm-mini");
 /// How long a boot test's VM may run before it is killed.
@@ -145,38 +152,53 @@ fn run_vmm<S: AsRef<OsStr>>(args: &[S], timeout: Duration) -> Run {
 
 // --- what a boot test needs -------------------------------------------------
 
-fn kvm() -> &'static KvmSupport {
-    static PROBE: OnceLock<KvmSupport> = OnceLock::new();
+/// The one KVM probe of this test process, made by the first test to ask
+/// and shared by all (tests run in threads of one process).
+fn kvm() -> &'static Result<KvmSupport, ProbeError> {
+    static PROBE: OnceLock<Result<KvmSupport, ProbeError>> = OnceLock::new();
     PROBE.get_or_init(kvm_probe::probe)
 }
 
+/// Whether boots are required here (VIRTIOFSD_RS_REQUIRE_E2E is set).
+fn required() -> bool {
+    std::env::var_os("VIRTIOFSD_RS_REQUIRE_E2E").is_some_and(|v| !v.is_empty())
+}
+
 /// Whether `test` may boot: KVM is hardware-backed (or the tests are being
-/// tested). Prints why not.
+/// tested). Prints a SKIP line with the probe's reason where it is not;
+/// fails the test where the probe failed.
 fn hardware_kvm(test: &str) -> bool {
-    let kvm = kvm();
-    if kvm.is_hardware() {
+    let support = match kvm() {
+        Ok(support) => support,
+        Err(e) => panic!("{test}: the KVM probe failed (not a verdict on the host): {e}"),
+    };
+    if support.is_hardware() {
         return true;
     }
     if std::env::var_os("VMM_MINI_ASSUME_HARDWARE_KVM").is_some_and(|v| v == "1") {
         say(&format!(
             "{test}: VMM_MINI_ASSUME_HARDWARE_KVM=1: booting although {}",
-            kvm.describe()
+            support.describe()
         ));
         return true;
     }
-    say(&format!("{test}: skipped: {}", kvm.describe()));
+    let note = if required() {
+        " (VIRTIOFSD_RS_REQUIRE_E2E is set, but no package can fix the machine: still a skip)"
+    } else {
+        ""
+    };
+    say(&format!("SKIP: {test}: {}{note}", support.describe()));
     false
 }
 
-/// Something this machine lacks for `test` (past the KVM probe): a skip, or
-/// a failure when VIRTIOFSD_RS_REQUIRE_E2E is set.
+/// Something this machine lacks for `test` (past the KVM probe): a SKIP
+/// line, or a failure when VIRTIOFSD_RS_REQUIRE_E2E is set.
 fn not_here<T>(test: &str, why: &str) -> Option<T> {
-    let required = std::env::var_os("VIRTIOFSD_RS_REQUIRE_E2E").is_some_and(|v| !v.is_empty());
     assert!(
-        !required,
+        !required(),
         "{test}: required here (VIRTIOFSD_RS_REQUIRE_E2E is set), but {why}"
     );
-    say(&format!("{test}: skipped: {why}"));
+    say(&format!("SKIP: {test}: {why}"));
     None
 }
 
@@ -530,20 +552,47 @@ fn a_bzimage_boots_too() {
     );
 }
 
-// --- no KVM needed --------------------------------------------------------------
+// --- no hardware KVM needed ----------------------------------------------------
+
+#[test]
+fn the_shared_kvm_probe_comes_to_a_verdict() {
+    // The boot tests' probe: hardware-backed or not, never an error.
+    match kvm() {
+        Ok(support) => say(&format!(
+            "the boot tests' KVM probe: {}",
+            support.describe()
+        )),
+        Err(e) => panic!("the boot tests' KVM probe failed: {e}"),
+    }
+}
 
 #[test]
 fn probe_kvm_answers_in_one_line() {
     let run = run_vmm(&["--probe-kvm"], QUICK_TIMEOUT);
     assert!(
-        matches!(run.code, Some(0 | 1)),
-        "--probe-kvm exits 0 (hardware-backed) or 1 (not)\n{}",
+        matches!(
+            run.code.and_then(|c| u8::try_from(c).ok()),
+            Some(kvm_probe::EXIT_HARDWARE | kvm_probe::EXIT_NOT_HARDWARE)
+        ),
+        "--probe-kvm exits 0 (hardware-backed) or 1 (not), not {} (the probe failed)\n{}",
+        kvm_probe::EXIT_PROBE_ERROR,
         run.transcript()
     );
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert!(
         lines.len() == 1 && !lines[0].trim().is_empty(),
         "--probe-kvm prints one line\n{}",
+        run.transcript()
+    );
+    let says = if run.code == Some(0) {
+        "hardware-backed KVM"
+    } else {
+        "KVM is not hardware-backed: "
+    };
+    assert!(
+        lines[0].starts_with(says),
+        "--probe-kvm's line agrees with its exit status {:?}: starts with {says:?}\n{}",
+        run.code,
         run.transcript()
     );
     say(&format!(
