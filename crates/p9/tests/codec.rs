@@ -1,9 +1,13 @@
 //! Property tests of the codec: every T- and R-message round-trips, and no
 //! byte sequence makes the decoder panic or read past the frame.
 
+use std::cell::RefCell;
+
 use p9::messages::*;
-use p9::wire::Qid;
+use p9::wire::{Qid, WireError};
 use proptest::prelude::*;
+use proptest::sample::Index;
+use proptest::test_runner::TestCaseError;
 
 /// A string the codec accepts: no NUL.
 fn s() -> impl Strategy<Value = Vec<u8>> {
@@ -320,8 +324,12 @@ proptest! {
         prop_assert_eq!(r.into_frame(tag), Rmessage::Read { data }.encode(tag));
     }
 
+    /// Raw bytes almost never carry a size field that matches their length,
+    /// so this exercises the frame check only; the message decoders are
+    /// exercised by `t_frames_never_panic_the_decoder` and
+    /// `r_frames_never_panic_the_decoder`.
     #[test]
-    fn arbitrary_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+    fn arbitrary_bytes_never_panic_the_frame_check(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
         let _ = decode_tframe(&bytes);
         let _ = decode_rframe(&bytes);
     }
@@ -402,4 +410,564 @@ fn replies_encoded_into_a_batch_are_whole_frames() {
         at += size;
     }
     assert_eq!(at, batch.len());
+}
+
+// Framed fuzzing of the message decoders. Every frame generated below has a
+// size field equal to its length, so it passes the frame check and goes to
+// the decoder for its type; what varies is the type (every known one, and
+// unknown ones) and the body (random bytes, or a valid encoding that is then
+// truncated, has a length or count field inflated, has bytes flipped, has
+// bytes appended, or is sent under another type).
+
+/// Every T-message type `decode_tframe` knows.
+const T_TYPES: [u8; 28] = {
+    use ty::*;
+    [
+        TVERSION,
+        TAUTH,
+        TATTACH,
+        TFLUSH,
+        TWALK,
+        TREAD,
+        TWRITE,
+        TCLUNK,
+        TREMOVE,
+        TSTATFS,
+        TLOPEN,
+        TLCREATE,
+        TSYMLINK,
+        TMKNOD,
+        TRENAME,
+        TREADLINK,
+        TGETATTR,
+        TSETATTR,
+        TXATTRWALK,
+        TXATTRCREATE,
+        TREADDIR,
+        TFSYNC,
+        TLOCK,
+        TGETLOCK,
+        TLINK,
+        TMKDIR,
+        TRENAMEAT,
+        TUNLINKAT,
+    ]
+};
+
+/// Every R-message type `decode_rframe` knows.
+const R_TYPES: [u8; 29] = {
+    use ty::*;
+    [
+        RLERROR,
+        RVERSION,
+        RAUTH,
+        RATTACH,
+        RFLUSH,
+        RWALK,
+        RREAD,
+        RWRITE,
+        RCLUNK,
+        RREMOVE,
+        RSTATFS,
+        RLOPEN,
+        RLCREATE,
+        RSYMLINK,
+        RMKNOD,
+        RRENAME,
+        RREADLINK,
+        RGETATTR,
+        RSETATTR,
+        RXATTRWALK,
+        RXATTRCREATE,
+        RREADDIR,
+        RFSYNC,
+        RLOCK,
+        RGETLOCK,
+        RLINK,
+        RMKDIR,
+        RRENAMEAT,
+        RUNLINKAT,
+    ]
+};
+
+/// Cases per framed-fuzzing test.
+const FRAMED_CASES: u32 = 20_000;
+
+/// One field of a T-message body, as 9P2000.L lays it out.
+#[derive(Clone, Copy, Debug)]
+enum F {
+    U8,
+    U16,
+    U32,
+    U64,
+    /// `len[2] bytes[len]`.
+    Str,
+    /// `count[4] bytes[count]`.
+    Data,
+    /// `nwname[2]` and that many `Str`s.
+    Names,
+}
+
+/// The body layout of T-message type `t`, written from the protocol rather
+/// than from the encoder, so the two check each other.
+fn layout(t: u8) -> &'static [F] {
+    use ty::*;
+    use F::*;
+    match t {
+        TVERSION => &[U32, Str],
+        TAUTH => &[U32, Str, Str, U32],
+        TATTACH => &[U32, U32, Str, Str, U32],
+        TFLUSH => &[U16],
+        TWALK => &[U32, U32, Names],
+        TREAD | TREADDIR => &[U32, U64, U32],
+        TWRITE => &[U32, U64, Data],
+        TCLUNK | TREMOVE | TSTATFS | TREADLINK => &[U32],
+        TLOPEN | TFSYNC => &[U32, U32],
+        TLCREATE => &[U32, Str, U32, U32, U32],
+        TSYMLINK => &[U32, Str, Str, U32],
+        TMKNOD => &[U32, Str, U32, U32, U32, U32],
+        TRENAME | TXATTRWALK | TLINK => &[U32, U32, Str],
+        TGETATTR => &[U32, U64],
+        TSETATTR => &[U32, U32, U32, U32, U32, U64, U64, U64, U64, U64],
+        TXATTRCREATE => &[U32, Str, U64, U32],
+        TLOCK => &[U32, U8, U32, U64, U64, U32, Str],
+        TGETLOCK => &[U32, U8, U64, U64, U32, Str],
+        TMKDIR => &[U32, Str, U32, U32],
+        TRENAMEAT => &[U32, Str, U32, Str],
+        TUNLINKAT => &[U32, Str, U32],
+        _ => &[],
+    }
+}
+
+/// A string length, data count or walk name count in a body.
+#[derive(Clone, Copy, Debug)]
+struct LengthField {
+    /// Offset in the body.
+    at: usize,
+    /// 2 or 4 bytes.
+    width: usize,
+    /// Twalk's `nwname` (at most 16), rather than a byte count.
+    names: bool,
+}
+
+/// Little-endian integer of `width` bytes at `at`, if the body has them.
+fn le(body: &[u8], at: usize, width: usize) -> Option<u64> {
+    let b = body.get(at..at.checked_add(width)?)?;
+    Some(b.iter().rev().fold(0, |v, &x| (v << 8) | u64::from(x)))
+}
+
+/// The length and count fields of `body` walked as type `t`'s layout, or
+/// `None` unless the layout covers the body exactly.
+fn length_fields(t: u8, body: &[u8]) -> Option<Vec<LengthField>> {
+    let mut at = 0usize;
+    let mut out = Vec::new();
+    let string = |at: &mut usize, out: &mut Vec<LengthField>| -> Option<()> {
+        let n = le(body, *at, 2)? as usize;
+        out.push(LengthField {
+            at: *at,
+            width: 2,
+            names: false,
+        });
+        *at += 2 + n;
+        Some(())
+    };
+    for f in layout(t) {
+        match f {
+            F::U8 => at += 1,
+            F::U16 => at += 2,
+            F::U32 => at += 4,
+            F::U64 => at += 8,
+            F::Str => string(&mut at, &mut out)?,
+            F::Data => {
+                let n = le(body, at, 4)? as usize;
+                out.push(LengthField {
+                    at,
+                    width: 4,
+                    names: false,
+                });
+                at += 4 + n;
+            }
+            F::Names => {
+                let n = le(body, at, 2)?;
+                out.push(LengthField {
+                    at,
+                    width: 2,
+                    names: true,
+                });
+                at += 2;
+                for _ in 0..n {
+                    string(&mut at, &mut out)?;
+                }
+            }
+        }
+    }
+    (at == body.len()).then_some(out)
+}
+
+/// What is done to a valid body before it is decoded.
+#[derive(Clone, Debug)]
+enum Mutation {
+    /// Nothing: the body must decode to the message encoded.
+    None,
+    /// Cut short at a point strictly inside the body.
+    Truncate(Index),
+    /// One length or count field raised by `by` (saturating at its width).
+    Inflate { field: Index, by: u32 },
+    /// Bytes XORed with non-zero masks.
+    Flip(Vec<(Index, u8)>),
+    /// Bytes added after the message.
+    Append(Vec<u8>),
+    /// The body sent under another known type.
+    Retype(Index),
+}
+
+/// A generated frame body.
+#[derive(Clone, Debug)]
+enum Body<M> {
+    /// Random bytes under type `ty`.
+    Random { ty: u8, bytes: Vec<u8> },
+    /// A valid encoding of `msg`, then mutated.
+    Structured { msg: M, mutation: Mutation },
+}
+
+fn one_of(types: &[u8]) -> impl Strategy<Value = u8> {
+    proptest::sample::select(types.to_vec())
+}
+
+fn none_of(types: &'static [u8]) -> impl Strategy<Value = u8> {
+    any::<u8>().prop_filter("a known type", move |t| !types.contains(t))
+}
+
+fn mutation(inflate: bool) -> impl Strategy<Value = Mutation> {
+    let by = prop_oneof![1u32..=8, 1u32..=u32::MAX];
+    prop_oneof![
+        2 => Just(Mutation::None),
+        2 => any::<Index>().prop_map(Mutation::Truncate),
+        // Without a layout (R-messages), an inflation is a byte flip.
+        2 => (any::<Index>(), by).prop_map(move |(field, by)| match inflate {
+            true => Mutation::Inflate { field, by },
+            false => Mutation::Flip(vec![(field, by as u8 | 1)]),
+        }),
+        2 => proptest::collection::vec((any::<Index>(), 1u8..=255), 1..=4).prop_map(Mutation::Flip),
+        1 => proptest::collection::vec(any::<u8>(), 1..=8).prop_map(Mutation::Append),
+        1 => any::<Index>().prop_map(Mutation::Retype),
+    ]
+}
+
+fn body<M: Strategy>(
+    known: &'static [u8],
+    msg: M,
+    inflate: bool,
+) -> impl Strategy<Value = Body<M::Value>> {
+    let random = |ty: BoxedStrategy<u8>| {
+        (ty, proptest::collection::vec(any::<u8>(), 0..96))
+            .prop_map(|(ty, bytes)| Body::Random { ty, bytes })
+    };
+    prop_oneof![
+        3 => random(one_of(known).boxed()),
+        1 => random(none_of(known).boxed()),
+        10 => (msg, mutation(inflate)).prop_map(|(msg, mutation)| Body::Structured { msg, mutation }),
+    ]
+}
+
+/// `size[4] type[1] tag[2] body` with the right size.
+fn frame(t: u8, tag: u16, body: &[u8]) -> Vec<u8> {
+    let size = (HEADER_SIZE + body.len()) as u32;
+    let mut f = size.to_le_bytes().to_vec();
+    f.push(t);
+    f.extend_from_slice(&tag.to_le_bytes());
+    f.extend_from_slice(body);
+    f
+}
+
+/// What the decoder must do with a frame.
+#[derive(Debug)]
+enum Expect<M> {
+    /// Anything but panic (and an `Ok` must re-encode to the frame).
+    Anything,
+    /// Exactly this message.
+    Exactly(M),
+    /// Some error.
+    Error,
+    /// This error.
+    ErrorOf(WireError),
+}
+
+/// Per-type counts of what the decoder did with the generated frames.
+#[derive(Default, Debug, Clone, Copy)]
+struct TypeTally {
+    /// Got past the frame check and the type dispatch.
+    reached: usize,
+    /// Decoded.
+    ok: usize,
+    /// Refused by the type's decoder.
+    err: usize,
+    /// Decoded to exactly the message expected: a valid body sent as
+    /// encoded (or with a mutation that left it valid, like a Tfsync cut
+    /// to its fid).
+    exact: usize,
+}
+
+/// Counts over a whole run.
+#[derive(Default)]
+struct Tally {
+    cases: usize,
+    reached: usize,
+    per_type: std::collections::BTreeMap<u8, TypeTally>,
+}
+
+impl Tally {
+    fn record<M>(&mut self, t: u8, r: &Result<(u16, M), WireError>, exact: bool) -> bool {
+        self.cases += 1;
+        let reached = !matches!(
+            r,
+            Err(WireError::BadSize { .. } | WireError::UnknownType(_))
+        );
+        if reached {
+            self.reached += 1;
+            let e = self.per_type.entry(t).or_default();
+            e.reached += 1;
+            match r {
+                Ok(_) => e.ok += 1,
+                Err(_) => e.err += 1,
+            }
+            e.exact += usize::from(exact && r.is_ok());
+        }
+        reached
+    }
+
+    /// Prints the counts and checks that the generator reached every decoder
+    /// in `known`, with both accepted and refused bodies, in more than 80% of
+    /// the cases.
+    fn check(&self, what: &str, known: &[u8]) {
+        let pct = 100.0 * self.reached as f64 / self.cases as f64;
+        eprintln!(
+            "{what}: {} cases, {} ({pct:.1}%) reached a type's decoder",
+            self.cases, self.reached
+        );
+        for (t, c) in &self.per_type {
+            eprintln!("  type {t:3}: {c:?}");
+        }
+        assert_eq!(self.cases, FRAMED_CASES as usize, "{what}: every case ran");
+        assert!(
+            self.reached * 10 > self.cases * 8,
+            "{what}: only {pct:.1}% of cases reached a type's decoder"
+        );
+        for t in known {
+            let c = self.per_type.get(t).copied().unwrap_or_default();
+            assert!(
+                c.reached >= 200 && c.ok >= 20 && c.err >= 20 && c.exact >= 20,
+                "{what}: type {t} was not exercised enough: {c:?}"
+            );
+        }
+        let unknown: Vec<_> = self
+            .per_type
+            .keys()
+            .filter(|t| !known.contains(t))
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "{what}: unknown types {unknown:?} were decoded"
+        );
+    }
+}
+
+/// Runs `test` on `FRAMED_CASES` cases of `strategy` and panics with the
+/// (shrunk) failing case if one fails or panics.
+fn run_framed<S: Strategy>(strategy: S, test: impl Fn(S::Value) -> Result<(), TestCaseError>) {
+    let config = ProptestConfig {
+        cases: FRAMED_CASES,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    if let Err(e) = proptest::test_runner::TestRunner::new(config).run(&strategy, test) {
+        panic!("{e}");
+    }
+}
+
+/// Mutates valid body `b` of type `t`, the encoding of `m`: the type and
+/// body to send, and what the decoder must do with them.
+fn mutate_t<'m>(
+    t: u8,
+    m: Tmessage<'m>,
+    mut b: Vec<u8>,
+    mutation: &Mutation,
+) -> Result<(u8, Vec<u8>, Expect<Tmessage<'m>>), TestCaseError> {
+    let fields = length_fields(t, &b);
+    prop_assert!(
+        fields.is_some(),
+        "the encoding of {:?} does not follow the protocol's layout",
+        m
+    );
+    let fields = fields.unwrap();
+    let expect = match mutation {
+        Mutation::None => Expect::Exactly(m),
+        Mutation::Truncate(i) => {
+            let cut = i.index(b.len());
+            b.truncate(cut);
+            match m {
+                // Older clients send no datasync: a 4-byte Tfsync is valid.
+                Tmessage::Fsync { fid, .. } if cut == 4 => {
+                    Expect::Exactly(Tmessage::Fsync { fid, datasync: 0 })
+                }
+                _ => Expect::Error,
+            }
+        }
+        Mutation::Inflate { .. } if fields.is_empty() => Expect::Exactly(m),
+        Mutation::Inflate { field, by } => {
+            let f = fields[field.index(fields.len())];
+            let old = le(&b, f.at, f.width).unwrap();
+            let max = if f.width == 2 { 0xffff } else { 0xffff_ffff };
+            let new = (old + u64::from(*by)).min(max);
+            b[f.at..f.at + f.width].copy_from_slice(&new.to_le_bytes()[..f.width]);
+            let left = (b.len() - f.at - f.width) as u64;
+            match new {
+                _ if new == old => Expect::Exactly(m),
+                n if f.names && n > MAXWELEM as u64 => {
+                    Expect::ErrorOf(WireError::TooManyNames(n as u16))
+                }
+                // More names or bytes than the whole rest of the body.
+                n if n > left => Expect::Error,
+                _ => Expect::Anything,
+            }
+        }
+        Mutation::Flip(flips) => {
+            for (i, mask) in flips {
+                let i = i.index(b.len());
+                b[i] ^= mask;
+            }
+            Expect::Anything
+        }
+        Mutation::Append(extra) => {
+            b.extend_from_slice(extra);
+            Expect::ErrorOf(WireError::Trailing(extra.len()))
+        }
+        Mutation::Retype(i) => {
+            let nt = T_TYPES[i.index(T_TYPES.len())];
+            if nt == t {
+                Expect::Exactly(m)
+            } else {
+                return Ok((nt, b, Expect::Anything));
+            }
+        }
+    };
+    Ok((t, b, expect))
+}
+
+/// Decodes one generated T-frame and checks the result.
+fn check_t_frame(body: &Body<TIn>, tag: u16, tally: &RefCell<Tally>) -> Result<(), TestCaseError> {
+    let (t, b, expect) = match body {
+        Body::Random { ty, bytes } => (*ty, bytes.clone(), Expect::Anything),
+        Body::Structured { msg, mutation } => {
+            let m = build(msg);
+            let valid = m.encode(tag);
+            mutate_t(m.type_number(), m, valid[HEADER_SIZE..].to_vec(), mutation)?
+        }
+    };
+    let f = frame(t, tag, &b);
+    let r = decode_tframe(&f);
+    let exact = matches!(expect, Expect::Exactly(_));
+    let reached = tally.borrow_mut().record(t, &r, exact);
+    prop_assert_eq!(reached, T_TYPES.contains(&t), "type {} gave {:?}", t, r);
+    if !reached {
+        prop_assert_eq!(r, Err(WireError::UnknownType(t)));
+        return Ok(());
+    }
+    if let Ok((rtag, m)) = &r {
+        prop_assert_eq!(*rtag, tag);
+        prop_assert_eq!(m.type_number(), t);
+        // What decodes is the canonical encoding of what it decodes to (bar
+        // Tfsync without datasync, which the encoder always writes).
+        if !(t == ty::TFSYNC && b.len() == 4) {
+            prop_assert_eq!(&m.encode(tag), &f, "{:?}", m);
+        }
+    }
+    match expect {
+        Expect::Anything => {}
+        Expect::Exactly(m) => prop_assert_eq!(r, Ok((tag, m))),
+        Expect::Error => prop_assert!(r.is_err(), "{:?}", r),
+        Expect::ErrorOf(e) => prop_assert_eq!(r, Err(e)),
+    }
+    Ok(())
+}
+
+#[test]
+fn t_frames_never_panic_the_decoder() {
+    let tally = RefCell::new(Tally::default());
+    run_framed(
+        (body(&T_TYPES, tin(), true), any::<u16>()),
+        |(body, tag)| check_t_frame(&body, tag, &tally),
+    );
+    tally.into_inner().check("T-frames", &T_TYPES);
+}
+
+/// Decodes one generated R-frame and checks the result.
+fn check_r_frame(
+    body: &Body<Rmessage>,
+    tag: u16,
+    tally: &RefCell<Tally>,
+) -> Result<(), TestCaseError> {
+    let (t, b, expect) = match body {
+        Body::Random { ty, bytes } => (*ty, bytes.clone(), Expect::Anything),
+        Body::Structured { msg, mutation } => {
+            let t = msg.type_number();
+            let mut b = msg.encode(tag)[HEADER_SIZE..].to_vec();
+            match mutation {
+                Mutation::None | Mutation::Inflate { .. } => (t, b, Expect::Exactly(msg.clone())),
+                _ if b.is_empty() && !matches!(mutation, Mutation::Append(_)) => {
+                    (t, b, Expect::Exactly(msg.clone()))
+                }
+                Mutation::Truncate(i) => {
+                    b.truncate(i.index(b.len()));
+                    (t, b, Expect::Error)
+                }
+                Mutation::Flip(flips) => {
+                    for (i, mask) in flips {
+                        let i = i.index(b.len());
+                        b[i] ^= mask;
+                    }
+                    (t, b, Expect::Anything)
+                }
+                Mutation::Append(extra) => {
+                    b.extend_from_slice(extra);
+                    (t, b, Expect::ErrorOf(WireError::Trailing(extra.len())))
+                }
+                Mutation::Retype(i) => match R_TYPES[i.index(R_TYPES.len())] {
+                    nt if nt == t => (t, b, Expect::Exactly(msg.clone())),
+                    nt => (nt, b, Expect::Anything),
+                },
+            }
+        }
+    };
+    let f = frame(t, tag, &b);
+    let r = decode_rframe(&f);
+    let exact = matches!(expect, Expect::Exactly(_));
+    let reached = tally.borrow_mut().record(t, &r, exact);
+    prop_assert_eq!(reached, R_TYPES.contains(&t), "type {} gave {:?}", t, r);
+    if !reached {
+        prop_assert_eq!(r, Err(WireError::UnknownType(t)));
+        return Ok(());
+    }
+    if let Ok((rtag, m)) = &r {
+        prop_assert_eq!(*rtag, tag);
+        prop_assert_eq!(m.type_number(), t);
+        prop_assert_eq!(&m.encode(tag), &f, "{:?}", m);
+    }
+    match expect {
+        Expect::Anything => {}
+        Expect::Exactly(m) => prop_assert_eq!(r, Ok((tag, m))),
+        Expect::Error => prop_assert!(r.is_err(), "{:?}", r),
+        Expect::ErrorOf(e) => prop_assert_eq!(r, Err(e)),
+    }
+    Ok(())
+}
+
+#[test]
+fn r_frames_never_panic_the_decoder() {
+    let tally = RefCell::new(Tally::default());
+    run_framed(
+        (body(&R_TYPES, rmessage(), false), any::<u16>()),
+        |(body, tag)| check_r_frame(&body, tag, &tally),
+    );
+    tally.into_inner().check("R-frames", &R_TYPES);
 }
