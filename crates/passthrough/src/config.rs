@@ -78,6 +78,14 @@ pub struct Config {
     /// closed again and the request answers `EMFILE`
     /// (see [`FdBudget`](crate::fd_budget::FdBudget)).
     pub fd_reserve: u32,
+    /// The client kernel checks permissions itself before sending a
+    /// request (FUSE's `default_permissions`: always so for virtio-fs and
+    /// for the daemon's FUSE mount; not for 9P, where the server decides).
+    /// A request the host refuses with EACCES as the requester is then run
+    /// once more with the DAC override capabilities: FUSE requests carry
+    /// no supplementary groups, so access the client granted through one of
+    /// them would otherwise fail on the host.
+    pub client_checks_permissions: bool,
 }
 
 impl Config {
@@ -94,6 +102,7 @@ impl Config {
             allow_direct_io: false,
             announce_submounts: true,
             switch_credentials: true,
+            client_checks_permissions: false,
             posix_locks: false,
             readdirplus: true,
             preserve_noatime: false,

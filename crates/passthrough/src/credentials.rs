@@ -7,7 +7,43 @@
 //! checks permissions exactly as it would for the guest's user, and files are
 //! created with the guest's uid/gid. Dropping the guard restores root.
 
+use std::cell::Cell;
 use std::io;
+
+use caps::{CapSet, Capability};
+
+thread_local! {
+    /// Set while [`with_dac_override`] retries a request on this thread.
+    static DAC_OVERRIDE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` so that the [`CredGuard`]s made in it, after switching to the
+/// requester's ids, also raise CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH in
+/// the thread's effective set: the host then skips the permission checks
+/// the client kernel has already made, while files are still created with
+/// the requester's ids. For a request the client checked with groups the
+/// request does not carry (see `Config::client_checks_permissions`).
+pub fn with_dac_override<T>(f: impl FnOnce() -> T) -> T {
+    DAC_OVERRIDE.with(|o| o.set(true));
+    let out = f();
+    DAC_OVERRIDE.with(|o| o.set(false));
+    out
+}
+
+fn raise_dac_override() -> io::Result<()> {
+    for cap in [
+        Capability::CAP_DAC_OVERRIDE,
+        Capability::CAP_DAC_READ_SEARCH,
+    ] {
+        // Only what the permitted set still has (a --modcaps may have cut
+        // one): raising anything else fails.
+        if caps::has_cap(None, CapSet::Permitted, cap).unwrap_or(false) {
+            caps::raise(None, CapSet::Effective, cap)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+        }
+    }
+    Ok(())
+}
 
 /// While alive, the calling thread acts as `uid`/`gid`.
 #[must_use = "credentials are restored when the guard is dropped"]
@@ -47,6 +83,11 @@ impl CredGuard {
         if uid != 0 {
             set_euid(uid)?;
             guard.switched_uid = true;
+            // Back to euid 0 on drop makes the effective set the permitted
+            // set again, so nothing raised here outlives the guard.
+            if DAC_OVERRIDE.with(Cell::get) {
+                raise_dac_override()?;
+            }
         }
         Ok(guard)
     }
@@ -97,7 +138,13 @@ pub fn as_daemon<T>(f: impl FnOnce() -> T) -> T {
     }
     let _ = set_egid(0);
     let out = f();
-    let restored = set_egid(eg).and_then(|()| set_euid(e));
+    let restored = set_egid(eg)
+        .and_then(|()| set_euid(e))
+        // Switching back cleared the effective set: a retry keeps its override.
+        .and_then(|()| match DAC_OVERRIDE.with(Cell::get) {
+            true => raise_dac_override(),
+            false => Ok(()),
+        });
     if let Err(err) = restored {
         // Serving the rest of the request as root would be wrong.
         log::error!("cannot switch back to uid {e} gid {eg}: {err}");

@@ -83,6 +83,104 @@ fn fd_name(fd: RawFd) -> CString {
     CString::new(fd.to_string()).unwrap_or_default()
 }
 
+/// Where an xattr call lands.
+enum XattrTarget {
+    /// A regular file or directory, opened.
+    File(File),
+    /// A symlink or special file: its O_PATH fd's name in `/proc/self/fd`
+    /// (`proc_dir`), for the `*xattrat` calls.
+    Path {
+        /// `/proc/self/fd`.
+        proc_dir: RawFd,
+        /// The fd's number, as a name.
+        name: CString,
+    },
+}
+
+/// A host kernel without the `*xattrat` calls (before 6.13) cannot reach a
+/// symlink's xattrs without following it: not supported there.
+fn xattrat_result<T>(r: io::Result<T>) -> io::Result<T> {
+    r.map_err(|e| {
+        if e.raw_os_error() == Some(libc::ENOSYS) {
+            errno(libc::ENOTSUP)
+        } else {
+            e
+        }
+    })
+}
+
+impl XattrTarget {
+    fn get(&self, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            XattrTarget::File(f) => {
+                // SAFETY: `buf` is writable for its length (0 asks for the size).
+                let n = sys::cvt_long(unsafe {
+                    libc::fgetxattr(
+                        f.as_raw_fd(),
+                        name.as_ptr(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                    ) as libc::c_long
+                })?;
+                Ok(n as usize)
+            }
+            XattrTarget::Path {
+                proc_dir,
+                name: path,
+            } => xattrat_result(sys::getxattrat(*proc_dir, path, name, buf)),
+        }
+    }
+
+    fn set(&self, name: &CStr, value: &[u8], flags: libc::c_int) -> io::Result<()> {
+        match self {
+            // SAFETY: NUL-terminated name; `value` is valid for its length.
+            XattrTarget::File(f) => cvt(unsafe {
+                libc::fsetxattr(
+                    f.as_raw_fd(),
+                    name.as_ptr(),
+                    value.as_ptr().cast(),
+                    value.len(),
+                    flags,
+                )
+            })
+            .map(drop),
+            XattrTarget::Path {
+                proc_dir,
+                name: path,
+            } => xattrat_result(sys::setxattrat(*proc_dir, path, name, value, flags)),
+        }
+    }
+
+    fn list(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            XattrTarget::File(f) => {
+                // SAFETY: `buf` is writable for its length (0 asks for the size).
+                let n = sys::cvt_long(unsafe {
+                    libc::flistxattr(f.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
+                        as libc::c_long
+                })?;
+                Ok(n as usize)
+            }
+            XattrTarget::Path { proc_dir, name } => {
+                xattrat_result(sys::listxattrat(*proc_dir, name, buf))
+            }
+        }
+    }
+
+    fn remove(&self, name: &CStr) -> io::Result<()> {
+        match self {
+            // SAFETY: NUL-terminated name.
+            XattrTarget::File(f) => {
+                cvt(unsafe { libc::fremovexattr(f.as_raw_fd(), name.as_ptr()) }).map(drop)
+            }
+            XattrTarget::Path {
+                proc_dir,
+                name: path,
+            } => xattrat_result(sys::removexattrat(*proc_dir, path, name)),
+        }
+    }
+}
+
 fn check_xattr_name(name: &CStr) -> io::Result<()> {
     if name.to_bytes().len() > XATTR_NAME_MAX {
         Err(errno(libc::ERANGE))
@@ -225,6 +323,31 @@ impl PassthroughFs {
 
     fn creds(&self, ctx: &Context) -> io::Result<CredGuard> {
         CredGuard::new(self.switch_creds, ctx.uid, ctx.gid)
+    }
+
+    /// Runs the request `op`. Where the client kernel has checked
+    /// permissions itself and the host refused `op` with EACCES as the
+    /// requester, it is run once more with the DAC override capabilities
+    /// (see [`Config::client_checks_permissions`]): the request carries no
+    /// supplementary groups, through which the client may have granted it.
+    /// A guest could send uid 0 as easily, so this lets it do nothing it
+    /// could not do already.
+    fn client_checked<T>(
+        &self,
+        ctx: &Context,
+        mut op: impl FnMut() -> io::Result<T>,
+    ) -> io::Result<T> {
+        match op() {
+            Err(e)
+                if e.raw_os_error() == Some(libc::EACCES)
+                    && self.cfg.client_checks_permissions
+                    && self.switch_creds
+                    && ctx.uid != 0 =>
+            {
+                crate::credentials::with_dac_override(op)
+            }
+            r => r,
+        }
     }
 
     /// The mode a new file in `parent` gets from the guest's `mode` and
@@ -371,14 +494,27 @@ impl PassthroughFs {
     fn register(&self, fd: OwnedFd, parent_dev: Option<u64>) -> io::Result<Entry> {
         let st = sys::fstat(fd.as_raw_fd())?;
         let key = InodeKey::from_stat(&st);
-        if let Some(data) = self.inodes.get_by_key_and_ref(&key) {
-            return Ok(self.entry_for(&data, st, parent_dev));
-        }
-        let source = match self.cfg.inode_file_handles {
-            InodeFileHandles::Never => InodeSource::Fd(fd),
+        // With file handles, the handle tells a known node from a new file
+        // that got a freed inode's number.
+        let handle = match self.cfg.inode_file_handles {
+            InodeFileHandles::Never => None,
             InodeFileHandles::Prefer | InodeFileHandles::Mandatory => {
+                Some(FileHandle::from_fd(fd.as_raw_fd()))
+            }
+        };
+        let known = handle.as_ref().and_then(|h| h.as_ref().ok());
+        if let Some(data) = self.inodes.get_by_key_and_ref(&key, known) {
+            if data.file_type == st.st_mode & libc::S_IFMT {
+                return Ok(self.entry_for(&data, st, parent_dev));
+            }
+            // Same number, another type: another object. Undo the lookup.
+            self.inodes.forget(data.nodeid, 1);
+        }
+        let source = match handle {
+            None => InodeSource::Fd(fd),
+            Some(handle) => {
                 let mandatory = self.cfg.inode_file_handles == InodeFileHandles::Mandatory;
-                match FileHandle::from_fd(fd.as_raw_fd()) {
+                match handle {
                     Ok(h) if self.mounts.knows(h.mount_id()) => InodeSource::Handle(h),
                     // A submount's root: its directory fd resolves its handles.
                     Ok(h) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
@@ -593,22 +729,31 @@ impl PassthroughFs {
         &self,
         ctx: &Context,
         inode: u64,
-        f: impl FnOnce(RawFd) -> io::Result<T>,
+        f: impl FnOnce(&XattrTarget) -> io::Result<T>,
     ) -> io::Result<T> {
         self.check_xattr_enabled()?;
         let data = self.inodes.get(inode)?;
         let fd = self.path_fd(&data)?;
-        if !(data.is_reg() || data.is_dir()) {
-            // Symlinks and special files: user xattrs are not allowed on them
-            // by Linux, and they are never opened on the host.
-            return Err(errno(libc::ENOTSUP));
-        }
-        // Opened as the daemon so that a mode-000 file still has its xattrs
-        // reachable; the xattr call itself runs with the requester's
-        // credentials, which is where the kernel checks permission.
-        let file = self.reopen(&data, &fd, libc::O_RDONLY | libc::O_NONBLOCK)?;
+        let target = if data.is_reg() || data.is_dir() {
+            // Opened as the daemon so that a mode-000 file still has its
+            // xattrs reachable; the xattr call itself runs with the
+            // requester's credentials, which is where the kernel checks
+            // permission.
+            XattrTarget::File(self.reopen(&data, &fd, libc::O_RDONLY | libc::O_NONBLOCK)?)
+        } else {
+            // Symlinks and special files are never opened on the host: the
+            // *xattrat calls reach them through their O_PATH fd's magic
+            // link, and the host kernel decides which namespaces they allow
+            // (user.* never; trusted.*, security.* and ACL names yes).
+            XattrTarget::Path {
+                proc_dir: self.proc_self_fd.as_raw_fd(),
+                name: fd_name(fd.as_raw_fd()),
+            }
+        };
         let _c = self.creds(ctx)?;
-        f(file.as_raw_fd())
+        let out = f(&target);
+        drop(fd);
+        out
     }
 
     /// Copies `len` bytes between two open handles on the host
@@ -763,9 +908,11 @@ impl FileSystem for PassthroughFs {
     }
 
     fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
-        let parent = self.inodes.get(parent)?;
-        let _c = self.creds(ctx)?;
-        self.do_lookup(&parent, name)
+        self.client_checked(ctx, || {
+            let parent = self.inodes.get(parent)?;
+            let _c = self.creds(ctx)?;
+            self.do_lookup(&parent, name)
+        })
     }
 
     fn forget(&self, _ctx: &Context, inode: u64, count: u64) {
@@ -802,115 +949,117 @@ impl FileSystem for PassthroughFs {
         handle: Option<u64>,
         valid: SetattrValid,
     ) -> io::Result<(stat64, Duration)> {
-        self.check_writable()?;
-        let data = self.inodes.get(inode)?;
-        let fd = self.path_fd(&data)?;
-        let h = handle.and_then(|h| self.handles.get(inode, h).ok());
-        let proc_name = fd_name(fd.as_raw_fd());
-        let proc_fd = self.proc_self_fd.as_raw_fd();
-        let _c = self.creds(ctx)?;
+        self.client_checked(ctx, || {
+            self.check_writable()?;
+            let data = self.inodes.get(inode)?;
+            let fd = self.path_fd(&data)?;
+            let h = handle.and_then(|h| self.handles.get(inode, h).ok());
+            let proc_name = fd_name(fd.as_raw_fd());
+            let proc_fd = self.proc_self_fd.as_raw_fd();
+            let _c = self.creds(ctx)?;
 
-        if valid.contains(SetattrValid::MODE) {
-            let mode = attr.st_mode & 0o7777;
-            let chmod = || {
-                // SAFETY: plain syscalls on fds we hold; proc_name is
-                // NUL-terminated.
-                cvt(unsafe {
-                    match &h {
-                        Some(h) => libc::fchmod(h.as_raw_fd(), mode),
-                        None => libc::fchmodat(proc_fd, proc_name.as_ptr(), mode, 0),
+            if valid.contains(SetattrValid::MODE) {
+                let mode = attr.st_mode & 0o7777;
+                let chmod = || {
+                    // SAFETY: plain syscalls on fds we hold; proc_name is
+                    // NUL-terminated.
+                    cvt(unsafe {
+                        match &h {
+                            Some(h) => libc::fchmod(h.as_raw_fd(), mode),
+                            None => libc::fchmodat(proc_fd, proc_name.as_ptr(), mode, 0),
+                        }
+                    })
+                };
+                match chmod() {
+                    // The guest kernel clearing set-id bits after a write, a
+                    // truncate or an fallocate by someone who may write the file
+                    // but does not own it: the kernel does that itself on a
+                    // local filesystem, so the daemon does it for them.
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EPERM)
+                            && only_drops_setid(sys::fstat(fd.as_raw_fd())?.st_mode, mode)
+                            && self.may_access(proc_fd, &proc_name, libc::W_OK) =>
+                    {
+                        crate::credentials::as_daemon(chmod)?;
                     }
-                })
-            };
-            match chmod() {
-                // The guest kernel clearing set-id bits after a write, a
-                // truncate or an fallocate by someone who may write the file
-                // but does not own it: the kernel does that itself on a
-                // local filesystem, so the daemon does it for them.
-                Err(e)
-                    if e.raw_os_error() == Some(libc::EPERM)
-                        && only_drops_setid(sys::fstat(fd.as_raw_fd())?.st_mode, mode)
-                        && self.may_access(proc_fd, &proc_name, libc::W_OK) =>
-                {
-                    crate::credentials::as_daemon(chmod)?;
-                }
-                r => {
-                    r?;
+                    r => {
+                        r?;
+                    }
                 }
             }
-        }
-        if valid.intersects(SetattrValid::UID | SetattrValid::GID) {
-            let uid = if valid.contains(SetattrValid::UID) {
-                attr.st_uid
-            } else {
-                u32::MAX
-            };
-            let gid = if valid.contains(SetattrValid::GID) {
-                attr.st_gid
-            } else {
-                u32::MAX
-            };
-            // SAFETY: AT_EMPTY_PATH on an fd we hold; EMPTY is NUL-terminated.
-            cvt(unsafe {
-                libc::fchownat(
-                    fd.as_raw_fd(),
-                    EMPTY.as_ptr(),
-                    uid,
-                    gid,
-                    libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
-                )
-            })?;
-        }
-        if valid.contains(SetattrValid::SIZE) {
-            let size = attr.st_size;
-            match &h {
-                // SAFETY: ftruncate on an fd held open by the handle Arc.
-                Some(h) => cvt(unsafe { libc::ftruncate64(h.as_raw_fd(), size) })?,
-                None => {
-                    let f = self.reopen(&data, &fd, libc::O_WRONLY | libc::O_NONBLOCK)?;
-                    // SAFETY: ftruncate on the file we just opened.
-                    cvt(unsafe { libc::ftruncate64(f.as_raw_fd(), size) })?
-                }
-            };
-        }
-        if valid.intersects(SetattrValid::ATIME | SetattrValid::MTIME) {
-            let ts = |set: bool, now: bool, sec: i64, nsec: i64| libc::timespec {
-                tv_sec: if set && !now { sec } else { 0 },
-                tv_nsec: if !set {
-                    libc::UTIME_OMIT
-                } else if now {
-                    libc::UTIME_NOW
+            if valid.intersects(SetattrValid::UID | SetattrValid::GID) {
+                let uid = if valid.contains(SetattrValid::UID) {
+                    attr.st_uid
                 } else {
-                    nsec
-                },
-            };
-            let times = [
-                ts(
-                    valid.contains(SetattrValid::ATIME),
-                    valid.contains(SetattrValid::ATIME_NOW),
-                    attr.st_atime,
-                    attr.st_atime_nsec,
-                ),
-                ts(
-                    valid.contains(SetattrValid::MTIME),
-                    valid.contains(SetattrValid::MTIME_NOW),
-                    attr.st_mtime,
-                    attr.st_mtime_nsec,
-                ),
-            ];
-            // SAFETY: `times` is a valid two-element array; fds are held.
-            cvt(unsafe {
+                    u32::MAX
+                };
+                let gid = if valid.contains(SetattrValid::GID) {
+                    attr.st_gid
+                } else {
+                    u32::MAX
+                };
+                // SAFETY: AT_EMPTY_PATH on an fd we hold; EMPTY is NUL-terminated.
+                cvt(unsafe {
+                    libc::fchownat(
+                        fd.as_raw_fd(),
+                        EMPTY.as_ptr(),
+                        uid,
+                        gid,
+                        libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+                    )
+                })?;
+            }
+            if valid.contains(SetattrValid::SIZE) {
+                let size = attr.st_size;
                 match &h {
-                    Some(h) => libc::futimens(h.as_raw_fd(), times.as_ptr()),
-                    None => libc::utimensat(proc_fd, proc_name.as_ptr(), times.as_ptr(), 0),
-                }
-            })?;
-        }
-        let st = match &h {
-            Some(h) => sys::fstat(h.as_raw_fd())?,
-            None => sys::fstat(fd.as_raw_fd())?,
-        };
-        Ok((st, self.timeout()))
+                    // SAFETY: ftruncate on an fd held open by the handle Arc.
+                    Some(h) => cvt(unsafe { libc::ftruncate64(h.as_raw_fd(), size) })?,
+                    None => {
+                        let f = self.reopen(&data, &fd, libc::O_WRONLY | libc::O_NONBLOCK)?;
+                        // SAFETY: ftruncate on the file we just opened.
+                        cvt(unsafe { libc::ftruncate64(f.as_raw_fd(), size) })?
+                    }
+                };
+            }
+            if valid.intersects(SetattrValid::ATIME | SetattrValid::MTIME) {
+                let ts = |set: bool, now: bool, sec: i64, nsec: i64| libc::timespec {
+                    tv_sec: if set && !now { sec } else { 0 },
+                    tv_nsec: if !set {
+                        libc::UTIME_OMIT
+                    } else if now {
+                        libc::UTIME_NOW
+                    } else {
+                        nsec
+                    },
+                };
+                let times = [
+                    ts(
+                        valid.contains(SetattrValid::ATIME),
+                        valid.contains(SetattrValid::ATIME_NOW),
+                        attr.st_atime,
+                        attr.st_atime_nsec,
+                    ),
+                    ts(
+                        valid.contains(SetattrValid::MTIME),
+                        valid.contains(SetattrValid::MTIME_NOW),
+                        attr.st_mtime,
+                        attr.st_mtime_nsec,
+                    ),
+                ];
+                // SAFETY: `times` is a valid two-element array; fds are held.
+                cvt(unsafe {
+                    match &h {
+                        Some(h) => libc::futimens(h.as_raw_fd(), times.as_ptr()),
+                        None => libc::utimensat(proc_fd, proc_name.as_ptr(), times.as_ptr(), 0),
+                    }
+                })?;
+            }
+            let st = match &h {
+                Some(h) => sys::fstat(h.as_raw_fd())?,
+                None => sys::fstat(fd.as_raw_fd())?,
+            };
+            Ok((st, self.timeout()))
+        })
     }
 
     fn readlink(&self, _ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
@@ -940,18 +1089,20 @@ impl FileSystem for PassthroughFs {
         parent: u64,
         name: &CStr,
     ) -> io::Result<Entry> {
-        self.check_writable()?;
-        check_name(name)?;
-        if linkname.to_bytes().is_empty() {
-            return Err(errno(libc::ENOENT));
-        }
-        let parent = self.inodes.get(parent)?;
-        let pfd = self.path_fd(&parent)?;
-        let _c = self.creds(ctx)?;
-        // The target is stored verbatim and never resolved by the host.
-        // SAFETY: both strings are NUL-terminated; pfd is held.
-        cvt(unsafe { libc::symlinkat(linkname.as_ptr(), pfd.as_raw_fd(), name.as_ptr()) })?;
-        self.do_lookup(&parent, name)
+        self.client_checked(ctx, || {
+            self.check_writable()?;
+            check_name(name)?;
+            if linkname.to_bytes().is_empty() {
+                return Err(errno(libc::ENOENT));
+            }
+            let parent = self.inodes.get(parent)?;
+            let pfd = self.path_fd(&parent)?;
+            let _c = self.creds(ctx)?;
+            // The target is stored verbatim and never resolved by the host.
+            // SAFETY: both strings are NUL-terminated; pfd is held.
+            cvt(unsafe { libc::symlinkat(linkname.as_ptr(), pfd.as_raw_fd(), name.as_ptr()) })?;
+            self.do_lookup(&parent, name)
+        })
     }
 
     fn mknod(
@@ -963,15 +1114,19 @@ impl FileSystem for PassthroughFs {
         rdev: u32,
         umask: u32,
     ) -> io::Result<Entry> {
-        self.check_writable()?;
-        check_name(name)?;
-        let parent = self.inodes.get(parent)?;
-        let pfd = self.path_fd(&parent)?;
-        let mode = self.creation_mode(&parent, &pfd, mode, umask);
-        let _c = self.creds(ctx)?;
-        // SAFETY: NUL-terminated name; pfd is held.
-        cvt(unsafe { libc::mknodat(pfd.as_raw_fd(), name.as_ptr(), mode, rdev as libc::dev_t) })?;
-        self.do_lookup(&parent, name)
+        self.client_checked(ctx, || {
+            self.check_writable()?;
+            check_name(name)?;
+            let parent = self.inodes.get(parent)?;
+            let pfd = self.path_fd(&parent)?;
+            let mode = self.creation_mode(&parent, &pfd, mode, umask);
+            let _c = self.creds(ctx)?;
+            // SAFETY: NUL-terminated name; pfd is held.
+            cvt(unsafe {
+                libc::mknodat(pfd.as_raw_fd(), name.as_ptr(), mode, rdev as libc::dev_t)
+            })?;
+            self.do_lookup(&parent, name)
+        })
     }
 
     fn mkdir(
@@ -982,35 +1137,42 @@ impl FileSystem for PassthroughFs {
         mode: u32,
         umask: u32,
     ) -> io::Result<Entry> {
-        self.check_writable()?;
-        check_name(name)?;
-        let parent = self.inodes.get(parent)?;
-        let pfd = self.path_fd(&parent)?;
-        let mode = self.creation_mode(&parent, &pfd, mode, umask);
-        let _c = self.creds(ctx)?;
-        // SAFETY: NUL-terminated name; pfd is held.
-        cvt(unsafe { libc::mkdirat(pfd.as_raw_fd(), name.as_ptr(), mode) })?;
-        self.do_lookup(&parent, name)
+        self.client_checked(ctx, || {
+            self.check_writable()?;
+            check_name(name)?;
+            let parent = self.inodes.get(parent)?;
+            let pfd = self.path_fd(&parent)?;
+            let mode = self.creation_mode(&parent, &pfd, mode, umask);
+            let _c = self.creds(ctx)?;
+            // SAFETY: NUL-terminated name; pfd is held.
+            cvt(unsafe { libc::mkdirat(pfd.as_raw_fd(), name.as_ptr(), mode) })?;
+            self.do_lookup(&parent, name)
+        })
     }
 
     fn unlink(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
-        self.check_writable()?;
-        check_name_for_removal(name)?;
-        let parent = self.inodes.get(parent)?;
-        let pfd = self.path_fd(&parent)?;
-        let _c = self.creds(ctx)?;
-        // SAFETY: NUL-terminated name; pfd is held.
-        cvt(unsafe { libc::unlinkat(pfd.as_raw_fd(), name.as_ptr(), 0) }).map(drop)
+        self.client_checked(ctx, || {
+            self.check_writable()?;
+            check_name_for_removal(name)?;
+            let parent = self.inodes.get(parent)?;
+            let pfd = self.path_fd(&parent)?;
+            let _c = self.creds(ctx)?;
+            // SAFETY: NUL-terminated name; pfd is held.
+            cvt(unsafe { libc::unlinkat(pfd.as_raw_fd(), name.as_ptr(), 0) }).map(drop)
+        })
     }
 
     fn rmdir(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
-        self.check_writable()?;
-        check_name_for_removal(name)?;
-        let parent = self.inodes.get(parent)?;
-        let pfd = self.path_fd(&parent)?;
-        let _c = self.creds(ctx)?;
-        // SAFETY: NUL-terminated name; pfd is held.
-        cvt(unsafe { libc::unlinkat(pfd.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR) }).map(drop)
+        self.client_checked(ctx, || {
+            self.check_writable()?;
+            check_name_for_removal(name)?;
+            let parent = self.inodes.get(parent)?;
+            let pfd = self.path_fd(&parent)?;
+            let _c = self.creds(ctx)?;
+            // SAFETY: NUL-terminated name; pfd is held.
+            cvt(unsafe { libc::unlinkat(pfd.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR) })
+                .map(drop)
+        })
     }
 
     fn rename(
@@ -1022,43 +1184,47 @@ impl FileSystem for PassthroughFs {
         newname: &CStr,
         flags: u32,
     ) -> io::Result<()> {
-        self.check_writable()?;
-        check_name_for_removal(oldname)?;
-        check_name_for_removal(newname)?;
-        // RENAME_WHITEOUT creates a device node on the host: not for guests.
-        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 {
-            return Err(errno(libc::EINVAL));
-        }
-        let old = self.inodes.get(olddir)?;
-        let new = self.inodes.get(newdir)?;
-        let ofd = self.path_fd(&old)?;
-        let nfd = self.path_fd(&new)?;
-        let _c = self.creds(ctx)?;
-        sys::renameat2(ofd.as_raw_fd(), oldname, nfd.as_raw_fd(), newname, flags)
+        self.client_checked(ctx, || {
+            self.check_writable()?;
+            check_name_for_removal(oldname)?;
+            check_name_for_removal(newname)?;
+            // RENAME_WHITEOUT creates a device node on the host: not for guests.
+            if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 {
+                return Err(errno(libc::EINVAL));
+            }
+            let old = self.inodes.get(olddir)?;
+            let new = self.inodes.get(newdir)?;
+            let ofd = self.path_fd(&old)?;
+            let nfd = self.path_fd(&new)?;
+            let _c = self.creds(ctx)?;
+            sys::renameat2(ofd.as_raw_fd(), oldname, nfd.as_raw_fd(), newname, flags)
+        })
     }
 
     fn link(&self, ctx: &Context, inode: u64, newparent: u64, newname: &CStr) -> io::Result<Entry> {
-        self.check_writable()?;
-        check_name(newname)?;
-        let data = self.inodes.get(inode)?;
-        let parent = self.inodes.get(newparent)?;
-        let fd = self.path_fd(&data)?;
-        let pfd = self.path_fd(&parent)?;
-        let proc_name = fd_name(fd.as_raw_fd());
-        let _c = self.creds(ctx)?;
-        // Linking through /proc/self/fd needs no CAP_DAC_READ_SEARCH (unlike
-        // AT_EMPTY_PATH), so it works under the requester's credentials.
-        // SAFETY: NUL-terminated names; fds are held.
-        cvt(unsafe {
-            libc::linkat(
-                self.proc_self_fd.as_raw_fd(),
-                proc_name.as_ptr(),
-                pfd.as_raw_fd(),
-                newname.as_ptr(),
-                libc::AT_SYMLINK_FOLLOW,
-            )
-        })?;
-        self.do_lookup(&parent, newname)
+        self.client_checked(ctx, || {
+            self.check_writable()?;
+            check_name(newname)?;
+            let data = self.inodes.get(inode)?;
+            let parent = self.inodes.get(newparent)?;
+            let fd = self.path_fd(&data)?;
+            let pfd = self.path_fd(&parent)?;
+            let proc_name = fd_name(fd.as_raw_fd());
+            let _c = self.creds(ctx)?;
+            // Linking through /proc/self/fd needs no CAP_DAC_READ_SEARCH (unlike
+            // AT_EMPTY_PATH), so it works under the requester's credentials.
+            // SAFETY: NUL-terminated names; fds are held.
+            cvt(unsafe {
+                libc::linkat(
+                    self.proc_self_fd.as_raw_fd(),
+                    proc_name.as_ptr(),
+                    pfd.as_raw_fd(),
+                    newname.as_ptr(),
+                    libc::AT_SYMLINK_FOLLOW,
+                )
+            })?;
+            self.do_lookup(&parent, newname)
+        })
     }
 
     fn open(
@@ -1068,10 +1234,12 @@ impl FileSystem for PassthroughFs {
         flags: u32,
         _fuse_flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
-        let exec = flags & FMODE_EXEC != 0;
-        let flags = self.open_flags(flags);
-        let handle = self.do_open(ctx, inode, flags, false, exec)?;
-        Ok((Some(handle), self.open_options(false), None))
+        self.client_checked(ctx, || {
+            let exec = flags & FMODE_EXEC != 0;
+            let flags = self.open_flags(flags);
+            let handle = self.do_open(ctx, inode, flags, false, exec)?;
+            Ok((Some(handle), self.open_options(false), None))
+        })
     }
 
     fn create(
@@ -1081,42 +1249,45 @@ impl FileSystem for PassthroughFs {
         name: &CStr,
         args: CreateIn,
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
-        self.check_writable()?;
-        check_name(name)?;
-        let parent = self.inodes.get(parent)?;
-        let pfd = self.path_fd(&parent)?;
-        let flags = self.open_flags(args.flags);
-        let mode = self.creation_mode(&parent, &pfd, args.mode, args.umask);
-        let (entry, file) = {
-            let _c = self.creds(ctx)?;
-            // Only a new regular file is ever opened by name: an existing
-            // name (a device node, a FIFO, a symlink...) fails with EEXIST
-            // and, unless the guest asked for O_EXCL, goes the way of OPEN.
-            let create = flags | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
-            let mut retries = 3;
-            loop {
-                match sys::openat(pfd.as_raw_fd(), name, create, mode) {
-                    Ok(fd) => {
-                        let file = File::from(self.fds.admit(fd)?);
-                        break (self.do_lookup(&parent, name)?, file);
-                    }
-                    Err(e)
-                        if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 =>
-                    {
-                        match self.open_existing(&parent, name, flags) {
-                            // Removed since: create it after all.
-                            Err(e) if e.raw_os_error() == Some(libc::ENOENT) && retries > 0 => {
-                                retries -= 1;
-                            }
-                            r => break r?,
+        self.client_checked(ctx, || {
+            self.check_writable()?;
+            check_name(name)?;
+            let parent = self.inodes.get(parent)?;
+            let pfd = self.path_fd(&parent)?;
+            let flags = self.open_flags(args.flags);
+            let mode = self.creation_mode(&parent, &pfd, args.mode, args.umask);
+            let (entry, file) = {
+                let _c = self.creds(ctx)?;
+                // Only a new regular file is ever opened by name: an existing
+                // name (a device node, a FIFO, a symlink...) fails with EEXIST
+                // and, unless the guest asked for O_EXCL, goes the way of OPEN.
+                let create = flags | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
+                let mut retries = 3;
+                loop {
+                    match sys::openat(pfd.as_raw_fd(), name, create, mode) {
+                        Ok(fd) => {
+                            let file = File::from(self.fds.admit(fd)?);
+                            break (self.do_lookup(&parent, name)?, file);
                         }
+                        Err(e)
+                            if e.raw_os_error() == Some(libc::EEXIST)
+                                && flags & libc::O_EXCL == 0 =>
+                        {
+                            match self.open_existing(&parent, name, flags) {
+                                // Removed since: create it after all.
+                                Err(e) if e.raw_os_error() == Some(libc::ENOENT) && retries > 0 => {
+                                    retries -= 1;
+                                }
+                                r => break r?,
+                            }
+                        }
+                        Err(e) => return Err(e),
                     }
-                    Err(e) => return Err(e),
                 }
-            }
-        };
-        let handle = self.handles.insert(entry.inode, file);
-        Ok((entry, Some(handle), self.open_options(false), None))
+            };
+            let handle = self.handles.insert(entry.inode, file);
+            Ok((entry, Some(handle), self.open_options(false), None))
+        })
     }
 
     fn read(
@@ -1221,24 +1392,14 @@ impl FileSystem for PassthroughFs {
         value: &[u8],
         flags: u32,
     ) -> io::Result<()> {
-        self.check_writable()?;
-        self.check_xattr_enabled()?;
-        check_xattr_name(name)?;
-        if value.len() > XATTR_SIZE_MAX as usize {
-            return Err(errno(libc::E2BIG));
-        }
-        self.with_xattr_file(ctx, inode, |fd| {
-            // SAFETY: NUL-terminated name; `value` is valid for its length.
-            cvt(unsafe {
-                libc::fsetxattr(
-                    fd,
-                    name.as_ptr(),
-                    value.as_ptr().cast(),
-                    value.len(),
-                    flags as libc::c_int,
-                )
-            })
-            .map(drop)
+        self.client_checked(ctx, || {
+            self.check_writable()?;
+            self.check_xattr_enabled()?;
+            check_xattr_name(name)?;
+            if value.len() > XATTR_SIZE_MAX as usize {
+                return Err(errno(libc::E2BIG));
+            }
+            self.with_xattr_file(ctx, inode, |t| t.set(name, value, flags as libc::c_int))
         })
     }
 
@@ -1249,52 +1410,49 @@ impl FileSystem for PassthroughFs {
         name: &CStr,
         size: u32,
     ) -> io::Result<GetxattrReply> {
-        self.check_xattr_enabled()?;
-        check_xattr_name(name)?;
-        self.with_xattr_file(ctx, inode, |fd| {
-            // No value is larger than XATTR_SIZE_MAX, so neither is the
-            // buffer, whatever the guest offers; a larger value would be
-            // ERANGE from the host as for a short buffer.
-            let len = size.min(XATTR_SIZE_MAX) as usize;
-            let mut buf = vec![0u8; len];
-            // SAFETY: `buf` is writable for `len` bytes (0 asks for the size).
-            let n = sys::cvt_long(unsafe {
-                libc::fgetxattr(fd, name.as_ptr(), buf.as_mut_ptr().cast(), len) as libc::c_long
-            })? as usize;
-            if size == 0 {
-                Ok(GetxattrReply::Count(n as u32))
-            } else {
-                buf.truncate(n);
-                Ok(GetxattrReply::Value(buf))
-            }
+        self.client_checked(ctx, || {
+            self.check_xattr_enabled()?;
+            check_xattr_name(name)?;
+            self.with_xattr_file(ctx, inode, |t| {
+                // No value is larger than XATTR_SIZE_MAX, so neither is the
+                // buffer, whatever the guest offers; a larger value would be
+                // ERANGE from the host as for a short buffer.
+                let len = size.min(XATTR_SIZE_MAX) as usize;
+                let mut buf = vec![0u8; len];
+                let n = t.get(name, &mut buf)?;
+                if size == 0 {
+                    Ok(GetxattrReply::Count(n as u32))
+                } else {
+                    buf.truncate(n);
+                    Ok(GetxattrReply::Value(buf))
+                }
+            })
         })
     }
 
     fn listxattr(&self, ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
-        self.with_xattr_file(ctx, inode, |fd| {
-            // Capped at XATTR_LIST_MAX like the value in getxattr.
-            let len = size.min(XATTR_LIST_MAX) as usize;
-            let mut buf = vec![0u8; len];
-            // SAFETY: `buf` is writable for `len` bytes (0 asks for the size).
-            let n = sys::cvt_long(unsafe {
-                libc::flistxattr(fd, buf.as_mut_ptr().cast(), len) as libc::c_long
-            })? as usize;
-            if size == 0 {
-                Ok(ListxattrReply::Count(n as u32))
-            } else {
-                buf.truncate(n);
-                Ok(ListxattrReply::Names(buf))
-            }
+        self.client_checked(ctx, || {
+            self.with_xattr_file(ctx, inode, |t| {
+                // Capped at XATTR_LIST_MAX like the value in getxattr.
+                let len = size.min(XATTR_LIST_MAX) as usize;
+                let mut buf = vec![0u8; len];
+                let n = t.list(&mut buf)?;
+                if size == 0 {
+                    Ok(ListxattrReply::Count(n as u32))
+                } else {
+                    buf.truncate(n);
+                    Ok(ListxattrReply::Names(buf))
+                }
+            })
         })
     }
 
     fn removexattr(&self, ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
-        self.check_writable()?;
-        self.check_xattr_enabled()?;
-        check_xattr_name(name)?;
-        self.with_xattr_file(ctx, inode, |fd| {
-            // SAFETY: NUL-terminated name.
-            cvt(unsafe { libc::fremovexattr(fd, name.as_ptr()) }).map(drop)
+        self.client_checked(ctx, || {
+            self.check_writable()?;
+            self.check_xattr_enabled()?;
+            check_xattr_name(name)?;
+            self.with_xattr_file(ctx, inode, |t| t.remove(name))
         })
     }
 
@@ -1304,8 +1462,11 @@ impl FileSystem for PassthroughFs {
         inode: u64,
         _flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions)> {
-        let handle = self.do_open(ctx, inode, libc::O_RDONLY | libc::O_DIRECTORY, true, false)?;
-        Ok((Some(handle), self.open_options(true)))
+        self.client_checked(ctx, || {
+            let handle =
+                self.do_open(ctx, inode, libc::O_RDONLY | libc::O_DIRECTORY, true, false)?;
+            Ok((Some(handle), self.open_options(true)))
+        })
     }
 
     fn readdir(

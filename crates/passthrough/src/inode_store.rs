@@ -102,6 +102,25 @@ impl InodeData {
         self.file_type == libc::S_IFLNK
     }
 
+    /// Whether this node is still the host object with handle `handle`
+    /// (None: not known). A node held by fd keeps its inode alive, so its
+    /// number cannot have been reused; a node held by handle does not, and
+    /// after the host frees an inode and reuses its number for a new file
+    /// the two differ in the handle's generation.
+    pub fn is_object(&self, handle: Option<&FileHandle>) -> bool {
+        match (&self.source, handle) {
+            (InodeSource::Handle(h), Some(new)) => h == new,
+            _ => true,
+        }
+    }
+
+    /// Whether this node is held by a file handle, not an open fd (for
+    /// tests and diagnostics: `Prefer` falls back to fds where the host
+    /// file system cannot export handles).
+    pub fn held_by_handle(&self) -> bool {
+        matches!(self.source, InodeSource::Handle(_))
+    }
+
     /// The current lookup count (for tests and diagnostics).
     pub fn lookup_count(&self) -> u64 {
         self.refcount.load(Ordering::Acquire)
@@ -161,10 +180,18 @@ impl InodeStore {
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))
     }
 
-    /// If `key` is known, adds one lookup and returns it.
-    pub fn get_by_key_and_ref(&self, key: &InodeKey) -> Option<Arc<InodeData>> {
+    /// If `key` is known as the object with `handle` (see
+    /// [`InodeData::is_object`]), adds one lookup and returns it.
+    pub fn get_by_key_and_ref(
+        &self,
+        key: &InodeKey,
+        handle: Option<&FileHandle>,
+    ) -> Option<Arc<InodeData>> {
         let maps = self.read();
         let data = maps.by_id.get(maps.by_key.get(key)?)?;
+        if !data.is_object(handle) {
+            return None;
+        }
         // Under the read lock: `forget` needs the write lock to drop a node,
         // so the node cannot disappear between this increment and our return.
         data.refcount.fetch_add(1, Ordering::AcqRel);
@@ -177,8 +204,11 @@ impl InodeStore {
         data.refcount.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Adds `key` with `source`, or, if another thread added it meanwhile, adds
-    /// one lookup to that one and drops `source`.
+    /// Adds `key` with `source`, or, if another thread added the same
+    /// object meanwhile, adds one lookup to that one and drops `source`. A
+    /// node under `key` that is another object (the host reused the inode
+    /// number) keeps its id for the lookups the guest still holds, but `key`
+    /// names the new node from now on.
     pub fn insert_or_ref(
         &self,
         key: InodeKey,
@@ -186,9 +216,15 @@ impl InodeStore {
         source: InodeSource,
     ) -> Arc<InodeData> {
         let mut maps = self.write();
+        let handle = match &source {
+            InodeSource::Handle(h) => Some(h),
+            InodeSource::Fd(_) => None,
+        };
         if let Some(existing) = maps.by_key.get(&key).and_then(|id| maps.by_id.get(id)) {
-            existing.refcount.fetch_add(1, Ordering::AcqRel);
-            return existing.clone();
+            if existing.is_object(handle) && existing.file_type == file_type {
+                existing.refcount.fetch_add(1, Ordering::AcqRel);
+                return existing.clone();
+            }
         }
         let nodeid = self.next_id.fetch_add(1, Ordering::Relaxed);
         let data = Arc::new(InodeData {

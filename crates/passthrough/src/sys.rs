@@ -196,3 +196,112 @@ pub fn clear_umask() -> libc::mode_t {
     // SAFETY: umask cannot fail.
     unsafe { libc::umask(0) }
 }
+
+/// The `*xattrat` system calls (Linux 6.13), whose numbers are the same on
+/// every architecture (the unified syscall table) and not yet in the libc
+/// crate for x86_64.
+pub mod xattrat {
+    /// `setxattrat(2)`.
+    pub const SYS_SETXATTRAT: libc::c_long = 463;
+    /// `getxattrat(2)`.
+    pub const SYS_GETXATTRAT: libc::c_long = 464;
+    /// `listxattrat(2)`.
+    pub const SYS_LISTXATTRAT: libc::c_long = 465;
+    /// `removexattrat(2)`.
+    pub const SYS_REMOVEXATTRAT: libc::c_long = 466;
+}
+
+/// `struct xattr_args` from `linux/xattr.h`.
+#[repr(C)]
+struct XattrArgs {
+    value: u64,
+    size: u32,
+    flags: u32,
+}
+
+/// `getxattrat(dir, path, 0, name, ...)`: the value of `name` into `buf`
+/// (empty: only its size). `path` is resolved from `dir`, following a final
+/// magic link (`/proc/self/fd/N`) to its inode, which is never followed
+/// further even when it is a symlink.
+pub fn getxattrat(dir: RawFd, path: &CStr, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    let mut args = XattrArgs {
+        value: buf.as_mut_ptr() as u64,
+        size: buf.len() as u32,
+        flags: 0,
+    };
+    // SAFETY: NUL-terminated strings; `args` points at `buf`, writable for
+    // `size` bytes, and its own size is passed.
+    let n = cvt_long(unsafe {
+        libc::syscall(
+            xattrat::SYS_GETXATTRAT,
+            dir,
+            path.as_ptr(),
+            0,
+            name.as_ptr(),
+            &mut args as *mut XattrArgs,
+            std::mem::size_of::<XattrArgs>(),
+        )
+    })?;
+    Ok(n as usize)
+}
+
+/// `setxattrat(dir, path, 0, name, ...)` (see [`getxattrat`] for `path`).
+pub fn setxattrat(
+    dir: RawFd,
+    path: &CStr,
+    name: &CStr,
+    value: &[u8],
+    flags: libc::c_int,
+) -> io::Result<()> {
+    let args = XattrArgs {
+        value: value.as_ptr() as u64,
+        size: value.len() as u32,
+        flags: flags as u32,
+    };
+    // SAFETY: NUL-terminated strings; `args` points at `value`, readable for
+    // `size` bytes, and its own size is passed.
+    cvt_long(unsafe {
+        libc::syscall(
+            xattrat::SYS_SETXATTRAT,
+            dir,
+            path.as_ptr(),
+            0,
+            name.as_ptr(),
+            &args as *const XattrArgs,
+            std::mem::size_of::<XattrArgs>(),
+        )
+    })
+    .map(drop)
+}
+
+/// `listxattrat(dir, path, 0, ...)`: the names into `buf` (empty: only
+/// their size).
+pub fn listxattrat(dir: RawFd, path: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: NUL-terminated path; `buf` is writable for its length.
+    let n = cvt_long(unsafe {
+        libc::syscall(
+            xattrat::SYS_LISTXATTRAT,
+            dir,
+            path.as_ptr(),
+            0,
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    })?;
+    Ok(n as usize)
+}
+
+/// `removexattrat(dir, path, 0, name)`.
+pub fn removexattrat(dir: RawFd, path: &CStr, name: &CStr) -> io::Result<()> {
+    // SAFETY: NUL-terminated strings.
+    cvt_long(unsafe {
+        libc::syscall(
+            xattrat::SYS_REMOVEXATTRAT,
+            dir,
+            path.as_ptr(),
+            0,
+            name.as_ptr(),
+        )
+    })
+    .map(drop)
+}

@@ -178,6 +178,13 @@ const COMMON: &[libc::c_long] = &[
     libc::SYS_fsetxattr,
     libc::SYS_flistxattr,
     libc::SYS_fremovexattr,
+    // The *xattrat calls (Linux 6.13; the unified table's numbers, not yet
+    // in the libc crate): xattrs of symlinks and special files, reached
+    // through their O_PATH fds in /proc/self/fd.
+    463, // setxattrat
+    464, // getxattrat
+    465, // listxattrat
+    466, // removexattrat
     libc::SYS_flock,
     libc::SYS_syncfs,
     // Waiting for work.
@@ -246,6 +253,11 @@ fn cond(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, Secco
     )?)
 }
 
+/// virtio-fs only: raising the DAC override capabilities (still in the
+/// permitted set) for a request the guest kernel checked with supplementary
+/// groups (passthrough's `client_checks_permissions`; 9P never does).
+const VIRTIOFS_EXTRA: &[libc::c_long] = &[libc::SYS_capset];
+
 fn one_of(arg: u8, values: &[u64]) -> Result<Vec<SeccompRule>, SeccompError> {
     values
         .iter()
@@ -266,7 +278,7 @@ fn no_exec(arg: u8) -> Result<Vec<SeccompRule>, SeccompError> {
 pub fn rules(profile: Profile, pid: u32) -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
     let mut map: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     let extra = match profile {
-        Profile::VirtioFs => &[][..],
+        Profile::VirtioFs => VIRTIOFS_EXTRA,
         Profile::P9 => P9_EXTRA,
     };
     for &nr in COMMON.iter().chain(LEGACY).chain(extra) {
