@@ -133,6 +133,11 @@ pub struct Cli {
     #[arg(long, conflicts_with_all = ["socket_path", "fd"])]
     pub fuse_mount: Option<PathBuf>,
 
+    /// The source name of the --fuse-mount mount, as `findmnt -S`, `df` and
+    /// /proc/self/mountinfo show it (not in upstream virtiofsd).
+    #[arg(long, requires = "fuse_mount", default_value = "virtiofsd-rs")]
+    pub fuse_source: String,
+
     /// Worker threads. With vhost-user, each queue is served by its own
     /// thread and this is accepted for compatibility; with --fuse-mount it is
     /// the number of /dev/fuse readers (0 = 1).
@@ -295,7 +300,8 @@ pub struct Cli {
 
     /// Legacy options, comma separated (source=DIR, cache=, xattr, no_xattr,
     /// flock, no_flock, posix_lock, no_posix_lock, readdirplus, no_readdirplus,
-    /// writeback, no_writeback, announce_submounts, log_level=, sandbox=).
+    /// writeback, no_writeback, announce_submounts, log_level=, sandbox=;
+    /// also seccomp=, inode_file_handles=, thread_pool_size=).
     #[arg(short = 'o')]
     pub compat_options: Vec<String>,
 
@@ -330,6 +336,9 @@ pub enum CliError {
     /// A legacy `-o` option with a bad value.
     #[error("bad value in -o option {0:?}")]
     BadCompatValue(String),
+    /// `--fuse-source` would not be one mount source.
+    #[error("--fuse-source {0:?}: a mount source name cannot be empty or contain commas, spaces or control characters")]
+    BadFuseSource(String),
     /// `--modcaps` does not parse.
     #[error("{0}")]
     Modcaps(String),
@@ -365,6 +374,16 @@ impl Cli {
                 ("loglevel", Some("err")) => self.log_level = LogLevelArg::Error,
                 ("loglevel", Some(v)) => {
                     self.log_level = LogLevelArg::from_str(v, true).map_err(|_| bad())?
+                }
+                ("seccomp", Some(v)) => {
+                    self.seccomp = SeccompArg::from_str(v, true).map_err(|_| bad())?
+                }
+                ("inode_file_handles", Some(v)) => {
+                    self.inode_file_handles =
+                        FileHandlesArg::from_str(v, true).map_err(|_| bad())?
+                }
+                ("thread_pool_size", Some(v)) => {
+                    self.thread_pool_size = v.parse().map_err(|_| bad())?
                 }
                 ("xattrmap", Some(v)) => self.xattrmap = Some(v.to_owned()),
                 ("modcaps", Some(v)) => self.modcaps = Some(v.to_owned()),
@@ -420,6 +439,14 @@ impl Cli {
         if let Err(e) = sandbox::caps::kept_set(false, self.modcaps.as_deref()) {
             return Err(CliError::Modcaps(e.to_string()));
         }
+        if self.fuse_source.is_empty()
+            || self
+                .fuse_source
+                .chars()
+                .any(|c| c == ',' || c.is_whitespace() || c.is_control())
+        {
+            return Err(CliError::BadFuseSource(self.fuse_source));
+        }
         let shared_dir = self.shared_dir.ok_or(CliError::NoSharedDir)?;
         let listen = match (self.socket_path, self.fd, self.fuse_mount) {
             (Some(_), Some(_), _) => return Err(CliError::TwoListeners),
@@ -428,7 +455,10 @@ impl Cli {
                 group: self.socket_group,
             },
             (None, Some(fd), None) => Listen::Fd(fd),
-            (None, None, Some(mnt)) => Listen::FuseMount(mnt),
+            (None, None, Some(mountpoint)) => Listen::FuseMount {
+                mountpoint,
+                source: self.fuse_source,
+            },
             (None, None, None) => return Err(CliError::NoListener),
             (Some(_), None, Some(_)) | (None, Some(_), Some(_)) => {
                 return Err(CliError::TwoListeners)
@@ -456,6 +486,9 @@ impl Cli {
         // Without caching, READDIRPLUS only fills a cache that is never used.
         fs.readdirplus = !self.no_readdirplus && fs.cache != CachePolicy::Never;
         fs.preserve_noatime = self.preserve_noatime;
+        // virtio-fs guests and the FUSE mount always check permissions
+        // (default_permissions) before a request is sent.
+        fs.client_checks_permissions = true;
         Ok(DaemonConfig {
             fs,
             listen,
@@ -481,6 +514,7 @@ impl Cli {
                 ..SandboxConfig::new(Profile::VirtioFs)
             },
             rlimit_nofile: self.rlimit_nofile,
+            ready: None,
         })
     }
 }

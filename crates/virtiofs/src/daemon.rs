@@ -16,6 +16,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use crate::device::{DeviceError, VirtioFsBackend};
 use crate::fuse_mount::{self, FuseMountError};
+use crate::mount_helper::Readiness;
 use sandbox::{SandboxConfig, SandboxError, SocketError};
 
 /// Where the vhost-user frontend connects.
@@ -30,8 +31,13 @@ pub enum Listen {
     },
     /// Use an inherited, already listening socket (`--fd`).
     Fd(RawFd),
-    /// Serve the host's `/dev/fuse` at this mount point instead (`--fuse-mount`).
-    FuseMount(PathBuf),
+    /// Serve the host's `/dev/fuse` at a mount point instead (`--fuse-mount`).
+    FuseMount {
+        /// The mount point.
+        mountpoint: PathBuf,
+        /// The mount's source name (`--fuse-source`).
+        source: String,
+    },
 }
 
 /// Everything the daemon needs.
@@ -58,6 +64,9 @@ pub struct DaemonConfig {
     /// `RLIMIT_NOFILE` to set; `None` raises it to min(1000000, fs.nr_open),
     /// `Some(0)` leaves it alone.
     pub rlimit_nofile: Option<u64>,
+    /// Told once the share is served, walls up (FUSE mode), or why it will
+    /// not be: the mount helper's wait ([`crate::mount_helper::detach`]).
+    pub ready: Option<Readiness>,
 }
 
 /// Why the daemon stopped with an error.
@@ -107,7 +116,7 @@ fn listener(listen: &Listen) -> Result<Listener, DaemonError> {
         // SAFETY: the caller promised (with --fd) that this fd is a listening
         // unix socket handed to us; we take ownership of it.
         Listen::Fd(fd) => Ok(unsafe { Listener::from_raw_fd(*fd) }),
-        Listen::FuseMount(_) => unreachable!("FUSE mode has no vhost-user listener"),
+        Listen::FuseMount { .. } => unreachable!("FUSE mode has no vhost-user listener"),
     }
 }
 
@@ -142,13 +151,16 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     // A bad share is refused before any socket, mount or sandbox exists.
     cfg.fs.check_root()?;
 
-    if let Listen::FuseMount(mnt) = &cfg.listen {
+    if let Listen::FuseMount { mountpoint, source } = &cfg.listen {
         // Mount in the host's namespace first; the walls go up after, and
         // the supervisor unmounts.
-        let mounted = fuse_mount::mount(mnt, cfg.thread_pool_size, cfg.fs.readonly)?;
-        let target = mnt.clone();
-        let unmount = move || fuse_mount::unmount(&target);
+        let mounted = fuse_mount::mount(mountpoint, source, cfg.thread_pool_size, cfg.fs.readonly)?;
+        let (target, id) = (mountpoint.clone(), mounted.id());
+        let unmount = move || fuse_mount::unmount(&target, id);
         let fs = open_share_walled(&cfg, unmount, Ok)?;
+        if let Some(r) = &cfg.ready {
+            r.ready();
+        }
         return Ok(mounted.serve(fs, false)?);
     }
 

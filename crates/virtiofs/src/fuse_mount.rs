@@ -38,17 +38,47 @@ pub struct Mounted {
     session: FuseSession,
     channels: Vec<FuseChannel>,
     mountpoint: PathBuf,
+    id: Option<u64>,
 }
 
-/// Mounts at `mountpoint` (read-only if `readonly`) and opens `threads`
-/// channels to serve it (0 means one).
-pub fn mount(mountpoint: &Path, threads: usize, readonly: bool) -> Result<Mounted, FuseMountError> {
+/// The id of the mount at `path` (statx; the never-reused
+/// STATX_MNT_ID_UNIQUE where the kernel has it, Linux 6.8, else
+/// STATX_MNT_ID), without asking a FUSE server anything.
+pub fn mount_id(path: &Path) -> Option<u64> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    for mask in [libc::STATX_MNT_ID_UNIQUE, libc::STATX_MNT_ID] {
+        // SAFETY: statx fills this plain-data struct; all zeroes is valid.
+        let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+        // SAFETY: NUL-terminated path and a valid out-pointer.
+        let r = unsafe {
+            libc::statx(
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                libc::AT_STATX_DONT_SYNC | libc::AT_NO_AUTOMOUNT,
+                mask,
+                &mut stx,
+            )
+        };
+        if r == 0 && stx.stx_mask & mask != 0 {
+            return Some(stx.stx_mnt_id);
+        }
+    }
+    None
+}
+
+/// Mounts at `mountpoint` with the source name `source` (read-only if
+/// `readonly`) and opens `threads` channels to serve it (0 means one).
+pub fn mount(
+    mountpoint: &Path,
+    source: &str,
+    threads: usize,
+    readonly: bool,
+) -> Result<Mounted, FuseMountError> {
     let mount_err = |source| FuseMountError::Mount {
         path: mountpoint.to_path_buf(),
         source,
     };
-    let mut session =
-        FuseSession::new(mountpoint, "virtiofsd-rs", "", readonly).map_err(mount_err)?;
+    let mut session = FuseSession::new(mountpoint, source, "", readonly).map_err(mount_err)?;
     session.mount().map_err(mount_err)?;
     let channels = (0..threads.max(1))
         .map(|_| session.new_channel().map_err(mount_err))
@@ -57,15 +87,24 @@ pub fn mount(mountpoint: &Path, threads: usize, readonly: bool) -> Result<Mounte
         session,
         channels,
         mountpoint: mountpoint.to_path_buf(),
+        id: mount_id(mountpoint),
     })
 }
 
-/// Detaches the mount at `mountpoint` (for the supervising parent, once the
-/// sandboxed server has ended); a mount already gone is not an error.
-pub fn unmount(mountpoint: &Path) {
+/// Detaches the mount at `mountpoint` if it is still the mount with id `id`
+/// ([`Mounted::id`]; for the supervising parent, once the sandboxed server
+/// has ended). Usually the server ended because its mount was unmounted,
+/// and by then another mount may be on the same path (a mount helper's
+/// caller unmounting and mounting again at once): that one is left alone.
+/// A mount already gone is not an error.
+pub fn unmount(mountpoint: &Path, id: Option<u64>) {
     let Ok(c) = CString::new(mountpoint.as_os_str().as_encoded_bytes()) else {
         return;
     };
+    if id.is_some() && mount_id(mountpoint) != id {
+        info!("{} is no longer our mount: not unmounting", mountpoint.display());
+        return;
+    }
     // SAFETY: NUL-terminated path.
     if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } < 0 {
         let e = std::io::Error::last_os_error();
@@ -76,6 +115,11 @@ pub fn unmount(mountpoint: &Path) {
 }
 
 impl Mounted {
+    /// The mount's id (see [`mount_id`]), for [`unmount`].
+    pub fn id(&self) -> Option<u64> {
+        self.id
+    }
+
     /// Serves `fs` until the mount goes away or the process gets SIGINT or
     /// SIGTERM. With `unmount`, unmounts at the end; without (a sandboxed
     /// daemon), leaves that to the supervisor.

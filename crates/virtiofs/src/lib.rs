@@ -26,6 +26,7 @@
 //!         ..SandboxConfig::new(sandbox::Profile::VirtioFs)
 //!     },
 //!     rlimit_nofile: None,
+//!     ready: None,
 //! };
 //! run(cfg).expect("virtio-fs daemon");
 //! ```
@@ -37,6 +38,7 @@ pub mod daemon;
 pub mod device;
 pub mod fast_path;
 pub mod fuse_mount;
+pub mod mount_helper;
 pub mod uring;
 
 pub use daemon::{run, DaemonConfig, DaemonError, Listen};

@@ -1,13 +1,42 @@
 //! `virtiofsd-rs`: parse upstream virtiofsd's flags, hand them to the library.
+//! Called as `mount.fuse.virtiofsd-rs` (a link), it is a mount(8) helper
+//! (`virtiofs::mount_helper`).
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
 use virtiofs::cli::{Cli, CAPABILITIES_JSON};
+use virtiofs::mount_helper::{self, HelperCommand, Readiness};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let mut args: Vec<OsString> = std::env::args_os().collect();
+    let mut ready = None;
+    if args
+        .first()
+        .is_some_and(|a| mount_helper::is_helper_name(a))
+    {
+        match helper(args) {
+            Ok(Some((daemon_args, r))) => {
+                args = daemon_args;
+                ready = Some(r);
+            }
+            Ok(None) => return ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mount.fuse.virtiofsd-rs: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    let fail = |msg: String| {
+        match &ready {
+            Some(r) => r.failed(&msg),
+            None => eprintln!("virtiofsd-rs: {msg}"),
+        }
+        ExitCode::from(1)
+    };
+    let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(e) => {
             // --help and --version are "errors" that print to stdout and succeed.
@@ -17,8 +46,10 @@ fn main() -> ExitCode {
                 // One line: clap's first line names the problem.
                 let msg = e.to_string();
                 let first = msg.lines().next().unwrap_or("invalid arguments");
-                eprintln!("virtiofsd-rs: {}", first.trim_start_matches("error: "));
-                eprintln!("Try 'virtiofsd-rs --help' for more information.");
+                let _ = fail(first.trim_start_matches("error: ").to_owned());
+                if ready.is_none() {
+                    eprintln!("Try 'virtiofsd-rs --help' for more information.");
+                }
             } else {
                 let _ = e.print();
             }
@@ -33,18 +64,35 @@ fn main() -> ExitCode {
         .filter_level(cli.log_filter())
         .format(|buf, record| writeln!(buf, "[virtiofsd-rs {}] {}", record.level(), record.args()))
         .init();
-    let config = match cli.into_config() {
+    let mut config = match cli.into_config() {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("virtiofsd-rs: {e}");
-            return ExitCode::from(1);
-        }
+        Err(e) => return fail(e.to_string()),
     };
+    config.ready = ready.clone();
     match virtiofs::run(config) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("virtiofsd-rs: {e}");
-            ExitCode::from(1)
+        Err(e) => fail(e.to_string()),
+    }
+}
+
+/// The mount helper: remounts and returns `None`, or detaches the daemon
+/// (the caller's process waits in `detach` and exits there) and returns the
+/// daemon's command line and readiness pipe.
+fn helper(
+    args: Vec<OsString>,
+) -> Result<Option<(Vec<OsString>, Readiness)>, mount_helper::HelperError> {
+    match mount_helper::parse(args)? {
+        HelperCommand::Fake => Ok(None),
+        HelperCommand::Remount {
+            mountpoint,
+            options,
+        } => {
+            mount_helper::remount(&mountpoint, &options)?;
+            Ok(None)
+        }
+        HelperCommand::Mount { args, log } => {
+            let ready = mount_helper::detach(log.as_deref())?;
+            Ok(Some((args, ready)))
         }
     }
 }

@@ -144,7 +144,8 @@ fn help_and_version_succeed() {
 fn exits_cleanly_when_the_frontend_disconnects(sandbox: &str) {
     // SAFETY: geteuid cannot fail.
     if sandbox != "none" && unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: --sandbox {sandbox} needs root");
+        assert!(std::env::var_os("CI").is_none(), "CI runs as root");
+        eprintln!("SKIP: --sandbox {sandbox} needs root");
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -427,9 +428,130 @@ fn chroot_and_no_sandbox_still_drop_privileges() {
             return;
         };
         exercise(&m.mnt);
-        let w = sandbox::status::ProcessWalls::of(m.serving_pid()).unwrap();
+        let pid = m.serving_pid();
+        // The mode was in effect: chroot roots the server in the share.
+        let root = std::fs::read_link(format!("/proc/{pid}/root")).unwrap();
+        let expected = match mode {
+            "chroot" => m.share.canonicalize().unwrap(),
+            _ => std::path::PathBuf::from("/"),
+        };
+        assert_eq!(root, expected, "{mode}");
+        let w = sandbox::status::ProcessWalls::of(pid).unwrap();
         assert_eq!(w.seccomp, 2, "{mode}");
         assert!(w.no_new_privs && w.forbidden_caps().is_empty(), "{mode}");
         assert!(m.stop().success(), "{mode}");
     }
+}
+
+/// The mount source of `mnt` in /proc/self/mountinfo, if it is a mount point.
+fn mount_source(mnt: &Path) -> Option<(String, String)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mnt = mnt.to_str().unwrap();
+    info.lines().rev().find_map(|l| {
+        let fields: Vec<&str> = l.split(' ').collect();
+        let sep = fields.iter().position(|f| *f == "-")?;
+        (fields[4] == mnt).then(|| (fields[sep + 2].to_owned(), fields[5].to_owned()))
+    })
+}
+
+/// As mount(8)'s helper (`mount.fuse.virtiofsd-rs SPEC MNT -o OPTIONS`, a
+/// link to the binary), the daemon returns once the mount is served, with
+/// SPEC as its source and nothing printed; `ro` serves read-only, `remount`
+/// changes the mount's flags while the daemon keeps serving; a bad share is
+/// one line on stderr and no mount.
+#[test]
+fn as_a_mount_helper_it_returns_once_the_mount_is_served() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(std::env::var_os("CI").is_none(), "CI runs as root");
+        eprintln!("SKIP: mounting needs root");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let helper = t.path().join("mount.fuse.virtiofsd-rs");
+    std::os::unix::fs::symlink(BIN, &helper).unwrap();
+    let share = t.path().join("share");
+    let mnt = t.path().join("mnt");
+    std::fs::create_dir(&share).unwrap();
+    std::fs::create_dir(&mnt).unwrap();
+    let log = t.path().join("log");
+    let opts = format!(
+        "source={},allow_other,default_permissions,log={}",
+        share.display(),
+        log.display()
+    );
+    let helper_run = |spec: &str, opts: &str| {
+        Command::new(&helper)
+            .args([spec, mnt.to_str().unwrap(), "-o", opts])
+            .output()
+            .unwrap()
+    };
+    let unmount = |mnt: &Path| {
+        let ok = Command::new("umount").arg(mnt).status().unwrap();
+        assert!(ok.success());
+    };
+
+    let out = helper_run("helper_test", &opts);
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.is_empty() && out.stderr.is_empty(), "silent: {out:?}");
+    // Served at once: no waiting after the helper returned.
+    let (source, flags) = mount_source(&mnt).expect("mounted when the helper returns");
+    assert_eq!(source, "helper_test");
+    assert!(flags.starts_with("rw"), "{flags}");
+    std::fs::write(mnt.join("f"), b"through the helper").unwrap();
+    assert_eq!(std::fs::read(share.join("f")).unwrap(), b"through the helper");
+    assert!(
+        std::fs::read_to_string(&log).unwrap().contains("walls up"),
+        "the daemon's log went to log="
+    );
+
+    let out = helper_run("helper_test", "remount,ro");
+    assert!(out.status.success(), "{out:?}");
+    assert!(mount_source(&mnt).unwrap().1.starts_with("ro"));
+    let e = std::fs::write(mnt.join("g"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+    let out = helper_run("helper_test", "remount,rw");
+    assert!(out.status.success(), "{out:?}");
+    std::fs::write(mnt.join("g"), b"x").expect("served again read-write");
+    unmount(&mnt);
+
+    let out = helper_run("helper_ro", &format!("{opts},ro"));
+    assert!(out.status.success(), "{out:?}");
+    assert!(mount_source(&mnt).unwrap().1.starts_with("ro"));
+    assert_eq!(
+        std::fs::read(mnt.join("f")).unwrap(),
+        b"through the helper"
+    );
+    unmount(&mnt);
+
+    // Unmounted and mounted again at once (as xfstests does): the first
+    // daemon's supervisor, cleaning up after its server ended, must leave
+    // the new mount on the same path alone.
+    for round in 0..5 {
+        let out = helper_run("helper_first", &opts);
+        assert!(out.status.success(), "{out:?}");
+        unmount(&mnt);
+        let out = helper_run("helper_second", &opts);
+        assert!(out.status.success(), "{out:?}");
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            mount_source(&mnt).map(|m| m.0).as_deref(),
+            Some("helper_second"),
+            "round {round}: the new mount was unmounted by the old daemon"
+        );
+        assert_eq!(std::fs::read(mnt.join("f")).unwrap(), b"through the helper");
+        unmount(&mnt);
+    }
+
+    let out = helper_run("helper_bad", "source=/nonexistent/share");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.starts_with("mount.fuse.virtiofsd-rs: ") && stderr.contains("/nonexistent/share"),
+        "{stderr}"
+    );
+    assert!(mount_source(&mnt).is_none(), "no mount left behind");
+    let out = helper_run("helper_bad", "allow_other");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("source=DIR"));
 }
