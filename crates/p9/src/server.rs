@@ -153,7 +153,12 @@ pub struct Server {
     export: Vec<u8>,
     /// st_dev -> small index, so qid paths are unique across devices.
     devices: Mutex<HashMap<u64, u64>>,
+    /// uid -> supplementary groups, as looked up (bounded).
+    groups: Mutex<HashMap<u32, Arc<[u32]>>>,
 }
+
+/// The most users whose groups [`Server`] remembers.
+const MAX_CACHED_GROUPS: usize = 4096;
 
 impl Server {
     /// A server for `fs` with the default [`ServerOptions`].
@@ -175,7 +180,27 @@ impl Server {
             options,
             export,
             devices: Mutex::new(HashMap::new()),
+            groups: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The supplementary groups `uid` acts with: from the snapshot of the
+    /// user database, else the live one (9P, unlike FUSE, names users the
+    /// server looks up, so it can apply their groups, as diod does).
+    fn groups_of(&self, uid: u32) -> Arc<[u32]> {
+        let mut cache = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(g) = cache.get(&uid) {
+            return g.clone();
+        }
+        let groups: Arc<[u32]> = match &self.options.users {
+            Some(db) => db.groups(uid),
+            None => UserDb::live_groups(uid),
+        }
+        .into();
+        if cache.len() < MAX_CACHED_GROUPS {
+            cache.insert(uid, groups.clone());
+        }
+        groups
     }
 
     /// The core this server serves.
@@ -212,11 +237,18 @@ pub struct Session {
     msize: AtomicU32,
 }
 
-fn ctx(uid: u32, gid: u32) -> Context {
-    let mut c = Context::new();
-    c.uid = uid;
-    c.gid = gid;
-    c
+impl Session {
+    /// The context of a request acting as `uid`/`gid`; the thread's
+    /// credential switches also take `uid`'s supplementary groups.
+    fn ctx(&self, uid: u32, gid: u32) -> Context {
+        if uid != 0 {
+            passthrough::credentials::set_request_groups(&self.server.groups_of(uid));
+        }
+        let mut c = Context::new();
+        c.uid = uid;
+        c.gid = gid;
+        c
+    }
 }
 
 fn cname(bytes: &[u8]) -> R<CString> {
@@ -260,7 +292,7 @@ impl Session {
     }
 
     fn stat(&self, f: &Fid) -> R<stat64> {
-        let c = ctx(f.uid, f.gid);
+        let c = self.ctx(f.uid, f.gid);
         let handle = match f.open {
             Some(Open::File(h)) => Some(h),
             _ => None,
@@ -270,7 +302,7 @@ impl Session {
 
     /// Gives back everything a fid holds: its handle and its lookup.
     fn release_fid(&self, f: &Fid) -> R<()> {
-        let c = ctx(f.uid, f.gid);
+        let c = self.ctx(f.uid, f.gid);
         let mut result = Ok(());
         if let Some(Xattr::Write {
             name,
@@ -479,7 +511,7 @@ impl Session {
             .map(cname)
             .collect::<R<Vec<_>>>()?;
         let path = FidPath::root().walk(names.iter().map(|n| n.as_c_str()))?;
-        let c = ctx(uid, gid);
+        let c = self.ctx(uid, gid);
         let node = self.walk_names(&c, ROOT_ID, names.iter().map(|n| n.as_c_str()))?;
         let f = Fid::new(node, uid, gid, path);
         let st = match self.stat(&f) {
@@ -503,7 +535,7 @@ impl Session {
         if newfid != fid && self.fids().contains(newfid) {
             return Err(Errno(libc::EBADF));
         }
-        let c = ctx(src.uid, src.gid);
+        let c = self.ctx(src.uid, src.gid);
         self.fs().add_lookup(src.node)?;
         let mut cur = src.node;
         let mut walked = Vec::with_capacity(names.len());
@@ -561,7 +593,7 @@ impl Session {
         if f.open.is_some() || f.xattr.is_some() {
             return Err(Errno(libc::EBADF));
         }
-        let c = ctx(f.uid, f.gid);
+        let c = self.ctx(f.uid, f.gid);
         let st = self.stat(&f)?;
         let open = if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
             let (h, _) = self.fs().opendir(&c, f.node, flags)?;
@@ -601,7 +633,7 @@ impl Session {
         // The path the fid will have: refused before anything is created
         // if it is too long to keep.
         let path = dir.path.walk([n.as_c_str()])?;
-        let c = ctx(dir.uid, gid);
+        let c = self.ctx(dir.uid, gid);
         let args = CreateIn {
             flags: flags | libc::O_CREAT as u32,
             mode: (mode & 0o7777) | libc::S_IFREG,
@@ -645,7 +677,7 @@ impl Session {
         let dir = self.fid(fid)?;
         let n = cname(name)?;
         let t = CString::new(target).map_err(|_| Errno(libc::EINVAL))?;
-        let c = ctx(dir.uid, gid);
+        let c = self.ctx(dir.uid, gid);
         let e = self.fs().symlink(&c, &t, dir.node, &n)?;
         Ok(Rmessage::Symlink {
             qid: self.entry_qid(&c, e),
@@ -663,7 +695,7 @@ impl Session {
     ) -> R<Rmessage> {
         let dir = self.fid(dfid)?;
         let n = cname(name)?;
-        let c = ctx(dir.uid, gid);
+        let c = self.ctx(dir.uid, gid);
         let rdev = libc::makedev(major, minor) as u32;
         let e = self.fs().mknod(&c, dir.node, &n, mode, rdev, 0)?;
         Ok(Rmessage::Mknod {
@@ -674,7 +706,7 @@ impl Session {
     fn mkdir(&self, dfid: u32, name: &[u8], mode: u32, gid: u32) -> R<Rmessage> {
         let dir = self.fid(dfid)?;
         let n = cname(name)?;
-        let c = ctx(dir.uid, gid);
+        let c = self.ctx(dir.uid, gid);
         let e = self.fs().mkdir(&c, dir.node, &n, mode, 0)?;
         Ok(Rmessage::Mkdir {
             qid: self.entry_qid(&c, e),
@@ -687,7 +719,7 @@ impl Session {
             // The share root has no parent inside the share.
             return Err(Errno(libc::EBUSY));
         };
-        let c = ctx(f.uid, f.gid);
+        let c = self.ctx(f.uid, f.gid);
         let node = self.walk_names(&c, ROOT_ID, parent.components())?;
         Ok((node, last.to_owned()))
     }
@@ -699,7 +731,7 @@ impl Session {
         // The fid's new path: refused before anything is renamed if it is
         // too long to keep.
         let new_path = dir.path.walk([n.as_c_str()])?;
-        let c = ctx(f.uid, f.gid);
+        let c = self.ctx(f.uid, f.gid);
         let (parent, last) = self.parent_of(&f)?;
         let r = self.fs().rename(&c, parent, &last, dir.node, &n, 0);
         self.fs().forget(&c, parent, 1);
@@ -719,7 +751,7 @@ impl Session {
     ) -> R<Rmessage> {
         let old = self.fid(olddirfid)?;
         let new = self.fid(newdirfid)?;
-        let c = ctx(old.uid, old.gid);
+        let c = self.ctx(old.uid, old.gid);
         self.fs().rename(
             &c,
             old.node,
@@ -734,7 +766,7 @@ impl Session {
     fn unlinkat(&self, dirfid: u32, name: &[u8], flags: u32) -> R<Rmessage> {
         let dir = self.fid(dirfid)?;
         let n = cname(name)?;
-        let c = ctx(dir.uid, dir.gid);
+        let c = self.ctx(dir.uid, dir.gid);
         if flags & libc::AT_REMOVEDIR as u32 != 0 {
             self.fs().rmdir(&c, dir.node, &n)?;
         } else {
@@ -746,7 +778,7 @@ impl Session {
     fn remove(&self, fid: u32) -> R<Rmessage> {
         // Tremove clunks the fid whether or not the removal succeeds.
         let f = self.fids().remove(fid)?;
-        let c = ctx(f.uid, f.gid);
+        let c = self.ctx(f.uid, f.gid);
         let removed = self.stat(&f).and_then(|st| {
             let (parent, last) = self.parent_of(&f)?;
             let r = if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
@@ -771,7 +803,7 @@ impl Session {
 
     fn readlink(&self, fid: u32) -> R<Rmessage> {
         let f = self.fid(fid)?;
-        let target = self.fs().readlink(&ctx(f.uid, f.gid), f.node)?;
+        let target = self.fs().readlink(&self.ctx(f.uid, f.gid), f.node)?;
         Ok(Rmessage::Readlink { target })
     }
 
@@ -802,7 +834,7 @@ impl Session {
     fn setattr(&self, fid: u32, a: &SetAttr) -> R<Rmessage> {
         use setattr_bits::*;
         let f = self.fid(fid)?;
-        let c = ctx(f.uid, f.gid);
+        let c = self.ctx(f.uid, f.gid);
         let mut valid = SetattrValid::empty();
         // SAFETY: stat64 is plain data; zero is a valid value.
         let mut st: stat64 = unsafe { std::mem::zeroed() };
@@ -854,7 +886,7 @@ impl Session {
 
     fn statfs(&self, fid: u32) -> R<Rmessage> {
         let f = self.fid(fid)?;
-        let s = self.fs().statfs(&ctx(f.uid, f.gid), f.node)?;
+        let s = self.fs().statfs(&self.ctx(f.uid, f.gid), f.node)?;
         Ok(Rmessage::Statfs(StatFs {
             ty: V9FS_MAGIC,
             bsize: s.f_bsize as u32,
@@ -928,7 +960,7 @@ impl Session {
             let mut reply = ReadReply::with_capacity(count as usize);
             let mut w = VecWriter::new(reply.buffer());
             self.fs().read(
-                &ctx(f.uid, f.gid),
+                &self.ctx(f.uid, f.gid),
                 f.node,
                 h,
                 &mut w,
@@ -972,7 +1004,7 @@ impl Session {
         };
         let mut r = SliceReader::new(data);
         let n = self.fs().write(
-            &ctx(f.uid, f.gid),
+            &self.ctx(f.uid, f.gid),
             f.node,
             h,
             &mut r,
@@ -994,8 +1026,13 @@ impl Session {
         let dir_dev = self.stat(&f)?.st_dev;
         let limit = count.min(self.iounit()) as usize;
         let mut data = Vec::with_capacity(limit);
-        self.fs()
-            .readdir(&ctx(f.uid, f.gid), f.node, h, count, offset, &mut |d| {
+        self.fs().readdir(
+            &self.ctx(f.uid, f.gid),
+            f.node,
+            h,
+            count,
+            offset,
+            &mut |d| {
                 let need = QID_SIZE + 8 + 1 + 2 + d.name.len();
                 if data.len() + need > limit {
                     return Ok(0);
@@ -1016,13 +1053,14 @@ impl Session {
                     .u8(d.type_ as u8)
                     .string(d.name);
                 Ok(need)
-            })?;
+            },
+        )?;
         Ok(Rmessage::Readdir { data })
     }
 
     fn fsync(&self, fid: u32, datasync: u32) -> R<Rmessage> {
         let f = self.fid(fid)?;
-        let c = ctx(f.uid, f.gid);
+        let c = self.ctx(f.uid, f.gid);
         match f.open {
             Some(Open::File(h)) => self.fs().fsync(&c, f.node, datasync != 0, h)?,
             Some(Open::Dir(h)) => self.fs().fsyncdir(&c, f.node, datasync != 0, h)?,
@@ -1087,7 +1125,7 @@ impl Session {
         let dir = self.fid(dfid)?;
         let f = self.fid(fid)?;
         let n = cname(name)?;
-        let c = ctx(dir.uid, dir.gid);
+        let c = self.ctx(dir.uid, dir.gid);
         let e = self.fs().link(&c, f.node, dir.node, &n)?;
         self.fs().forget(&c, e.inode, 1);
         Ok(Rmessage::Link)
@@ -1113,7 +1151,7 @@ impl Session {
     fn xattrwalk(&self, fid: u32, newfid: u32, name: &[u8]) -> R<Rmessage> {
         self.xattr_enabled()?;
         let f = self.fid(fid)?;
-        let c = ctx(f.uid, f.gid);
+        let c = self.ctx(f.uid, f.gid);
         // The size the host reports is asked for again, never more than
         // Linux's limits (the core caps its buffer there too): a value that
         // grew past it meanwhile is ERANGE. An empty value or list needs no

@@ -1526,13 +1526,23 @@ fn set_xattr(c: &mut Client, fid: u32, name: &[u8], value: &[u8]) -> Rmessage {
         size: value.len() as u64,
         flags: 0,
     });
-    assert_eq!(r, Rmessage::XattrCreate, "{}", String::from_utf8_lossy(name));
+    assert_eq!(
+        r,
+        Rmessage::XattrCreate,
+        "{}",
+        String::from_utf8_lossy(name)
+    );
     let r = c.rpc(Tmessage::Write {
         fid: tmp,
         offset: 0,
         data: value,
     });
-    assert_eq!(r, Rmessage::Write { count: value.len() as u32 });
+    assert_eq!(
+        r,
+        Rmessage::Write {
+            count: value.len() as u32
+        }
+    );
     c.rpc(Tmessage::Clunk { fid: tmp })
 }
 
@@ -1576,20 +1586,38 @@ fn xattrs_round_trip_on_files_and_symlinks() {
     assert!(matches!(c.walk(0, 1, &[b"inside"]), Rmessage::Walk { .. }));
     assert!(matches!(c.walk(0, 2, &[b"link"]), Rmessage::Walk { .. }));
 
-    assert_eq!(set_xattr(&mut c, 1, b"user.nine", b"p value"), Rmessage::Clunk);
+    assert_eq!(
+        set_xattr(&mut c, 1, b"user.nine", b"p value"),
+        Rmessage::Clunk
+    );
     assert_eq!(get_xattr(&mut c, 1, b"user.nine").unwrap(), b"p value");
     assert_eq!(get_xattr(&mut c, 1, b"").unwrap(), b"user.nine\0");
     assert_eq!(get_xattr(&mut c, 1, b"user.none"), Err(libc::ENODATA));
 
-    assert_eq!(set_xattr(&mut c, 2, b"trusted.nine", b"on the link"), Rmessage::Clunk);
-    assert_eq!(get_xattr(&mut c, 2, b"trusted.nine").unwrap(), b"on the link");
+    assert_eq!(
+        set_xattr(&mut c, 2, b"trusted.nine", b"on the link"),
+        Rmessage::Clunk
+    );
+    assert_eq!(
+        get_xattr(&mut c, 2, b"trusted.nine").unwrap(),
+        b"on the link"
+    );
     let host = |p: &str, follow: bool| {
         let p = std::ffi::CString::new(s.share.join(p).as_os_str().as_encoded_bytes()).unwrap();
         let mut buf = [0u8; 64];
         // SAFETY: NUL-terminated strings; `buf` is writable for its length.
         let n = unsafe {
-            let f = if follow { libc::getxattr } else { libc::lgetxattr };
-            f(p.as_ptr(), c"trusted.nine".as_ptr(), buf.as_mut_ptr().cast(), 64)
+            let f = if follow {
+                libc::getxattr
+            } else {
+                libc::lgetxattr
+            };
+            f(
+                p.as_ptr(),
+                c"trusted.nine".as_ptr(),
+                buf.as_mut_ptr().cast(),
+                64,
+            )
         };
         (n >= 0).then(|| buf[..n as usize].to_vec())
     };
@@ -1598,4 +1626,70 @@ fn xattrs_round_trip_on_files_and_symlinks() {
     assert_eq!(errno(&set_xattr(&mut c, 2, b"user.l", b"x")), libc::EPERM);
     // The connection serves on.
     assert_eq!(get_xattr(&mut c, 1, b"user.nine").unwrap(), b"p value");
+}
+
+/// 9P names users, so the server applies their supplementary groups from
+/// its user database (as diod does): a file readable through a group the
+/// attached user is a member of opens; without that membership it is
+/// EACCES, as on the host.
+#[test]
+fn access_through_a_supplementary_group_from_the_user_database() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(std::env::var_os("CI").is_none(), "CI runs as root");
+        eprintln!("SKIP: needs root to act as other users");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let (user, group, member_of) = (4242, 4242, 4343);
+    for with_group in [true, false] {
+        let s = setup();
+        let f = s.share.join("groupfile");
+        std::fs::write(&f, b"for the group").unwrap();
+        std::os::unix::fs::chown(&f, Some(0), Some(member_of)).unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o040)).unwrap();
+        let groups: &[u32] = if with_group { &[member_of] } else { &[] };
+        let db = p9::user_db::UserDb::default().with_user(b"grouped", user, group, groups);
+        let server = Server::with_options(
+            s.server.fs().clone(),
+            p9::server::ServerOptions {
+                users: Some(Arc::new(db)),
+                ..Default::default()
+            },
+        );
+        let mut c = Client::connect(&server);
+        c.version(65536);
+        let r = c.rpc(Tmessage::Attach {
+            fid: 0,
+            afid: NOFID,
+            uname: b"grouped",
+            aname: b"",
+            n_uname: NONUNAME,
+        });
+        assert!(matches!(r, Rmessage::Attach { .. }), "{r:?}");
+        assert!(matches!(
+            c.walk(0, 1, &[b"groupfile"]),
+            Rmessage::Walk { .. }
+        ));
+        let r = c.rpc(Tmessage::Lopen { fid: 1, flags: 0 });
+        if with_group {
+            assert!(
+                matches!(r, Rmessage::Lopen { .. }),
+                "member of the group: {r:?}"
+            );
+            let r = c.rpc(Tmessage::Read {
+                fid: 1,
+                offset: 0,
+                count: 100,
+            });
+            assert_eq!(
+                r,
+                Rmessage::Read {
+                    data: b"for the group".to_vec()
+                }
+            );
+        } else {
+            assert_eq!(errno(&r), libc::EACCES, "not a member");
+        }
+    }
 }

@@ -7,7 +7,7 @@
 //! checks permissions exactly as it would for the guest's user, and files are
 //! created with the guest's uid/gid. Dropping the guard restores root.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
 
 use caps::{CapSet, Capability};
@@ -15,6 +15,39 @@ use caps::{CapSet, Capability};
 thread_local! {
     /// Set while [`with_dac_override`] retries a request on this thread.
     static DAC_OVERRIDE: Cell<bool> = const { Cell::new(false) };
+    /// The supplementary groups of this thread's current requester
+    /// ([`set_request_groups`]).
+    static GROUPS: RefCell<Vec<libc::gid_t>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Makes the [`CredGuard`]s this thread makes from now on (until the next
+/// call) also take `groups` as the requester's supplementary groups, for a
+/// protocol that knows them (9P, from the server's user database; a FUSE
+/// request carries none). Empty: none.
+pub fn set_request_groups(groups: &[libc::gid_t]) {
+    GROUPS.with(|g| {
+        let mut g = g.borrow_mut();
+        g.clear();
+        g.extend_from_slice(groups);
+    });
+}
+
+/// `setgroups(2)` for the calling thread only (the raw syscall; glibc's
+/// wrapper would change every thread).
+fn set_thread_groups(groups: &[libc::gid_t]) -> io::Result<()> {
+    // SAFETY: `groups` is valid for its length (a null pointer for none).
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_setgroups,
+            groups.len() as libc::c_long,
+            if groups.is_empty() {
+                std::ptr::null()
+            } else {
+                groups.as_ptr()
+            },
+        )
+    };
+    crate::sys::cvt_long(ret).map(drop)
 }
 
 /// Runs `f` so that the [`CredGuard`]s made in it, after switching to the
@@ -50,6 +83,7 @@ fn raise_dac_override() -> io::Result<()> {
 pub struct CredGuard {
     switched_uid: bool,
     switched_gid: bool,
+    switched_groups: bool,
 }
 
 fn set_euid(uid: libc::uid_t) -> io::Result<()> {
@@ -71,6 +105,7 @@ impl CredGuard {
         let mut guard = CredGuard {
             switched_uid: false,
             switched_gid: false,
+            switched_groups: false,
         };
         if !enabled {
             return Ok(guard);
@@ -81,6 +116,12 @@ impl CredGuard {
             guard.switched_gid = true;
         }
         if uid != 0 {
+            // Groups before the uid, while CAP_SETGID is still effective.
+            let groups = GROUPS.with(|g| g.borrow().clone());
+            if !groups.is_empty() {
+                set_thread_groups(&groups)?;
+                guard.switched_groups = true;
+            }
             set_euid(uid)?;
             guard.switched_uid = true;
             // Back to euid 0 on drop makes the effective set the permitted
@@ -106,6 +147,12 @@ impl Drop for CredGuard {
         if self.switched_gid {
             if let Err(e) = set_egid(0) {
                 log::error!("cannot restore egid 0: {e}");
+                std::process::abort();
+            }
+        }
+        if self.switched_groups {
+            if let Err(e) = set_thread_groups(&[]) {
+                log::error!("cannot drop supplementary groups: {e}");
                 std::process::abort();
             }
         }

@@ -220,8 +220,9 @@ const LEGACY: &[libc::c_long] = &[
 #[cfg(not(target_arch = "x86_64"))]
 const LEGACY: &[libc::c_long] = &[];
 
-/// What 9P streams add: socket options of accepted TCP connections.
-const P9_EXTRA: &[libc::c_long] = &[libc::SYS_setsockopt];
+/// 9P only: socket options of accepted connections, and the requester's
+/// supplementary groups on a worker thread (from the user database).
+const P9_EXTRA: &[libc::c_long] = &[libc::SYS_setsockopt, libc::SYS_setgroups];
 
 /// `fcntl` commands the daemons use: descriptor and status flags,
 /// duplication, and (OFD and classic) record locks.
