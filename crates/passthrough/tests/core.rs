@@ -1133,3 +1133,66 @@ fn access_through_a_supplementary_group_is_served_when_the_client_checked() {
         assert_eq!((st.uid(), st.gid()), (user, group), "the requester's file");
     }
 }
+
+/// xfstests generic/688: after a write by someone who does not own a file,
+/// the guest kernel asks to remove its file capabilities (killpriv), which
+/// Linux does for anyone who may write the file. A writer gets it; someone
+/// who may not write does not; other security.* names stay the owner's.
+#[test]
+fn a_writer_may_have_file_capabilities_removed() {
+    if !common::can_switch_credentials() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::new(dir.path());
+    cfg.xattr = true;
+    let fs = PassthroughFs::new(cfg).unwrap();
+    // struct vfs_cap_data, revision 2, effective, permitted = CAP_SETUID (7).
+    let mut caps = Vec::new();
+    for word in [0x0200_0001u32, 1 << 7, 0, 0, 0] {
+        caps.extend_from_slice(&word.to_le_bytes());
+    }
+    for (mode, writer_may) in [(0o666, true), (0o644, false)] {
+        let path = dir.path().join(format!("f{mode:o}"));
+        std::fs::write(&path, b"x").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        let p = cs(path.to_str().unwrap());
+        // SAFETY: NUL-terminated strings; `caps` is valid for its length.
+        let rc = unsafe {
+            libc::setxattr(
+                p.as_ptr(),
+                c"security.capability".as_ptr(),
+                caps.as_ptr().cast(),
+                caps.len(),
+                0,
+            )
+        };
+        assert_eq!(rc, 0, "setting file capabilities on the host");
+        let f = fs
+            .lookup(&root(), ROOT_ID, &cs(&format!("f{mode:o}")))
+            .unwrap();
+        let user = ctx(4242, 4242);
+        let r = fs.removexattr(&user, f.inode, &cs("security.capability"));
+        // SAFETY: NUL-terminated strings; a size query.
+        let left = unsafe {
+            libc::getxattr(
+                p.as_ptr(),
+                c"security.capability".as_ptr(),
+                std::ptr::null_mut(),
+                0,
+            )
+        };
+        if writer_may {
+            r.expect("a writer has the capabilities removed");
+            assert!(left < 0, "removed on the host");
+        } else {
+            assert_eq!(errno(r), libc::EPERM, "not a writer");
+            assert!(left > 0, "still there");
+        }
+        assert_eq!(
+            errno(fs.removexattr(&user, f.inode, &cs("security.other"))),
+            libc::EPERM,
+            "other security.* names are not the writer's to remove"
+        );
+    }
+}
