@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the e2e guest's initramfs (gzip'd newc cpio) from busybox-static, the
-# stock kernel's modules, guest/init and tests/e2e/guest/*.
+# stock kernel's modules, guest/init, tests/e2e/guest/* and the attr
+# package's getfattr/setfattr (with their libraries).
 #
 # Usage: guest/build-initramfs.sh [--with-pjdfstest[=BIN]] [--kernel-dir DIR]
 #                                 [--custom-kernel] [--out FILE] [--busybox BIN]
@@ -101,22 +102,35 @@ printf 'passwd: files\ngroup: files\nshadow: files\n' >"$stage/etc/nsswitch.conf
 cp -R "$repo_root/tests/e2e/guest/." "$stage/e2e/"
 chmod -R a+rX "$stage/e2e"
 
+# add_program BIN: installs BIN in /usr/bin with every library ldd lists
+# and the dynamic loader.
+add_program() {
+    local bin=$1
+    install -D -m 0755 "$bin" "$stage/usr/bin/$(basename "$bin")"
+    # "libfoo.so => /path (0x...)" and "/lib64/ld-linux-x86-64.so.2 (0x...)"
+    while read -r lib; do
+        [[ -n $lib ]] || continue
+        mkdir -p "$stage$(dirname "$lib")"
+        cp -L "$lib" "$stage$lib"
+    done < <(ldd "$bin" | awk '
+        $2 == "=>" && $3 ~ /^\// { print $3; next }
+        $1 ~ /^\// { print $1 }')
+    log "added $bin and $(ldd "$bin" | grep -c /) libraries"
+}
+
+# The workload's extended-attribute section (busybox has no xattr applets).
+for tool in getfattr setfattr; do
+    command -v "$tool" >/dev/null || die "$tool not found (apt-get install attr)"
+    add_program "$(command -v "$tool")"
+done
+
 if $with_pjdfstest; then
     if [[ -z $pjdfstest ]]; then
         pjdfstest=$(command -v pjdfstest || true)
         [[ -n $pjdfstest ]] || pjdfstest=$HOME/.cargo/bin/pjdfstest
     fi
     [[ -x $pjdfstest ]] || die "pjdfstest not found (cargo install pjdfstest)"
-    install -D -m 0755 "$pjdfstest" "$stage/usr/bin/pjdfstest"
-    # "libfoo.so => /path (0x...)" and "/lib64/ld-linux-x86-64.so.2 (0x...)"
-    while read -r lib; do
-        [[ -n $lib ]] || continue
-        mkdir -p "$stage$(dirname "$lib")"
-        cp -L "$lib" "$stage$lib"
-    done < <(ldd "$pjdfstest" | awk '
-        $2 == "=>" && $3 ~ /^\// { print $3; next }
-        $1 ~ /^\// { print $1 }')
-    log "added $pjdfstest and $(ldd "$pjdfstest" | grep -c /) libraries"
+    add_program "$pjdfstest"
 fi
 
 if [[ $EUID -eq 0 ]]; then

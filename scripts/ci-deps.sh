@@ -16,7 +16,11 @@
 #     (about 3 minutes on 2 cores the first time; cached in
 #     ~/.cache/virtiofsd-rs/kernel/, then about a second)
 #
-# Usage: scripts/ci-deps.sh [--no-pjdfstest] [--no-virtiofsd] [--no-kernel] [--no-custom-kernel]
+#   - xfstests: its Debian packages and users, and its build from
+#     ../shared/xfstests/ (tests/xfstests/build.sh; about 3 minutes the
+#     first time, cached in ~/.cache/virtiofsd-rs/xfstests/)
+#
+# Usage: scripts/ci-deps.sh [--no-pjdfstest] [--no-virtiofsd] [--no-kernel] [--no-custom-kernel] [--no-xfstests]
 #   --no-kernel          neither kernel
 #   --no-custom-kernel   only Debian's stock kernel
 set -euo pipefail
@@ -27,12 +31,14 @@ want_virtiofsd=true
 virtiofsd_version=1.14.0
 want_kernel=true
 want_custom_kernel=true
+want_xfstests=true
 for arg in "$@"; do
     case $arg in
         --no-pjdfstest) want_pjdfstest=false ;;
         --no-virtiofsd) want_virtiofsd=false ;;
         --no-kernel) want_kernel=false; want_custom_kernel=false ;;
         --no-custom-kernel) want_custom_kernel=false ;;
+        --no-xfstests) want_xfstests=false ;;
         *) echo "ci-deps: unknown argument $arg" >&2; exit 2 ;;
     esac
 done
@@ -57,12 +63,9 @@ if $want_custom_kernel; then
     # guest/build-kernel.sh's prerequisites (it installs linux-source-6.1).
     packages+=(make gcc libc6-dev flex bison bc xz-utils libelf-dev libssl-dev)
 fi
-missing=()
-for p in "${packages[@]}"; do
-    if [[ $(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null) != installed ]]; then
-        missing+=("$p")
-    fi
-done
+# shellcheck source=lib-apt.sh
+. "$repo_root/scripts/lib-apt.sh"
+mapfile -t missing < <(apt_missing "${packages[@]}")
 if ((${#missing[@]})); then
     apt_update_once
     log "installing ${missing[*]}"
@@ -122,5 +125,9 @@ if $want_custom_kernel; then
         apt_update_once
     fi
     "$repo_root/guest/build-kernel.sh"
+fi
+# xfstests: its packages, users and build (cached by the tarball's hash).
+if $want_xfstests; then
+    "$repo_root/tests/xfstests/build.sh" >/dev/null
 fi
 log "done"

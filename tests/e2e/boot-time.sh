@@ -93,5 +93,5 @@ done
 
 e2e_note "medians of $runs runs (accel ${E2E_ACCEL:-tcg}, $(${QEMU:-qemu-system-x86_64} --version | head -n1)):"
 for r in "${results[@]}"; do e2e_note "  $r"; done
-echo "$e2e_name: $e2e_passed passed, $e2e_failed failed"
+echo "$e2e_name: $e2e_passed passed, $e2e_failed failed, $e2e_skipped skipped"
 ((e2e_failed == 0))

@@ -74,7 +74,7 @@ head -c 1048576 /dev/zero >"$e2e_share/ctl/zero"
 chmod 0644 "$e2e_share/ctl/zero" "$e2e_share/ctl/null"
 
 if ! e2e_start_p9_server "$server_log"; then
-    echo "$e2e_name: $e2e_passed passed, $e2e_failed failed"
+    echo "$e2e_name: $e2e_passed passed, $e2e_failed failed, $e2e_skipped skipped"
     exit 1
 fi
 server=127.0.0.1:$e2e_port
@@ -224,5 +224,5 @@ e2e_add_counts verify-host "$seed_log"
 
 e2e_stop_p9_server
 e2e_note "logs in $log_dir (clients: $client_log, server: $server_log); took $(($(date +%s) - start))s"
-echo "$e2e_name: $e2e_passed passed, $e2e_failed failed"
+echo "$e2e_name: $e2e_passed passed, $e2e_failed failed, $e2e_skipped skipped"
 ((e2e_failed == 0))

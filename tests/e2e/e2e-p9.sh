@@ -74,7 +74,7 @@ e2e_make_workdir
 "$e2e_dir/seed-host.sh" "$e2e_share"
 
 if ! e2e_start_p9_server "$server_log"; then
-    echo "$e2e_name: $e2e_passed passed, $e2e_failed failed"
+    echo "$e2e_name: $e2e_passed passed, $e2e_failed failed, $e2e_skipped skipped"
     exit 1
 fi
 
@@ -99,5 +99,5 @@ e2e_stop_p9_server
 e2e_verify_share "$log_dir/verify-host-9p-tcp-$e2e_p9_kind$e2e_machine_suffix.log"
 
 e2e_note "logs in $log_dir (server: $server_log); took $(($(date +%s) - start))s"
-echo "$e2e_name: $e2e_passed passed, $e2e_failed failed"
+echo "$e2e_name: $e2e_passed passed, $e2e_failed failed, $e2e_skipped skipped"
 ((e2e_failed == 0))

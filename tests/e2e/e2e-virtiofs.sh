@@ -66,7 +66,7 @@ run_args=("${e2e_machine_args[@]}" --cmd workload --timeout "${E2E_TIMEOUT:-300}
 if [[ ${E2E_QUIET:-0} == 1 ]]; then run_args+=(--quiet); fi
 if [[ $mode == virtiofs ]]; then
     if ! e2e_start_daemon "$daemon" "$log_dir/daemon-workload$e2e_machine_suffix.log" "$@"; then
-        echo "$e2e_name: $e2e_passed passed, $e2e_failed failed"
+        echo "$e2e_name: $e2e_passed passed, $e2e_failed failed, $e2e_skipped skipped"
         exit 1
     fi
     run_args+=(--fstype virtiofs --socket "$e2e_socket")
@@ -94,5 +94,5 @@ if [[ $mode == 9p-qemu ]]; then
 fi
 
 e2e_note "logs in $log_dir; took $(($(date +%s) - start))s"
-echo "$e2e_name: $e2e_passed passed, $e2e_failed failed"
+echo "$e2e_name: $e2e_passed passed, $e2e_failed failed, $e2e_skipped skipped"
 ((e2e_failed == 0))

@@ -57,6 +57,7 @@ e2e_take_machine_opt() {
 e2e_name=${e2e_name:-e2e}
 e2e_passed=0
 e2e_failed=0
+e2e_skipped=0
 e2e_pass() { e2e_passed=$((e2e_passed + 1)); printf 'PASS: %s\n' "$*"; }
 e2e_fail() { e2e_failed=$((e2e_failed + 1)); printf 'FAIL: %s\n' "$*"; }
 e2e_note() { printf '%s: %s\n' "$e2e_name" "$*"; }
@@ -77,7 +78,7 @@ e2e_judge_guest() {
 
 # Add the counts of a "LABEL: N passed, M failed" line found in FILE.
 e2e_add_counts() {
-    local label=$1 file=$2 line='' p f
+    local label=$1 file=$2 line='' p f s
     if [[ -f $file ]]; then
         line=$(tr -d '\r' <"$file" | grep -E "^$label: [0-9]+ passed, [0-9]+ failed" | tail -n1) || true
     fi
@@ -87,8 +88,14 @@ e2e_add_counts() {
     fi
     p=$(sed -E 's/^[^:]*: ([0-9]+) passed.*/\1/' <<<"$line")
     f=$(sed -E 's/^[^:]*: [0-9]+ passed, ([0-9]+) failed.*/\1/' <<<"$line")
+    s=0
+    if [[ $line =~ ,\ ([0-9]+)\ skipped ]]; then s=${BASH_REMATCH[1]}; fi
     e2e_passed=$((e2e_passed + p))
     e2e_failed=$((e2e_failed + f))
+    e2e_skipped=$((e2e_skipped + s))
+    if ((s > 0)); then
+        e2e_note "$label skipped $s checks (their SKIP lines are in its log)"
+    fi
 }
 
 # Fetch (q35) or build (microvm) the kernel, cached, and build the initramfs.

@@ -39,7 +39,10 @@ done
 mountpoint -q "$work/m" || { echo "pjdfstest-fuse: mount did not appear" >&2; cat "$log" >&2; exit 1; }
 
 status=0
-"$script_dir/pjdfstest-host.sh" "$work/m" "$@" || status=$?
+# The whole suite passes 384 tests (docs/conformance.md); fewer is a failure.
+min=
+(($#)) || min=${PJDFSTEST_MIN_PASSED:-384}
+PJDFSTEST_MIN_PASSED=$min "$script_dir/pjdfstest-host.sh" "$work/m" "$@" || status=$?
 
 # A process pjdfstest started (its etxtbsy tests run a copied `sleep`) may
 # still be exiting: retry a busy mount before giving up.

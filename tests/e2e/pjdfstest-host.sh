@@ -8,7 +8,8 @@
 # must exist: scripts/ci-deps.sh creates them). Tests run in a fresh
 # subdirectory of MOUNTPOINT. A directory on another file system (/dev/shm or
 # $TMPDIR) is passed as the secondary file system for the EXDEV tests.
-# Ends with "pjdfstest-host: N passed, M failed"; exits with pjdfstest's status.
+# Ends with "pjdfstest-host: N passed, M failed"; exits with pjdfstest's status,
+# or 1 when PJDFSTEST_MIN_PASSED is set and fewer tests passed.
 set -euo pipefail
 
 script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -59,4 +60,10 @@ if [[ -z $summary ]]; then
 fi
 read -r fail pass < <(sed -E 's/^Summary: ([0-9]+) failed, [0-9]+ skipped, ([0-9]+) passed.*/\1 \2/' <<<"$summary")
 echo "pjdfstest-host: $pass passed, $fail failed"
+# A run that passes fewer tests than documented (docs/conformance.md) lost
+# tests to skips: as much a failure as a failed test.
+if [[ -n ${PJDFSTEST_MIN_PASSED:-} && $pass -lt $PJDFSTEST_MIN_PASSED ]]; then
+    echo "pjdfstest-host: only $pass passed, at least $PJDFSTEST_MIN_PASSED expected (PJDFSTEST_MIN_PASSED)" >&2
+    exit 1
+fi
 exit "$status"

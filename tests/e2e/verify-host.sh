@@ -120,6 +120,13 @@ verify_record() {
             t=$(stat -c '%t %T' -- "$p" 2>/dev/null || echo "ff ff")
             expect "$what" "$(printf '%d:%d' "0x${t% *}" "0x${t#* }")" "$a"
             ;;
+        xattr)
+            # a is NAME=VALUE (no spaces).
+            expect "$what ${a%%=*}" "$(getfattr --only-values -n "${a%%=*}" -- "$p" 2>&1 || true)" "${a#*=}"
+            ;;
+        noxattr)
+            if getfattr -n "$a" -- "$p" >/dev/null 2>&1; then fail "$what $a: still there"; else pass "$what $a"; fi
+            ;;
         *) fail "unknown manifest record: $line" ;;
     esac
 }
@@ -158,6 +165,7 @@ verify_manifest guest-manifest
 # The guest manifest must cover every kind of check: an empty or truncated
 # workload must not pass.
 missing=
+# (xattr and noxattr are not required: a run may skip:xattrs, visibly.)
 for kind in file range mode owner mtime atime newer type link hardlink nlink sparse entries lines absent; do
     [[ $kinds_seen == *" $kind "* ]] || missing+=" $kind"
 done

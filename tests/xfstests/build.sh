@@ -19,12 +19,9 @@ packages=(xfslibs-dev uuid-dev libtool-bin e2fsprogs automake gcc libuuid1 quota
     attr libattr1-dev make libacl1-dev libaio-dev xfsprogs libgdbm-dev gawk fio
     dbench uuid-runtime python3 sqlite3 liburing-dev libcap-dev bc psmisc acl
     util-linux fuse3)
-missing=()
-for p in "${packages[@]}"; do
-    if [[ $(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null) != installed ]]; then
-        missing+=("$p")
-    fi
-done
+# shellcheck source=../../scripts/lib-apt.sh
+. "$repo_root/scripts/lib-apt.sh"
+mapfile -t missing < <(apt_missing "${packages[@]}")
 if ((${#missing[@]})); then
     log "installing ${missing[*]}"
     if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2; then

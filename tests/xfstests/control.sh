@@ -7,11 +7,12 @@
 set -euo pipefail
 log() { printf 'xfstests-control: %s\n' "$*" >&2; }
 [[ $EUID -eq 0 ]] || { log "must run as root"; exit 2; }
-for p in libfuse3-dev gcc pkg-config dpkg-dev; do
-    if [[ $(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null) != installed ]]; then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$p" >&2
-    fi
-done
+# shellcheck source=../../scripts/lib-apt.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib-apt.sh"
+mapfile -t missing < <(apt_missing libfuse3-dev gcc pkg-config dpkg-dev)
+if ((${#missing[@]})); then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+fi
 version=$(dpkg-query -W -f='${Version}' libfuse3-dev)
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/virtiofsd-rs/passthrough_ll-$version
 if [[ ! -x $cache/passthrough_ll ]]; then

@@ -92,7 +92,7 @@ fi
 rm -rf "${work:?}/results/$name"
 mkdir -p "$work/results/$name"
 cat >"$work/local.config" <<CONFIG
-export TEST_DEV=xfst_test SCRATCH_DEV=xfst_scratch
+export TEST_DEV=xfst_${name}_test SCRATCH_DEV=xfst_${name}_scratch
 export TEST_DIR=$work/mnt/test SCRATCH_MNT=$work/mnt/scratch
 export FSTYP=fuse FUSE_SUBTYP=.$subtype
 export TEST_FS_MOUNT_OPTS="-osource=$work/backing/test,allow_other,default_permissions$extra"
@@ -125,7 +125,7 @@ ran=$(awk '/^Ran:/ { print NF - 1 }' "$work/results/$name/check.out" | tail -n1)
 notrun=$(awk '/^Not run:/ { print NF - 2 }' "$work/results/$name/check.out" | tail -n1)
 failures=$(awk '/^Failures:/ { $1 = ""; print }' "$work/results/$name/check.out" | tail -n1)
 nfail=$(wc -w <<<"$failures")
-log "$name: ran ${ran:-0}, not run ${notrun:-0}, failed $nfail${failures:+:$failures}"
+log "$name: $((${ran:-0} - ${notrun:-0})) run, ${notrun:-0} not run (of ${ran:-0}), $nfail failed${failures:+:$failures}"
 if [[ -z $ran ]]; then
     log "check ran no test (see $work/results/$name/check.out)"
     exit 1

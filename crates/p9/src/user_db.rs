@@ -87,23 +87,9 @@ impl UserDb {
     /// (`getgrouplist` of the user's name; none for an unknown uid).
     pub fn live_groups(uid: u32) -> Vec<u32> {
         let mut buf = vec![0u8; 16384];
-        // SAFETY: passwd is plain data; zero is a valid initial value.
-        let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        // SAFETY: all pointers are valid for the sizes passed.
-        let found = unsafe {
-            libc::getpwuid_r(
-                uid,
-                &mut pw,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut result,
-            )
-        } == 0
-            && !result.is_null();
-        if !found {
+        let Some(pw) = getpwuid(uid, &mut buf) else {
             return Vec::new();
-        }
+        };
         let mut groups = vec![0 as libc::gid_t; 256];
         loop {
             let mut n = groups.len() as libc::c_int;
@@ -138,42 +124,55 @@ impl UserDb {
     /// As [`ids`](Self::ids), asking the live user database.
     pub fn live_ids(uname: &[u8], n_uname: u32) -> (u32, u32) {
         let mut buf = vec![0u8; 16384];
-        // SAFETY: passwd is plain data; zero is a valid initial value.
-        let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
         let found = if n_uname != NONUNAME {
-            // SAFETY: all pointers are valid for the sizes passed.
-            unsafe {
-                libc::getpwuid_r(
-                    n_uname,
-                    &mut pw,
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    &mut result,
-                )
-            }
+            getpwuid(n_uname, &mut buf)
         } else {
-            let Ok(name) = CString::new(uname) else {
-                return (NOBODY, NOBODY);
-            };
-            // SAFETY: all pointers are valid for the sizes passed.
-            unsafe {
-                libc::getpwnam_r(
-                    name.as_ptr(),
-                    &mut pw,
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    &mut result,
-                )
-            }
-        } == 0
-            && !result.is_null();
+            CString::new(uname)
+                .ok()
+                .and_then(|name| getpwnam(&name, &mut buf))
+        };
         match (found, n_uname != NONUNAME) {
-            (true, _) => (pw.pw_uid, pw.pw_gid),
-            (false, true) => (n_uname, n_uname),
-            (false, false) => (NOBODY, NOBODY),
+            (Some(pw), _) => (pw.pw_uid, pw.pw_gid),
+            (None, true) => (n_uname, n_uname),
+            (None, false) => (NOBODY, NOBODY),
         }
     }
+}
+
+/// `getpwuid_r` with `buf` holding the strings the entry points into.
+fn getpwuid(uid: u32, buf: &mut [u8]) -> Option<libc::passwd> {
+    // SAFETY: passwd is plain data; zero is a valid initial value.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: all pointers are valid for the sizes passed.
+    let rc = unsafe {
+        libc::getpwuid_r(
+            uid,
+            &mut pw,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    (rc == 0 && !result.is_null()).then_some(pw)
+}
+
+/// `getpwnam_r`, as [`getpwuid`].
+fn getpwnam(name: &CStr, buf: &mut [u8]) -> Option<libc::passwd> {
+    // SAFETY: passwd is plain data; zero is a valid initial value.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: all pointers are valid for the sizes passed.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            name.as_ptr(),
+            &mut pw,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    (rc == 0 && !result.is_null()).then_some(pw)
 }
 
 #[cfg(test)]

@@ -693,6 +693,20 @@ enum Expect<M> {
     ErrorOf(WireError),
 }
 
+impl<M: PartialEq + std::fmt::Debug> Expect<M> {
+    /// Asserts the decoder's result `r` for a frame with `tag` is what was
+    /// expected.
+    fn check(self, r: Result<(u16, M), WireError>, tag: u16) -> Result<(), TestCaseError> {
+        match self {
+            Expect::Anything => {}
+            Expect::Exactly(m) => prop_assert_eq!(r, Ok((tag, m))),
+            Expect::Error => prop_assert!(r.is_err(), "{:?}", r),
+            Expect::ErrorOf(e) => prop_assert_eq!(r, Err(e)),
+        }
+        Ok(())
+    }
+}
+
 /// Per-type counts of what the decoder did with the generated frames.
 #[derive(Default, Debug, Clone, Copy)]
 struct TypeTally {
@@ -882,13 +896,7 @@ fn check_t_frame(body: &Body<TIn>, tag: u16, tally: &RefCell<Tally>) -> Result<(
             prop_assert_eq!(&m.encode(tag), &f, "{:?}", m);
         }
     }
-    match expect {
-        Expect::Anything => {}
-        Expect::Exactly(m) => prop_assert_eq!(r, Ok((tag, m))),
-        Expect::Error => prop_assert!(r.is_err(), "{:?}", r),
-        Expect::ErrorOf(e) => prop_assert_eq!(r, Err(e)),
-    }
-    Ok(())
+    expect.check(r, tag)
 }
 
 #[test]
@@ -953,13 +961,7 @@ fn check_r_frame(
         prop_assert_eq!(m.type_number(), t);
         prop_assert_eq!(&m.encode(tag), &f, "{:?}", m);
     }
-    match expect {
-        Expect::Anything => {}
-        Expect::Exactly(m) => prop_assert_eq!(r, Ok((tag, m))),
-        Expect::Error => prop_assert!(r.is_err(), "{:?}", r),
-        Expect::ErrorOf(e) => prop_assert_eq!(r, Err(e)),
-    }
-    Ok(())
+    expect.check(r, tag)
 }
 
 #[test]

@@ -102,7 +102,10 @@ pub fn unmount(mountpoint: &Path, id: Option<u64>) {
         return;
     };
     if id.is_some() && mount_id(mountpoint) != id {
-        info!("{} is no longer our mount: not unmounting", mountpoint.display());
+        info!(
+            "{} is no longer our mount: not unmounting",
+            mountpoint.display()
+        );
         return;
     }
     // SAFETY: NUL-terminated path.

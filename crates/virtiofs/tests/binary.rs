@@ -493,13 +493,19 @@ fn as_a_mount_helper_it_returns_once_the_mount_is_served() {
 
     let out = helper_run("helper_test", &opts);
     assert!(out.status.success(), "{out:?}");
-    assert!(out.stdout.is_empty() && out.stderr.is_empty(), "silent: {out:?}");
+    assert!(
+        out.stdout.is_empty() && out.stderr.is_empty(),
+        "silent: {out:?}"
+    );
     // Served at once: no waiting after the helper returned.
     let (source, flags) = mount_source(&mnt).expect("mounted when the helper returns");
     assert_eq!(source, "helper_test");
     assert!(flags.starts_with("rw"), "{flags}");
     std::fs::write(mnt.join("f"), b"through the helper").unwrap();
-    assert_eq!(std::fs::read(share.join("f")).unwrap(), b"through the helper");
+    assert_eq!(
+        std::fs::read(share.join("f")).unwrap(),
+        b"through the helper"
+    );
     assert!(
         std::fs::read_to_string(&log).unwrap().contains("walls up"),
         "the daemon's log went to log="
@@ -518,10 +524,7 @@ fn as_a_mount_helper_it_returns_once_the_mount_is_served() {
     let out = helper_run("helper_ro", &format!("{opts},ro"));
     assert!(out.status.success(), "{out:?}");
     assert!(mount_source(&mnt).unwrap().1.starts_with("ro"));
-    assert_eq!(
-        std::fs::read(mnt.join("f")).unwrap(),
-        b"through the helper"
-    );
+    assert_eq!(std::fs::read(mnt.join("f")).unwrap(), b"through the helper");
     unmount(&mnt);
 
     // Unmounted and mounted again at once (as xfstests does): the first

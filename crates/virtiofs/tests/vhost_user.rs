@@ -329,7 +329,7 @@ fn upstream_or_skip() -> Option<Vec<String>> {
             std::env::var_os("VIRTIOFSD_RS_REQUIRE_E2E").is_none(),
             "required here: {msg}"
         );
-        eprintln!("skipped: {msg}");
+        eprintln!("SKIP: {msg}");
     }
     found
 }

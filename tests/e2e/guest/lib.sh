@@ -21,6 +21,8 @@
 #   lines N SHA256 PATH            file has N lines; SHA256 of its lines sorted bytewise
 #   absent - PATH                  PATH does not exist (not even as a symlink)
 #   rdev MAJOR:MINOR PATH          device numbers (decimal)
+#   xattr NAME=VALUE PATH          extended attribute NAME is VALUE (no spaces)
+#   noxattr NAME PATH              PATH has no extended attribute NAME
 #   end N                          trailer: N records precede it
 
 E2E_PASSED=0
@@ -172,6 +174,13 @@ verify_record() {
             _t=$(stat -c '%t %T' "$_p" 2>/dev/null)
             _r=$(printf '%d:%d' "0x${_t% *}" "0x${_t#* }")
             expect "$_what" "$_r" "$_a"
+            ;;
+        xattr)
+            expect "$_what ${_a%%=*}" "$(getfattr --only-values -n "${_a%%=*}" "$_p" 2>&1)" "${_a#*=}"
+            ;;
+        noxattr)
+            if getfattr -n "$_a" "$_p" >/dev/null 2>&1; then fail "$_what $_a: still there"
+            else pass "$_what $_a"; fi
             ;;
         *) fail "unknown manifest record: $1" ;;
     esac
