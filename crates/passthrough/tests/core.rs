@@ -1033,6 +1033,22 @@ fn xattrs_of_a_symlink_are_its_own() {
         errno(fs.getxattr(&root(), l.inode, &cs("trusted.t"), 64)),
         libc::ENODATA
     );
+    // A FIFO nobody writes to: its xattrs are reached without opening it,
+    // so nothing blocks.
+    let fifo = cs(dir.path().join("fifo").to_str().unwrap());
+    // SAFETY: NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    let f = fs.lookup(&root(), ROOT_ID, &cs("fifo")).unwrap();
+    fs.setxattr(&root(), f.inode, &cs("trusted.f"), b"on the fifo", 0)
+        .expect("trusted.* on a FIFO");
+    match fs.getxattr(&root(), f.inode, &cs("trusted.f"), 64).unwrap() {
+        GetxattrReply::Value(v) => assert_eq!(v, b"on the fifo"),
+        GetxattrReply::Count(n) => panic!("a count ({n}) for a sized request"),
+    }
+    assert_eq!(
+        errno(fs.getxattr(&root(), f.inode, &cs("user.none"), 64)),
+        libc::ENODATA
+    );
 }
 
 /// xfstests generic/084: with file handles nothing holds a looked-up inode
