@@ -623,6 +623,57 @@ mod tests {
     }
 
     #[test]
+    fn fuse_source_names_one_mount_source() {
+        let cfg = parse(&[
+            "--shared-dir",
+            "/tmp",
+            "--fuse-mount",
+            "/mnt",
+            "--fuse-source",
+            "xfst_test",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cfg.listen,
+            Listen::FuseMount { ref source, .. } if source == "xfst_test"
+        ));
+        for bad in ["", "a,dev", "a b", "a\nb"] {
+            assert_eq!(
+                parse(&[
+                    "--shared-dir",
+                    "/tmp",
+                    "--fuse-mount",
+                    "/m",
+                    "--fuse-source",
+                    bad
+                ])
+                .err(),
+                Some(CliError::BadFuseSource(bad.to_owned())),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn mount_helper_options_reach_the_config() {
+        let cfg = parse(&[
+            "--fuse-mount",
+            "/mnt",
+            "-o",
+            "source=/srv,seccomp=trap,inode_file_handles=prefer,thread_pool_size=3",
+        ])
+        .unwrap();
+        assert_eq!(cfg.sandbox.seccomp, SeccompMode::Trap);
+        assert_eq!(cfg.fs.inode_file_handles, InodeFileHandles::Prefer);
+        assert_eq!(cfg.thread_pool_size, 3);
+        assert!(cfg.fs.client_checks_permissions);
+        assert_eq!(
+            parse(&["--fuse-mount", "/m", "-o", "source=/s,seccomp=maybe"]).err(),
+            Some(CliError::BadCompatValue("seccomp=maybe".into()))
+        );
+    }
+
+    #[test]
     fn semantics_changing_flags_are_refused_not_ignored() {
         let err = parse(&[
             "--shared-dir",
