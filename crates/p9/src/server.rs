@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use fuse_backend_rs::abi::fuse_abi::{stat64, CreateIn, SetattrValid};
 use fuse_backend_rs::api::filesystem::{
@@ -154,7 +154,7 @@ pub struct Server {
     /// st_dev -> small index, so qid paths are unique across devices.
     devices: Mutex<HashMap<u64, u64>>,
     /// uid -> supplementary groups, as looked up (bounded).
-    groups: Mutex<HashMap<u32, Arc<[u32]>>>,
+    groups: RwLock<HashMap<u32, Arc<[u32]>>>,
 }
 
 /// The most users whose groups [`Server`] remembers.
@@ -180,7 +180,7 @@ impl Server {
             options,
             export,
             devices: Mutex::new(HashMap::new()),
-            groups: Mutex::new(HashMap::new()),
+            groups: RwLock::new(HashMap::new()),
         })
     }
 
@@ -188,15 +188,17 @@ impl Server {
     /// user database, else the live one (9P, unlike FUSE, names users the
     /// server looks up, so it can apply their groups, as diod does).
     fn groups_of(&self, uid: u32) -> Arc<[u32]> {
-        let mut cache = self.groups.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(g) = cache.get(&uid) {
+        let cached = self.groups.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(g) = cached.get(&uid) {
             return g.clone();
         }
+        drop(cached);
         let groups: Arc<[u32]> = match &self.options.users {
             Some(db) => db.groups(uid),
             None => UserDb::live_groups(uid),
         }
         .into();
+        let mut cache = self.groups.write().unwrap_or_else(|e| e.into_inner());
         if cache.len() < MAX_CACHED_GROUPS {
             cache.insert(uid, groups.clone());
         }

@@ -117,11 +117,13 @@ impl CredGuard {
         }
         if uid != 0 {
             // Groups before the uid, while CAP_SETGID is still effective.
-            let groups = GROUPS.with(|g| g.borrow().clone());
-            if !groups.is_empty() {
-                set_thread_groups(&groups)?;
-                guard.switched_groups = true;
-            }
+            guard.switched_groups = GROUPS.with(|g| {
+                let g = g.borrow();
+                if g.is_empty() {
+                    return Ok(false);
+                }
+                set_thread_groups(&g).map(|()| true)
+            })?;
             set_euid(uid)?;
             guard.switched_uid = true;
             // Back to euid 0 on drop makes the effective set the permitted
