@@ -5,7 +5,8 @@
 # link to the daemon binary, which acts as mount.fuse.virtiofsd-rs when
 # called so: crates/virtiofs/src/mount_helper.rs). The test and scratch
 # shares live on their own loop-mounted ext4 images under $XFSTESTS_WORK
-# (default /var/tmp/virtiofsd-rs-xfstests), so no test fills the real disk.
+# (default /var/tmp/virtiofsd-rs-xfstests), so no test fills the real disk;
+# they are removed when the run ends, the results kept.
 # Tests listed in the exclude file (default tests/xfstests/exclude, every
 # entry with its reason) are not run. A watchdog kills a test still running
 # after $XFSTESTS_TEST_TIMEOUT seconds (default 300), which then fails.
@@ -83,7 +84,8 @@ for m in test scratch; do
     mount -o loop "$work/$m.img" "$work/backing/$m"
 done
 watchdog_pid=
-trap 'cleanup_mounts; [[ -n $watchdog_pid ]] && kill "$watchdog_pid" 2>/dev/null; true' EXIT
+# The images (several GiB once written) go with the run; results stay.
+trap 'cleanup_mounts; rm -f "$work/test.img" "$work/scratch.img"; [[ -n $watchdog_pid ]] && kill "$watchdog_pid" 2>/dev/null; true' EXIT
 
 extra=${options:+,$options}
 if ! $control; then
