@@ -4,12 +4,20 @@
 # over TCP with virtio-net), and copy them to OUTDIR (default:
 # target/guest-stock/).
 #
-# Usage: guest/stock-kernel.sh [OUTDIR]
+# Usage: guest/stock-kernel.sh [--series 6.1|6.12] [--modules "M1 M2..."] [OUTDIR]
+#
+#   --series S     6.1 (default): the kernel linux-image-amd64 depends on
+#                  (bookworm's own, the "old guest"); 6.12: the newest
+#                  linux-image-6.12.*+deb12-amd64-unsigned (the newest LTS;
+#                  multi-queue virtio-fs)
+#   --modules L    the modules to take (their dependencies are added), instead
+#                  of the e2e guest's list; modules that the kernel has built
+#                  in are left out. Compressed modules (.ko.xz) are unpacked.
 #
 # Environment:
 #   VIRTIOFSD_RS_CACHE      cache root (default: $HOME/.cache/virtiofsd-rs)
-#   VIRTIOFSD_RS_KERNEL_PKG kernel package to use instead of the one that
-#                           linux-image-amd64 currently depends on (e.g.
+#   VIRTIOFSD_RS_KERNEL_PKG kernel package to use instead of the one the
+#                           series resolves to (e.g.
 #                           linux-image-6.1.0-56-amd64-unsigned)
 #
 # The cache lives outside the work tree, in
@@ -23,6 +31,22 @@ set -euo pipefail
 
 script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo_root=$(cd "$script_dir/.." && pwd)
+series=6.1
+modules_arg=
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --series) series=${2:?}; shift ;;
+        --modules) modules_arg=${2:?}; shift ;;
+        -h | --help) sed -n '2,/^set -e/{/^set -e/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
+        -*) printf 'stock-kernel: unknown option %s\n' "$1" >&2; exit 2 ;;
+        *) break ;;
+    esac
+    shift
+done
+case $series in
+    6.1 | 6.12) ;;
+    *) printf 'stock-kernel: --series must be 6.1 or 6.12, not %s\n' "$series" >&2; exit 2 ;;
+esac
 outdir=${1:-$repo_root/target/guest-stock}
 cache_root=${VIRTIOFSD_RS_CACHE:-$HOME/.cache/virtiofsd-rs}/stock-kernel
 # Modules the guest loads; their dependencies are added automatically. The
@@ -30,12 +54,18 @@ cache_root=${VIRTIOFSD_RS_CACHE:-$HOME/.cache/virtiofsd-rs}/stock-kernel
 # virtio_net (failover, net_failover) and 9pnet_fd (9P's TCP transport) are
 # for the 9p-tcp mode.
 wanted_modules="virtio_pci fuse virtiofs 9pnet_virtio 9p virtio_net 9pnet_fd"
+if [[ -n $modules_arg ]]; then wanted_modules=$modules_arg; fi
 
 log() { printf 'stock-kernel: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 resolve_package() {
     local pkg=${VIRTIOFSD_RS_KERNEL_PKG:-}
+    if [[ -z $pkg && $series == 6.12 ]]; then
+        pkg=$(apt-cache pkgnames linux-image-6.12. 2>/dev/null |
+            grep -E '^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$' | sort -V | tail -n1) || true
+        [[ -n $pkg ]] || return 1
+    fi
     if [[ -z $pkg ]]; then
         local image
         image=$(apt-cache depends linux-image-amd64 2>/dev/null |
@@ -52,18 +82,19 @@ resolve_package() {
 
 newest_cached() {
     local d best=""
-    for d in "$cache_root"/*/; do
+    for d in "$cache_root"/linux-image-"$series"[.-]*/; do
         [[ -f $d/.complete && $(cat "$d/.complete") == "$wanted_modules" ]] || continue
         if [[ -z $best || $d -nt $best ]]; then best=$d; fi
     done
     [[ -n $best ]] && printf '%s\n' "${best%/}"
 }
 
-# Find the .ko for module NAME ('-' and '_' are interchangeable) under DIR.
+# Find the .ko (or .ko.xz) for module NAME ('-' and '_' are interchangeable)
+# under DIR.
 find_ko() {
     local dir=$1 name=$2 pattern
     pattern=${name//[-_]/[-_]}.ko
-    find "$dir" -name "$pattern" -print -quit
+    find "$dir" \( -name "$pattern" -o -name "$pattern.xz" \) -print -quit
 }
 
 # Depends list from the .modinfo section (NUL-separated key=value strings).
@@ -119,11 +150,15 @@ populate_cache() {
             fi
             die "module $name is neither a .ko in $pkg nor built in"
         fi
-        local dep
-        for dep in $(ko_depends "$ko"); do
+        local dep plain=$tmp/plain-$name.ko
+        case $ko in
+            *.xz) xz -dc "$ko" >"$plain" ;;
+            *) cp "$ko" "$plain" ;;
+        esac
+        for dep in $(ko_depends "$plain"); do
             visit "$dep"
         done
-        cp "$ko" "$stage/modules/$name.ko"
+        mv "$plain" "$stage/modules/$name.ko"
         order+=("$name")
         state[$name]=loaded
     }

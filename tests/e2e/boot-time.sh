@@ -13,6 +13,10 @@
 #   microvm      guest/build-kernel.sh's bzImage on -M microvm, virtio-mmio
 #   microvm-pvh  the same kernel's vmlinux, which QEMU boots through its PVH
 #                entry point (no boot loader, no decompression)
+#   microvm-6.1, microvm-pvh-6.1
+#                the same with the previous LTS: guest/build-kernel.sh
+#                --package linux-source-6.1 (built or cached in
+#                target/guest-6.1/), for comparing the two in one run
 #
 # Environment: QEMU, E2E_ACCEL, E2E_TSC_KHZ (see run-guest.sh; measured once
 # here), E2E_LOG_DIR.
@@ -29,7 +33,7 @@ setups=()
 while [[ $# -gt 0 ]]; do
     case $1 in
         --runs) runs=${2:?}; shift ;;
-        q35 | microvm | microvm-pvh) setups+=("$1") ;;
+        q35 | microvm | microvm-pvh | microvm-6.1 | microvm-pvh-6.1) setups+=("$1") ;;
         -h | --help) sed -n '2,/^set -e/{/^set -e/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
         *) echo "$e2e_name: unknown argument: $1" >&2; exit 2 ;;
     esac
@@ -57,6 +61,12 @@ for setup in "${setups[@]}"; do
         q35) e2e_set_machine q35; kernel=$kernel_dir/vmlinuz ;;
         microvm) e2e_set_machine microvm; kernel=$kernel_dir/bzImage ;;
         microvm-pvh) e2e_set_machine microvm; kernel=$kernel_dir/vmlinux ;;
+        microvm-6.1 | microvm-pvh-6.1)
+            e2e_set_machine microvm
+            kernel=$repo_root/target/guest-6.1/bzImage
+            if [[ $setup == microvm-pvh-6.1 ]]; then kernel=$repo_root/target/guest-6.1/vmlinux; fi
+            "$repo_root/guest/build-kernel.sh" --package linux-source-6.1 --out "$repo_root/target/guest-6.1" >&2
+            ;;
     esac
     if [[ " $built " != *" $e2e_machine "* ]]; then
         e2e_build_guest >&2

@@ -13,7 +13,9 @@
 # workload over QEMU's built-in 9p server instead (no daemon; validates the
 # tooling, and gives a reference), plus verify-selftest.sh.
 #
-# --machine q35 (default) boots Debian's stock kernel on -M q35 (virtio-pci);
+# --machine q35 (default) boots Debian's stock 6.1 kernel on -M q35
+# (virtio-pci); --machine q35-6.12 Debian's stock 6.12 kernel, whose
+# virtio-fs driver uses one request queue per vCPU (Linux 6.11 and later);
 # --machine microvm boots guest/build-kernel.sh's minimal kernel (built and
 # cached when missing) on -M microvm (virtio-mmio: vhost-user-fs-device,
 # virtio-9p-device). The workload, seed and host verification are the same.
@@ -21,7 +23,10 @@
 #
 # Environment: E2E_TIMEOUT (guest timeout, default 300 s), E2E_KEEP=1 (keep
 # the temporary share), E2E_QUIET=1 (do not stream the guest console),
-# E2E_LOG_DIR (default target/e2e), E2E_MACHINE (default for --machine).
+# E2E_LOG_DIR (default target/e2e), E2E_MACHINE (default for --machine),
+# E2E_CPUS (the guest's vCPUs, default 2), E2E_FS_QUEUES (the device's
+# request queues, default 1), E2E_MIN_QUEUES_USED (check that the daemon's
+# exit report shows at least that many request queues that served requests).
 # Must run as root.
 #
 # Ends with "e2e-virtiofs: N passed, M failed" (or e2e-9p-qemu: ...;
@@ -82,6 +87,11 @@ e2e_judge_guest "$status" "$console_log"
 e2e_add_counts guest "$console_log"
 if [[ $mode == virtiofs ]]; then
     e2e_check_daemon_exit
+    # Multi-queue: a guest with several vCPUs and queues (Linux 6.11 and
+    # later) spreads its requests; the daemon reports each queue's count.
+    if [[ -n ${E2E_MIN_QUEUES_USED:-} ]]; then
+        e2e_check_queues "$log_dir/daemon-workload$e2e_machine_suffix.log" "$E2E_MIN_QUEUES_USED"
+    fi
 fi
 
 e2e_verify_share "$log_dir/verify-host-$mode$e2e_machine_suffix.log"

@@ -6,10 +6,12 @@ e2e_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo_root=$(cd "$e2e_dir/../.." && pwd)
 log_dir=${E2E_LOG_DIR:-$repo_root/target/e2e}
 
-# The guest machine (run-guest.sh --machine): q35 with Debian's stock kernel
-# (target/guest-stock/, virtio-pci), or microvm with guest/build-kernel.sh's
-# kernel (target/guest/, virtio-mmio). E2E_MACHINE sets the default, a
-# leading --machine M of the scripts overrides it (e2e_take_machine_opt).
+# The guest machine (run-guest.sh --machine): q35 with Debian's stock 6.1
+# kernel (target/guest-stock/, virtio-pci; the "old guest"), q35-6.12 with
+# Debian's stock 6.12 kernel (target/guest-stock-6.12/; multi-queue
+# virtio-fs), or microvm with guest/build-kernel.sh's kernel (target/guest/,
+# virtio-mmio). E2E_MACHINE sets the default, a leading --machine M of the
+# scripts overrides it (e2e_take_machine_opt).
 e2e_machine=
 kernel_dir=
 e2e_machine_args=()   # for run-guest.sh
@@ -21,12 +23,17 @@ e2e_set_machine() {
             e2e_machine_args=()
             e2e_machine_suffix=
             ;;
+        q35-6.12)
+            kernel_dir=$repo_root/target/guest-stock-6.12
+            e2e_machine_args=(--kernel "$kernel_dir/vmlinuz" --initramfs "$kernel_dir/initramfs.cpio.gz")
+            e2e_machine_suffix=-6.12
+            ;;
         microvm)
             kernel_dir=$repo_root/target/guest
             e2e_machine_args=(--machine microvm)
             e2e_machine_suffix=-microvm
             ;;
-        *) printf '%s: --machine must be q35 or microvm, not "%s"\n' "${e2e_name:-e2e}" "$1" >&2; exit 2 ;;
+        *) printf '%s: --machine must be q35, q35-6.12 or microvm, not "%s"\n' "${e2e_name:-e2e}" "$1" >&2; exit 2 ;;
     esac
     e2e_machine=$1
 }
@@ -41,7 +48,7 @@ e2e_take_machine_opt() {
     while ((${#e2e_args[@]})); do
         case ${e2e_args[0]} in
             --machine)
-                ((${#e2e_args[@]} >= 2)) || { printf '%s: --machine needs q35 or microvm\n' "${e2e_name:-e2e}" >&2; exit 2; }
+                ((${#e2e_args[@]} >= 2)) || { printf '%s: --machine needs q35, q35-6.12 or microvm\n' "${e2e_name:-e2e}" >&2; exit 2; }
                 e2e_set_machine "${e2e_args[1]}"
                 e2e_args=("${e2e_args[@]:2}")
                 ;;
@@ -107,8 +114,28 @@ e2e_build_guest() {
         "$repo_root/guest/build-initramfs.sh" --custom-kernel --kernel-dir "$kernel_dir" "$@"
         return
     fi
-    "$repo_root/guest/stock-kernel.sh" "$kernel_dir"
+    local series=6.1
+    if [[ $e2e_machine == q35-6.12 ]]; then series=6.12; fi
+    "$repo_root/guest/stock-kernel.sh" --series "$series" "$kernel_dir"
     "$repo_root/guest/build-initramfs.sh" --kernel-dir "$kernel_dir" "$@"
+}
+
+# e2e_check_queues LOG MIN: the daemon's exit report in LOG ("requests per
+# queue: hiprio H, 1: N1, 2: N2, ... (K of Q request queues used)") shows at
+# least MIN request queues that served requests. One PASS or FAIL.
+e2e_check_queues() {
+    local log=$1 min=$2 line used
+    line=$(grep -o 'requests per queue: .*' "$log" | tail -n1) || true
+    if [[ -z $line ]]; then
+        e2e_fail "the daemon reported its requests per queue (log: $log)"
+        return
+    fi
+    used=$(sed -n 's/.*(\([0-9][0-9]*\) of [0-9][0-9]* request queues used).*/\1/p' <<<"$line")
+    if [[ -n $used && $used -ge $min ]]; then
+        e2e_pass "the guest spread its requests over $used request queues (at least $min): $line"
+    else
+        e2e_fail "the guest used at least $min request queues: $line"
+    fi
 }
 
 # Temporary directory holding the share and the socket.
@@ -194,6 +221,36 @@ e2e_verify_share() {
     "$e2e_dir/verify-host.sh" "$e2e_share" >"$log" 2>&1 || true
     grep -v '^PASS' "$log" || true
     e2e_add_counts verify-host "$log"
+}
+
+# e2e_pjdfstest_summary LOG LABEL MIN: read pjdfstest's "Summary: F failed,
+# S skipped, P passed, X expected failures" line from the console LOG, print
+# everything but the passing cases and a "LABEL: P passed, F failed" line, and
+# succeed when nothing failed and at least MIN (if not empty) passed. Sets
+# e2e_pjdfstest_passed and e2e_pjdfstest_failed.
+e2e_pjdfstest_summary() {
+    local log=$1 label=$2 min=$3 summary fail skip pass xfail
+    e2e_pjdfstest_passed=0
+    e2e_pjdfstest_failed=1
+    tr -d '\r' <"$log" | sed -n '/^e2e-init: running/,$p' | grep -v -E '[[:space:]]ok$' || true
+    summary=$(tr -d '\r' <"$log" | grep -E '^Summary: [0-9]+ failed' | tail -n1) || true
+    if [[ -z $summary ]]; then
+        echo "$label: no pjdfstest summary (log: $log)"
+        echo "$label: 0 passed, 1 failed"
+        return 1
+    fi
+    read -r fail skip pass xfail < <(sed -E \
+        's/^Summary: ([0-9]+) failed, ([0-9]+) skipped, ([0-9]+) passed, ([0-9]+) expected failures.*/\1 \2 \3 \4/' \
+        <<<"$summary")
+    e2e_pjdfstest_passed=$pass
+    e2e_pjdfstest_failed=$fail
+    e2e_note "$label: $pass passed, $fail failed, $skip skipped, $xfail expected failures"
+    echo "$label: $pass passed, $fail failed"
+    if [[ -n $min && $pass -lt $min ]]; then
+        echo "$label: only $pass passed, at least $min expected (PJDFSTEST_MIN_PASSED)" >&2
+        return 1
+    fi
+    ((fail == 0))
 }
 
 # e2e_cleanup [FAILED_BEFORE]: stop the daemon; remove the work directory

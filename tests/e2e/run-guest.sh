@@ -39,7 +39,7 @@
 #                       virtio-net-device (virtio-mmio), console on ttyS0.
 #                       vmm-mini: target/release/vmm-mini (or $VMM_MINI) on
 #                       KVM with target/guest/vmlinux (PVH; built when
-#                       missing) and target/guest/initramfs.cpio.gz, 2 vCPUs,
+#                       missing) and target/guest/initramfs.cpio.gz,
 #                       virtio-mmio devices, console on ttyS0, --boot-timer
 #   --cmd NAME          guest program in tests/e2e/guest/ (default: workload)
 #   --args A,B          extra arguments for it (comma-separated, no spaces)
@@ -50,6 +50,7 @@
 #   --port PORT         9p-tcp: the server's TCP port on 127.0.0.1
 #   --mount-opts A,B    extra guest mount options
 #   --mem SIZE          guest memory (default: 512M; vmm-mini: N, NM or NG)
+#   --cpus N            vCPUs (default: 2, or $E2E_CPUS)
 #   --kernel FILE       default: target/guest-stock/vmlinuz (microvm:
 #                       target/guest/bzImage; vmm-mini: target/guest/vmlinux)
 #   --initramfs FILE    default: target/guest-stock/initramfs.cpio.gz (microvm,
@@ -93,6 +94,7 @@ log=
 tag=myfs
 mount_opts=
 mem=512M
+cpus=${E2E_CPUS:-2}
 machine=q35
 kernel=
 initramfs=
@@ -118,6 +120,7 @@ while [[ $# -gt 0 ]]; do
         --tag) tag=${2:?}; shift ;;
         --mount-opts) mount_opts=${2:?}; shift ;;
         --mem) mem=${2:?}; shift ;;
+        --cpus) cpus=${2:?}; shift ;;
         --kernel) kernel=${2:?}; shift ;;
         --initramfs) initramfs=${2:?}; shift ;;
         --quiet) quiet=true ;;
@@ -130,6 +133,7 @@ done
 [[ $cmd =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]*$ ]] || die "bad --cmd '$cmd'"
 [[ $args =~ ^[^[:space:]]*$ ]] || die "--args must not contain whitespace"
 [[ $timeout =~ ^[0-9]+$ ]] || die "bad --timeout '$timeout'"
+[[ $cpus =~ ^[1-9][0-9]?$ ]] || die "bad --cpus '$cpus'"
 case $machine in
     q35)
         guest_dir=$repo_root/target/guest-stock
@@ -280,7 +284,7 @@ if [[ $machine == vmm-mini ]]; then
     # line the guest's init runs in e2e mode all the same.
     append=${append#"console=ttyS0 panic=-1 "}
     vm_cmd=("$vmm_mini" --kernel "$kernel" --initrd "$initramfs"
-        --mem "$mem_mib" --cpus 2 --boot-timer
+        --mem "$mem_mib" --cpus "$cpus" --boot-timer
         "${vmm_dev[@]}" --cmdline "$append")
 elif [[ $machine == microvm ]]; then
     # vhost-user needs the guest's RAM in a shared memfd; microvm takes it as
@@ -298,7 +302,7 @@ fi
 if [[ $machine != vmm-mini ]]; then
     vm_cmd=("$qemu"
         -nodefaults -no-user-config
-        -machine "$machine_opt" -accel "$accel" -cpu max -smp 2
+        -machine "$machine_opt" -accel "$accel" -cpu max -smp "$cpus"
         -object "memory-backend-memfd,id=mem,size=$mem,share=on"
         "${mem_args[@]}"
         -kernel "$kernel" -initrd "$initramfs" -append "$append"

@@ -84,6 +84,22 @@ pub fn kicked_vring(
         .ok_or_else(|| io::Error::other(format!("event for unknown queue {device_event}")))
 }
 
+/// The queue number behind `device_event` on worker `thread`.
+/// vhost-user-backend hands each worker only the vrings of its mask in
+/// `queues_per_thread`, and numbers its events by position in that list:
+/// with masks `[0b11, 0b100]`, thread 1's event 0 is queue 2. None for an
+/// event the thread has no queue for.
+pub fn queue_of_event(
+    queues_per_thread: &[u64],
+    thread: usize,
+    device_event: u16,
+) -> Option<usize> {
+    let mask = *queues_per_thread.get(thread)?;
+    (0..64usize)
+        .filter(|b| (mask >> b) & 1 == 1)
+        .nth(device_event as usize)
+}
+
 /// Why a queue was stopped: what the guest (or, for [`QueueError::Signal`],
 /// the frontend) got wrong. The queue stays stopped until the driver
 /// restarts it.
@@ -137,7 +153,7 @@ pub fn serve_kick<E: Display>(
     mut serve: impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
 ) {
     serve_kick_with(vring, mem, event_idx, queue, poller, |mem| {
-        uring::drain(vring, mem, queue, None, &mut serve)
+        uring::drain(vring, mem, queue, None, None, &mut serve)
     })
 }
 
@@ -288,4 +304,24 @@ pub fn notify(vring: &VringRwLock) -> Result<(), QueueError> {
         Ok(false) => Ok(()),
     })
     .map_err(QueueError::Signal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::queue_of_event;
+
+    #[test]
+    fn events_are_numbered_per_thread() {
+        // virtio-fs with 3 request queues: thread 0 has hiprio and queue 1,
+        // threads 1 and 2 one queue each.
+        let masks = [0b11, 0b100, 0b1000];
+        assert_eq!(queue_of_event(&masks, 0, 0), Some(0));
+        assert_eq!(queue_of_event(&masks, 0, 1), Some(1));
+        assert_eq!(queue_of_event(&masks, 1, 0), Some(2));
+        assert_eq!(queue_of_event(&masks, 2, 0), Some(3));
+        assert_eq!(queue_of_event(&masks, 1, 1), None, "thread 1 has one queue");
+        assert_eq!(queue_of_event(&masks, 3, 0), None, "no thread 3");
+        // Gaps in a mask count by position.
+        assert_eq!(queue_of_event(&[0b1010], 0, 1), Some(3));
+    }
 }

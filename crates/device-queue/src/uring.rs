@@ -34,7 +34,7 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use io_uring::register::Restriction;
@@ -727,9 +727,10 @@ pub(crate) fn drain<E: std::fmt::Display>(
     mem: &MemGuard,
     queue: &str,
     mut data: Option<(&dyn DataPath, &mut UringQueue)>,
+    taken: Option<&AtomicU64>,
     sync: &mut impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
 ) -> Result<(), QueueError> {
-    let r = drain_passes(vring, mem, queue, &mut data, sync);
+    let r = drain_passes(vring, mem, queue, &mut data, taken, sync);
     if r.is_err() {
         // Operations in flight use guest memory: none may outlive the
         // snapshot the caller drops when this returns.
@@ -761,12 +762,16 @@ fn drain_passes<E: std::fmt::Display>(
     mem: &MemGuard,
     queue: &str,
     data: &mut Option<(&dyn DataPath, &mut UringQueue)>,
+    taken: Option<&AtomicU64>,
     sync: &mut impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
 ) -> Result<(), QueueError> {
     for _ in 0..MAX_PASSES {
         let chains = available(vring, mem)?;
         if chains.is_empty() {
             return Ok(());
+        }
+        if let Some(t) = taken {
+            t.fetch_add(chains.len() as u64, Ordering::Relaxed);
         }
         let mut unsignalled = 0;
         for chain in chains {
@@ -832,6 +837,8 @@ enum RingSlot {
 pub struct QueueEngine {
     engine: IoEngine,
     rings: Vec<Mutex<RingSlot>>,
+    /// Per queue: the descriptor chains (requests) taken off its ring.
+    taken: Vec<AtomicU64>,
     fallback_logged: AtomicBool,
     inline_first: bool,
     pollers: QueuePollers,
@@ -844,6 +851,7 @@ impl QueueEngine {
         QueueEngine {
             engine: IoEngine::default(),
             rings: (0..queues).map(|_| Mutex::new(RingSlot::Unset)).collect(),
+            taken: (0..queues).map(|_| AtomicU64::new(0)).collect(),
             fallback_logged: AtomicBool::new(false),
             inline_first: true,
             pollers: QueuePollers::new(queues, DEFAULT_POLL),
@@ -941,6 +949,17 @@ impl QueueEngine {
         self.counts(UringQueue::inline_done)
     }
 
+    /// Per queue (index = queue number): how many requests (descriptor
+    /// chains) it has taken off its ring so far. Shows how a driver spreads
+    /// its requests over the queues (Linux 6.11 and later use one request
+    /// queue per vCPU).
+    pub fn requests_per_queue(&self) -> Vec<u64> {
+        self.taken
+            .iter()
+            .map(|t| t.load(Ordering::Relaxed))
+            .collect()
+    }
+
     /// Serves one kick of queue `q` (named `queue` in log lines), with the
     /// kick protocol of [`crate::serve_kick_with`]. With `data`, the queue
     /// polls, and with the io_uring engine and a ring its reads and writes
@@ -959,9 +978,12 @@ impl QueueEngine {
         data: Option<&dyn DataPath>,
         mut sync: impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
     ) {
+        let taken = self.taken.get(q);
         let Some(path) = data else {
             let mut off = crate::Poller::new(std::time::Duration::ZERO);
-            return crate::serve_kick(vring, mem, event_idx, queue, &mut off, sync);
+            return crate::serve_kick_with(vring, mem, event_idx, queue, &mut off, |mem| {
+                drain(vring, mem, queue, None, taken, &mut sync)
+            });
         };
         let mut poller = self.pollers.get(q);
         let mut slot = match (self.engine, self.rings.get(q)) {
@@ -980,7 +1002,7 @@ impl QueueEngine {
         };
         crate::serve_kick_with(vring, mem, event_idx, queue, &mut poller, |mem| {
             let data = uq.as_deref_mut().map(|uq| (path, uq));
-            drain(vring, mem, queue, data, &mut sync)
+            drain(vring, mem, queue, data, taken, &mut sync)
         })
     }
 }

@@ -374,6 +374,26 @@ pub fn enter(
             })
             .map_err(fail("mount a private /proc (subset=pid needs Linux 5.8)"))?;
             let proc_self_fd = open_proc_self_fd().map_err(fail("open /proc/self/fd"))?;
+            if c.as_bytes() == b"/" {
+                // The share is the root itself (as virtme-ng and the nested
+                // KVM runner share it). A bind mount of / on / would stack
+                // above the process's root, where pivot_root cannot reach
+                // it (EBUSY). The root is already the share: harden it in
+                // place, and take the private /proc away again (the open
+                // /proc/self/fd stays usable), so the share shows what is
+                // mounted at /proc, as for any share with submounts.
+                harden_share_mount(&c).map_err(fail("make the share nodev,nosuid"))?;
+                // SAFETY: NUL-terminated path.
+                check(unsafe { libc::umount2(c"/proc".as_ptr(), libc::MNT_DETACH) })
+                    .map_err(fail("detach the private /proc"))?;
+                // SAFETY: NUL-terminated path.
+                check(unsafe { libc::chdir(c"/".as_ptr()) }).map_err(fail("chdir /"))?;
+                return Ok(Entered {
+                    root: PathBuf::from("/"),
+                    proc_self_fd: Some(proc_self_fd),
+                    pid_namespace: true,
+                });
+            }
             // pivot_root needs the new root to be a mount point.
             // SAFETY: as above.
             check(unsafe {

@@ -204,6 +204,7 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     let result = daemon.wait();
     // Stop the queue workers whatever the outcome.
     let _ = backend.notify_exit();
+    info!("{}", backend.queue_report());
     match result {
         Ok(()) => Ok(()),
         Err(vhost_user_backend::Error::HandleRequest(VhostUserError::Disconnected))

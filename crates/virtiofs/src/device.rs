@@ -75,6 +75,8 @@ pub struct VirtioFsBackend {
     tag: Option<String>,
     /// One exit event per worker thread.
     exits: Vec<(EventConsumer, EventNotifier)>,
+    /// Per worker thread, the queues it serves (bit i: queue i).
+    thread_queues: Vec<u64>,
     /// The engine, and per queue (index = queue number) its io_uring ring
     /// and polling; hiprio uses neither.
     data: QueueEngine,
@@ -109,6 +111,11 @@ impl VirtioFsBackend {
             request_queues,
             tag,
             exits,
+            // Thread 0: hiprio (queue 0) and request queue 1; thread i:
+            // queue i + 1.
+            thread_queues: std::iter::once(0b11u64)
+                .chain((2..=request_queues).map(|q| 1u64 << q))
+                .collect(),
             data: QueueEngine::new(request_queues + 1),
         })
     }
@@ -157,6 +164,34 @@ impl VirtioFsBackend {
     /// not block), all queues.
     pub fn inline_completions(&self) -> u64 {
         self.data.inline_completions()
+    }
+
+    /// Per queue (0 is hiprio, 1.. the request queues): the requests it
+    /// has taken so far.
+    pub fn requests_per_queue(&self) -> Vec<u64> {
+        self.data.requests_per_queue()
+    }
+
+    /// One line for the log: the requests each queue served.
+    pub fn queue_report(&self) -> String {
+        let counts = self.requests_per_queue();
+        let used = counts.iter().skip(1).filter(|&&n| n > 0).count();
+        let list: Vec<String> = counts
+            .iter()
+            .enumerate()
+            .map(|(q, n)| {
+                if q == 0 {
+                    format!("hiprio {n}")
+                } else {
+                    format!("{q}: {n}")
+                }
+            })
+            .collect();
+        format!(
+            "requests per queue: {} ({used} of {} request queues used)",
+            list.join(", "),
+            self.request_queues
+        )
     }
 
     /// Stops every worker thread.
@@ -298,10 +333,7 @@ impl VhostUserBackend for VirtioFsBackend {
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {
-        // Thread 0: hiprio (queue 0) and request queue 1; thread i: queue i + 1.
-        let mut map = vec![0b11u64];
-        map.extend((2..=self.request_queues).map(|q| 1u64 << q));
-        map
+        self.thread_queues.clone()
     }
 
     fn exit_event(&self, thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
@@ -314,20 +346,28 @@ impl VhostUserBackend for VirtioFsBackend {
         device_event: u16,
         evset: EventSet,
         vrings: &[VringRwLock],
-        _thread: usize,
+        thread: usize,
     ) -> io::Result<()> {
         // Only an event this device never registered is an error: a queue
         // the guest broke is stopped by the serving loop, and this worker
         // thread (thread 0 also serves hiprio) goes on.
         let vring = device_queue::kicked_vring(vrings, device_event, evset)?;
-        if device_event == HIPRIO_QUEUE {
+        // `device_event` counts this thread's queues only; the queue's own
+        // number decides hiprio or not, and which ring and poller it uses.
+        let queue = device_queue::queue_of_event(&self.thread_queues, thread, device_event)
+            .ok_or_else(|| {
+                io::Error::other(format!(
+                    "thread {thread} has no queue for event {device_event}"
+                ))
+            })?;
+        if queue == HIPRIO_QUEUE as usize {
             debug!("hiprio queue kicked");
         }
-        let name = format!("virtio-fs queue {device_event}");
+        let name = format!("virtio-fs queue {queue}");
         let fuse = FuseData(&self.fs);
-        let data: Option<&dyn DataPath> = (device_event != HIPRIO_QUEUE).then_some(&fuse);
+        let data: Option<&dyn DataPath> = (queue != HIPRIO_QUEUE as usize).then_some(&fuse);
         self.data.serve_kick(
-            device_event as usize,
+            queue,
             vring,
             self.mem.snapshot(),
             self.event_idx.load(Ordering::Acquire),

@@ -34,13 +34,19 @@ struct Driver {
 
 impl Driver {
     fn new(share: &Path) -> Driver {
+        Driver::with_request_queues(share, 1)
+    }
+
+    fn with_request_queues(share: &Path, request_queues: usize) -> Driver {
         let mut ram = GuestRam::new(MEM_SIZE).unwrap();
-        let queues: Vec<SplitQueue> = (0..2).map(|_| SplitQueue::new(&mut ram, QSIZE)).collect();
+        let queues: Vec<SplitQueue> = (0..=request_queues)
+            .map(|_| SplitQueue::new(&mut ram, QSIZE))
+            .collect();
         let vrings = queues.iter().map(|q| q.vring(&ram).unwrap()).collect();
         let req = ram.alloc(REQ_LEN, 8);
         let reply = ram.alloc(REPLY_LEN, 8);
         let fs = Arc::new(PassthroughFs::new(Config::new(share)).unwrap());
-        let dev = VirtioFsBackend::new(fs, 1, None).unwrap();
+        let dev = VirtioFsBackend::new(fs, request_queues, None).unwrap();
         dev.update_memory(ram.atomic()).unwrap();
         let mut d = Driver {
             ram,
@@ -61,26 +67,43 @@ impl Driver {
         self.queues[queue].write_desc(&self.ram, idx, addr, len, flags, next);
     }
 
-    /// Publishes the chain at `head` on `queue`, kicks the device and returns
-    /// the used element (or `None` if nothing was used).
+    /// Publishes the chain at `head` on `queue`, kicks the device as
+    /// vhost-user-backend does (the worker thread whose mask has the queue,
+    /// with only that thread's vrings, the event numbered among them) and
+    /// returns the used element (or `None` if nothing was used).
     fn kick(&mut self, queue: usize, head: u16) -> Option<(u32, u32)> {
         self.queues[queue].publish(&self.ram, head);
+        let masks = self.dev.queues_per_thread();
+        let thread = masks
+            .iter()
+            .position(|m| (m >> queue) & 1 == 1)
+            .expect("every queue has a worker thread");
+        let mine: Vec<VringRwLock> = (0..self.vrings.len())
+            .filter(|q| (masks[thread] >> q) & 1 == 1)
+            .map(|q| self.vrings[q].clone())
+            .collect();
+        let event = (0..queue).filter(|q| (masks[thread] >> q) & 1 == 1).count();
         self.dev
-            .handle_event(queue as u16, EventSet::IN, &self.vrings, 0)
+            .handle_event(event as u16, EventSet::IN, &mine, thread)
             .expect("handle_event must not fail on guest input");
         self.queues[queue].take_used(&self.ram)
     }
 
     /// Sends raw request bytes on the request queue with a reply buffer of `reply_len`.
     fn raw(&mut self, req: &[u8], reply_len: u32) -> Reply {
+        self.raw_on(1, req, reply_len)
+    }
+
+    /// Sends raw request bytes on `queue` with a reply buffer of `reply_len`.
+    fn raw_on(&mut self, queue: usize, req: &[u8], reply_len: u32) -> Reply {
         self.ram.write(self.req, req);
         self.ram.write(self.reply, &vec![0xaa; reply_len as usize]);
-        let head = self.queues[1].write_chain(
+        let head = self.queues[queue].write_chain(
             &self.ram,
             &Buf::request_reply(self.req, req.len() as u32, self.reply, reply_len),
         );
         let (id, used) = self
-            .kick(1, head)
+            .kick(queue, head)
             .expect("every chain is returned to the guest");
         assert_eq!(id, head as u32);
         Reply::parse(used, &self.ram.read(self.reply, used as usize))
@@ -95,10 +118,56 @@ impl Driver {
     }
 
     fn request(&mut self, opcode: u32, nodeid: u64, body: &[u8]) -> Reply {
+        self.request_on(1, opcode, nodeid, body)
+    }
+
+    fn request_on(&mut self, queue: usize, opcode: u32, nodeid: u64, body: &[u8]) -> Reply {
         self.unique += 1;
         let req = fuse_wire::request(opcode, self.unique, nodeid, 0, body);
-        self.raw(&req, 4096)
+        self.raw_on(queue, &req, 4096)
     }
+}
+
+/// With several request queues, vhost-user-backend gives each worker
+/// thread its own queues and numbers their events from 0: request queue 3
+/// arrives on thread 2 as event 0. Each must still be served as itself: a
+/// request queue with the data path (io_uring here), counted as its own, and
+/// not as the hiprio queue, whose number 0 is.
+#[test]
+fn every_request_queue_is_served_as_itself() {
+    let (_b, share, _o) = setup();
+    let mut d = Driver::with_request_queues(&share, 3);
+    assert_eq!(
+        d.dev.requests_per_queue(),
+        vec![0, 1, 0, 0],
+        "INIT on queue 1"
+    );
+    let inside = d.request_on(2, LOOKUP, 1, &name(b"inside")).nodeid();
+    assert_ne!(inside, 0, "LOOKUP on queue 2");
+    let fh = d
+        .request_on(3, OPEN, inside, &fuse_wire::open_in(libc::O_RDONLY as u32))
+        .fh();
+    let before = d.dev.ring_completions() + d.dev.inline_completions();
+    let r = d.request_on(3, READ, inside, &fuse_wire::read_in(fh, 0, 64));
+    assert_eq!(r.error, 0, "READ on queue 3");
+    assert_eq!(d.dev.requests_per_queue(), vec![0, 1, 1, 2]);
+    if d.dev.engine() == virtiofs::device::IoEngine::IoUring && d.dev.prepare_rings() > 0 {
+        assert_eq!(
+            d.dev.ring_completions() + d.dev.inline_completions(),
+            before + 1,
+            "queue 3's READ took the io_uring data path of a request queue"
+        );
+    }
+    // FORGET on hiprio: counted there, no reply.
+    d.unique += 1;
+    let forget = fuse_wire::request(FORGET, d.unique, inside, 0, &fuse_wire::forget_in(1));
+    d.ram.write(d.req, &forget);
+    let head = d.queues[0].write_chain(
+        &d.ram,
+        &Buf::request_reply(d.req, forget.len() as u32, d.reply, 16),
+    );
+    d.kick(0, head);
+    assert_eq!(d.dev.requests_per_queue(), vec![1, 1, 1, 2]);
 }
 
 fn setup() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {

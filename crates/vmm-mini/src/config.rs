@@ -172,6 +172,18 @@ impl VmConfig {
     }
 }
 
+/// The guest's shell command line for the words after `--`, as a shell user
+/// expects them: one word is a command line of its own, run as it is (as
+/// `ssh host 'a; b'` runs `a; b`), so `-- 'cd /mnt/c && make'` works;
+/// several words are a program and its arguments, each passed as it is
+/// ([`shell_join`] quotes them), so `-- touch 'a b'` makes one file.
+pub fn command_line(args: &[String]) -> String {
+    match args {
+        [one] => one.clone(),
+        _ => shell_join(args),
+    }
+}
+
 /// `args` as one `sh -c` string, each quoted where it needs it.
 pub fn shell_join(args: &[String]) -> String {
     args.iter()
@@ -269,6 +281,22 @@ mod tests {
         assert_eq!(a(&["ls", "-la", "/mnt/c"]), "ls -la /mnt/c");
         assert_eq!(a(&["echo", "a b", "it's", ""]), r"echo 'a b' 'it'\''s' ''");
         assert_eq!(a(&["sh", "-c", "x; y"]), "sh -c 'x; y'");
+    }
+
+    #[test]
+    fn one_word_is_a_command_line_several_are_an_argv() {
+        let v = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // One word: the shell reads it (ssh's form).
+        assert_eq!(command_line(&v(&["a; b"])), "a; b");
+        assert_eq!(
+            command_line(&v(&["cd /mnt/c && make -j2"])),
+            "cd /mnt/c && make -j2"
+        );
+        assert_eq!(command_line(&v(&["ls"])), "ls");
+        // Several: each word stays one argument.
+        assert_eq!(command_line(&v(&["touch", "a b"])), "touch 'a b'");
+        assert_eq!(command_line(&v(&["sh", "-c", "a; b"])), "sh -c 'a; b'");
+        assert_eq!(command_line(&v(&["echo", "it's"])), r"echo 'it'\''s'");
     }
 
     #[test]

@@ -93,13 +93,22 @@ impl InProcess {
     }
 }
 
+/// One worker thread: waits for the kicks of `queues` (the ready ones of
+/// `mask`) and calls `handle_event` as vhost-user-backend does, with the
+/// vrings of `mask` only and each event numbered by its queue's position
+/// among them.
 fn worker(
     backend: Arc<Backend>,
     vrings: Arc<Vec<VringRwLock>>,
+    mask: u64,
     queues: Vec<usize>,
     thread: usize,
     exit: EventConsumer,
 ) {
+    let thread_vrings: Vec<VringRwLock> = (0..vrings.len())
+        .filter(|q| mask & (1 << q) != 0)
+        .map(|q| vrings[q].clone())
+        .collect();
     let epoll = match Epoll::new() {
         Ok(e) => e,
         Err(e) => return warn!("in-process device worker {thread}: epoll: {e}"),
@@ -146,7 +155,8 @@ fn worker(
                     continue;
                 }
             }
-            if let Err(e) = backend.handle_event(q as u16, EventSet::IN, &vrings, thread) {
+            let event = (mask & ((1u64 << q) - 1)).count_ones() as u16;
+            if let Err(e) = backend.handle_event(event, EventSet::IN, &thread_vrings, thread) {
                 warn!("in-process device: queue {q}: {e}");
             }
         }
@@ -215,7 +225,7 @@ impl VirtioDevice for InProcess {
             let (b, v) = (self.backend.clone(), vrings.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("vmm-dev{}-q{thread}", self.device_type))
-                .spawn(move || worker(b, v, mine, thread, consumer))?;
+                .spawn(move || worker(b, v, mask, mine, thread, consumer))?;
             self.workers.push((notifier, handle));
         }
         Ok(())

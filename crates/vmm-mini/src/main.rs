@@ -13,11 +13,14 @@ use vmm_mini::kvm_probe;
 ///
 /// With our initramfs (guest/build-initramfs.sh), each virtio-fs share is
 /// mounted at /mnt/TAG and each 9P share at /mnt/TAG; the COMMAND after `--`
-/// runs there (`sh -c`), or a shell opens on the console without one.
+/// runs in the guest's shell, or a shell opens on the console without one.
 #[derive(Debug, Parser)]
 #[command(name = "vmm-mini", version)]
 #[command(after_help = "Example:\n  vmm-mini --kernel target/guest/vmlinux \
 --initrd target/guest/initramfs.cpio.gz --fs tag=c,dir=/some/dir -- ls /mnt/c\n\n\
+The COMMAND after --: one word is a shell command line, run as it is, as ssh \
+runs one (-- 'cd /mnt/c && ls | wc -l'); several words are a program and its \
+arguments, each kept as one argument (-- touch /mnt/c/'a b' makes one file).\n\n\
 Exit status: the guest's (what its init writes to I/O port 0x501); 125 when \
 the guest resets without one (reboot, panic); 1 when the VM cannot be built \
 or a vCPU fails; 2 for bad flags.\n\n\
@@ -63,7 +66,8 @@ struct Cli {
     /// Log level: error, warn, info, debug, trace, off.
     #[arg(long, default_value = "warn")]
     log_level: log::LevelFilter,
-    /// The command the guest runs; none: an interactive shell.
+    /// The command the guest runs: one word is a shell command line ('a; b'),
+    /// several are a program and its arguments; none: an interactive shell.
     #[arg(last = true)]
     command: Vec<String>,
 }

@@ -25,7 +25,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::boot::{self, BootError};
-use crate::config::{base64, shell_join, ShareBackend, ShareKind, ShareSpec, VmConfig};
+use crate::config::{base64, command_line, ShareBackend, ShareKind, ShareSpec, VmConfig};
 use crate::cpu::{self, CpuError};
 use crate::devices::{self, InProcess, VhostUser, VIRTIO_ID_9P, VIRTIO_ID_FS};
 use crate::harness::{GuestRam, HarnessError};
@@ -380,7 +380,7 @@ pub fn kernel_cmdline(cfg: &VmConfig) -> Vec<String> {
         tags(ShareKind::P9)
     ));
     if let Some(cmd) = &cfg.command {
-        parts.push(format!("vmm.sh={}", base64(shell_join(cmd).as_bytes())));
+        parts.push(format!("vmm.sh={}", base64(command_line(cmd).as_bytes())));
     }
     parts.extend(cfg.cmdline.iter().cloned());
     parts

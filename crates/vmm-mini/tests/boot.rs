@@ -277,6 +277,11 @@ impl Guest {
     /// Boots with `devices_and_flags` and runs `script` (`sh -c`) in the
     /// guest.
     fn run(&self, devices_and_flags: &[OsString], script: &str) -> Run {
+        self.run_words(devices_and_flags, &["sh", "-c", script])
+    }
+
+    /// Boots with `devices_and_flags` and `-- WORDS...`.
+    fn run_words(&self, devices_and_flags: &[OsString], words: &[&str]) -> Run {
         let mut args: Vec<OsString> = vec![
             "--kernel".into(),
             self.kernel.clone().into(),
@@ -286,10 +291,11 @@ impl Guest {
             "256".into(),
         ];
         args.extend(devices_and_flags.iter().cloned());
-        args.extend(["--".into(), "sh".into(), "-c".into(), script.into()]);
+        args.push("--".into());
+        args.extend(words.iter().map(OsString::from));
         let run = run_vmm(&args, BOOT_TIMEOUT);
         say(&format!(
-            "vmm-mini exited with {:?} after running: {script}",
+            "vmm-mini exited with {:?} after running: {words:?}",
             run.code
         ));
         run
@@ -371,11 +377,19 @@ fn the_guest_exit_status_is_vmm_minis() {
     let Some(guest) = Guest::get("the_guest_exit_status_is_vmm_minis", Kernel::Pvh) else {
         return;
     };
-    let run = guest.run(&[], "exit 7");
+    // One word after `--` is a shell command line, as `ssh host 'a; b'`
+    // takes it: both commands run, the quotes group, the exit is the
+    // guest's.
+    let run = guest.run_words(&[], &["echo ONE-$((40 + 2)); echo 'TWO  THREE'; exit 7"]);
     assert_eq!(
         run.code,
         Some(7),
         "vmm-mini exits with the guest's status\n{}",
+        run.transcript()
+    );
+    assert!(
+        run.has_line("ONE-42") && run.has_line("TWO  THREE"),
+        "the one-word command ran as a shell command line\n{}",
         run.transcript()
     );
 }
