@@ -3,8 +3,9 @@
 # stock kernel's modules, guest/init, tests/e2e/guest/* and the attr
 # package's getfattr/setfattr (with their libraries).
 #
-# Usage: guest/build-initramfs.sh [--with-pjdfstest[=BIN]] [--kernel-dir DIR]
-#                                 [--custom-kernel] [--out FILE] [--busybox BIN]
+# Usage: guest/build-initramfs.sh [--with-pjdfstest[=BIN]] [--add-program BIN]...
+#                                 [--kernel-dir DIR] [--custom-kernel]
+#                                 [--out FILE] [--busybox BIN]
 #
 #   --custom-kernel         for guest/build-kernel.sh's kernel (everything built
 #                           in): no modules, and an empty modules.load; the
@@ -14,6 +15,7 @@
 #   --with-pjdfstest[=BIN]  also install pjdfstest (default: the one in PATH or
 #                           ~/.cargo/bin) plus every library ldd lists and the
 #                           dynamic loader
+#   --add-program BIN       also install BIN (e.g. /usr/bin/fio) the same way
 #   --kernel-dir DIR        output of guest/stock-kernel.sh (default
 #                           target/guest-stock; populated if it has no modules)
 #                           or, with --custom-kernel, of guest/build-kernel.sh
@@ -29,6 +31,7 @@ out=
 busybox=/bin/busybox
 pjdfstest=
 with_pjdfstest=false
+extra_programs=()
 
 log() { printf 'build-initramfs: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -37,6 +40,7 @@ while [[ $# -gt 0 ]]; do
     case $1 in
         --with-pjdfstest) with_pjdfstest=true ;;
         --with-pjdfstest=*) with_pjdfstest=true; pjdfstest=${1#*=} ;;
+        --add-program) extra_programs+=("${2:?}"); shift ;;
         --kernel-dir) kernel_dir=${2:?}; shift ;;
         --custom-kernel) custom_kernel=true ;;
         --out) out=${2:?}; shift ;;
@@ -132,6 +136,11 @@ if $with_pjdfstest; then
     [[ -x $pjdfstest ]] || die "pjdfstest not found (cargo install pjdfstest)"
     add_program "$pjdfstest"
 fi
+
+for p in "${extra_programs[@]}"; do
+    [[ -x $p ]] || die "$p is not an executable"
+    add_program "$p"
+done
 
 if [[ $EUID -eq 0 ]]; then
     mknod -m 0600 "$stage/dev/console" c 5 1

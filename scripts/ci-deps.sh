@@ -9,12 +9,14 @@
 #   - upstream virtiofsd 1.14.0 (cargo install, only if missing; needs
 #     libseccomp-dev and libcap-ng-dev)
 #   - users/groups: nobody/nogroup and tests/tests (pjdfstest switches to them)
-#   - the guest kernel: Debian's stock kernel, cached by guest/stock-kernel.sh
-#   - the minimal guest kernel for -M microvm: its build prerequisites (make
-#     gcc libc6-dev flex bison bc xz-utils libelf-dev libssl-dev) and the
-#     kernel itself, built from linux-source-6.1 by guest/build-kernel.sh
-#     (about 3 minutes on 2 cores the first time; cached in
-#     ~/.cache/virtiofsd-rs/kernel/, then about a second)
+#   - the guest kernels: Debian's stock 6.1 (the "old guest") and 6.12 (the
+#     multi-queue guest; with the KVM modules, the nested L1 guest of
+#     tests/e2e/nested-kvm.sh), cached by guest/stock-kernel.sh
+#   - the minimal guest kernel for -M microvm and vmm-mini: its build
+#     prerequisites (make gcc libc6-dev flex bison bc xz-utils libelf-dev
+#     libssl-dev patch) and the kernel itself, built from linux-source-6.12
+#     by guest/build-kernel.sh (about 4 minutes on 2 cores the first time;
+#     cached in ~/.cache/virtiofsd-rs/kernel/, then about a second)
 #
 #   - xfstests: its Debian packages and users, and its build from
 #     ../shared/xfstests/ (tests/xfstests/build.sh; about 3 minutes the
@@ -60,8 +62,8 @@ if $want_virtiofsd; then
     packages+=(pkg-config libseccomp-dev libcap-ng-dev)
 fi
 if $want_custom_kernel; then
-    # guest/build-kernel.sh's prerequisites (it installs linux-source-6.1).
-    packages+=(make gcc libc6-dev flex bison bc xz-utils libelf-dev libssl-dev)
+    # guest/build-kernel.sh's prerequisites (it installs linux-source-6.12).
+    packages+=(make gcc libc6-dev flex bison bc xz-utils libelf-dev libssl-dev patch)
 fi
 # shellcheck source=lib-apt.sh
 . "$repo_root/scripts/lib-apt.sh"
@@ -113,15 +115,21 @@ fi
 log "users: $(id nobody); $(id tests)"
 
 if $want_kernel; then
-    if ! "$repo_root/guest/stock-kernel.sh"; then
+    stock_kernels() {
+        "$repo_root/guest/stock-kernel.sh" &&
+            "$repo_root/guest/stock-kernel.sh" --series 6.12 "$repo_root/target/guest-stock-6.12" &&
+            "$repo_root/guest/stock-kernel.sh" --series 6.12 --modules "virtio_pci virtiofs overlay kvm_amd" \
+                "$repo_root/target/guest-nested"
+    }
+    if ! stock_kernels; then
         # Usually: no apt lists yet, so the package cannot be resolved.
         apt_update_once
-        "$repo_root/guest/stock-kernel.sh"
+        stock_kernels
     fi
 fi
 if $want_custom_kernel; then
-    # Resolving linux-source-6.1 needs apt lists.
-    if [[ -z $(apt-cache policy linux-source-6.1 2>/dev/null | awk '$1 == "Candidate:" && $2 != "(none)"') ]]; then
+    # Resolving linux-source-6.12 needs apt lists.
+    if [[ -z $(apt-cache policy linux-source-6.12 2>/dev/null | awk '$1 == "Candidate:" && $2 != "(none)"') ]]; then
         apt_update_once
     fi
     "$repo_root/guest/build-kernel.sh"

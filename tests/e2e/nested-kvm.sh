@@ -26,6 +26,9 @@
 #   --env NAME      pass the variable NAME (repeatable). Always passed: PATH,
 #                   HOME, TERM, LANG, CI, RUST_LOG, RUST_BACKTRACE and every
 #                   VIRTIOFSD_RS_*, E2E_*, VMM_MINI* variable
+#   --keep DIR      share the host directory DIR read-write at the same path
+#                   (a second virtiofsd-rs), so what the command writes there
+#                   (logs) outlives the guest; DIR must exist
 #   --log FILE      the console log (default target/e2e/nested-kvm.log)
 #   --quiet         do not copy the console to stdout
 #
@@ -59,6 +62,7 @@ cpus=2
 timeout=900
 log=$repo_root/target/e2e/nested-kvm.log
 quiet=false
+keep=
 env_names=(PATH HOME TERM LANG CI RUST_LOG RUST_BACKTRACE)
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -68,6 +72,7 @@ while [[ $# -gt 0 ]]; do
         --timeout) timeout=${2:?--timeout needs seconds}; shift ;;
         --env) env_names+=("${2:?--env needs a name}"); shift ;;
         --log) log=${2:?--log needs a file}; shift ;;
+        --keep) keep=${2:?--keep needs a directory}; shift ;;
         --quiet) quiet=true ;;
         -h | --help) sed -n '2,/^set -e/{/^set -e/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
         --) shift; break ;;
@@ -79,6 +84,11 @@ done
 [[ $mem =~ ^[1-9][0-9]*$ ]] || die "bad --mem '$mem' (MiB)"
 [[ $cpus =~ ^[1-9][0-9]?$ ]] || die "bad --cpus '$cpus'"
 [[ $timeout =~ ^[1-9][0-9]*$ ]] || die "bad --timeout '$timeout'"
+if [[ -n $keep ]]; then
+    [[ -d $keep ]] || die "--keep $keep is not a directory"
+    keep=$(cd "$keep" && pwd -P)
+    [[ $keep =~ ^/[A-Za-z0-9_./+-]*$ && $keep != / ]] || die "--keep $keep: want a plain absolute path, not /"
+fi
 for n in "${env_names[@]}"; do
     [[ $n =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die "bad --env name '$n'"
 done
@@ -119,11 +129,15 @@ kernel_dir=$repo_root/target/guest-nested
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/nested-kvm.XXXXXX")
 daemon_pid=
+keep_pid=
 cleanup() {
-    if [[ -n $daemon_pid ]] && kill -0 "$daemon_pid" 2>/dev/null; then
-        kill -TERM "$daemon_pid" 2>/dev/null || true
-        wait "$daemon_pid" 2>/dev/null || true
-    fi
+    local p
+    for p in $daemon_pid $keep_pid; do
+        if kill -0 "$p" 2>/dev/null; then
+            kill -TERM "$p" 2>/dev/null || true
+            wait "$p" 2>/dev/null || true
+        fi
+    done
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -143,12 +157,38 @@ while read -r mod; do
 done <"$kernel_dir/modules.load"
 {
     printf '#!/bin/bash\n# Written by tests/e2e/nested-kvm.sh; PID 1 of the L1 guest.\n'
-    for n in "${env_names[@]}"; do
+    if [[ -n $keep ]]; then
+    [[ -d $keep ]] || die "--keep $keep is not a directory"
+    keep=$(cd "$keep" && pwd -P)
+    [[ $keep =~ ^/[A-Za-z0-9_./+-]*$ && $keep != / ]] || die "--keep $keep: want a plain absolute path, not /"
+fi
+for n in "${env_names[@]}"; do
         if [[ -v $n ]]; then printf 'export %s=%q\n' "$n" "${!n}"; fi
     done
     while read -r n; do
         printf 'export %s=%q\n' "$n" "${!n}"
     done < <(compgen -v | grep -E '^(VIRTIOFSD_RS_|E2E_|VMM_MINI)' || true)
+    # QEMU's TCG emulation of SVM ignores ASIDs and, on VMRUN, acts only on
+    # TLB_CONTROL_FLUSH_ALL_ASID (target/i386/tcg/sysemu/svm_helper.c), so
+    # a flush KVM asks for by moving the guest to a new ASID never happens.
+    # The guest's paravirtual TLB flush relies on exactly that: an L2 guest
+    # with 2 vCPUs and the PV features resets (triple fault) within seconds
+    # of file-heavy work. vmm-mini appends VMM_MINI_CMDLINE to every
+    # guest's command line; nopv runs the L2 guests without the PV features
+    # (their TLB shootdowns are IPIs and INVLPGs, which TCG does emulate).
+    # shellcheck disable=SC2016 # written for the guest's bash
+    printf '%s\n' 'export VMM_MINI_CMDLINE=${VMM_MINI_CMDLINE:-nopv}'
+    # The same flaw bites when a vCPU thread moves to another L1 CPU: KVM
+    # flushes by a new ASID, TCG keeps the other CPU's stale entries, and
+    # the L2 guest resets. vmm-mini pins its vCPU threads to
+    # VMM_MINI_VCPU_AFFINITY: the last L1 CPU, so none ever moves and the
+    # other CPUs serve the rest (device threads, daemons, scripts).
+    if ((cpus > 1)); then
+        printf 'export VMM_MINI_VCPU_AFFINITY=${VMM_MINI_VCPU_AFFINITY:-%s}\n' "$((cpus - 1))"
+    fi
+    # The host's open-file limits (Linux's defaults for PID 1 are 1024 and
+    # 4096), so the command meets the same limits as here.
+    printf 'ulimit -Hn %s && ulimit -Sn %s\n' "$(ulimit -Hn)" "$(ulimit -Sn)"
     printf 'rc=0\n'
     printf 'if cd %q; then\n' "$PWD"
     printf '    %s </dev/null || rc=$?\n' "$(printf '%q ' "$@")"
@@ -157,6 +197,7 @@ done <"$kernel_dir/modules.load"
     printf '%s\n' 'echo "NESTED-EXIT=$rc"' 'sync' 'echo o >/proc/sysrq-trigger' 'sleep 10'
 } >"$stage/nested/run.sh"
 chmod 0755 "$stage/nested/run.sh"
+printf '%s\n' "$keep" >"$stage/nested/keep"
 mknod -m 0600 "$stage/dev/console" c 5 1
 (cd "$stage" && find . -mindepth 1 -print0 | LC_ALL=C sort -z |
     cpio --null --create --format=newc --owner=0:0 --quiet) | gzip -1 >"$work/initramfs.cpio.gz"
@@ -175,6 +216,23 @@ if [[ ! -S $socket ]]; then
     note "the root's daemon did not start: $(tail -n 5 "$work/daemon.log")"
     exit 125
 fi
+keep_dev=()
+if [[ -n $keep ]]; then
+    "$daemon" --shared-dir "$keep" --socket-path "$work/keep.sock" --log-level warn \
+        >"$work/keep-daemon.log" 2>&1 &
+    keep_pid=$!
+    for ((i = 0; i < 200; i++)); do
+        [[ -S $work/keep.sock ]] && break
+        kill -0 "$keep_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [[ ! -S $work/keep.sock ]]; then
+        note "the daemon for --keep $keep did not start: $(tail -n 5 "$work/keep-daemon.log")"
+        exit 125
+    fi
+    keep_dev=(-chardev "socket,id=keep,path=$work/keep.sock"
+        -device "vhost-user-fs-pci,queue-size=1024,chardev=keep,tag=keep")
+fi
 
 mkdir -p "$(dirname "$log")"
 vm_cmd=("$qemu" -nodefaults -no-user-config
@@ -185,7 +243,8 @@ vm_cmd=("$qemu" -nodefaults -no-user-config
     -append "console=ttyS0 panic=-1 quiet loglevel=3"
     -display none -monitor none -serial stdio -no-reboot
     -chardev "socket,id=root,path=$socket"
-    -device "vhost-user-fs-pci,queue-size=1024,chardev=root,tag=hostroot")
+    -device "vhost-user-fs-pci,queue-size=1024,chardev=root,tag=hostroot"
+    "${keep_dev[@]}")
 printf 'nested-kvm: %s\n' "${vm_cmd[*]}" >"$log"
 note "booting the L1 guest ($cpus vCPUs, $mem MiB; console: $log)"
 start=$SECONDS

@@ -151,6 +151,8 @@ pub struct VmConfig {
     pub command: Option<Vec<String>>,
     /// Print the boot-to-init time.
     pub boot_timer: bool,
+    /// The host CPUs every vCPU thread is pinned to; empty: not pinned.
+    pub vcpu_affinity: Vec<usize>,
     /// Feed stdin to the guest's console.
     pub stdin: bool,
 }
@@ -168,6 +170,7 @@ impl VmConfig {
             command: None,
             boot_timer: false,
             stdin: false,
+            vcpu_affinity: Vec::new(),
         }
     }
 }

@@ -51,7 +51,8 @@ struct Cli {
     /// Repeatable.
     #[arg(long = "9p", value_name = "SPEC")]
     p9: Vec<P9Spec>,
-    /// Extra kernel command line, appended to vmm-mini's.
+    /// Extra kernel command line, appended to vmm-mini's. The environment
+    /// variable VMM_MINI_CMDLINE, when set, is appended after it.
     #[arg(long)]
     cmdline: Vec<String>,
     /// Print the time from VM creation to the guest's init (when the init
@@ -63,6 +64,15 @@ struct Cli {
     /// permission to open /dev/kvm, a failing ioctl, an unexpected VM exit).
     #[arg(long)]
     probe_kvm: bool,
+    /// Pin every vCPU thread to these host CPUs (comma-separated CPU
+    /// numbers). Without it the host's scheduler places them.
+    #[arg(
+        long,
+        value_name = "CPUS",
+        value_delimiter = ',',
+        env = "VMM_MINI_VCPU_AFFINITY"
+    )]
+    vcpu_affinity: Vec<usize>,
     /// Log level: error, warn, info, debug, trace, off.
     #[arg(long, default_value = "warn")]
     log_level: log::LevelFilter,
@@ -100,6 +110,11 @@ fn main() -> ExitCode {
     cfg.mem_mib = cli.mem;
     cfg.cpus = cli.cpus;
     cfg.cmdline = cli.cmdline;
+    // For runners that must adjust every guest they start (tests/e2e/
+    // nested-kvm.sh: nopv under QEMU's emulated SVM).
+    if let Some(extra) = std::env::var_os("VMM_MINI_CMDLINE") {
+        cfg.cmdline.push(extra.to_string_lossy().into_owned());
+    }
     cfg.shares = cli
         .fs
         .into_iter()
@@ -108,6 +123,7 @@ fn main() -> ExitCode {
         .collect();
     cfg.command = (!cli.command.is_empty()).then_some(cli.command);
     cfg.boot_timer = cli.boot_timer;
+    cfg.vcpu_affinity = cli.vcpu_affinity;
     cfg.stdin = true;
     match vmm_mini::vm::run(&cfg, Box::new(std::io::stdout())) {
         Ok(outcome) => {

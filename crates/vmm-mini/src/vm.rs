@@ -218,6 +218,35 @@ impl Bus {
 
 extern "C" fn kick_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
+/// Pins the calling thread to `cpus` (none: leaves it alone).
+fn pin_current_thread(cpus: &[usize]) -> io::Result<()> {
+    if cpus.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: an all-zero cpu_set_t is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cpus {
+        if c >= libc::CPU_SETSIZE as usize {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "CPU {c} is past the largest CPU number ({})",
+                    libc::CPU_SETSIZE - 1
+                ),
+            ));
+        }
+        // SAFETY: `c` is within the set's size, checked above.
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; 0 is this thread.
+    let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 fn vcpu_loop(id: u8, mut vcpu: VcpuFd, bus: Arc<Bus>, stop: Arc<AtomicBool>) {
     loop {
         if stop.load(Ordering::Acquire) {
@@ -537,9 +566,19 @@ pub fn run(cfg: &VmConfig, console: Box<dyn Write + Send>) -> Result<Outcome, Vm
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
     for (id, vcpu) in vcpus.into_iter().enumerate() {
         let (b, s) = (bus.clone(), stop.clone());
+        let affinity = cfg.vcpu_affinity.clone();
         let t = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || vcpu_loop(id as u8, vcpu, b, s))
+            .spawn(move || {
+                if let Err(source) = pin_current_thread(&affinity) {
+                    b.finish(End::Fault(VmError::Io {
+                        what: "pinning a vCPU thread (--vcpu-affinity)",
+                        source,
+                    }));
+                    return;
+                }
+                vcpu_loop(id as u8, vcpu, b, s)
+            })
             .map_err(io_err("spawning a vCPU thread"));
         match t {
             Ok(t) => threads.push(t),
