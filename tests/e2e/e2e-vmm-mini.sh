@@ -44,7 +44,8 @@
 # are limits of the Linux 9p client (their reasons are printed).
 #
 # Environment: VMM_MINI (default target/release/vmm-mini), E2E_TIMEOUT (per
-# guest, default 300 s), E2E_KEEP=1 (keep the temporary shares), E2E_QUIET=1
+# guest, default 300 s), E2E_WORKLOAD_SCALE=small (the workload's
+# scale:small, for nested KVM), E2E_KEEP=1 (keep the temporary shares), E2E_QUIET=1
 # (do not stream the guest console), E2E_LOG_DIR (default target/e2e),
 # E2E_SKIP_STATUS (exit status of a skip, default 0; scripts/test uses 77),
 # VMM_MINI_ASSUME_HARDWARE_KVM=1 (for testing this script itself: go on
@@ -173,6 +174,17 @@ run_device() {
             ;;
     esac
 
+    if [[ -n ${E2E_WORKLOAD_SCALE:-} ]]; then
+        # Appended to the device's --args (the last --args wins, so merge).
+        local i merged=scale:$E2E_WORKLOAD_SCALE
+        for ((i = 0; i < ${#run_args[@]}; i++)); do
+            if [[ ${run_args[i]} == --args ]]; then
+                merged=${run_args[i + 1]},$merged
+                unset 'run_args[i]' 'run_args[i+1]'
+            fi
+        done
+        run_args=("${run_args[@]}" --args "$merged")
+    fi
     "$e2e_dir/run-guest.sh" "${run_args[@]}" || status=$?
     e2e_judge_guest "$status" "$console_log" "$dev"
     # Once the guest's init ran, vmm-mini must have timed it (port 0x502).

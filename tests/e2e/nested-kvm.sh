@@ -44,6 +44,8 @@
 set -euo pipefail
 
 script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source-path=SCRIPTDIR source=lib-vm.sh
+. "$script_dir/lib-vm.sh"
 repo_root=$(cd "$script_dir/../.." && pwd)
 
 die() { printf 'nested-kvm: %s\n' "$*" >&2; exit 2; }
@@ -248,15 +250,8 @@ vm_cmd=("$qemu" -nodefaults -no-user-config
 printf 'nested-kvm: %s\n' "${vm_cmd[*]}" >"$log"
 note "booting the L1 guest ($cpus vCPUs, $mem MiB; console: $log)"
 start=$SECONDS
-set +e
-if $quiet; then
-    timeout --kill-after=10 "$timeout" "${vm_cmd[@]}" </dev/null >>"$log" 2>&1
-    rc=$?
-else
-    timeout --kill-after=10 "$timeout" "${vm_cmd[@]}" </dev/null 2>&1 | tee -a "$log"
-    rc=${PIPESTATUS[0]}
-fi
-set -e
+vm_run_logged "$timeout" "$log" "$quiet" "${vm_cmd[@]}"
+rc=$vm_rc
 elapsed=$((SECONDS - start))
 console=$(tr -d '\r' <"$log")
 if [[ $rc -eq 124 || $rc -eq 137 ]]; then

@@ -81,6 +81,8 @@
 set -euo pipefail
 
 script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source-path=SCRIPTDIR source=lib-vm.sh
+. "$script_dir/lib-vm.sh"
 repo_root=$(cd "$script_dir/../.." && pwd)
 
 fstype=
@@ -323,15 +325,8 @@ vmm_last_words() {
 
 printf 'run-guest: %s\n' "${vm_cmd[*]}" >"$log"
 start=$(date +%s)
-set +e
-if $quiet; then
-    timeout --kill-after=10 "$timeout" "${vm_cmd[@]}" </dev/null >>"$log" 2>&1
-    rc=$?
-else
-    timeout --kill-after=10 "$timeout" "${vm_cmd[@]}" </dev/null 2>&1 | tee -a "$log"
-    rc=${PIPESTATUS[0]}
-fi
-set -e
+vm_run_logged "$timeout" "$log" "$quiet" "${vm_cmd[@]}"
+rc=$vm_rc
 elapsed=$(($(date +%s) - start))
 
 if [[ $rc -eq 124 || $rc -eq 137 ]]; then
