@@ -71,7 +71,9 @@
 # "kvm" where KVM works), E2E_FWD_NODELAY (9p-tcp; default 1: QEMU's
 # connection to the server uses TCP_NODELAY; 0: without), E2E_TSC_KHZ
 # (microvm with TCG: the guest's TSC frequency, passed as tsc_early_khz=;
-# default: the host's, measured by tests/e2e/host-tsc-khz.py; 0: none).
+# default: the host's, measured by tests/e2e/host-tsc-khz.py; 0: none),
+# E2E_APPEND (extra kernel parameters, appended last; e.g. "loglevel=7
+# initcall_debug" to see where boot time goes).
 #
 # Exit status: the guest's E2E-EXIT status; 124 if the timeout expired; 98 if
 # QEMU (vmm-mini) ended without an E2E-EXIT line (crash, panic); 99 if
@@ -275,6 +277,7 @@ if [[ $machine == microvm && $accel == tcg ]]; then
     [[ -z $tsc_khz || $tsc_khz =~ ^[0-9]+$ ]] || die "bad E2E_TSC_KHZ '$tsc_khz'"
     if [[ -n $tsc_khz && $tsc_khz != 0 ]]; then append+=" tsc_early_khz=$tsc_khz"; fi
 fi
+[[ -z ${E2E_APPEND:-} ]] || append+=" $E2E_APPEND"
 
 if [[ $machine == vmm-mini ]]; then
     # vmm-mini takes the memory in MiB.
