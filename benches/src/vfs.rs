@@ -1,8 +1,8 @@
 //! virtio-fs servers driven over vhost-user the way a Linux guest drives
-//! them, through vmm-mini's harness: memfd guest memory ([`GuestRam`]),
-//! split virtqueues written from the driver's side ([`SplitQueue`]) and the
-//! harness's vhost-user frontend ([`VhostUserConn`]). Every server sees the
-//! same requests in the same guest-memory layout.
+//! them, through `virtio-driver`: memfd guest memory ([`GuestRam`]), split
+//! virtqueues written from the driver's side ([`SplitQueue`]: indirect
+//! tables, event index) and its vhost-user frontend ([`VhostUserDevice`]).
+//! Every server sees the same requests in the same guest-memory layout.
 //!
 //! The layout is the one Linux's virtio-fs driver produces:
 //! - queue 0 (hiprio, 256 entries) carries FORGET, one direct descriptor
@@ -29,30 +29,24 @@
 //! rewrites the 80-byte request and publishes the head. Synchronous
 //! metadata requests use the last descriptor of the queue.
 
-use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
 
 use device_queue::Poller;
-use vm_memory::GuestAddress;
-use vmm_mini::fuse_wire::{self, init_flags, opcode, InitOut, Reply, IN_HEADER, OUT_HEADER};
-use vmm_mini::harness::{GuestRam, HarnessError, SplitQueue, DESC_F_NEXT, DESC_F_WRITE};
-use vmm_mini::vhost_frontend::{
-    FrontendError, VhostUserConn, VringSetup, F_INDIRECT_DESC, F_VERSION_1,
+use virtio_driver::fuse::{
+    self as fuse_wire, init_flags, opcode, InitOut, Reply, IN_HEADER, OUT_HEADER,
 };
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use virtio_driver::wait::poll_readable;
+use virtio_driver::{
+    Buf, FrontendError, GuestRam, MemoryError, SplitQueue, VhostUserDevice, F_EVENT_IDX,
+    F_INDIRECT_DESC, F_VERSION_1,
+};
+use vm_memory::GuestAddress;
 
 use crate::fixture::{CREATE_DIR, DATA, DIR10K, WDATA};
 use crate::session::{Session, SessionError};
 use crate::workload::{pattern_matches, FileRole, IoSpec, Kind, WRITE_BYTE};
 
-/// `VIRTIO_RING_F_EVENT_IDX`.
-pub const F_EVENT_IDX: u64 = 1 << 29;
-/// `VRING_USED_F_NO_NOTIFY`.
-const USED_F_NO_NOTIFY: u16 = 1;
-/// `VIRTQ_DESC_F_INDIRECT`: the buffer is a table of descriptors.
-pub const DESC_F_INDIRECT: u16 = 4;
 /// Entries of the request queue.
 pub const REQUEST_QUEUE_SIZE: u16 = 1024;
 /// Entries of the hiprio queue.
@@ -85,7 +79,7 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum VfsError {
     /// Guest memory could not be made.
     #[error("guest memory: {0}")]
-    Harness(#[from] HarnessError),
+    Memory(#[from] MemoryError),
     /// vhost-user set-up failed.
     #[error("{0}")]
     Frontend(#[from] FrontendError),
@@ -140,40 +134,6 @@ pub enum DataLayout {
     Flat,
 }
 
-/// One descriptor of an indirect table: guest address, length, device-writable.
-type TableEntry = (u64, u32, bool);
-
-/// Writes `entries` as a chained indirect table at `at`.
-fn write_table(ram: &GuestRam, at: GuestAddress, entries: &[TableEntry]) {
-    let mut bytes = Vec::with_capacity(entries.len() * 16);
-    for (i, &(addr, len, writable)) in entries.iter().enumerate() {
-        let last = i + 1 == entries.len();
-        let mut flags = if writable { DESC_F_WRITE } else { 0 };
-        if !last {
-            flags |= DESC_F_NEXT;
-        }
-        let next = if last { 0 } else { i as u16 + 1 };
-        bytes.extend_from_slice(&addr.to_le_bytes());
-        bytes.extend_from_slice(&len.to_le_bytes());
-        bytes.extend_from_slice(&flags.to_le_bytes());
-        bytes.extend_from_slice(&next.to_le_bytes());
-    }
-    ram.write(at, &bytes);
-}
-
-/// `len` bytes at `at` as descriptors of at most `unit` bytes.
-fn pieces(
-    at: GuestAddress,
-    len: u32,
-    unit: u32,
-    writable: bool,
-) -> impl Iterator<Item = TableEntry> {
-    (0..len.div_ceil(unit)).map(move |i| {
-        let off = i * unit;
-        (at.0 + off as u64, unit.min(len - off), writable)
-    })
-}
-
 fn u64_at(b: &[u8], at: usize) -> u64 {
     b.get(at..at + 8)
         .map_or(0, |s| u64::from_le_bytes(s.try_into().unwrap_or_default()))
@@ -205,19 +165,12 @@ struct IoFile {
 pub struct VfsSession {
     ram: GuestRam,
     queues: [SplitQueue; 2],
-    kicks: [EventFd; 2],
-    calls: [EventFd; 2],
-    _conn: VhostUserConn,
+    dev: VhostUserDevice,
     unique: u64,
     /// What INIT negotiated.
     pub init: InitOut,
     /// EVENT_IDX was negotiated.
     pub event_idx: bool,
-    /// Per queue: chains published, the avail index at the last kick
-    /// decision, used entries taken (all wrapping, as the ring's indices).
-    published: [u16; 2],
-    kicked: [u16; 2],
-    consumed: [u16; 2],
     ctl_req: GuestAddress,
     ctl_reply: GuestAddress,
     ctl_table: GuestAddress,
@@ -259,37 +212,28 @@ impl VfsSession {
         guest_poll: Duration,
     ) -> Result<VfsSession, VfsError> {
         let mut ram = GuestRam::new(ram_size(kind))?;
-        let queues = [
+        let mut queues = [
             SplitQueue::new(&mut ram, HIPRIO_QUEUE_SIZE),
             SplitQueue::new(&mut ram, REQUEST_QUEUE_SIZE),
         ];
-        let efd = || EventFd::new(EFD_NONBLOCK).map_err(VfsError::EventFd);
-        let kicks = [efd()?, efd()?];
-        let calls = [efd()?, efd()?];
-        let mut conn = connect_retry(socket)?;
-        if conn.offered() & F_INDIRECT_DESC == 0 {
+        let mut want = F_VERSION_1 | F_INDIRECT_DESC;
+        if event_idx {
+            want |= F_EVENT_IDX;
+        }
+        let dev = VhostUserDevice::connect_within(
+            socket,
+            &ram,
+            &[&queues[0], &queues[1]],
+            want,
+            Duration::from_secs(3),
+        )?;
+        if dev.features & F_INDIRECT_DESC == 0 {
             return Err(VfsError::NoIndirect);
         }
-        let setups: Vec<VringSetup<'_>> = (0..2)
-            .map(|i| {
-                let (desc, avail, used) = queues[i].addresses();
-                VringSetup {
-                    size: queues[i].size(),
-                    desc,
-                    avail,
-                    used,
-                    kick: &kicks[i],
-                    call: &calls[i],
-                }
-            })
-            .collect();
-        let event_idx = event_idx && conn.offered() & F_EVENT_IDX != 0;
-        let mut features = F_VERSION_1 | F_INDIRECT_DESC;
-        if event_idx {
-            features |= F_EVENT_IDX;
+        let event_idx = dev.features & F_EVENT_IDX != 0;
+        for q in &mut queues {
+            q.set_event_idx(event_idx);
         }
-        conn.start(&ram.memory(), features, &setups)?;
-        drop(setups);
         let ctl_req = ram.alloc(CTL_REQ_LEN, 4096);
         let ctl_reply = ram.alloc(OUT_HEADER as u64 + CTL_REPLY_LEN as u64, 4096);
         let ctl_table = ram.alloc(16 * 8, 16);
@@ -297,14 +241,9 @@ impl VfsSession {
         let mut s = VfsSession {
             ram,
             queues,
-            kicks,
-            calls,
-            _conn: conn,
+            dev,
             unique: 0,
             event_idx,
-            published: [0; 2],
-            kicked: [0; 2],
-            consumed: [0; 2],
             init: InitOut {
                 minor: 0,
                 flags: 0,
@@ -390,34 +329,24 @@ impl VfsSession {
             let req = self.ram.alloc((IN_HEADER + RW_IN) as u64, 64);
             let reply = self.ram.alloc(64, 64);
             let data = self.ram.alloc(spec.len as u64, PAGE as u64);
-            let mut t: Vec<TableEntry> = vec![
-                (req.0, IN_HEADER as u32, false),
-                (req.0 + IN_HEADER as u64, RW_IN as u32, false),
+            let mut t = vec![
+                Buf::out(req, IN_HEADER as u32),
+                Buf::out(GuestAddress(req.0 + IN_HEADER as u64), RW_IN as u32),
             ];
             if spec.write() {
                 self.ram.write(data, &fill);
-                t.extend(pieces(data, spec.len, unit, false));
-                t.push((reply.0, OUT_HEADER as u32, true));
-                t.push((
-                    reply.0 + OUT_HEADER as u64,
+                t.extend(Buf::pieces(data, spec.len, unit, false));
+                t.push(Buf::input(reply, OUT_HEADER as u32));
+                t.push(Buf::input(
+                    GuestAddress(reply.0 + OUT_HEADER as u64),
                     fuse_wire::WRITE_OUT as u32,
-                    true,
                 ));
             } else {
-                t.push((reply.0, OUT_HEADER as u32, true));
-                t.extend(pieces(data, spec.len, unit, true));
+                t.push(Buf::input(reply, OUT_HEADER as u32));
+                t.extend(Buf::pieces(data, spec.len, unit, true));
             }
             let table = self.ram.alloc(16 * t.len() as u64, 16);
-            write_table(&self.ram, table, &t);
-            let head = i as u16;
-            self.queues[1].write_desc(
-                &self.ram,
-                head,
-                table.0,
-                16 * t.len() as u32,
-                DESC_F_INDIRECT,
-                0,
-            );
+            let head = self.queues[1].write_indirect(&self.ram, i as u16, table, &t);
             self.io.push(IoSlot {
                 head,
                 req,
@@ -439,43 +368,18 @@ impl VfsSession {
     /// Makes chain `head` available on queue `q`.
     fn publish(&mut self, q: usize, head: u16) {
         self.queues[q].publish(&self.ram, head);
-        self.published[q] = self.published[q].wrapping_add(1);
     }
 
     /// The next used element of queue `q`, if any.
     fn take_used(&mut self, q: usize) -> Option<(u32, u32)> {
-        let u = self.queues[q].take_used(&self.ram);
-        if u.is_some() {
-            self.consumed[q] = self.consumed[q].wrapping_add(1);
-        }
-        u
-    }
-
-    fn read_u16(&self, at: u64) -> u16 {
-        let b = self.ram.read(GuestAddress(at), 2);
-        u16::from_le_bytes([b[0], b[1]])
+        self.queues[q].take_used(&self.ram)
     }
 
     /// Notifies queue `q` of what was published since the last call, if the
     /// device wants to be notified (Linux's `virtqueue_kick_prepare`).
     fn kick(&mut self, q: usize) -> Result<(), VfsError> {
-        let (new, old) = (self.published[q], self.kicked[q]);
-        if new == old {
-            return Ok(());
-        }
-        self.kicked[q] = new;
-        // The avail index must be visible before the device's state is read.
-        fence(Ordering::SeqCst);
-        let (_, _, used) = self.queues[q].addresses();
-        let size = self.queues[q].size() as u64;
-        let needed = if self.event_idx {
-            let avail_event = self.read_u16(used.0 + 4 + 8 * size);
-            need_event(avail_event, new, old)
-        } else {
-            self.read_u16(used.0) & USED_F_NO_NOTIFY == 0
-        };
-        if needed {
-            self.kicks[q].write(1).map_err(VfsError::EventFd)?;
+        if self.queues[q].kick_prepare(&self.ram) {
+            self.dev.kick(q).map_err(VfsError::EventFd)?;
         }
         Ok(())
     }
@@ -484,49 +388,27 @@ impl VfsSession {
     /// used entry is already there. With EVENT_IDX, first asks for an
     /// interrupt at the next used entry (`used_event`).
     fn sleep(&mut self, q: usize, op: &'static str) -> Result<(), VfsError> {
-        let (_, avail, used) = self.queues[q].addresses();
-        if self.event_idx {
-            let size = self.queues[q].size() as u64;
-            self.ram.write(
-                GuestAddress(avail.0 + 4 + 2 * size),
-                &self.consumed[q].to_le_bytes(),
-            );
-            fence(Ordering::SeqCst);
-        }
-        if self.read_u16(used.0 + 2) != self.consumed[q] {
+        let (ram, queue) = (&self.ram, &self.queues[q]);
+        if queue.prepare_wait(ram) {
             return Ok(());
         }
+        let call = self.dev.call(q);
         // Poll first, as KVM polls a halted vCPU.
-        if self
-            .poller
-            .spin(|| self.read_u16(used.0 + 2) != self.consumed[q])
-        {
+        if self.poller.spin(|| queue.has_used(ram)) {
             // The interrupt this polling caught is consumed, as a vCPU's
             // pending interrupt is delivered on its wake-up.
-            let _ = self.calls[q].read();
+            let _ = call.read();
             return Ok(());
         }
         let slept = Instant::now();
-        let mut pfd = libc::pollfd {
-            fd: self.calls[q].as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, alive for the duration of the call.
-        let r = unsafe { libc::poll(&mut pfd, 1, REPLY_TIMEOUT.as_millis() as i32) };
-        if r == 0 {
+        let readable = poll_readable(&[call], REPLY_TIMEOUT).map_err(VfsError::EventFd)?;
+        if !readable[0] && slept.elapsed() >= REPLY_TIMEOUT {
             return Err(VfsError::Timeout {
                 op,
                 secs: REPLY_TIMEOUT.as_secs(),
             });
         }
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(VfsError::EventFd(e));
-            }
-        }
-        let _ = self.calls[q].read();
+        let _ = call.read();
         self.poller.learn(slept.elapsed());
         Ok(())
     }
@@ -545,24 +427,22 @@ impl VfsSession {
         let unique = self.next_unique();
         let req = fuse_wire::request(op, unique, nodeid, 0, body);
         self.ram.write(self.ctl_req, &req);
-        let mut t: Vec<TableEntry> = vec![(self.ctl_req.0, IN_HEADER as u32, false)];
+        let mut t = vec![Buf::out(self.ctl_req, IN_HEADER as u32)];
         if !body.is_empty() {
-            t.push((self.ctl_req.0 + IN_HEADER as u64, body.len() as u32, false));
+            t.push(Buf::out(
+                GuestAddress(self.ctl_req.0 + IN_HEADER as u64),
+                body.len() as u32,
+            ));
         }
-        t.push((self.ctl_reply.0, OUT_HEADER as u32, true));
+        t.push(Buf::input(self.ctl_reply, OUT_HEADER as u32));
         if reply_len > 0 {
-            t.push((self.ctl_reply.0 + OUT_HEADER as u64, reply_len, true));
+            t.push(Buf::input(
+                GuestAddress(self.ctl_reply.0 + OUT_HEADER as u64),
+                reply_len,
+            ));
         }
-        write_table(&self.ram, self.ctl_table, &t);
-        self.queues[1].write_desc(
-            &self.ram,
-            CTL_DESC,
-            self.ctl_table.0,
-            16 * t.len() as u32,
-            DESC_F_INDIRECT,
-            0,
-        );
-        self.publish(1, CTL_DESC);
+        let head = self.queues[1].write_indirect(&self.ram, CTL_DESC, self.ctl_table, &t);
+        self.publish(1, head);
         self.kick(1)?;
         let used = loop {
             if let Some((id, len)) = self.take_used(1) {
@@ -670,23 +550,6 @@ impl VfsSession {
             }
         }
         Ok(())
-    }
-}
-
-/// Linux's `vring_need_event`: whether moving the index from `old` to `new`
-/// passes `event`.
-pub fn need_event(event: u16, new: u16, old: u16) -> bool {
-    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
-}
-
-fn connect_retry(socket: &Path) -> Result<VhostUserConn, VfsError> {
-    let start = Instant::now();
-    loop {
-        match VhostUserConn::connect(socket, 2) {
-            Ok(c) => return Ok(c),
-            Err(e) if start.elapsed() > Duration::from_secs(3) => return Err(e.into()),
-            Err(_) => std::thread::sleep(Duration::from_millis(10)),
-        }
     }
 }
 
@@ -844,37 +707,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_1mib_read_is_a_chain_of_259_descriptors() {
-        let mut ram = GuestRam::new(4 << 20).unwrap();
-        let data = ram.alloc(1 << 20, 4096);
-        let mut t: Vec<TableEntry> = vec![(0, 40, false), (40, 40, false), (80, 16, true)];
-        t.extend(pieces(data, 1 << 20, PAGE, true));
+    fn a_1mib_read_is_a_table_of_259_descriptors() {
+        let at = GuestAddress(0);
+        let mut t = vec![Buf::out(at, 40), Buf::out(at, 40), Buf::input(at, 16)];
+        t.extend(Buf::pieces(GuestAddress(4096), 1 << 20, PAGE, true));
         assert_eq!(t.len(), 259);
-        assert!(t[3..].iter().all(|e| e.1 == 4096 && e.2));
-        assert_eq!(pieces(data, 1 << 20, 1 << 20, true).count(), 1);
-        let odd: Vec<_> = pieces(data, 5000, PAGE, false).collect();
-        assert_eq!(odd, [(data.0, 4096, false), (data.0 + 4096, 904, false)]);
-        let table = ram.alloc(16 * t.len() as u64, 16);
-        write_table(&ram, table, &t);
-        let last = ram.read(GuestAddress(table.0 + 16 * 258), 16);
-        assert_eq!(u64_at(&last, 0), data.0 + 255 * 4096);
+        assert!(t[3..].iter().all(|b| b.len == 4096 && b.writable));
+        assert_eq!(Buf::pieces(at, 1 << 20, 1 << 20, true).count(), 1);
+        let odd: Vec<_> = Buf::pieces(GuestAddress(8192), 5000, PAGE, false).collect();
         assert_eq!(
-            u16::from_le_bytes([last[12], last[13]]),
-            DESC_F_WRITE,
-            "no NEXT on the last"
+            odd,
+            [
+                Buf::out(GuestAddress(8192), 4096),
+                Buf::out(GuestAddress(8192 + 4096), 904)
+            ]
         );
-        let first = ram.read(table, 16);
-        assert_eq!(u16::from_le_bytes([first[12], first[13]]), DESC_F_NEXT);
-        assert_eq!(u16::from_le_bytes([first[14], first[15]]), 1);
-    }
-
-    #[test]
-    fn need_event_is_linuxs() {
-        assert!(need_event(0, 1, 0), "the first kick");
-        assert!(need_event(5, 8, 5), "the event index was passed");
-        assert!(!need_event(8, 8, 5), "the device asked to hear past 8 only");
-        assert!(!need_event(3, 8, 5), "already notified past 3");
-        assert!(need_event(65535, 2, 65534), "across the wrap");
     }
 
     #[test]

@@ -363,8 +363,7 @@ fn serves_an_inherited_socket_as_fd_transport() {
 
 #[test]
 fn serves_virtio_9p_to_a_vhost_user_frontend() {
-    use vmm_mini::harness::{Buf, GuestRam, SplitQueue};
-    use vmm_mini::vhost_frontend::{VhostUserDevice, F_VERSION_1};
+    use virtio_driver::{Buf, GuestRam, SplitQueue, VhostUserDevice, F_VERSION_1};
     let t = tempfile::tempdir().unwrap();
     std::fs::write(t.path().join("f"), b"over vhost-user").unwrap();
     let sock = t.path().join("p9.sock");

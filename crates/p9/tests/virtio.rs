@@ -9,8 +9,9 @@ use p9::server::Server;
 use p9::virtio::P9VhostBackend;
 use passthrough::{Config, PassthroughFs};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use virtio_driver::queue::{DESC_F_NEXT, DESC_F_WRITE};
+use virtio_driver::{Buf, GuestRam, SplitQueue};
 use vm_memory::GuestAddress;
-use vmm_mini::harness::{Buf, GuestRam, SplitQueue, DESC_F_NEXT, DESC_F_WRITE};
 use vmm_sys_util::epoll::EventSet;
 
 struct Driver {

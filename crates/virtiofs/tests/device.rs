@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use passthrough::{Config, PassthroughFs};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use virtio_driver::queue::{DESC_F_NEXT, DESC_F_WRITE};
+use virtio_driver::{Buf, GuestRam, SplitQueue};
 use virtiofs::VirtioFsBackend;
 use vm_memory::GuestAddress;
-use vmm_mini::harness::{Buf, GuestRam, SplitQueue, DESC_F_NEXT, DESC_F_WRITE};
 use vmm_sys_util::epoll::EventSet;
 
 const QSIZE: u16 = 16;
@@ -17,8 +18,8 @@ const MEM_SIZE: usize = 1 << 20;
 const REQ_LEN: u64 = 0x10000;
 const REPLY_LEN: u64 = 0x10000;
 
-use vmm_mini::fuse_wire::opcode::*;
-use vmm_mini::fuse_wire::{self, name, u32s, Reply};
+use virtio_driver::fuse::opcode::*;
+use virtio_driver::fuse::{self as fuse_wire, name, u32s, Reply};
 
 /// The device with its two queues (hiprio, one request queue), driven from
 /// the driver's side by the shared harness.
@@ -58,7 +59,7 @@ impl Driver {
             unique: 0,
         };
         // FUSE_INIT 7.31, as a 6.1 kernel would.
-        let r = d.request(INIT, 0, &vmm_mini::fuse_wire::init_body());
+        let r = d.request(INIT, 0, &fuse_wire::init_body());
         assert_eq!(r.error, 0, "INIT failed");
         d
     }

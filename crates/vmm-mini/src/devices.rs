@@ -18,8 +18,8 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::vhost_frontend::{VhostUserConn, VringSetup};
 use crate::virtio_mmio::{DeviceError, GuestMem, QueueConfig, VirtioDevice};
+use virtio_driver::{VhostUserConn, VringSetup};
 
 /// virtio device id of a file system device.
 pub const VIRTIO_ID_FS: u32 = 26;

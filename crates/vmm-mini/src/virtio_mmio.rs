@@ -34,82 +34,89 @@ pub const VENDOR: u32 = 0x6d4d_4d56;
 
 /// Register offsets.
 pub mod reg {
+    use virtio_bindings::virtio_mmio as vb;
+
     /// Magic value.
-    pub const MAGIC: u64 = 0x000;
+    pub const MAGIC: u64 = vb::VIRTIO_MMIO_MAGIC_VALUE as u64;
     /// Version (2).
-    pub const VERSION: u64 = 0x004;
+    pub const VERSION: u64 = vb::VIRTIO_MMIO_VERSION as u64;
     /// Device id.
-    pub const DEVICE_ID: u64 = 0x008;
+    pub const DEVICE_ID: u64 = vb::VIRTIO_MMIO_DEVICE_ID as u64;
     /// Vendor id.
-    pub const VENDOR_ID: u64 = 0x00c;
+    pub const VENDOR_ID: u64 = vb::VIRTIO_MMIO_VENDOR_ID as u64;
     /// Device features, 32 bits at a time.
-    pub const DEVICE_FEATURES: u64 = 0x010;
+    pub const DEVICE_FEATURES: u64 = vb::VIRTIO_MMIO_DEVICE_FEATURES as u64;
     /// Which 32 bits DEVICE_FEATURES shows.
-    pub const DEVICE_FEATURES_SEL: u64 = 0x014;
+    pub const DEVICE_FEATURES_SEL: u64 = vb::VIRTIO_MMIO_DEVICE_FEATURES_SEL as u64;
     /// Driver features, 32 bits at a time.
-    pub const DRIVER_FEATURES: u64 = 0x020;
+    pub const DRIVER_FEATURES: u64 = vb::VIRTIO_MMIO_DRIVER_FEATURES as u64;
     /// Which 32 bits DRIVER_FEATURES sets.
-    pub const DRIVER_FEATURES_SEL: u64 = 0x024;
+    pub const DRIVER_FEATURES_SEL: u64 = vb::VIRTIO_MMIO_DRIVER_FEATURES_SEL as u64;
     /// Queue selector.
-    pub const QUEUE_SEL: u64 = 0x030;
+    pub const QUEUE_SEL: u64 = vb::VIRTIO_MMIO_QUEUE_SEL as u64;
     /// Largest size of the selected queue.
-    pub const QUEUE_NUM_MAX: u64 = 0x034;
+    pub const QUEUE_NUM_MAX: u64 = vb::VIRTIO_MMIO_QUEUE_NUM_MAX as u64;
     /// Size of the selected queue.
-    pub const QUEUE_NUM: u64 = 0x038;
+    pub const QUEUE_NUM: u64 = vb::VIRTIO_MMIO_QUEUE_NUM as u64;
     /// The selected queue is ready.
-    pub const QUEUE_READY: u64 = 0x044;
+    pub const QUEUE_READY: u64 = vb::VIRTIO_MMIO_QUEUE_READY as u64;
     /// Queue notification (the value is the queue index).
-    pub const QUEUE_NOTIFY: u64 = 0x050;
+    pub const QUEUE_NOTIFY: u64 = vb::VIRTIO_MMIO_QUEUE_NOTIFY as u64;
     /// Interrupt status.
-    pub const INTERRUPT_STATUS: u64 = 0x060;
+    pub const INTERRUPT_STATUS: u64 = vb::VIRTIO_MMIO_INTERRUPT_STATUS as u64;
     /// Interrupt acknowledge.
-    pub const INTERRUPT_ACK: u64 = 0x064;
+    pub const INTERRUPT_ACK: u64 = vb::VIRTIO_MMIO_INTERRUPT_ACK as u64;
     /// Device status.
-    pub const STATUS: u64 = 0x070;
+    pub const STATUS: u64 = vb::VIRTIO_MMIO_STATUS as u64;
     /// Descriptor table address, low and high.
-    pub const QUEUE_DESC_LOW: u64 = 0x080;
+    pub const QUEUE_DESC_LOW: u64 = vb::VIRTIO_MMIO_QUEUE_DESC_LOW as u64;
     /// High half.
-    pub const QUEUE_DESC_HIGH: u64 = 0x084;
+    pub const QUEUE_DESC_HIGH: u64 = vb::VIRTIO_MMIO_QUEUE_DESC_HIGH as u64;
     /// Available ring address, low.
-    pub const QUEUE_AVAIL_LOW: u64 = 0x090;
+    pub const QUEUE_AVAIL_LOW: u64 = vb::VIRTIO_MMIO_QUEUE_AVAIL_LOW as u64;
     /// High half.
-    pub const QUEUE_AVAIL_HIGH: u64 = 0x094;
+    pub const QUEUE_AVAIL_HIGH: u64 = vb::VIRTIO_MMIO_QUEUE_AVAIL_HIGH as u64;
     /// Used ring address, low.
-    pub const QUEUE_USED_LOW: u64 = 0x0a0;
+    pub const QUEUE_USED_LOW: u64 = vb::VIRTIO_MMIO_QUEUE_USED_LOW as u64;
     /// High half.
-    pub const QUEUE_USED_HIGH: u64 = 0x0a4;
+    pub const QUEUE_USED_HIGH: u64 = vb::VIRTIO_MMIO_QUEUE_USED_HIGH as u64;
     /// Config generation.
-    pub const CONFIG_GENERATION: u64 = 0x0fc;
+    pub const CONFIG_GENERATION: u64 = vb::VIRTIO_MMIO_CONFIG_GENERATION as u64;
     /// Start of the device's config space.
-    pub const CONFIG: u64 = 0x100;
+    pub const CONFIG: u64 = vb::VIRTIO_MMIO_CONFIG as u64;
 }
 
 /// Device status bits.
 pub mod status {
+    use virtio_bindings::virtio_config as vc;
+
     /// The guest found the device.
-    pub const ACKNOWLEDGE: u32 = 1;
+    pub const ACKNOWLEDGE: u32 = vc::VIRTIO_CONFIG_S_ACKNOWLEDGE;
     /// The guest has a driver for it.
-    pub const DRIVER: u32 = 2;
+    pub const DRIVER: u32 = vc::VIRTIO_CONFIG_S_DRIVER;
     /// The driver is ready.
-    pub const DRIVER_OK: u32 = 4;
+    pub const DRIVER_OK: u32 = vc::VIRTIO_CONFIG_S_DRIVER_OK;
     /// Feature negotiation is complete.
-    pub const FEATURES_OK: u32 = 8;
+    pub const FEATURES_OK: u32 = vc::VIRTIO_CONFIG_S_FEATURES_OK;
     /// The device failed and needs a reset.
-    pub const NEEDS_RESET: u32 = 64;
+    pub const NEEDS_RESET: u32 = vc::VIRTIO_CONFIG_S_NEEDS_RESET;
     /// The driver gave up.
-    pub const FAILED: u32 = 128;
+    pub const FAILED: u32 = vc::VIRTIO_CONFIG_S_FAILED;
 }
 
 /// Interrupt status: a used buffer notification.
-pub const INT_VRING: u32 = 1;
+pub const INT_VRING: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRING;
 /// Interrupt status: the configuration (or device status) changed.
-pub const INT_CONFIG: u32 = 2;
+pub const INT_CONFIG: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_CONFIG;
 
 /// `VIRTIO_F_VERSION_1`.
-pub const F_VERSION_1: u64 = 1 << 32;
+pub const F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 /// Transport features vmm-mini lets through: indirect descriptors, event
 /// index, version 1. Device-specific bits (0-23) pass as offered.
-pub const TRANSPORT_FEATURES: u64 = (1 << 28) | (1 << 29) | F_VERSION_1;
+pub const TRANSPORT_FEATURES: u64 = (1
+    << virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC)
+    | (1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX)
+    | F_VERSION_1;
 
 /// A queue as the driver configured it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -139,7 +146,7 @@ pub enum DeviceError {
     },
     /// The vhost-user backend refused the set-up.
     #[error("vhost-user backend: {0}")]
-    VhostUser(#[from] crate::vhost_frontend::FrontendError),
+    VhostUser(#[from] virtio_driver::FrontendError),
     /// A worker thread or eventfd could not be created.
     #[error("{0}")]
     Io(#[from] io::Error),
@@ -544,6 +551,31 @@ impl MmioTransport {
             .for_each(|q| *q = QueueConfig::default());
         self.interrupt.status.store(0, Ordering::Release);
         self.config_generation = self.config_generation.wrapping_add(1);
+    }
+}
+
+/// The window as a driver in a test sees it (through
+/// `virtio_driver::MmioDriver`), with the VMM's wiring: the call eventfds
+/// and the interrupt line.
+impl virtio_driver::MmioWindow for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        MmioTransport::read(self, offset, data);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        MmioTransport::write(self, offset, data);
+    }
+
+    fn calls(&self) -> &[EventFd] {
+        MmioTransport::calls(self)
+    }
+
+    fn raise_used(&self) {
+        let _ = self.interrupt.signal_used();
+    }
+
+    fn line(&self) -> &EventFd {
+        self.interrupt.line()
     }
 }
 

@@ -19,7 +19,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{IoEventAddress, Kvm, VcpuExit, VcpuFd};
 use log::{debug, info, warn};
-use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemory};
+use vm_memory::GuestAddressSpace;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
@@ -28,8 +28,8 @@ use crate::boot::{self, BootError};
 use crate::config::{base64, command_line, ShareBackend, ShareKind, ShareSpec, VmConfig};
 use crate::cpu::{self, CpuError};
 use crate::devices::{self, InProcess, VhostUser, VIRTIO_ID_9P, VIRTIO_ID_FS};
-use crate::harness::{GuestRam, HarnessError};
 use crate::layout::*;
+use crate::memory::{MemoryError, Ram};
 use crate::serial::{self, IrqTrigger, Uart};
 use crate::virtio_mmio::{reg, Interrupt, MmioTransport, VirtioDevice};
 
@@ -61,7 +61,7 @@ pub enum VmError {
     DuplicateTag(String),
     /// Guest memory.
     #[error(transparent)]
-    Memory(#[from] HarnessError),
+    Memory(#[from] MemoryError),
     /// Loading the guest.
     #[error(transparent)]
     Boot(#[from] BootError),
@@ -449,19 +449,16 @@ pub fn run(cfg: &VmConfig, console: Box<dyn Write + Send>) -> Result<Outcome, Vm
     })
     .map_err(ioctl("KVM_CREATE_PIT2"))?;
 
-    let ram = GuestRam::new((cfg.mem_mib << 20) as usize)?;
+    let ram = Ram::new((cfg.mem_mib << 20) as usize)?;
     let mem = ram.atomic();
     {
-        let guard = mem.memory();
-        let host = guard
-            .get_host_address(GuestAddress(0))
-            .map_err(|e| VmError::Memory(HarnessError::Map(e.to_string())))?;
+        let host = ram.host_address()?;
         let region = kvm_userspace_memory_region {
             slot: 0,
             flags: 0,
             guest_phys_addr: 0,
             memory_size: ram.size(),
-            userspace_addr: host as u64,
+            userspace_addr: host,
         };
         // SAFETY: the region is a live mapping of `ram`, which outlives the
         // VM (both are dropped when this function returns, the VM first).

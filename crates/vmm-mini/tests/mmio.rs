@@ -8,16 +8,15 @@ use std::time::Duration;
 
 use p9::messages::{decode_rframe, Rmessage, Tmessage};
 use passthrough::{Config, PassthroughFs};
+use virtio_driver::fuse::{self as fuse_wire, opcode, Reply};
+use virtio_driver::{
+    Buf, GuestRam, MmioDriver, ProbeError, SplitQueue, F_EVENT_IDX, F_INDIRECT_DESC as F_INDIRECT,
+};
 use vm_memory::GuestAddress;
 use vmm_mini::devices::{fs_config, p9_config, InProcess, VIRTIO_ID_9P, VIRTIO_ID_FS};
-use vmm_mini::fuse_wire::{self, opcode, Reply};
-use vmm_mini::harness::{Buf, GuestRam, SplitQueue};
-use vmm_mini::mmio_driver::{MmioDriver, ProbeError};
 use vmm_mini::virtio_mmio::{reg, status, MmioTransport, F_VERSION_1, INT_CONFIG, INT_VRING};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-const F_INDIRECT: u64 = 1 << 28;
-const F_EVENT_IDX: u64 = 1 << 29;
 const F_MOUNT_TAG: u64 = 1;
 
 fn fs_transport(share: &std::path::Path, ram: &GuestRam, tag: &str) -> MmioTransport {
@@ -86,7 +85,7 @@ impl Guest {
 
     /// Puts `req` on queue `q`, notifies, waits for the used element and
     /// returns the reply bytes.
-    fn roundtrip(&mut self, d: &mut MmioDriver, q: usize, req: &[u8]) -> Vec<u8> {
+    fn roundtrip(&mut self, d: &mut MmioDriver<MmioTransport>, q: usize, req: &[u8]) -> Vec<u8> {
         self.ram.write(self.req, req);
         let bufs = Buf::request_reply(self.req, req.len() as u32, self.reply, 1 << 20);
         let head = self.queues[q].write_chain(&self.ram, &bufs);
@@ -105,7 +104,13 @@ impl Guest {
         self.ram.read(self.reply, len as usize)
     }
 
-    fn fuse(&mut self, d: &mut MmioDriver, op: u32, nodeid: u64, body: &[u8]) -> Reply {
+    fn fuse(
+        &mut self,
+        d: &mut MmioDriver<MmioTransport>,
+        op: u32,
+        nodeid: u64,
+        body: &[u8],
+    ) -> Reply {
         let req = fuse_wire::request(op, 7, nodeid, 0, body);
         let out = self.roundtrip(d, 1, &req);
         Reply::parse(out.len() as u32, &out)
