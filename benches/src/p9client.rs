@@ -272,7 +272,7 @@ impl P9Session {
             self.rstart = 0;
         }
         let fd = self.sock.as_raw_fd();
-        let polled = self.poller.spin(|| device_queue::poll::readable(fd));
+        let polled = self.poller.spin(|| device_queue::readable(fd));
         let slept = Instant::now();
         let n = self
             .sock

@@ -8,6 +8,7 @@
 //! [`P9Config::max_fids`] fids, and the daemon serves at most
 //! [`P9Config::max_connections`] stream connections at once.
 
+use device_queue::QueueDevice;
 use std::fs::File;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -99,7 +100,7 @@ pub struct P9Config {
     pub vhost_user: Option<VhostUser>,
     /// How Tread and Twrite reach the host files (default: io_uring where
     /// available).
-    pub io_engine: device_queue::uring::IoEngine,
+    pub io_engine: device_queue::IoEngine,
     /// The longest a stream connection's reader polls for the next request
     /// before it sleeps (zero: never).
     pub poll: std::time::Duration,
@@ -138,7 +139,7 @@ impl P9Config {
             fs,
             listen: Vec::new(),
             vhost_user: None,
-            io_engine: device_queue::uring::IoEngine::IoUring,
+            io_engine: device_queue::IoEngine::IoUring,
             poll: crate::transport::DEFAULT_POLL,
             socket_group: None,
             no_auth: false,

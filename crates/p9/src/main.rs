@@ -62,7 +62,7 @@ struct Cli {
     /// How Tread and Twrite reach the host files: io-uring (inline when the
     /// data is cached, else on a ring; the default) or sync.
     #[arg(long, default_value = "io-uring")]
-    io_engine: device_queue::uring::IoEngine,
+    io_engine: device_queue::IoEngine,
     /// Microseconds a connection's reader (and the vhost-user queue's
     /// worker) polls for the next request before it sleeps (adaptive, up to
     /// this; 0: never poll). Polling saves the

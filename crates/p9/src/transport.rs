@@ -29,7 +29,7 @@
 //! that the reader stops reading until some are answered, so a client
 //! cannot make the server queue without bound (the tag space alone would
 //! allow 65535 frames of up to msize each). Before sleeping, the reader
-//! polls the socket adaptively ([`device_queue::poll`]).
+//! polls the socket adaptively ([`device_queue::Poller`]).
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -41,8 +41,8 @@ use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 
-use device_queue::poll::{readable, Poller};
-use device_queue::uring::{rw_nowait, IoEngine, Kind};
+use device_queue::{readable, Poller};
+use device_queue::{rw_nowait, IoEngine, Kind};
 
 use crate::messages::{
     decode_tframe, peek_type_tag, ty, DataRequest, Rmessage, Tmessage, HEADER_SIZE, RREAD_HEADER,
@@ -83,7 +83,7 @@ pub struct StreamConfig {
     pub poll: Duration,
 }
 
-pub use device_queue::poll::DEFAULT_POLL;
+pub use device_queue::DEFAULT_POLL;
 
 impl Default for StreamConfig {
     fn default() -> Self {

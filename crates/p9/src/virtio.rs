@@ -8,30 +8,27 @@
 //! vhost-user device (virtio id 9, mount tag in the config space).
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use device_queue::uring::{
-    gather, iovecs, peek, segs_len, split_chain, DataOp, DataPath, IoEngine, Kind, QueueEngine,
+use device_queue::{
+    device_protocol_features, gather, iovecs, peek, segs_len, split_chain, Chain, DataOp, DataPath,
+    DeviceCore, Kind, MemGuard, DEVICE_FEATURES,
 };
-use device_queue::{Chain, MemGuard, MemorySlot};
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringRwLock};
-use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestMemory, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::messages::{
     data_reply_header, decode_tframe, peek_type_tag, ty, DataRequest, Rmessage, Tmessage,
     HEADER_SIZE, RREAD_HEADER, TWRITE_HEADER,
 };
 use crate::server::{Server, Session};
+
 use crate::transport::wire_errno;
+pub use device_queue::{IoEngine, QueueDevice};
 
 /// `VIRTIO_9P_MOUNT_TAG`: the config space holds a mount tag.
 pub const VIRTIO_9P_MOUNT_TAG: u64 = 0;
@@ -123,7 +120,7 @@ fn reply_for(session: &Session, request: &[u8], room: usize) -> Vec<u8> {
     }
 }
 
-/// Tread and Twrite on the shared io_uring engine ([`device_queue::uring`]):
+/// Tread and Twrite on the shared io_uring engine ([`device_queue`]):
 /// the data moves between the host file and the guest's own buffers, with
 /// no copy in the daemon. A chain is planned only if it is a well-formed
 /// Tread or Twrite (the readable part exactly the frame, within msize) on a
@@ -223,11 +220,9 @@ impl DataPath for P9Data<'_> {
 pub struct P9VhostBackend {
     session: Session,
     tag: Vec<u8>,
-    mem: MemorySlot,
-    event_idx: AtomicBool,
-    exit: (EventConsumer, EventNotifier),
-    /// The engine, the queue's io_uring ring and its polling.
-    data: QueueEngine,
+    /// Memory, event-idx, the exit event, and the engine: the queue's
+    /// io_uring ring and its polling.
+    core: DeviceCore,
 }
 
 /// Why the vhost-user 9P device could not be created.
@@ -250,57 +245,27 @@ impl P9VhostBackend {
         Ok(P9VhostBackend {
             session: Session::new(server),
             tag: tag.as_bytes().to_vec(),
-            mem: MemorySlot::default(),
-            event_idx: AtomicBool::new(false),
-            exit: new_event_consumer_and_notifier(EventFlag::NONBLOCK)
-                .map_err(BackendError::ExitEvent)?,
-            data: QueueEngine::new(1),
+            core: DeviceCore::new(1, 1).map_err(BackendError::ExitEvent)?,
         })
-    }
-
-    /// How long the queue's worker polls for more requests before it sleeps
-    /// (adaptive, up to `max`; zero: never). Default
-    /// [`device_queue::poll::DEFAULT_POLL`].
-    pub fn with_poll(mut self, max: std::time::Duration) -> Self {
-        self.data.set_poll(max);
-        self
     }
 
     /// Makes the request queue's io_uring ring now (with the io_uring
     /// engine): before the daemon's seccomp filter, which forbids making
     /// rings, goes up. Returns whether it has one.
     pub fn prepare_rings(&self) -> bool {
-        self.data.prepare_rings([0]);
-        self.data.ready_rings() == 1
+        let engine = self.core.engine();
+        engine.prepare_rings([0]);
+        engine.ready_rings() == 1
+    }
+}
+
+impl QueueDevice for P9VhostBackend {
+    fn core(&self) -> &DeviceCore {
+        &self.core
     }
 
-    /// Selects the Tread/Twrite engine (default: io_uring where available).
-    pub fn with_engine(mut self, engine: IoEngine) -> Self {
-        self.data.set_engine(engine);
-        self
-    }
-
-    /// With `false`, every Tread and Twrite the io_uring engine takes goes
-    /// through the ring, even when it would not block (default `true`). For
-    /// tests and measurements.
-    pub fn with_inline_first(mut self, inline_first: bool) -> Self {
-        self.data.set_inline_first(inline_first);
-        self
-    }
-
-    /// Treads and Twrites completed through the io_uring ring.
-    pub fn ring_completions(&self) -> u64 {
-        self.data.ring_completions()
-    }
-
-    /// Treads and Twrites the io_uring engine completed inline.
-    pub fn inline_completions(&self) -> u64 {
-        self.data.inline_completions()
-    }
-
-    /// Stops the worker thread.
-    pub fn notify_exit(&self) -> io::Result<()> {
-        self.exit.1.notify()
+    fn core_mut(&mut self) -> &mut DeviceCore {
+        &mut self.core
     }
 }
 
@@ -317,22 +282,15 @@ impl VhostUserBackend for P9VhostBackend {
     }
 
     fn features(&self) -> u64 {
-        (1 << VIRTIO_F_VERSION_1)
-            | (1 << VIRTIO_9P_MOUNT_TAG)
-            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
-            | (1 << VIRTIO_RING_F_EVENT_IDX)
-            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+        DEVICE_FEATURES | (1 << VIRTIO_9P_MOUNT_TAG)
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::REPLY_ACK
-            | VhostUserProtocolFeatures::CONFIG
-            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+        device_protocol_features() | VhostUserProtocolFeatures::CONFIG
     }
 
     fn set_event_idx(&self, enabled: bool) {
-        self.event_idx.store(enabled, Ordering::Release);
+        self.core.set_event_idx(enabled);
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
@@ -347,12 +305,12 @@ impl VhostUserBackend for P9VhostBackend {
     }
 
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
-        self.mem.set(mem);
+        self.core.update_memory(mem);
         Ok(())
     }
 
-    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        Some((self.exit.0.try_clone().ok()?, self.exit.1.try_clone().ok()?))
+    fn exit_event(&self, thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        self.core.exit_event(thread_index)
     }
 
     fn handle_event(
@@ -366,11 +324,9 @@ impl VhostUserBackend for P9VhostBackend {
         // the guest broke is stopped by the serving loop, and this worker
         // thread goes on (see `device_queue::serve_kick_with`).
         let vring = device_queue::kicked_vring(vrings, device_event, evset)?;
-        self.data.serve_kick(
+        self.core.serve_kick(
             device_event as usize,
             vring,
-            self.mem.snapshot(),
-            self.event_idx.load(Ordering::Acquire),
             "virtio-9p queue",
             Some(&P9Data(&self.session)),
             |mem, chain| serve_chain(&self.session, &**mem, chain),

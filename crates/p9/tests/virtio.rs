@@ -1,9 +1,10 @@
 //! virtio-9p driven from the driver side with the shared harness: the
 //! vhost-user device's queue handling, config space and robustness.
 
+use p9::virtio::QueueDevice;
 use std::sync::Arc;
 
-use device_queue::uring::IoEngine;
+use device_queue::IoEngine;
 use p9::messages::*;
 use p9::server::Server;
 use p9::virtio::P9VhostBackend;

@@ -3,6 +3,7 @@
 //! linking this crate can do the same, or use [`crate::VirtioFsBackend`]
 //! directly with its own vhost-user plumbing.
 
+use device_queue::QueueDevice;
 use std::io;
 use std::os::fd::{FromRawFd, RawFd};
 use std::path::PathBuf;

@@ -14,28 +14,25 @@
 
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use device_queue::{Chain, MemGuard, MemorySlot};
+use device_queue::{
+    device_protocol_features, peek, scatter, segs_len, split_chain, Chain, DataPath, DeviceCore,
+    MemGuard, DEVICE_FEATURES,
+};
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
 use log::{debug, error};
 use passthrough::PassthroughFs;
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringRwLock};
-use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::fast_path;
 use crate::uring::FuseData;
-use device_queue::uring::{peek, scatter, segs_len, split_chain, DataPath, QueueEngine};
 
-pub use device_queue::uring::IoEngine;
+pub use device_queue::{IoEngine, QueueDevice};
 
 /// Guest memory as the vhost-user backend sees it.
 pub use device_queue::GuestMem;
@@ -69,17 +66,14 @@ pub enum DeviceError {
 pub struct VirtioFsBackend {
     server: Arc<Server<Arc<PassthroughFs>>>,
     fs: Arc<PassthroughFs>,
-    mem: MemorySlot,
-    event_idx: AtomicBool,
     request_queues: usize,
     tag: Option<String>,
-    /// One exit event per worker thread.
-    exits: Vec<(EventConsumer, EventNotifier)>,
     /// Per worker thread, the queues it serves (bit i: queue i).
     thread_queues: Vec<u64>,
-    /// The engine, and per queue (index = queue number) its io_uring ring
-    /// and polling; hiprio uses neither.
-    data: QueueEngine,
+    /// Memory, event-idx, one exit event per worker thread, and the engine:
+    /// per queue (index = queue number) its io_uring ring and polling;
+    /// hiprio uses neither.
+    core: DeviceCore,
 }
 
 impl VirtioFsBackend {
@@ -99,77 +93,28 @@ impl VirtioFsBackend {
                 return Err(DeviceError::TagTooLong(t.clone()));
             }
         }
-        let exits = (0..request_queues)
-            .map(|_| new_event_consumer_and_notifier(EventFlag::NONBLOCK))
-            .collect::<io::Result<Vec<_>>>()
-            .map_err(DeviceError::ExitEvent)?;
         Ok(VirtioFsBackend {
             server: Arc::new(Server::new(fs.clone())),
             fs,
-            mem: MemorySlot::default(),
-            event_idx: AtomicBool::new(false),
             request_queues,
             tag,
-            exits,
             // Thread 0: hiprio (queue 0) and request queue 1; thread i:
             // queue i + 1.
             thread_queues: std::iter::once(0b11u64)
                 .chain((2..=request_queues).map(|q| 1u64 << q))
                 .collect(),
-            data: QueueEngine::new(request_queues + 1),
+            core: DeviceCore::new(request_queues + 1, request_queues)
+                .map_err(DeviceError::ExitEvent)?,
         })
-    }
-
-    /// How long a request queue's worker polls for more requests before it
-    /// sleeps (adaptive, up to `max`; zero: never). Default
-    /// [`device_queue::poll::DEFAULT_POLL`].
-    pub fn with_poll(mut self, max: std::time::Duration) -> Self {
-        self.data.set_poll(max);
-        self
-    }
-
-    /// Selects the READ/WRITE engine (default: io_uring where available).
-    pub fn with_engine(mut self, engine: IoEngine) -> Self {
-        self.data.set_engine(engine);
-        self
-    }
-
-    /// The engine asked for.
-    pub fn engine(&self) -> IoEngine {
-        self.data.engine()
-    }
-
-    /// With `false`, every READ and WRITE the io_uring engine takes goes
-    /// through the ring, even when it would not block (default `true`: try
-    /// `RWF_NOWAIT` inline first). For tests and measurements.
-    pub fn with_inline_first(mut self, inline_first: bool) -> Self {
-        self.data.set_inline_first(inline_first);
-        self
     }
 
     /// Makes every request queue's io_uring ring now (with the io_uring
     /// engine): before the daemon's seccomp filter, which forbids making
     /// rings, goes up. Returns how many queues have one.
     pub fn prepare_rings(&self) -> usize {
-        self.data.prepare_rings(1..=self.request_queues);
-        self.data.ready_rings()
-    }
-
-    /// READs and WRITEs completed through the io_uring rings, all queues.
-    pub fn ring_completions(&self) -> u64 {
-        self.data.ring_completions()
-    }
-
-    /// READs and WRITEs the io_uring engine completed inline (they would
-    /// not block), all queues.
-    pub fn inline_completions(&self) -> u64 {
-        self.data.inline_completions()
-    }
-
-    /// Per queue (0 is hiprio, 1.. the request queues): the requests it
-    /// has taken so far.
-    pub fn requests_per_queue(&self) -> Vec<u64> {
-        self.data.requests_per_queue()
+        let engine = self.core.engine();
+        engine.prepare_rings(1..=self.request_queues);
+        engine.ready_rings()
     }
 
     /// One line for the log: the requests each queue served.
@@ -194,14 +139,6 @@ impl VirtioFsBackend {
         )
     }
 
-    /// Stops every worker thread.
-    pub fn notify_exit(&self) -> io::Result<()> {
-        for (_, notifier) in &self.exits {
-            notifier.notify()?;
-        }
-        Ok(())
-    }
-
     /// The filesystem core this device serves.
     pub fn fs(&self) -> &Arc<PassthroughFs> {
         &self.fs
@@ -221,6 +158,16 @@ impl VirtioFsBackend {
         self.server
             .handle_message(reader, writer, None, None)
             .map_err(ChainError::Fuse)
+    }
+}
+
+impl QueueDevice for VirtioFsBackend {
+    fn core(&self) -> &DeviceCore {
+        &self.core
+    }
+
+    fn core_mut(&mut self) -> &mut DeviceCore {
+        &mut self.core
     }
 }
 
@@ -297,16 +244,11 @@ impl VhostUserBackend for VirtioFsBackend {
     }
 
     fn features(&self) -> u64 {
-        (1 << VIRTIO_F_VERSION_1)
-            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
-            | (1 << VIRTIO_RING_F_EVENT_IDX)
-            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+        DEVICE_FEATURES
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        let mut f = VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::REPLY_ACK
-            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
+        let mut f = device_protocol_features();
         if self.tag.is_some() {
             f |= VhostUserProtocolFeatures::CONFIG;
         }
@@ -314,7 +256,7 @@ impl VhostUserBackend for VirtioFsBackend {
     }
 
     fn set_event_idx(&self, enabled: bool) {
-        self.event_idx.store(enabled, Ordering::Release);
+        self.core.set_event_idx(enabled);
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
@@ -328,7 +270,7 @@ impl VhostUserBackend for VirtioFsBackend {
     }
 
     fn update_memory(&self, mem: GuestMem) -> io::Result<()> {
-        self.mem.set(mem);
+        self.core.update_memory(mem);
         Ok(())
     }
 
@@ -337,8 +279,7 @@ impl VhostUserBackend for VirtioFsBackend {
     }
 
     fn exit_event(&self, thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        let (consumer, notifier) = self.exits.get(thread_index)?;
-        Some((consumer.try_clone().ok()?, notifier.try_clone().ok()?))
+        self.core.exit_event(thread_index)
     }
 
     fn handle_event(
@@ -366,18 +307,11 @@ impl VhostUserBackend for VirtioFsBackend {
         let name = format!("virtio-fs queue {queue}");
         let fuse = FuseData(&self.fs);
         let data: Option<&dyn DataPath> = (queue != HIPRIO_QUEUE as usize).then_some(&fuse);
-        self.data.serve_kick(
-            queue,
-            vring,
-            self.mem.snapshot(),
-            self.event_idx.load(Ordering::Acquire),
-            &name,
-            data,
-            |mem, chain| {
+        self.core
+            .serve_kick(queue, vring, &name, data, |mem, chain| {
                 serve_caught(mem, chain, |mem, chain| self.handle_chain(mem, chain))
                     .map(|n| n as u32)
-            },
-        );
+            });
         Ok(())
     }
 }

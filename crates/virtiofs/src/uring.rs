@@ -1,5 +1,5 @@
 //! FUSE READ and WRITE on the shared io_uring engine
-//! ([`device_queue::uring`]): this module says which chains are plain reads
+//! ([`device_queue`]): this module says which chains are plain reads
 //! and writes of an open handle and writes their reply headers; the engine
 //! tries each inline with `RWF_NOWAIT`, puts what would block on the queue's
 //! ring with iovecs straight into guest memory, and batches the replies.
@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use device_queue::uring::{gather, iovecs, peek, segs_len, split_chain, DataOp, DataPath, Kind};
+use device_queue::{gather, iovecs, peek, segs_len, split_chain, DataOp, DataPath, Kind};
 use device_queue::{Chain, MemGuard};
 use passthrough::PassthroughFs;
 

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use virtiofs::device::QueueDevice;
 
 use passthrough::{Config, PassthroughFs};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
@@ -152,7 +153,7 @@ fn every_request_queue_is_served_as_itself() {
     let r = d.request_on(3, READ, inside, &fuse_wire::read_in(fh, 0, 64));
     assert_eq!(r.error, 0, "READ on queue 3");
     assert_eq!(d.dev.requests_per_queue(), vec![0, 1, 1, 2]);
-    if d.dev.engine() == virtiofs::device::IoEngine::IoUring && d.dev.prepare_rings() > 0 {
+    if d.dev.io_engine() == virtiofs::device::IoEngine::IoUring && d.dev.prepare_rings() > 0 {
         assert_eq!(
             d.dev.ring_completions() + d.dev.inline_completions(),
             before + 1,

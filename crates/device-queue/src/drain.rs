@@ -1,0 +1,600 @@
+//! The one serving loop of a kick, for both engines: take every available
+//! chain, serve it (inline, on the ring, or through the device's
+//! synchronous path), return it to the used ring, notify the guest when the
+//! ring asks for it; and the engine choice ([`IoEngine`], [`QueueEngine`]).
+//!
+//! A protocol ([`DataPath`]) says which chains are plain reads or writes of
+//! an open file and how their replies look; this module does the rest, the
+//! same way for FUSE READ/WRITE and 9P Tread/Twrite. One ring per request
+//! queue, created on the queue's worker thread at its first kick
+//! ([`QueueEngine`]). A kick is served in passes over the available ring:
+//!
+//! 1. Each chain the protocol plans as a [`DataOp`] is first tried inline
+//!    with `preadv2`/`pwritev2(RWF_NOWAIT)`: data in the page cache (or room
+//!    in it for a write) moves at once, with one system call and no ring
+//!    round trip. What would block becomes one `IORING_OP_READV`/`WRITEV` on
+//!    the file's host fd, its iovecs the guest's own buffers. Nothing is
+//!    copied by the daemon either way.
+//! 2. Every other chain first waits for the operations in flight (so requests
+//!    on one queue keep their order against everything that is not a plain
+//!    read or write), then goes through the device's synchronous path, which
+//!    also produces every error reply. A write that overlaps an in-flight
+//!    read or write of the same inode waits the same way.
+//! 3. Every [`NOTIFY_EVERY`] requests, the completions fill in the reply
+//!    headers, the used ring gets them in one batch, and the guest gets one
+//!    notification if the ring (event-idx) asks for it.
+//!
+
+use std::fmt::Display;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use log::{debug, error, warn};
+use vhost_user_backend::{VringRwLock, VringState, VringT};
+use virtio_queue::{QueueOwnedT, QueueT};
+
+use crate::io::{try_inline, DataOp};
+use crate::poll::{Poller, QueuePollers, DEFAULT_POLL};
+use crate::uring::UringQueue;
+use crate::{Chain, GuestMem, MemGuard};
+
+/// Why a queue was stopped: what the guest (or, for [`QueueError::Signal`],
+/// the frontend) got wrong. The queue stays stopped until the driver
+/// restarts it.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The available ring could not be read or its index is impossible
+    /// (more than the queue size ahead of the device), or the queue is not
+    /// started.
+    #[error("bad available ring: {0}")]
+    Avail(virtio_queue::Error),
+    /// The notification fields of the rings could not be written.
+    #[error("cannot set notifications: {0}")]
+    Notification(virtio_queue::Error),
+    /// The driver could not be signalled (its call eventfd).
+    #[error("cannot signal the driver: {0}")]
+    Signal(io::Error),
+}
+
+/// Runs `f` on `vring`'s state; if it fails, stops the queue (clears its
+/// ready flag) in the same critical section, so a driver restarting the
+/// ring meanwhile (which sets the flag again) is never undone by a failure
+/// seen on the ring it replaced.
+fn or_stop<T, E>(
+    vring: &VringRwLock,
+    f: impl FnOnce(&mut VringState<GuestMem>) -> Result<T, E>,
+) -> Result<T, E> {
+    let mut state = vring.get_mut();
+    let r = f(&mut state);
+    if r.is_err() {
+        state.get_queue_mut().set_ready(false);
+    }
+    r
+}
+
+/// Whether `vring` is started: the driver set it up, and it was not stopped
+/// since (by the driver, or by this crate after a [`QueueError`]).
+pub fn is_started(vring: &VringRwLock) -> bool {
+    vring.get_ref().get_queue().ready()
+}
+
+/// Serves one kick of `vring` named `queue` (for log lines): every available
+/// chain goes to `serve`, which returns the reply length or an error.
+/// `poller` is the queue's polling state (see [`poll`]). As
+/// [`serve_kick_with`], this never fails.
+pub fn serve_kick<E: Display>(
+    vring: &VringRwLock,
+    mem: Option<MemGuard>,
+    event_idx: bool,
+    queue: &str,
+    poller: &mut Poller,
+    mut serve: impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
+) {
+    serve_kick_with(vring, mem, event_idx, queue, poller, |mem| {
+        drain(vring, mem, queue, None, None, &mut serve)
+    })
+}
+
+/// The kick protocol around a device's own `drain` (which serves what is
+/// available): without event-idx one drain; with it, drain with
+/// notifications off, poll the available ring for as long as `poller`
+/// says (notifications still off, so the guest need not kick), and stop
+/// once no chain arrived after notifications were re-enabled, so no kick is
+/// lost.
+///
+/// A kick never fails. If the queue is broken ([`QueueError`]), the queue
+/// is stopped and that is logged once: its ready flag is cleared, and
+/// kicks of a queue that is not ready are ignored (at debug level). The
+/// driver restarts the queue the way it starts one: vhost-user-backend
+/// marks a queue ready again when the frontend hands it a kick or call
+/// eventfd (SET_VRING_KICK/CALL, what a VMM sends when the guest resets
+/// and sets up the device again). `drain`'s errors must be those of this
+/// crate's [`available`], [`notify`] and [`uring`] drain, which stop the
+/// queue when they fail (under the vring's lock, so a restart racing with
+/// the failure is not undone).
+pub fn serve_kick_with(
+    vring: &VringRwLock,
+    mem: Option<MemGuard>,
+    event_idx: bool,
+    queue: &str,
+    poller: &mut Poller,
+    mut drain: impl FnMut(&MemGuard) -> Result<(), QueueError>,
+) {
+    if !is_started(vring) {
+        debug!("{queue}: kicked while stopped; ignored");
+        return;
+    }
+    let Some(mem) = mem else {
+        warn!("{queue} kicked before guest memory was set");
+        return;
+    };
+    if let Err(e) = kick_protocol(vring, &mem, event_idx, poller, &mut drain) {
+        // Every QueueError comes from `or_stop`: the queue is stopped.
+        error!("{queue}: {e}; queue stopped until the driver resets it");
+    }
+}
+
+fn kick_protocol(
+    vring: &VringRwLock,
+    mem: &MemGuard,
+    event_idx: bool,
+    poller: &mut Poller,
+    drain: &mut impl FnMut(&MemGuard) -> Result<(), QueueError>,
+) -> Result<(), QueueError> {
+    if !event_idx {
+        return drain(mem);
+    }
+    poller.woken();
+    let mut drains = 0;
+    loop {
+        or_stop(vring, |s| s.disable_notification()).map_err(QueueError::Notification)?;
+        drain(mem)?;
+        drains += 1;
+        if drains >= MAX_DRAINS_PER_KICK && kick_self(vring) {
+            // Still busy: the thread's other events (its exit event, a
+            // queue sharing the thread) go first; our own kick brings the
+            // worker back.
+            return Ok(());
+        }
+        if poller.spin(|| has_available(vring, mem)) {
+            continue;
+        }
+        if !or_stop(vring, |s| s.enable_notification()).map_err(QueueError::Notification)? {
+            poller.sleeping();
+            return Ok(());
+        }
+    }
+}
+
+/// Writes to `vring`'s kick eventfd, as the driver would; false if it has
+/// none or the write failed.
+fn kick_self(vring: &VringRwLock) -> bool {
+    let state = vring.get_ref();
+    let Some(kick) = state.get_kick() else {
+        return false;
+    };
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: writes 8 bytes from a live buffer to an eventfd the vring owns.
+    let n = unsafe { libc::write(kick.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+    n == one.len() as isize
+}
+
+/// Whether the driver has made chains available that are not served yet.
+fn has_available(vring: &VringRwLock, mem: &MemGuard) -> bool {
+    let state = vring.get_ref();
+    let q = state.get_queue();
+    q.avail_idx(&**mem, Ordering::Acquire)
+        .is_ok_and(|idx| idx.0 != q.next_avail())
+}
+
+/// The chains now available on `vring`; a broken available ring (or a
+/// queue not started) stops the queue.
+pub fn available(vring: &VringRwLock, mem: &MemGuard) -> Result<Vec<Chain>, QueueError> {
+    or_stop(vring, |s| {
+        s.get_queue_mut()
+            .iter(mem.clone())
+            .map(|chains| chains.collect())
+    })
+    .map_err(QueueError::Avail)
+}
+
+/// Serves `chain` with `serve` and returns it to the used ring; a chain that
+/// fails is logged and returned with zero bytes.
+pub fn serve_chain<E: Display>(
+    vring: &VringRwLock,
+    mem: &MemGuard,
+    queue: &str,
+    chain: Chain,
+    serve: &mut impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
+) {
+    let head = chain.head_index();
+    let used = serve(mem, chain).unwrap_or_else(|e| {
+        warn!("{queue}: dropping request in chain {head}: {e}");
+        0
+    });
+    return_chain(vring, queue, head, used);
+}
+
+/// Puts chain `head` on the used ring with `used` bytes written.
+pub fn return_chain(vring: &VringRwLock, queue: &str, head: u16, used: u32) {
+    if let Err(e) = vring.add_used(head, used) {
+        warn!("{queue}: cannot return chain {head}: {e}");
+    }
+}
+
+/// Chains served before the guest is told about them: small enough that a
+/// driver with a deep queue gets replies (and refills the ring) while the
+/// rest is still being served.
+pub const NOTIFY_EVERY: usize = 8;
+/// Passes over the available ring per drain: a driver refilling as replies
+/// arrive is served without another wake-up.
+pub const MAX_PASSES: usize = 64;
+/// Drains one kick may do (with event-idx, while polling keeps finding
+/// work) before the worker goes back to epoll, kicking itself: a guest
+/// that keeps a queue busy cannot starve the other events of its thread.
+pub const MAX_DRAINS_PER_KICK: usize = 16;
+
+/// Signals the guest if the ring asks for it (always without event-idx);
+/// a failure stops the queue.
+pub fn notify(vring: &VringRwLock) -> Result<(), QueueError> {
+    or_stop(vring, |s| match s.needs_notification() {
+        Ok(true) | Err(_) => s.signal_used_queue(),
+        Ok(false) => Ok(()),
+    })
+    .map_err(QueueError::Signal)
+}
+
+/// How reads and writes reach the host files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IoEngine {
+    /// io_uring submissions straight into guest memory, one ring per request
+    /// queue; falls back to [`IoEngine::Sync`] (logged once) where io_uring
+    /// is unavailable.
+    #[default]
+    IoUring,
+    /// `preadv`/`pwritev` on the worker thread, one request at a time.
+    Sync,
+}
+
+/// An engine name that is neither `io-uring` nor `sync`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown I/O engine '{0}' (io-uring or sync)")]
+pub struct UnknownEngine(pub String);
+
+impl std::str::FromStr for IoEngine {
+    type Err = UnknownEngine;
+    fn from_str(s: &str) -> Result<Self, UnknownEngine> {
+        match s {
+            "io-uring" | "io_uring" | "uring" => Ok(IoEngine::IoUring),
+            "sync" => Ok(IoEngine::Sync),
+            _ => Err(UnknownEngine(s.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for IoEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IoEngine::IoUring => "io-uring",
+            IoEngine::Sync => "sync",
+        })
+    }
+}
+
+/// A protocol's side of the engine.
+pub trait DataPath {
+    /// The operation `chain` asks for, if it is a read or write this engine
+    /// can serve as is; `None` sends the chain through the synchronous path.
+    fn plan(&self, mem: &MemGuard, chain: &Chain) -> Option<DataOp>;
+
+    /// Fills `out` with the reply header for `op`, which completed with `res`
+    /// (bytes moved, or a negated errno); returns the reply's total length
+    /// (the header plus, for a read, the `res` bytes already in place).
+    fn reply_header(&self, op: &DataOp, res: i32, out: &mut Vec<u8>) -> u32;
+}
+
+/// Serves what is available on `vring` in passes (up to [`MAX_PASSES`], so a
+/// driver refilling as replies arrive is served without another wake-up):
+/// with `data`, the chains its path plans go inline or on the ring; every
+/// other chain first waits for the ring, then goes to `sync`. The guest is
+/// notified every [`NOTIFY_EVERY`] requests and at the end of each pass.
+/// Both engines run this one loop.
+pub(crate) fn drain<E: std::fmt::Display>(
+    vring: &VringRwLock,
+    mem: &MemGuard,
+    queue: &str,
+    mut data: Option<(&dyn DataPath, &mut UringQueue)>,
+    taken: Option<&AtomicU64>,
+    sync: &mut impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
+) -> Result<(), QueueError> {
+    let r = drain_passes(vring, mem, queue, &mut data, taken, sync);
+    if r.is_err() {
+        // Operations in flight use guest memory: none may outlive the
+        // snapshot the caller drops when this returns.
+        if let Some((path, uq)) = &mut data {
+            uq.complete_all(*path, mem, vring, queue);
+        }
+    }
+    r
+}
+
+/// `path`'s plan for `chain`; a plan that panics (a bug: no guest input
+/// should make it) is logged and the chain goes the synchronous way, so
+/// the panic neither ends the worker nor leaves operations in flight on
+/// guest memory the unwinding would release.
+fn plan_caught(path: &dyn DataPath, mem: &MemGuard, chain: &Chain, queue: &str) -> Option<DataOp> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| path.plan(mem, chain))).unwrap_or_else(
+        |_| {
+            error!(
+                "{queue}: planning chain {} panicked; serving it synchronously",
+                chain.head_index()
+            );
+            None
+        },
+    )
+}
+
+fn drain_passes<E: std::fmt::Display>(
+    vring: &VringRwLock,
+    mem: &MemGuard,
+    queue: &str,
+    data: &mut Option<(&dyn DataPath, &mut UringQueue)>,
+    taken: Option<&AtomicU64>,
+    sync: &mut impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
+) -> Result<(), QueueError> {
+    for _ in 0..MAX_PASSES {
+        let chains = available(vring, mem)?;
+        if chains.is_empty() {
+            return Ok(());
+        }
+        if let Some(t) = taken {
+            t.fetch_add(chains.len() as u64, Ordering::Relaxed);
+        }
+        let mut unsignalled = 0;
+        for chain in chains {
+            let planned = match data {
+                Some((path, uq)) => match plan_caught(*path, mem, &chain, queue) {
+                    Some(op) => Some((*path, &mut **uq, op)),
+                    None => {
+                        uq.complete_all(*path, mem, vring, queue);
+                        None
+                    }
+                },
+                None => None,
+            };
+            match planned {
+                Some((path, uq, op)) => {
+                    if uq.free.is_empty() || uq.overlaps(&op) {
+                        uq.complete_all(path, mem, vring, queue);
+                    }
+                    match uq.inline_first.then(|| try_inline(&op)).flatten() {
+                        Some(res) => {
+                            uq.finish(path, mem, vring, queue, &op, res);
+                            uq.inline_done += 1;
+                            unsignalled += 1;
+                        }
+                        None => uq.submit_or_run(path, mem, vring, queue, op),
+                    }
+                }
+                None => {
+                    crate::serve_chain(vring, mem, queue, chain, sync);
+                    unsignalled += 1;
+                }
+            }
+            let in_flight = data.as_ref().map_or(0, |(_, uq)| uq.in_flight());
+            if in_flight + unsignalled >= NOTIFY_EVERY {
+                if let Some((path, uq)) = data {
+                    uq.complete_all(*path, mem, vring, queue);
+                }
+                notify(vring)?;
+                unsignalled = 0;
+            }
+        }
+        if let Some((path, uq)) = data {
+            uq.complete_all(*path, mem, vring, queue);
+        }
+        notify(vring)?;
+    }
+    Ok(())
+}
+
+/// A request queue's ring: not created yet, working, or unavailable.
+enum RingSlot {
+    Unset,
+    Ready(Box<UringQueue>),
+    Unavailable,
+}
+
+/// How a device serves its queues' kicks: the engine asked for, each
+/// queue's ring (made by [`QueueEngine::prepare_rings`], or else on first
+/// use by the queue's worker thread; where
+/// io_uring is unavailable the queue is served synchronously, logged once
+/// per device) and each queue's polling. Both the virtio-fs and the
+/// virtio-9p device hold one.
+pub struct QueueEngine {
+    engine: IoEngine,
+    rings: Vec<Mutex<RingSlot>>,
+    /// Per queue: the descriptor chains (requests) taken off its ring.
+    taken: Vec<AtomicU64>,
+    fallback_logged: AtomicBool,
+    inline_first: bool,
+    pollers: QueuePollers,
+}
+
+impl QueueEngine {
+    /// For queues `0..queues`: io_uring where available, polling up to
+    /// [`DEFAULT_POLL`].
+    pub fn new(queues: usize) -> QueueEngine {
+        QueueEngine {
+            engine: IoEngine::default(),
+            rings: (0..queues).map(|_| Mutex::new(RingSlot::Unset)).collect(),
+            taken: (0..queues).map(|_| AtomicU64::new(0)).collect(),
+            fallback_logged: AtomicBool::new(false),
+            inline_first: true,
+            pollers: QueuePollers::new(queues, DEFAULT_POLL),
+        }
+    }
+
+    /// Selects the engine.
+    pub fn set_engine(&mut self, engine: IoEngine) {
+        self.engine = engine;
+    }
+
+    /// The engine asked for.
+    pub fn engine(&self) -> IoEngine {
+        self.engine
+    }
+
+    /// With `false`, every operation goes through the ring, even when it
+    /// would not block (default `true`). For tests and measurements.
+    pub fn set_inline_first(&mut self, inline_first: bool) {
+        self.inline_first = inline_first;
+    }
+
+    /// How long a queue's worker polls before it sleeps (adaptive, up to
+    /// `max`; zero: never).
+    pub fn set_poll(&mut self, max: std::time::Duration) {
+        self.pollers = QueuePollers::new(self.rings.len(), max);
+    }
+
+    /// Makes the ring of an unset slot (or marks it unavailable, logged
+    /// once per device).
+    fn fill(&self, slot: &mut RingSlot, queue: &str) {
+        if let RingSlot::Unset = slot {
+            *slot = match UringQueue::new() {
+                Ok(r) => {
+                    debug!("{queue}: io_uring ring ready");
+                    RingSlot::Ready(Box::new(r))
+                }
+                Err(e) => {
+                    if !self.fallback_logged.swap(true, Ordering::AcqRel) {
+                        warn!("io_uring unavailable ({e}); serving reads and writes synchronously");
+                    }
+                    RingSlot::Unavailable
+                }
+            };
+        }
+    }
+
+    /// Makes the rings of `queues` now, with the io_uring engine, instead
+    /// of at each queue's first kick. A daemon calls this before its
+    /// seccomp filter goes up: the filter then forbids `io_uring_setup`
+    /// and `io_uring_register`, so code running in the daemon cannot make
+    /// a ring without restrictions.
+    pub fn prepare_rings(&self, queues: impl IntoIterator<Item = usize>) {
+        if self.engine != IoEngine::IoUring {
+            return;
+        }
+        for q in queues {
+            if let Some(r) = self.rings.get(q) {
+                let mut slot = r.lock().unwrap_or_else(|p| p.into_inner());
+                self.fill(&mut slot, &format!("queue {q}"));
+            }
+        }
+    }
+
+    /// How many queues have a working ring.
+    pub fn ready_rings(&self) -> usize {
+        self.rings
+            .iter()
+            .filter(|r| {
+                matches!(
+                    &*r.lock().unwrap_or_else(|p| p.into_inner()),
+                    RingSlot::Ready(_)
+                )
+            })
+            .count()
+    }
+
+    fn counts(&self, count: impl Fn(&UringQueue) -> u64) -> u64 {
+        self.rings
+            .iter()
+            .map(|r| match &*r.lock().unwrap_or_else(|p| p.into_inner()) {
+                RingSlot::Ready(uq) => count(uq),
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Operations completed through the rings, all queues.
+    pub fn ring_completions(&self) -> u64 {
+        self.counts(UringQueue::completed)
+    }
+
+    /// Operations completed inline (they would not block), all queues.
+    pub fn inline_completions(&self) -> u64 {
+        self.counts(UringQueue::inline_done)
+    }
+
+    /// Per queue (index = queue number): how many requests (descriptor
+    /// chains) it has taken off its ring so far. Shows how a driver spreads
+    /// its requests over the queues (Linux 6.11 and later use one request
+    /// queue per vCPU).
+    pub fn requests_per_queue(&self) -> Vec<u64> {
+        self.taken
+            .iter()
+            .map(|t| t.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Serves one kick of queue `q` (named `queue` in log lines), with the
+    /// kick protocol of [`crate::serve_kick_with`]. With `data`, the queue
+    /// polls, and with the io_uring engine and a ring its reads and writes
+    /// go through [`drain`]'s inline-then-ring path; every other chain goes
+    /// to `sync`. Without `data` (a queue such as virtio-fs's hiprio), every
+    /// chain goes to `sync` and the queue never polls. Never fails: a
+    /// broken queue is stopped (see [`crate::serve_kick_with`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn serve_kick<E: std::fmt::Display>(
+        &self,
+        q: usize,
+        vring: &VringRwLock,
+        mem: Option<MemGuard>,
+        event_idx: bool,
+        queue: &str,
+        data: Option<&dyn DataPath>,
+        mut sync: impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
+    ) {
+        let taken = self.taken.get(q);
+        let Some(path) = data else {
+            let mut off = crate::Poller::new(std::time::Duration::ZERO);
+            return crate::serve_kick_with(vring, mem, event_idx, queue, &mut off, |mem| {
+                drain(vring, mem, queue, None, taken, &mut sync)
+            });
+        };
+        let mut poller = self.pollers.get(q);
+        let mut slot = match (self.engine, self.rings.get(q)) {
+            (IoEngine::IoUring, Some(r)) => Some(r.lock().unwrap_or_else(|p| p.into_inner())),
+            _ => None,
+        };
+        if let Some(s) = slot.as_deref_mut() {
+            self.fill(s, queue);
+        }
+        let mut uq = match slot.as_deref_mut() {
+            Some(RingSlot::Ready(uq)) => {
+                uq.inline_first = self.inline_first;
+                Some(&mut **uq)
+            }
+            _ => None,
+        };
+        crate::serve_kick_with(vring, mem, event_idx, queue, &mut poller, |mem| {
+            let data = uq.as_deref_mut().map(|uq| (path, uq));
+            drain(vring, mem, queue, data, taken, &mut sync)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_names() {
+        assert_eq!("io-uring".parse::<IoEngine>(), Ok(IoEngine::IoUring));
+        assert_eq!("sync".parse::<IoEngine>(), Ok(IoEngine::Sync));
+        assert!("aio".parse::<IoEngine>().is_err());
+        assert_eq!(IoEngine::IoUring.to_string(), "io-uring");
+    }
+}
