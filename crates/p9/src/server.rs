@@ -5,6 +5,7 @@
 //! Names are checked by the core (one component, no `/`); `..` at the share
 //! root stays at the root, so no fid can reach outside the share.
 
+use passthrough::Access;
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::io;
@@ -907,7 +908,7 @@ impl Session {
     /// fid's node and the core's handle. `None` if the fid is unknown, not a
     /// file opened with Tlopen or Tlcreate, or an xattr fid; such a request
     /// must go through `handle`, which gives the right reply.
-    pub fn data_file(&self, fid: u32) -> Option<(u64, Arc<HandleData>)> {
+    pub fn data_file(&self, fid: u32, access: Access) -> Option<(u64, Arc<HandleData>)> {
         let (node, h) = {
             let mut fids = self.fids();
             let f = fids.get_mut(fid).ok()?;
@@ -916,7 +917,7 @@ impl Session {
                 _ => return None,
             }
         };
-        Some((node, self.fs().handle(node, h).ok()?))
+        Some((node, self.fs().data_handle(node, h, access).ok()?))
     }
 
     /// Where a plain Tread or Twrite goes when served without
@@ -925,19 +926,12 @@ impl Session {
     /// where `handle` must answer: the cases of [`Session::data_file`], and
     /// a write to a read-only share (EROFS).
     pub fn data_target(&self, req: &DataRequest) -> Option<(u64, Arc<HandleData>, u32)> {
-        let count = match req.read {
-            true => req.count.min(self.max_read()),
-            false if self.readonly() => return None,
-            false => req.count,
+        let (count, access) = match req.read {
+            true => (req.count.min(self.max_read()), Access::Read),
+            false => (req.count, Access::Write),
         };
-        let (node, file) = self.data_file(req.fid)?;
+        let (node, file) = self.data_file(req.fid, access)?;
         Some((node, file, count))
-    }
-
-    /// Whether the share refuses writes (they go through `handle`, for the
-    /// EROFS reply).
-    pub fn readonly(&self) -> bool {
-        self.fs().config().readonly
     }
 
     /// The most data one Rread may carry.

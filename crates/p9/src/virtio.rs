@@ -7,6 +7,7 @@
 //! it from its own queue handler, and [`P9VhostBackend`] wraps it as a
 //! vhost-user device (virtio id 9, mount tag in the config space).
 
+use passthrough::Access;
 use std::io;
 use std::sync::Arc;
 
@@ -156,7 +157,7 @@ impl DataPath for P9Data<'_> {
             {
                 return None;
             }
-            let (node, file) = session.data_file(le32(&head, 7))?;
+            let (node, file) = session.data_file(le32(&head, 7), Access::Read)?;
             return Some(DataOp {
                 head: chain.head_index(),
                 id: u16::from_le_bytes([head[5], head[6]]) as u64,

@@ -189,6 +189,15 @@ fn check_xattr_name(name: &CStr) -> io::Result<()> {
     }
 }
 
+/// What a data transfer does with a handle ([`PassthroughFs::data_handle`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Reads from the file.
+    Read,
+    /// Writes to the file: refused on a read-only share.
+    Write,
+}
+
 fn is_readonly_violation(flags: libc::c_int) -> bool {
     (flags & libc::O_ACCMODE) != libc::O_RDONLY || flags & (libc::O_TRUNC | libc::O_CREAT) != 0
 }
@@ -299,6 +308,23 @@ impl PassthroughFs {
     /// the host fd ([`HandleData::as_raw_fd`]). Keep the `Arc` until the I/O
     /// completes.
     pub fn handle(&self, inode: u64, handle: u64) -> io::Result<Arc<HandleData>> {
+        self.handles.get(inode, handle)
+    }
+
+    /// The host file behind `handle` of `inode`, to read from or write to:
+    /// the one place where the read-only rule meets a data transfer, for
+    /// every protocol and engine (FUSE READ/WRITE here, the io_uring engine,
+    /// 9P Tread/Twrite). A write on a read-only share fails with `EROFS`,
+    /// whatever flags the handle was opened with.
+    pub fn data_handle(
+        &self,
+        inode: u64,
+        handle: u64,
+        access: Access,
+    ) -> io::Result<Arc<HandleData>> {
+        if access == Access::Write {
+            self.check_writable()?;
+        }
         self.handles.get(inode, handle)
     }
 
@@ -1328,7 +1354,7 @@ impl FileSystem for PassthroughFs {
         _lock_owner: Option<u64>,
         _flags: u32,
     ) -> io::Result<usize> {
-        let h = self.handles.get(inode, handle)?;
+        let h = self.data_handle(inode, handle, Access::Read)?;
         let mut f = BorrowedFile::new(&*h);
         w.write_from(f.file(), size as usize, offset)
     }
@@ -1346,8 +1372,7 @@ impl FileSystem for PassthroughFs {
         _flags: u32,
         _fuse_flags: u32,
     ) -> io::Result<usize> {
-        self.check_writable()?;
-        let h = self.handles.get(inode, handle)?;
+        let h = self.data_handle(inode, handle, Access::Write)?;
         let mut f = BorrowedFile::new(&*h);
         r.read_to(f.file(), size as usize, offset)
     }

@@ -43,6 +43,6 @@ pub mod sys;
 
 pub use config::{CachePolicy, Config, InodeFileHandles};
 pub use error::Error;
-pub use fs::PassthroughFs;
+pub use fs::{Access, PassthroughFs};
 pub use handle_table::HandleData;
 pub use inode_store::ROOT_ID;

@@ -12,6 +12,7 @@
 //! Everything else, including every error reply, goes through the
 //! synchronous FUSE path.
 
+use passthrough::Access;
 use std::sync::Arc;
 
 use device_queue::{gather, iovecs, peek, segs_len, split_chain, DataOp, DataPath, Kind};
@@ -73,7 +74,10 @@ impl DataPath for FuseData<'_> {
                     return None;
                 }
                 let nodeid = u64_at(&head, 16);
-                let file = self.0.handle(nodeid, u64_at(args, 0)).ok()?;
+                let file = self
+                    .0
+                    .data_handle(nodeid, u64_at(args, 0), Access::Read)
+                    .ok()?;
                 return Some(DataOp {
                     head: chain.head_index(),
                     id: u64_at(&head, 8),
@@ -108,7 +112,6 @@ impl DataPath for FuseData<'_> {
                 if u32_at(args, 20) & WRITE_KILL_SUIDGID != 0
                     || writable_len < OUT_HEADER + WRITE_OUT
                     || len as usize != IN_HEADER + RW_IN + size as usize
-                    || self.0.config().readonly
                 {
                     return None;
                 }
@@ -116,7 +119,13 @@ impl DataPath for FuseData<'_> {
             }
             Kind::Fsync { .. } => return None,
         };
-        let file = self.0.handle(nodeid, fh).ok()?;
+        // A write to a read-only share goes the synchronous way, for its
+        // EROFS reply.
+        let access = match kind {
+            Kind::Write => Access::Write,
+            _ => Access::Read,
+        };
+        let file = self.0.data_handle(nodeid, fh, access).ok()?;
         Some(DataOp {
             head: chain.head_index(),
             id: unique,

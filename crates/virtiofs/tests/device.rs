@@ -4,12 +4,12 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use virtiofs::device::QueueDevice;
 
 use passthrough::{Config, PassthroughFs};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_driver::queue::{DESC_F_NEXT, DESC_F_WRITE};
 use virtio_driver::{Buf, GuestRam, SplitQueue};
+use virtiofs::device::{IoEngine, QueueDevice};
 use virtiofs::VirtioFsBackend;
 use vm_memory::GuestAddress;
 use vmm_sys_util::epoll::EventSet;
@@ -40,6 +40,10 @@ impl Driver {
     }
 
     fn with_request_queues(share: &Path, request_queues: usize) -> Driver {
+        Driver::with_config(Config::new(share), request_queues, IoEngine::default())
+    }
+
+    fn with_config(cfg: Config, request_queues: usize, engine: IoEngine) -> Driver {
         let mut ram = GuestRam::new(MEM_SIZE).unwrap();
         let queues: Vec<SplitQueue> = (0..=request_queues)
             .map(|_| SplitQueue::new(&mut ram, QSIZE))
@@ -47,8 +51,10 @@ impl Driver {
         let vrings = queues.iter().map(|q| q.vring(&ram).unwrap()).collect();
         let req = ram.alloc(REQ_LEN, 8);
         let reply = ram.alloc(REPLY_LEN, 8);
-        let fs = Arc::new(PassthroughFs::new(Config::new(share)).unwrap());
-        let dev = VirtioFsBackend::new(fs, request_queues, None).unwrap();
+        let fs = Arc::new(PassthroughFs::new(cfg).unwrap());
+        let dev = VirtioFsBackend::new(fs, request_queues, None)
+            .unwrap()
+            .with_engine(engine);
         dev.update_memory(ram.atomic()).unwrap();
         let mut d = Driver {
             ram,
@@ -538,4 +544,34 @@ fn a_panic_serving_a_request_becomes_an_eio_reply_and_the_queue_goes_on() {
     }
     assert_eq!(q.take_used(&ram), Some((4, 0)), "no room: returned empty");
     assert_eq!(q.take_used(&ram), None);
+}
+
+/// A WRITE to a read-only share is refused with EROFS by either engine
+/// (the io_uring engine hands it to the synchronous path, which answers),
+/// even on a handle the guest holds, and the file is unchanged.
+#[test]
+fn a_write_to_a_read_only_share_is_erofs_on_either_engine() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(t.path().join("f"), b"kept").unwrap();
+    for engine in [IoEngine::IoUring, IoEngine::Sync] {
+        let mut cfg = Config::new(t.path());
+        cfg.readonly = true;
+        let mut d = Driver::with_config(cfg, 1, engine);
+        let node = d.request(LOOKUP, 1, &name(b"f")).nodeid();
+        let r = d.request(OPEN, node, &u32s(&[libc::O_RDWR as u32, 0]));
+        assert_eq!(r.error, -libc::EROFS, "{engine}: OPEN for writing");
+        let fh = d
+            .request(OPEN, node, &u32s(&[libc::O_RDONLY as u32, 0]))
+            .fh();
+        let mut w = fuse_wire::write_in(fh, 0, 4);
+        w.extend_from_slice(b"lost");
+        assert_eq!(
+            d.request(WRITE, node, &w).error,
+            -libc::EROFS,
+            "{engine}: WRITE"
+        );
+        let r = d.request(READ, node, &fuse_wire::read_in(fh, 0, 4));
+        assert_eq!((r.error, r.body), (0, b"kept".to_vec()), "{engine}: READ");
+    }
+    assert_eq!(std::fs::read(t.path().join("f")).unwrap(), b"kept");
 }
