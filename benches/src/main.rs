@@ -1,10 +1,12 @@
 //! `fsbench`: parse the flags into a `Config`, run, report.
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
 use fsbench::cli::Cli;
-use fsbench::{report, runner};
+use fsbench::report::{self, ReportError};
+use fsbench::runner;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -38,14 +40,15 @@ fn main() -> ExitCode {
     let date = report::now_utc();
     print!("{}", report::table(&out, &cfg.command, &date));
     let mut status = ExitCode::SUCCESS;
-    let mut write =
-        |path: &std::path::Path, text: String, what: &str| match report::write_file(path, &text) {
-            Ok(()) => eprintln!("fsbench: {what} written to {}", path.display()),
-            Err(e) => {
-                eprintln!("fsbench: {e}");
-                status = ExitCode::from(1);
-            }
-        };
+    let mut write = |path: &Path, text: Result<String, ReportError>, what: &str| match text
+        .and_then(|t| report::write_file(path, &t))
+    {
+        Ok(()) => eprintln!("fsbench: {what} written to {}", path.display()),
+        Err(e) => {
+            eprintln!("fsbench: {e}");
+            status = ExitCode::from(1);
+        }
+    };
     if let Some(j) = &cfg.json {
         write(j, report::json(&out.records), "JSON");
     }
@@ -60,7 +63,7 @@ fn main() -> ExitCode {
                 .collect::<Vec<_>>()
                 .join("; ")
         ));
-        write(&cfg.svg, report::svg(&out, &title, &sub), "chart");
+        write(&cfg.svg, Ok(report::svg(&out, &title, &sub)), "chart");
     }
     if out.records.is_empty() {
         eprintln!("fsbench: nothing could be measured");

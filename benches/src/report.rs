@@ -4,24 +4,32 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use quick_xml::escape::escape as xml;
+
 use crate::cli::{Engine, Server, Target};
 use crate::runner::{Outcome, Record};
 use crate::stats::Summary;
 use crate::workload::Workload;
 
-/// Why an output file could not be written.
+/// Why a report could not be made or written.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot write {path}: {source}")]
-pub struct ReportError {
-    /// The file.
-    pub path: PathBuf,
-    /// What the host said.
-    pub source: std::io::Error,
+pub enum ReportError {
+    /// An output file could not be written.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// What the host said.
+        source: std::io::Error,
+    },
+    /// The JSON records could not be encoded.
+    #[error("cannot encode the JSON records: {0}")]
+    Json(#[from] serde_json::Error),
 }
 
 /// Writes `text` to `path`, creating its directory.
 pub fn write_file(path: &Path, text: &str) -> Result<(), ReportError> {
-    let e = |source| ReportError {
+    let e = |source| ReportError::Write {
         path: path.to_path_buf(),
         source,
     };
@@ -334,61 +342,45 @@ pub fn table(out: &Outcome, command: &str, date: &str) -> String {
     s
 }
 
-/// `s` as a JSON string literal.
-fn json_str(s: &str) -> String {
-    let mut o = String::with_capacity(s.len() + 2);
-    o.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(o, "\\u{:04x}", c as u32);
-            }
-            c => o.push(c),
+/// One record of the JSON file.
+#[derive(serde::Serialize)]
+struct Row<'a> {
+    server: &'a str,
+    engine: &'a str,
+    workload: &'a str,
+    ops_per_s: f64,
+    mib_per_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+/// The JSON array, one record a line: one record per (server, engine,
+/// workload) with exactly the fields `server`, `engine`, `workload`,
+/// `ops_per_s`, `mib_per_s`, `p50_us`, `p99_us` (the server's CPU use is in
+/// the table), to 3 decimals (0 when not finite).
+pub fn json(records: &[Record]) -> Result<String, ReportError> {
+    let milli = |x: f64| {
+        if x.is_finite() {
+            (x * 1e3).round_ties_even() / 1e3
+        } else {
+            0.0
         }
-    }
-    o.push('"');
-    o
-}
-
-fn json_num(x: f64) -> String {
-    if x.is_finite() {
-        format!("{x:.3}")
-    } else {
-        "0".into()
-    }
-}
-
-/// The JSON array: one record per (server, engine, workload) with exactly
-/// the fields `server`, `engine`, `workload`, `ops_per_s`, `mib_per_s`,
-/// `p50_us`, `p99_us` (the server's CPU use is in the table).
-pub fn json(records: &[Record]) -> String {
+    };
     let mut s = String::from("[\n");
     for (i, r) in records.iter().enumerate() {
         let m = &r.summary;
-        let _ = write!(
-            s,
-            "  {{\"server\": {}, \"engine\": {}, \"workload\": {}, \"ops_per_s\": {}, \"mib_per_s\": {}, \"p50_us\": {}, \"p99_us\": {}}}",
-            json_str(r.target.server.name()),
-            json_str(r.target.engine.name()),
-            json_str(r.workload.name()),
-            json_num(m.ops_per_s),
-            json_num(m.mib_per_s),
-            json_num(m.p50_us),
-            json_num(m.p99_us),
-        );
-        s.push_str(if i + 1 < records.len() { ",\n" } else { "\n" });
+        let row = serde_json::to_string(&Row {
+            server: r.target.server.name(),
+            engine: r.target.engine.name(),
+            workload: r.workload.name(),
+            ops_per_s: milli(m.ops_per_s),
+            mib_per_s: milli(m.mib_per_s),
+            p50_us: milli(m.p50_us),
+            p99_us: milli(m.p99_us),
+        })?;
+        s += &format!("  {row}{}\n", if i + 1 < records.len() { "," } else { "" });
     }
-    s.push_str("]\n");
-    s
-}
-
-fn xml(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    Ok(s + "]\n")
 }
 
 fn colour(t: Target) -> &'static str {
@@ -450,7 +442,7 @@ pub fn svg(out: &Outcome, title: &str, subtitle: &[String]) -> String {
             colour(*t),
             lx + 16.0,
             y,
-            xml(&t.label())
+            xml(t.label())
         );
         lx += 30.0 + 7.0 * t.label().len() as f64;
     }
@@ -512,7 +504,7 @@ pub fn svg(out: &Outcome, title: &str, subtitle: &[String]) -> String {
                 r#"<text x="{}" y="{}" font-size="11" text-anchor="end">{}</text><rect x="{bar_x}" y="{y}" width="{len:.1}" height="{bar_h}" fill="{}"/><text x="{}" y="{}" font-size="11">{}</text>"#,
                 bar_x - 6.0,
                 y + bar_h - 3.5,
-                xml(&r.target.label()),
+                xml(r.target.label()),
                 colour(r.target),
                 bar_x + len + 6.0,
                 y + bar_h - 3.5,
@@ -527,25 +519,15 @@ pub fn svg(out: &Outcome, title: &str, subtitle: &[String]) -> String {
     )
 }
 
-/// `secs` since the epoch as `YYYY-MM-DD HH:MM UTC`.
+/// `secs` since the epoch as `YYYY-MM-DD HH:MM UTC` (past the year 9999, as
+/// seconds after the epoch).
 pub fn utc(secs: u64) -> String {
-    let days = (secs / 86400) as i64;
-    let rem = secs % 86400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60
-    )
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC");
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|t| t.format(format).ok())
+        .unwrap_or_else(|| format!("{secs} s after 1970-01-01 00:00 UTC"))
 }
 
 /// Now, as [`utc`].
@@ -636,13 +618,13 @@ mod tests {
 
     #[test]
     fn json_has_exactly_the_issues_fields() {
-        let o = outcome();
-        let j = json(&o.records[..2]);
-        let want = "[\n  {\"server\": \"native\", \"engine\": \"-\", \"workload\": \"randread-4k-qd32\", \"ops_per_s\": 400000.000, \"mib_per_s\": 1562.500, \"p50_us\": 1.000, \"p99_us\": 2.000},\n  {\"server\": \"virtiofsd-rs\", \"engine\": \"io-uring\", \"workload\": \"randread-4k-qd32\", \"ops_per_s\": 90000.000, \"mib_per_s\": 351.562, \"p50_us\": 300.000, \"p99_us\": 600.000}\n]\n";
+        let mut o = outcome();
+        let j = json(&o.records[..2]).unwrap();
+        let want = "[\n  {\"server\":\"native\",\"engine\":\"-\",\"workload\":\"randread-4k-qd32\",\"ops_per_s\":400000.0,\"mib_per_s\":1562.5,\"p50_us\":1.0,\"p99_us\":2.0},\n  {\"server\":\"virtiofsd-rs\",\"engine\":\"io-uring\",\"workload\":\"randread-4k-qd32\",\"ops_per_s\":90000.0,\"mib_per_s\":351.562,\"p50_us\":300.0,\"p99_us\":600.0}\n]\n";
         assert_eq!(j, want);
-        assert_eq!(json(&[]), "[\n]\n");
-        assert_eq!(json_str("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
-        assert_eq!(json_num(f64::NAN), "0");
+        assert_eq!(json(&[]).unwrap(), "[\n]\n");
+        o.records[0].summary.p50_us = f64::NAN;
+        assert!(json(&o.records[..1]).unwrap().contains("\"p50_us\":0.0,"));
     }
 
     #[test]
@@ -691,5 +673,7 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01 00:00 UTC");
         assert_eq!(utc(951_782_400), "2000-02-29 00:00 UTC");
         assert_eq!(utc(1_767_225_600 + 3600 + 120), "2026-01-01 01:02 UTC");
+        assert_eq!(utc(253_402_300_799), "9999-12-31 23:59 UTC");
+        assert!(utc(u64::MAX).ends_with("615 s after 1970-01-01 00:00 UTC"));
     }
 }

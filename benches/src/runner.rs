@@ -587,7 +587,7 @@ fn measure(
                         at,
                         at.saturating_duration_since(submitted[slot]),
                         1,
-                        len as u64,
+                        u64::from(len),
                     );
                     if go {
                         submitted[slot] = Instant::now();

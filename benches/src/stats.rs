@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
+
 /// When a run measures: after a warm-up, until a deadline.
 #[derive(Debug, Clone, Copy)]
 pub struct Window {
@@ -32,14 +34,15 @@ impl Window {
     }
 }
 
-/// Latency samples and the work they did, inside a [`Window`].
+/// Latency samples (in ns, to 3 significant digits) and the work they did,
+/// inside a [`Window`].
 #[derive(Debug, Clone)]
 pub struct Recorder {
     window: Window,
     /// The last counted completion (the window's end when the deadline
     /// passed before any operation completed in it).
     end: Instant,
-    lat_ns: Vec<u64>,
+    lat_ns: Histogram<u64>,
     units: u64,
     bytes: u64,
 }
@@ -50,7 +53,7 @@ impl Recorder {
         Recorder {
             window,
             end: window.until,
-            lat_ns: Vec::with_capacity(1 << 16),
+            lat_ns: Histogram::new_with_max(u64::MAX, 3).expect("valid histogram bounds"),
             units: 0,
             bytes: 0,
         }
@@ -71,7 +74,8 @@ impl Recorder {
             }
             self.end = done;
         }
-        self.lat_ns.push(latency.as_nanos() as u64);
+        self.lat_ns
+            .saturating_record(u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX));
         self.units += units;
         self.bytes += bytes;
     }
@@ -83,37 +87,25 @@ impl Recorder {
 
     /// The number of operations counted.
     pub fn count(&self) -> usize {
-        self.lat_ns.len()
+        self.lat_ns.len() as usize
     }
 
-    /// The figures of the run.
-    pub fn summary(mut self) -> Summary {
+    /// The figures of the run; nearest-rank percentiles (0 for no samples).
+    pub fn summary(self) -> Summary {
         let secs = self
             .end
             .saturating_duration_since(self.window.measure_from)
             .as_secs_f64()
             .max(1e-9);
-        self.lat_ns.sort_unstable();
         Summary {
             ops_per_s: self.units as f64 / secs,
             mib_per_s: self.bytes as f64 / secs / (1024.0 * 1024.0),
-            p50_us: percentile(&self.lat_ns, 50.0) as f64 / 1000.0,
-            p99_us: percentile(&self.lat_ns, 99.0) as f64 / 1000.0,
-            samples: self.lat_ns.len() as u64,
+            p50_us: self.lat_ns.value_at_quantile(0.5) as f64 / 1000.0,
+            p99_us: self.lat_ns.value_at_quantile(0.99) as f64 / 1000.0,
+            samples: self.lat_ns.len(),
             seconds: secs,
         }
     }
-}
-
-/// The `p`-th percentile (0 < p <= 100) of `sorted` by the nearest-rank
-/// method: the smallest sample with at least p% of the samples at or below
-/// it. 0 for no samples.
-pub fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// The figures of one (server, engine, workload) run.
@@ -138,18 +130,33 @@ pub struct Summary {
 mod tests {
     use super::*;
 
+    /// The figures of a recorder that counted these latencies (ns).
+    fn summary_of(lat_ns: impl IntoIterator<Item = u64>) -> Summary {
+        let w = Window::starting_now(Duration::from_secs(2), Duration::from_secs(1));
+        let mut r = Recorder::new(w);
+        for ns in lat_ns {
+            r.record(w.measure_from, Duration::from_nanos(ns), 1, 0);
+        }
+        r.summary()
+    }
+
     #[test]
     fn nearest_rank_percentiles() {
-        let v: Vec<u64> = (1..=100).collect();
-        assert_eq!(percentile(&v, 50.0), 50);
-        assert_eq!(percentile(&v, 99.0), 99);
-        assert_eq!(percentile(&v, 100.0), 100);
-        assert_eq!(percentile(&v, 0.1), 1);
-        assert_eq!(percentile(&[7], 99.0), 7);
-        assert_eq!(percentile(&[], 50.0), 0);
-        let two = [10, 20];
-        assert_eq!(percentile(&two, 50.0), 10);
-        assert_eq!(percentile(&two, 99.0), 20);
+        let p = |s: Summary| (s.p50_us, s.p99_us);
+        assert_eq!(p(summary_of(1..=100)), (0.05, 0.099));
+        assert_eq!(p(summary_of([7])), (0.007, 0.007));
+        assert_eq!(p(summary_of([])), (0.0, 0.0));
+        assert_eq!(p(summary_of([10, 20])), (0.01, 0.02));
+        // From 2048 ns on, within 3 significant digits of the exact sample.
+        let v: Vec<u64> = (1..=10_000).map(|i| 1000 + 7 * i * i).collect();
+        let s = summary_of(v.iter().copied());
+        for (got, exact) in [(s.p50_us, v[4999]), (s.p99_us, v[9899])] {
+            let exact = exact as f64 / 1e3;
+            assert!(
+                got >= exact && got - exact <= exact / 1e3,
+                "{got} vs {exact}"
+            );
+        }
     }
 
     #[test]
@@ -167,7 +174,8 @@ mod tests {
         assert_eq!(s.samples, 2);
         assert!((s.ops_per_s - 2.0).abs() < 1e-6, "{s:?}");
         assert!((s.mib_per_s - 8192.0 / 1048576.0).abs() < 1e-9);
-        assert_eq!((s.p50_us, s.p99_us), (2.0, 4.0));
+        // To 3 significant digits, 4000 ns is 4001 ns.
+        assert_eq!((s.p50_us, s.p99_us), (2.0, 4.001));
     }
 
     #[test]

@@ -189,7 +189,8 @@ fn ram_size(kind: &Kind) -> usize {
     let base = 4u64 << 20;
     let io = match kind {
         Kind::Io(s) => {
-            s.qd as u64 * (s.len as u64 + 3 * PAGE as u64 + 16 * (s.len / PAGE + 8) as u64)
+            s.qd as u64
+                * (u64::from(s.len) + 3 * u64::from(PAGE) + 16 * u64::from(s.len / PAGE + 8))
         }
         _ => 0,
     };
@@ -235,9 +236,9 @@ impl VfsSession {
             q.set_event_idx(event_idx);
         }
         let ctl_req = ram.alloc(CTL_REQ_LEN, 4096);
-        let ctl_reply = ram.alloc(OUT_HEADER as u64 + CTL_REPLY_LEN as u64, 4096);
+        let ctl_reply = ram.alloc(OUT_HEADER as u64 + u64::from(CTL_REPLY_LEN), 4096);
         let ctl_table = ram.alloc(16 * 8, 16);
-        let forget_bufs = ram.alloc(64 * FORGET_SLOTS as u64, 64);
+        let forget_bufs = ram.alloc(64 * u64::from(FORGET_SLOTS), 64);
         let mut s = VfsSession {
             ram,
             queues,
@@ -296,7 +297,7 @@ impl VfsSession {
             DataLayout::Flat => spec.len,
         };
         let read_limit = if self.init.max_pages > 0 {
-            self.init.max_pages as u32 * PAGE
+            u32::from(self.init.max_pages) * PAGE
         } else {
             32 * PAGE
         };
@@ -328,7 +329,7 @@ impl VfsSession {
         for i in 0..spec.qd {
             let req = self.ram.alloc((IN_HEADER + RW_IN) as u64, 64);
             let reply = self.ram.alloc(64, 64);
-            let data = self.ram.alloc(spec.len as u64, PAGE as u64);
+            let data = self.ram.alloc(u64::from(spec.len), u64::from(PAGE));
             let mut t = vec![
                 Buf::out(req, IN_HEADER as u32),
                 Buf::out(GuestAddress(req.0 + IN_HEADER as u64), RW_IN as u32),
@@ -446,7 +447,7 @@ impl VfsSession {
         self.kick(1)?;
         let used = loop {
             if let Some((id, len)) = self.take_used(1) {
-                if id != CTL_DESC as u32 {
+                if id != u32::from(CTL_DESC) {
                     return Err(VfsError::BadReply {
                         op: name,
                         detail: format!("the device returned chain {id}, which was not pending"),
@@ -493,7 +494,7 @@ impl VfsSession {
         };
         let unique = self.next_unique();
         let req = fuse_wire::request(opcode::FORGET, unique, nodeid, 0, &fuse_wire::forget_in(1));
-        let at = GuestAddress(self.forget_bufs.0 + 64 * idx as u64);
+        let at = GuestAddress(self.forget_bufs.0 + 64 * u64::from(idx));
         self.ram.write(at, &req);
         self.queues[0].write_desc(&self.ram, idx, at.0, req.len() as u32, 0, 0);
         self.publish(0, idx);
@@ -536,7 +537,7 @@ impl VfsSession {
                     op,
                     detail: format!(
                         "{} of {} bytes at offset {}",
-                        used as i64 - OUT_HEADER as i64,
+                        i64::from(used) - OUT_HEADER as i64,
                         f.spec.len,
                         s.offset
                     ),

@@ -167,7 +167,7 @@ impl Offsets {
     /// Offsets for `spec` inside a file of `file_size` bytes (at least one
     /// request long), seeded by `seed`.
     pub fn new(spec: &IoSpec, file_size: u64, seed: u64) -> Offsets {
-        let len = spec.len as u64;
+        let len = u64::from(spec.len);
         Offsets {
             pattern: spec.pattern,
             len,

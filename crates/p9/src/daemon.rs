@@ -360,6 +360,7 @@ pub fn run(cfg: P9Config) -> Result<(), P9Error> {
                 let wf = if r == w {
                     rf.try_clone().map_err(err)?
                 } else {
+                    // SAFETY: as for `r`: an fd handed to us, owned from here.
                     unsafe { File::from_raw_fd(*w) }
                 };
                 fd_conns.push((rf, wf));

@@ -427,7 +427,7 @@ mod tests {
     fn drain_returns_every_fid() {
         let mut t = FidTable::default();
         for i in 0..10 {
-            t.insert_new(i, Fid::new(i as u64, 0, 0, FidPath::root()))
+            t.insert_new(i, Fid::new(u64::from(i), 0, 0, FidPath::root()))
                 .unwrap();
         }
         let mut nodes: Vec<u64> = t.drain().into_iter().map(|f| f.node).collect();

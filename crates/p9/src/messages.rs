@@ -392,7 +392,7 @@ impl DataRequest {
         };
         (le32(0) as usize == frame_len
             && size == frame_len
-            && r.offset.checked_add(r.count as u64)? <= i64::MAX as u64)
+            && r.offset.checked_add(u64::from(r.count))? <= i64::MAX as u64)
             .then_some(r)
     }
 

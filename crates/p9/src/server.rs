@@ -1034,8 +1034,8 @@ impl Session {
                     return Ok(0);
                 }
                 let ty = match d.type_ {
-                    t if t == libc::DT_DIR as u32 => QTDIR,
-                    t if t == libc::DT_LNK as u32 => QTSYMLINK,
+                    t if t == u32::from(libc::DT_DIR) => QTDIR,
+                    t if t == u32::from(libc::DT_LNK) => QTSYMLINK,
                     _ => QTFILE,
                 };
                 let qid = Qid {
@@ -1073,7 +1073,7 @@ impl Session {
             } else {
                 l.start.saturating_add(l.length - 1)
             },
-            lock_type: l.ty as u32,
+            lock_type: u32::from(l.ty),
             pid: l.proc_id,
         }
     }

@@ -160,7 +160,7 @@ impl DataPath for P9Data<'_> {
             let (node, file) = session.data_file(le32(&head, 7), Access::Read)?;
             return Some(DataOp {
                 head: chain.head_index(),
-                id: u16::from_le_bytes([head[5], head[6]]) as u64,
+                id: u64::from(u16::from_le_bytes([head[5], head[6]])),
                 kind: Kind::Fsync {
                     data_only: le32(&head, 11) != 0,
                 },
@@ -193,7 +193,7 @@ impl DataPath for P9Data<'_> {
         };
         Some(DataOp {
             head: chain.head_index(),
-            id: req.tag as u64,
+            id: u64::from(req.tag),
             kind,
             reply: writable,
             iovecs,

@@ -768,7 +768,7 @@ fn pipelined_requests_are_each_answered() {
         for i in 0..64u16 {
             let m = Tmessage::Read {
                 fid: 1,
-                offset: i as u64 * 4096,
+                offset: u64::from(i) * 4096,
                 count: 4096,
             };
             burst.extend_from_slice(&m.encode(100 + i));
@@ -912,7 +912,7 @@ fn requests_beyond_the_dispatch_limit_wait_and_are_all_answered() {
     for tag in 0..reads {
         let m = Tmessage::Read {
             fid: 1,
-            offset: (tag % 64) as u64 * 4096,
+            offset: u64::from(tag % 64) * 4096,
             count: 4096,
         };
         burst.extend_from_slice(&m.encode(tag));

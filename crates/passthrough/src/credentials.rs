@@ -88,13 +88,13 @@ pub struct CredGuard {
 
 fn set_euid(uid: libc::uid_t) -> io::Result<()> {
     // SAFETY: raw syscall with integer arguments; -1 leaves an id unchanged.
-    let ret = unsafe { libc::syscall(libc::SYS_setresuid, -1i64, uid as i64, -1i64) };
+    let ret = unsafe { libc::syscall(libc::SYS_setresuid, -1i64, i64::from(uid), -1i64) };
     crate::sys::cvt_long(ret).map(drop)
 }
 
 fn set_egid(gid: libc::gid_t) -> io::Result<()> {
     // SAFETY: raw syscall with integer arguments; -1 leaves an id unchanged.
-    let ret = unsafe { libc::syscall(libc::SYS_setresgid, -1i64, gid as i64, -1i64) };
+    let ret = unsafe { libc::syscall(libc::SYS_setresgid, -1i64, i64::from(gid), -1i64) };
     crate::sys::cvt_long(ret).map(drop)
 }
 

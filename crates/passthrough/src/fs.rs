@@ -169,8 +169,8 @@ impl XattrTarget {
 
     fn remove(&self, name: &CStr) -> io::Result<()> {
         match self {
-            // SAFETY: NUL-terminated name.
             XattrTarget::File(f) => {
+                // SAFETY: NUL-terminated name; the fd is held open by `f`.
                 cvt(unsafe { libc::fremovexattr(f.as_raw_fd(), name.as_ptr()) }).map(drop)
             }
             XattrTarget::Path {
@@ -756,7 +756,7 @@ impl PassthroughFs {
                 let ino = u64::from_ne_bytes(buf[pos..pos + 8].try_into().unwrap_or_default());
                 let off = i64::from_ne_bytes(buf[pos + 8..pos + 16].try_into().unwrap_or_default());
                 let reclen = u16::from_ne_bytes([buf[pos + 16], buf[pos + 17]]) as usize;
-                let d_type = buf[pos + 18] as u32;
+                let d_type = u32::from(buf[pos + 18]);
                 if reclen < 19 || pos + reclen > n {
                     return Err(errno(libc::EIO));
                 }
@@ -1176,7 +1176,12 @@ impl FileSystem for PassthroughFs {
             let _c = self.creds(ctx)?;
             // SAFETY: NUL-terminated name; pfd is held.
             cvt(unsafe {
-                libc::mknodat(pfd.as_raw_fd(), name.as_ptr(), mode, rdev as libc::dev_t)
+                libc::mknodat(
+                    pfd.as_raw_fd(),
+                    name.as_ptr(),
+                    mode,
+                    libc::dev_t::from(rdev),
+                )
             })?;
             self.do_lookup(&parent, name)
         })

@@ -214,6 +214,7 @@ fn requests_run_with_the_requesters_credentials() {
         libc::EPERM
     );
     // And the thread is root again afterwards.
+    // SAFETY: geteuid cannot fail.
     assert_eq!(unsafe { libc::geteuid() }, 0);
 }
 

@@ -141,7 +141,7 @@ fn apply_fs(fs: &PassthroughFs, op: &HostOp) -> Result<(), i32> {
                 let e = walk(fs, &path(*d, *n))?;
                 let (h, _, _) = fs.open(&root(), e.inode, libc::O_WRONLY as u32, 0)?;
                 let h = h.unwrap();
-                write_and_release(fs, &root(), e.inode, h, *off as u64, data)
+                write_and_release(fs, &root(), e.inode, h, u64::from(*off), data)
             }
             HostOp::Rename(d1, n1, d2, n2) => {
                 let p1 = dir_node(fs, *d1)?;
@@ -160,14 +160,14 @@ fn apply_fs(fs: &PassthroughFs, op: &HostOp) -> Result<(), i32> {
             HostOp::Truncate(d, n, size) => {
                 let e = walk(fs, &path(*d, *n))?;
                 let mut attr: stat64 = e.attr;
-                attr.st_size = *size as i64;
+                attr.st_size = i64::from(*size);
                 fs.setattr(&root(), e.inode, attr, None, SetattrValid::SIZE)
                     .map(drop)
             }
             HostOp::Chmod(d, n, mode) => {
                 let e = walk(fs, &path(*d, *n))?;
                 let mut attr: stat64 = e.attr;
-                attr.st_mode = *mode as u32;
+                attr.st_mode = u32::from(*mode);
                 fs.setattr(&root(), e.inode, attr, None, SetattrValid::MODE)
                     .map(drop)
             }
@@ -188,7 +188,7 @@ fn apply_host(root_dir: &Path, op: &HostOp) -> Result<(), i32> {
         HostOp::Write(d, n, off, data) => fs::OpenOptions::new()
             .write(true)
             .open(p(*d, *n))
-            .and_then(|f| f.write_all_at(data, *off as u64)),
+            .and_then(|f| f.write_all_at(data, u64::from(*off))),
         HostOp::Rename(d1, n1, d2, n2) => fs::rename(p(*d1, *n1), p(*d2, *n2)),
         HostOp::Unlink(d, n) => fs::remove_file(p(*d, *n)),
         HostOp::Link(d1, n1, d2, n2) => fs::hard_link(p(*d1, *n1), p(*d2, *n2)),
@@ -196,9 +196,10 @@ fn apply_host(root_dir: &Path, op: &HostOp) -> Result<(), i32> {
         HostOp::Truncate(d, n, size) => fs::OpenOptions::new()
             .write(true)
             .open(p(*d, *n))
-            .and_then(|f| f.set_len(*size as u64)),
-        HostOp::Chmod(d, n, mode) => fs::symlink_metadata(p(*d, *n))
-            .and_then(|_| fs::set_permissions(p(*d, *n), fs::Permissions::from_mode(*mode as u32))),
+            .and_then(|f| f.set_len(u64::from(*size))),
+        HostOp::Chmod(d, n, mode) => fs::symlink_metadata(p(*d, *n)).and_then(|_| {
+            fs::set_permissions(p(*d, *n), fs::Permissions::from_mode(u32::from(*mode)))
+        }),
     })
 }
 

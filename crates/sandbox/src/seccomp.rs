@@ -315,7 +315,7 @@ pub fn rules(profile: Profile, pid: u32) -> Result<BTreeMap<i64, Vec<SeccompRule
         vec![SeccompRule::new(vec![cond(
             0,
             SeccompCmpOp::Eq,
-            pid as u64,
+            u64::from(pid),
         )?])?],
     );
     Ok(map)
@@ -378,7 +378,7 @@ extern "C" fn report_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: 
     // context, which the kernel restores from on return.
     unsafe {
         let uc = ctx.cast::<libc::ucontext_t>();
-        (*uc).uc_mcontext.gregs[libc::REG_RAX as usize] = -(libc::ENOSYS as i64);
+        (*uc).uc_mcontext.gregs[libc::REG_RAX as usize] = -i64::from(libc::ENOSYS);
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = ctx;

@@ -74,8 +74,8 @@ fn child_entry() {
             println!("mmap returned {p:?}");
         }
         "uring-setup" => {
-            // SAFETY: a zeroed io_uring_params is valid input.
             let mut params = [0u8; 120];
+            // SAFETY: a zeroed io_uring_params is valid input.
             let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 8, params.as_mut_ptr()) };
             println!("io_uring_setup returned {fd}");
         }

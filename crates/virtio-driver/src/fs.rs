@@ -79,8 +79,8 @@ impl<L: Link> FsDriver<L> {
         let queues: Vec<SplitQueue> = (0..nqueues)
             .map(|_| SplitQueue::new(&mut ram, QUEUE_SIZE))
             .collect();
-        let req = ram.alloc(BUF_SIZE as u64, 4096);
-        let reply = ram.alloc(BUF_SIZE as u64, 4096);
+        let req = ram.alloc(u64::from(BUF_SIZE), 4096);
+        let reply = ram.alloc(u64::from(BUF_SIZE), 4096);
         let refs: Vec<&SplitQueue> = queues.iter().collect();
         let link = connect(&ram, &refs);
         FsDriver {

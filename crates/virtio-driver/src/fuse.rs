@@ -138,7 +138,7 @@ pub fn release_in(fh: u64, flags: u32) -> Vec<u8> {
 pub fn fsync_in(fh: u64, datasync: bool) -> Vec<u8> {
     let mut b = Vec::with_capacity(16);
     b.extend_from_slice(&fh.to_le_bytes());
-    b.extend_from_slice(&u32s(&[datasync as u32, 0])); // fsync_flags, padding
+    b.extend_from_slice(&u32s(&[u32::from(datasync), 0])); // fsync_flags, padding
     b
 }
 

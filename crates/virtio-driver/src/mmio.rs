@@ -102,9 +102,9 @@ impl<W: MmioWindow> MmioDriver<W> {
         d.write32(status, VIRTIO_CONFIG_S_ACKNOWLEDGE);
         d.write32(status, VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER);
         d.write32(reg(VIRTIO_MMIO_DEVICE_FEATURES_SEL), 0);
-        let lo = d.read32(reg(VIRTIO_MMIO_DEVICE_FEATURES)) as u64;
+        let lo = u64::from(d.read32(reg(VIRTIO_MMIO_DEVICE_FEATURES)));
         d.write32(reg(VIRTIO_MMIO_DEVICE_FEATURES_SEL), 1);
-        let hi = d.read32(reg(VIRTIO_MMIO_DEVICE_FEATURES)) as u64;
+        let hi = u64::from(d.read32(reg(VIRTIO_MMIO_DEVICE_FEATURES)));
         d.features = ((hi << 32) | lo) & want;
         d.write_features(d.features);
         let s = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK;
@@ -135,11 +135,11 @@ impl<W: MmioWindow> MmioDriver<W> {
     /// Sets queue `i` up as `q` describes it and marks it ready.
     pub fn setup_queue(&mut self, i: usize, q: &SplitQueue) -> Result<(), ProbeError> {
         self.write32(reg(VIRTIO_MMIO_QUEUE_SEL), i as u32);
-        if self.read32(reg(VIRTIO_MMIO_QUEUE_NUM_MAX)) < q.size() as u32 {
+        if self.read32(reg(VIRTIO_MMIO_QUEUE_NUM_MAX)) < u32::from(q.size()) {
             return Err(ProbeError::QueueTooBig(i));
         }
         let (desc, avail, used) = q.addresses();
-        self.write32(reg(VIRTIO_MMIO_QUEUE_NUM), q.size() as u32);
+        self.write32(reg(VIRTIO_MMIO_QUEUE_NUM), u32::from(q.size()));
         for (lo, addr) in [
             (VIRTIO_MMIO_QUEUE_DESC_LOW, desc.0),
             (VIRTIO_MMIO_QUEUE_AVAIL_LOW, avail.0),

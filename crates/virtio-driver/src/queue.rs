@@ -81,7 +81,7 @@ impl Buf {
         (0..len.div_ceil(unit)).map(move |i| {
             let off = i * unit;
             Buf {
-                addr: GuestAddress(at.0 + off as u64),
+                addr: GuestAddress(at.0 + u64::from(off)),
                 len: unit.min(len - off),
                 writable,
             }
@@ -136,7 +136,7 @@ impl SplitQueue {
     /// When `size` is 0 or `ram` has no room for the queue (test bugs).
     pub fn new(ram: &mut GuestRam, size: u16) -> SplitQueue {
         assert!(size > 0, "a virtqueue has at least one entry");
-        let n = size as u64;
+        let n = u64::from(size);
         let desc = ram.alloc(DESC_SIZE * n, 16);
         // Both rings end in the other side's event index (used_event,
         // avail_event), used with VIRTIO_RING_F_EVENT_IDX.
@@ -178,7 +178,7 @@ impl SplitQueue {
 
     /// Writes descriptor `idx` verbatim.
     pub fn write_desc(&self, ram: &GuestRam, idx: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let base = self.desc.0 + DESC_SIZE * idx as u64;
+        let base = self.desc.0 + DESC_SIZE * u64::from(idx);
         ram.write_obj(GuestAddress(base), addr);
         ram.write_obj(GuestAddress(base + 8), len);
         ram.write_obj(GuestAddress(base + 12), flags);
@@ -188,7 +188,7 @@ impl SplitQueue {
     /// Writes `bufs` as one chain in descriptors `head`, `head + 1`, ... and
     /// returns `head`.
     pub fn write_chain_at(&self, ram: &GuestRam, head: u16, bufs: &[Buf]) -> u16 {
-        let at = GuestAddress(self.desc.0 + DESC_SIZE * head as u64);
+        let at = GuestAddress(self.desc.0 + DESC_SIZE * u64::from(head));
         ram.write(at, &chain_bytes(bufs, head));
         head
     }
@@ -218,7 +218,7 @@ impl SplitQueue {
     /// Makes the chain at `head` available to the device.
     pub fn publish(&mut self, ram: &GuestRam, head: u16) {
         let slot = self.avail_idx % self.size;
-        ram.write_obj(GuestAddress(self.avail.0 + 4 + 2 * slot as u64), head);
+        ram.write_obj(GuestAddress(self.avail.0 + 4 + 2 * u64::from(slot)), head);
         self.avail_idx = self.avail_idx.wrapping_add(1);
         // The ring entry before the index that publishes it.
         fence(Ordering::Release);
@@ -261,7 +261,7 @@ impl SplitQueue {
         if self.used_idx(ram) == self.used_seen {
             return None;
         }
-        let elem = self.used.0 + 4 + 8 * (self.used_seen % self.size) as u64;
+        let elem = self.used.0 + 4 + 8 * u64::from(self.used_seen % self.size);
         self.used_seen = self.used_seen.wrapping_add(1);
         Some((
             ram.read_obj(GuestAddress(elem)),
@@ -289,7 +289,7 @@ impl SplitQueue {
         // The avail index must be visible before the device's state is read.
         fence(Ordering::SeqCst);
         if self.event_idx {
-            let at = self.used.0 + 4 + 8 * self.size as u64;
+            let at = self.used.0 + 4 + 8 * u64::from(self.size);
             let avail_event: u16 = ram.read_obj(GuestAddress(at));
             need_event(avail_event, new, old)
         } else {
@@ -303,7 +303,7 @@ impl SplitQueue {
     /// entry is already there (then the driver must not sleep).
     pub fn prepare_wait(&self, ram: &GuestRam) -> bool {
         if self.event_idx {
-            let at = self.avail.0 + 4 + 2 * self.size as u64;
+            let at = self.avail.0 + 4 + 2 * u64::from(self.size);
             ram.write_obj(GuestAddress(at), self.used_seen);
             fence(Ordering::SeqCst);
         }

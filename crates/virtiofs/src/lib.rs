@@ -33,6 +33,13 @@
 
 #![deny(missing_docs)]
 
+/// The README's Rust examples, compiled (and type-checked against this
+/// crate) as doctests, so they cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
+
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod daemon;
 pub mod device;

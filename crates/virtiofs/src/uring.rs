@@ -96,7 +96,7 @@ impl DataPath for FuseData<'_> {
         let (len, unique, nodeid) = (u32_at(&hdr, 0), u64_at(&hdr, 8), u64_at(&hdr, 16));
         let args = &hdr[IN_HEADER..];
         let (fh, offset, size) = (u64_at(args, 0), u64_at(args, 8), u32_at(args, 16));
-        if size > MAX_IO || offset.checked_add(size as u64)? > i64::MAX as u64 {
+        if size > MAX_IO || offset.checked_add(u64::from(size))? > i64::MAX as u64 {
             return None;
         }
         let writable_len = segs_len(&writable);

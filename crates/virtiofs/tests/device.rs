@@ -113,7 +113,7 @@ impl Driver {
         let (id, used) = self
             .kick(queue, head)
             .expect("every chain is returned to the guest");
-        assert_eq!(id, head as u32);
+        assert_eq!(id, u32::from(head));
         Reply::parse(used, &self.ram.read(self.reply, used as usize))
     }
 

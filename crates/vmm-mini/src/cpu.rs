@@ -38,7 +38,7 @@ const GDT_TSS: u16 = 0x808b;
 
 /// One GDT descriptor from flags, base and limit.
 fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
-    let (flags, base, limit) = (flags as u64, base as u64, limit as u64);
+    let (flags, base, limit) = (u64::from(flags), u64::from(base), u64::from(limit));
     ((base & 0xff00_0000) << 32)
         | ((flags & 0xf0ff) << 40)
         | ((limit & 0x000f_0000) << 32)
@@ -81,10 +81,10 @@ pub fn set_cpuid(vcpu: &VcpuFd, id: u8, cpus: u8, supported: &CpuId) -> Result<(
     for e in cpuid.as_mut_slice() {
         match e.function {
             1 => {
-                e.ebx = (e.ebx & 0x0000_ffff) | ((id as u32) << 24) | ((cpus as u32) << 16);
+                e.ebx = (e.ebx & 0x0000_ffff) | (u32::from(id) << 24) | (u32::from(cpus) << 16);
                 e.ecx |= 1 << 31;
             }
-            0xb => e.edx = id as u32,
+            0xb => e.edx = u32::from(id),
             _ => {}
         }
     }

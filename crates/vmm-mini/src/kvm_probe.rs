@@ -342,7 +342,7 @@ fn try_run_probe(iterations: u32) -> Result<RunEnd, RunEnd> {
     unsafe {
         std::ptr::copy_nonoverlapping(
             code.as_ptr(),
-            (host as *mut u8).add(CODE as usize),
+            host.cast::<u8>().add(CODE as usize),
             code.len(),
         )
     };

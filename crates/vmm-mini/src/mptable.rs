@@ -126,7 +126,7 @@ mod tests {
             let t = build(cpus, MPTABLE_ADDR).unwrap();
             assert_eq!(&t[..4], b"_MP_");
             assert_eq!(sum(&t[..16]), 0, "floating pointer checksum");
-            let ptr = u32::from_le_bytes(t[4..8].try_into().unwrap()) as u64;
+            let ptr = u64::from(u32::from_le_bytes(t[4..8].try_into().unwrap()));
             assert_eq!(ptr, MPTABLE_ADDR + 16);
             let table = &t[16..];
             assert_eq!(&table[..4], b"PCMP");

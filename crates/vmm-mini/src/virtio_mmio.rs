@@ -331,12 +331,13 @@ impl MmioTransport {
                 1 => (self.device_features >> 32) as u32,
                 _ => 0,
             },
-            reg::QUEUE_NUM_MAX => self
-                .max_sizes
-                .get(self.queue_sel as usize)
-                .copied()
-                .unwrap_or(0) as u32,
-            reg::QUEUE_READY => self.selected().map(|q| q.ready as u32).unwrap_or(0),
+            reg::QUEUE_NUM_MAX => u32::from(
+                self.max_sizes
+                    .get(self.queue_sel as usize)
+                    .copied()
+                    .unwrap_or(0),
+            ),
+            reg::QUEUE_READY => self.selected().map(|q| u32::from(q.ready)).unwrap_or(0),
             reg::INTERRUPT_STATUS => self.interrupt.status(),
             reg::STATUS => self.status,
             reg::CONFIG_GENERATION => self.config_generation,
@@ -379,7 +380,7 @@ impl MmioTransport {
                     _ => return,
                 };
                 let offered = self.device_features & mask;
-                let wanted = (v as u64) << shift;
+                let wanted = u64::from(v) << shift;
                 if wanted & !offered != 0 {
                     warn!(
                         "virtio-mmio: driver asked for features {:#x} the device does not offer; dropped",
@@ -392,7 +393,7 @@ impl MmioTransport {
             reg::QUEUE_NUM if queue_writable => {
                 let max = self.max_sizes.get(self.queue_sel as usize).copied();
                 if let (Some(max), Some(q)) = (max, self.selected()) {
-                    if v == 0 || !v.is_power_of_two() || v > max as u32 {
+                    if v == 0 || !v.is_power_of_two() || v > u32::from(max) {
                         warn!("virtio-mmio: queue size {v} refused (max {max}, power of two)");
                     } else {
                         q.size = v as u16;
@@ -419,9 +420,9 @@ impl MmioTransport {
                         _ => &mut q.used,
                     };
                     *field = if offset & 4 == 0 {
-                        (*field & !0xffff_ffff) | v as u64
+                        (*field & !0xffff_ffff) | u64::from(v)
                     } else {
-                        (*field & 0xffff_ffff) | ((v as u64) << 32)
+                        (*field & 0xffff_ffff) | (u64::from(v) << 32)
                     };
                 }
             }
@@ -504,7 +505,7 @@ impl MmioTransport {
         use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemory};
         let mem = self.mem.memory();
         for (index, q) in self.queues.iter().enumerate().filter(|(_, q)| q.ready) {
-            let n = q.size as u64;
+            let n = u64::from(q.size);
             let bad = |reason: String| DeviceError::BadQueue { index, reason };
             if n == 0 {
                 return Err(bad("ready with size 0".into()));

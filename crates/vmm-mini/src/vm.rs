@@ -126,7 +126,7 @@ impl Outcome {
     /// for a reset without one.
     pub fn exit_code(&self) -> i32 {
         match self.reason {
-            ExitReason::Status(s) => s as i32,
+            ExitReason::Status(s) => i32::from(s),
             ExitReason::Reset => 125,
         }
     }
@@ -509,7 +509,7 @@ pub fn run(cfg: &VmConfig, console: Box<dyn Write + Send>) -> Result<Outcome, Vm
     let mut vcpus = Vec::new();
     for id in 0..cfg.cpus {
         let vcpu = vm
-            .create_vcpu(id as u64)
+            .create_vcpu(u64::from(id))
             .map_err(ioctl("KVM_CREATE_VCPU"))?;
         cpu::set_cpuid(&vcpu, id, cfg.cpus, &supported)?;
         cpu::set_lint(&vcpu, id)?;
