@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use device_queue::Poller;
 use virtio_driver::fuse::{
-    self as fuse_wire, init_flags, opcode, InitOut, Reply, IN_HEADER, OUT_HEADER,
+    self as fuse_wire, abi, init_flags, opcode, InitOut, Reply, IN_HEADER, OUT_HEADER,
 };
 use virtio_driver::wait::poll_readable;
 use virtio_driver::{
@@ -134,14 +134,11 @@ pub enum DataLayout {
     Flat,
 }
 
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    b.get(at..at + 8)
-        .map_or(0, |s| u64::from_le_bytes(s.try_into().unwrap_or_default()))
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    b.get(at..at + 4)
-        .map_or(0, |s| u32::from_le_bytes(s.try_into().unwrap_or_default()))
+fn bad(op: &'static str, what: &str) -> VfsError {
+    VfsError::BadReply {
+        op,
+        detail: format!("the reply holds no {what}"),
+    }
 }
 
 /// An I/O request slot.
@@ -288,7 +285,9 @@ impl VfsSession {
             &fuse_wire::name(name.as_bytes()),
             fuse_wire::ENTRY_OUT as u32,
         )?;
-        Ok(u64_at(&r.body, 0))
+        Ok(r.entry()
+            .ok_or_else(|| bad("LOOKUP", "fuse_entry_out"))?
+            .nodeid)
     }
 
     fn setup_io(&mut self, spec: IoSpec, layout: DataLayout) -> Result<(), VfsError> {
@@ -324,7 +323,7 @@ impl VfsSession {
             &fuse_wire::open_in(flags as u32),
             fuse_wire::OPEN_OUT as u32,
         )?;
-        let fh = u64_at(&r.body, 0);
+        let fh = r.open_out().ok_or_else(|| bad("OPEN", "fuse_open_out"))?.fh;
         let fill = vec![WRITE_BYTE; spec.len as usize];
         for i in 0..spec.qd {
             let req = self.ram.alloc((IN_HEADER + RW_IN) as u64, 64);
@@ -464,13 +463,13 @@ impl VfsSession {
             });
         }
         let bytes = self.ram.read(self.ctl_reply, used as usize);
-        if u64_at(&bytes, 8) != unique {
+        let r = Reply::parse(used, &bytes);
+        if r.unique != unique {
             return Err(VfsError::BadReply {
                 op: name,
                 detail: "the reply's unique is not the request's".into(),
             });
         }
-        let r = Reply::parse(used, &bytes);
         if r.error != 0 {
             return Err(VfsError::Errno {
                 op: name,
@@ -510,21 +509,22 @@ impl VfsSession {
         let write = f.spec.write();
         let op = if write { "WRITE" } else { "READ" };
         let h = self.ram.read(s.reply, OUT_HEADER + fuse_wire::WRITE_OUT);
-        let error = u32_at(&h, 4) as i32;
+        let hdr: abi::OutHeader = fuse_wire::parse(&h).unwrap_or_default();
+        let error = hdr.error;
         if error != 0 {
             return Err(VfsError::Errno {
                 op,
                 err: std::io::Error::from_raw_os_error(-error),
             });
         }
-        if u64_at(&h, 8) != s.unique {
+        if hdr.unique != s.unique {
             return Err(VfsError::BadReply {
                 op,
                 detail: format!("reply in slot {slot} has another request's unique"),
             });
         }
         if write {
-            let n = u32_at(&h, OUT_HEADER);
+            let n = fuse_wire::parse::<abi::WriteOut>(&h[OUT_HEADER..]).map_or(0, |w| w.size);
             if n != f.spec.len {
                 return Err(VfsError::BadReply {
                     op,
@@ -635,8 +635,10 @@ impl Session for VfsSession {
             &body,
             (fuse_wire::ENTRY_OUT + fuse_wire::OPEN_OUT) as u32,
         )?;
-        let nodeid = u64_at(&r.body, 0);
-        let fh = u64_at(&r.body, fuse_wire::ENTRY_OUT);
+        let (entry, open) = r
+            .created()
+            .ok_or_else(|| bad("CREATE", "fuse_entry_out and fuse_open_out"))?;
+        let (nodeid, fh) = (entry.nodeid, open.fh);
         self.call(
             opcode::GETATTR,
             "GETATTR",
@@ -666,7 +668,10 @@ impl Session for VfsSession {
             &fuse_wire::open_in(flags),
             fuse_wire::OPEN_OUT as u32,
         )?;
-        let fh = u64_at(&r.body, 0);
+        let fh = r
+            .open_out()
+            .ok_or_else(|| bad("OPENDIR", "fuse_open_out"))?
+            .fh;
         let (mut off, mut n) = (0u64, 0u64);
         loop {
             let r = self.call(

@@ -2,7 +2,7 @@
 //! device-writable parts as guest segments ([`Seg`]), copies in and out of
 //! them, and the host iovecs over guest memory that reads and writes use.
 
-use vm_memory::{Bytes, GuestAddress, GuestMemory};
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemory};
 
 use crate::{Chain, MemGuard};
 
@@ -45,21 +45,43 @@ pub fn scatter(
     Ok(())
 }
 
+/// Fills `out` from `segs`, starting `skip` bytes into them; `None` if they
+/// are shorter or not in guest memory.
+fn fill(mem: &MemGuard, segs: &[Seg], mut skip: usize, out: &mut [u8]) -> Option<()> {
+    let mut filled = 0;
+    for s in segs {
+        if filled == out.len() {
+            break;
+        }
+        let len = s.len as usize;
+        if skip >= len {
+            skip -= len;
+            continue;
+        }
+        let n = (len - skip).min(out.len() - filled);
+        let at = s.addr.checked_add(skip as u64)?;
+        mem.read_slice(&mut out[filled..filled + n], GuestAddress(at))
+            .ok()?;
+        filled += n;
+        skip = 0;
+    }
+    (filled == out.len()).then_some(())
+}
+
 /// Reads `N` bytes starting at the beginning of `segs`, or `None` if they are
 /// shorter or not in guest memory.
 pub fn gather<const N: usize>(mem: &MemGuard, segs: &[Seg]) -> Option<[u8; N]> {
     let mut out = [0u8; N];
-    let mut filled = 0;
-    for s in segs {
-        if filled == N {
-            break;
-        }
-        let n = (s.len as usize).min(N - filled);
-        mem.read_slice(&mut out[filled..filled + n], GuestAddress(s.addr))
-            .ok()?;
-        filled += n;
-    }
-    (filled == N).then_some(out)
+    fill(mem, segs, 0, &mut out)?;
+    Some(out)
+}
+
+/// Reads one wire struct (a FUSE or virtio ABI type) `skip` bytes into
+/// `segs`, or `None` if they are shorter or not in guest memory.
+pub fn gather_obj<T: ByteValued + Default>(mem: &MemGuard, segs: &[Seg], skip: usize) -> Option<T> {
+    let mut v = T::default();
+    fill(mem, segs, skip, v.as_mut_slice())?;
+    Some(v)
 }
 
 /// The first `N` bytes of `chain`'s device-readable part, read without

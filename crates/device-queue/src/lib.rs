@@ -32,7 +32,7 @@ mod io;
 mod poll;
 mod uring;
 
-pub use chain::{gather, iovecs, peek, scatter, segs_len, split_chain, Seg};
+pub use chain::{gather, gather_obj, iovecs, peek, scatter, segs_len, split_chain, Seg};
 pub use device::{
     config_window, device_protocol_features, kicked_vring, queue_of_event, DeviceCore, MemorySlot,
     QueueDevice, DEVICE_FEATURES,

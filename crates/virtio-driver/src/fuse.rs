@@ -3,7 +3,18 @@
 //! vhost-user): the in header, the argument structs of the requests they
 //! send (INIT, READ/WRITE, OPEN/OPENDIR, CREATE, GETATTR, RELEASE, FORGET,
 //! READDIR), and parsers for the replies they read (entry, open, init,
-//! dirents).
+//! dirents). Every struct is fuse-backend-rs's `fuse_abi` type, written and
+//! read as bytes: no offsets by hand.
+
+/// The FUSE ABI structs (fuse-backend-rs's `fuse_abi`).
+pub use fuse_backend_rs::abi::fuse_abi as abi;
+use vm_memory::ByteValued;
+
+/// Reads a wire struct (one of [`abi`]'s) from the start of `b`, if it is
+/// long enough.
+pub fn parse<T: ByteValued>(b: &[u8]) -> Option<T> {
+    T::from_slice(b.get(..std::mem::size_of::<T>())?).copied()
+}
 
 /// A FUSE opcode.
 #[allow(missing_docs)]
@@ -47,114 +58,133 @@ pub mod init_flags {
 }
 
 /// Size of `fuse_in_header`.
-pub const IN_HEADER: usize = 40;
+pub const IN_HEADER: usize = std::mem::size_of::<abi::InHeader>();
 /// Size of `fuse_out_header`.
-pub const OUT_HEADER: usize = 16;
+pub const OUT_HEADER: usize = std::mem::size_of::<abi::OutHeader>();
 
 /// A request: `fuse_in_header` (uid = gid = `uid`, pid 1) and `body`.
 pub fn request(opcode: u32, unique: u64, nodeid: u64, uid: u32, body: &[u8]) -> Vec<u8> {
-    let mut h = Vec::with_capacity(IN_HEADER + body.len());
-    h.extend_from_slice(&((IN_HEADER + body.len()) as u32).to_le_bytes());
-    h.extend_from_slice(&opcode.to_le_bytes());
-    h.extend_from_slice(&unique.to_le_bytes());
-    h.extend_from_slice(&nodeid.to_le_bytes());
-    h.extend_from_slice(&uid.to_le_bytes());
-    h.extend_from_slice(&uid.to_le_bytes());
-    h.extend_from_slice(&1u32.to_le_bytes());
-    h.extend_from_slice(&0u32.to_le_bytes());
-    h.extend_from_slice(body);
-    h
+    let h = abi::InHeader {
+        len: (IN_HEADER + body.len()) as u32,
+        opcode,
+        unique,
+        nodeid,
+        uid,
+        gid: uid,
+        pid: 1,
+        padding: 0,
+    };
+    [h.as_slice(), body].concat()
 }
 
 /// The body of FUSE_INIT for protocol 7.31 (what a 6.1 kernel sends, minus flags).
 pub fn init_body() -> Vec<u8> {
-    [7u32, 31, 0x20000, 0]
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .collect()
+    init_body_flags(0)
 }
 
 /// The body of FUSE_INIT for protocol 7.31 with `flags` in
 /// `fuse_init_in.flags` (for example [`init_flags::MAX_PAGES`], so the device
 /// may announce `max_pages` for 1 MiB requests).
 pub fn init_body_flags(flags: u32) -> Vec<u8> {
-    u32s(&[7, 31, 0x20000, flags])
+    abi::InitIn {
+        major: 7,
+        minor: 31,
+        max_readahead: 0x20000,
+        flags,
+    }
+    .as_slice()
+    .to_vec()
 }
 
-/// `fuse_read_in` (40 bytes): READ of `size` bytes at `offset` on handle
-/// `fh`; the same layout serves READDIR.
+/// `fuse_read_in`: READ of `size` bytes at `offset` on handle `fh`; the
+/// same layout serves READDIR.
 pub fn read_in(fh: u64, offset: u64, size: u32) -> Vec<u8> {
-    let mut b = Vec::with_capacity(40);
-    b.extend_from_slice(&fh.to_le_bytes());
-    b.extend_from_slice(&offset.to_le_bytes());
-    b.extend_from_slice(&u32s(&[size, 0])); // size, read_flags
-    b.extend_from_slice(&0u64.to_le_bytes()); // lock_owner
-    b.extend_from_slice(&u32s(&[0, 0])); // flags, padding
-    b
+    abi::ReadIn {
+        fh,
+        offset,
+        size,
+        ..Default::default()
+    }
+    .as_slice()
+    .to_vec()
 }
 
-/// `fuse_write_in` (40 bytes): WRITE of `size` bytes at `offset` on handle
-/// `fh`. The data follows it in the request.
+/// `fuse_write_in`: WRITE of `size` bytes at `offset` on handle `fh`. The
+/// data follows it in the request.
 pub fn write_in(fh: u64, offset: u64, size: u32) -> Vec<u8> {
-    let mut b = Vec::with_capacity(40);
-    b.extend_from_slice(&fh.to_le_bytes());
-    b.extend_from_slice(&offset.to_le_bytes());
-    b.extend_from_slice(&u32s(&[size, 0])); // size, write_flags
-    b.extend_from_slice(&0u64.to_le_bytes()); // lock_owner
-    b.extend_from_slice(&u32s(&[0, 0])); // flags, padding
-    b
+    abi::WriteIn {
+        fh,
+        offset,
+        size,
+        ..Default::default()
+    }
+    .as_slice()
+    .to_vec()
 }
 
-/// `fuse_open_in` (8 bytes): OPEN or OPENDIR with open(2) `flags`.
+/// `fuse_open_in`: OPEN or OPENDIR with open(2) `flags`.
 pub fn open_in(flags: u32) -> Vec<u8> {
-    u32s(&[flags, 0])
+    abi::OpenIn {
+        flags,
+        ..Default::default()
+    }
+    .as_slice()
+    .to_vec()
 }
 
-/// `fuse_create_in` (16 bytes, protocol 7.31) and the NUL-terminated `name`:
-/// CREATE of `name` with open(2) `flags`, `mode` and `umask`.
+/// `fuse_create_in` (protocol 7.31) and the NUL-terminated `name`: CREATE
+/// of `name` with open(2) `flags`, `mode` and `umask`.
 pub fn create_in(flags: u32, mode: u32, umask: u32, name_bytes: &[u8]) -> Vec<u8> {
-    let mut b = u32s(&[flags, mode, umask, 0]);
-    b.extend_from_slice(&name(name_bytes));
-    b
+    let c = abi::CreateIn {
+        flags,
+        mode,
+        umask,
+        ..Default::default()
+    };
+    [c.as_slice(), &name(name_bytes)].concat()
 }
 
-/// `fuse_getattr_in` (16 bytes) without `FUSE_GETATTR_FH`: attributes by
-/// node id.
+/// `fuse_getattr_in` without `FUSE_GETATTR_FH`: attributes by node id.
 pub fn getattr_in() -> Vec<u8> {
-    vec![0; 16]
+    abi::GetattrIn::default().as_slice().to_vec()
 }
 
-/// `fuse_release_in` (24 bytes): RELEASE or RELEASEDIR of handle `fh`
-/// opened with `flags`.
+/// `fuse_release_in`: RELEASE or RELEASEDIR of handle `fh` opened with
+/// `flags`.
 pub fn release_in(fh: u64, flags: u32) -> Vec<u8> {
-    let mut b = Vec::with_capacity(24);
-    b.extend_from_slice(&fh.to_le_bytes());
-    b.extend_from_slice(&u32s(&[flags, 0])); // flags, release_flags
-    b.extend_from_slice(&0u64.to_le_bytes()); // lock_owner
-    b
+    abi::ReleaseIn {
+        fh,
+        flags,
+        ..Default::default()
+    }
+    .as_slice()
+    .to_vec()
 }
 
-/// `fuse_fsync_in` (16 bytes): FSYNC of `fh`, data only with `datasync`.
+/// `fuse_fsync_in`: FSYNC of `fh`, data only with `datasync`.
 pub fn fsync_in(fh: u64, datasync: bool) -> Vec<u8> {
-    let mut b = Vec::with_capacity(16);
-    b.extend_from_slice(&fh.to_le_bytes());
-    b.extend_from_slice(&u32s(&[u32::from(datasync), 0])); // fsync_flags, padding
-    b
+    abi::FsyncIn {
+        fh,
+        fsync_flags: u32::from(datasync),
+        ..Default::default()
+    }
+    .as_slice()
+    .to_vec()
 }
 
-/// `fuse_forget_in` (8 bytes): FORGET of `nlookup` lookups.
+/// `fuse_forget_in`: FORGET of `nlookup` lookups.
 pub fn forget_in(nlookup: u64) -> Vec<u8> {
-    nlookup.to_le_bytes().to_vec()
+    abi::ForgetIn { nlookup }.as_slice().to_vec()
 }
 
 /// Size of `fuse_entry_out` (what LOOKUP and CREATE return first).
-pub const ENTRY_OUT: usize = 128;
+pub const ENTRY_OUT: usize = std::mem::size_of::<abi::EntryOut>();
 /// Size of `fuse_open_out`.
-pub const OPEN_OUT: usize = 16;
+pub const OPEN_OUT: usize = std::mem::size_of::<abi::OpenOut>();
 /// Size of `fuse_write_out`.
-pub const WRITE_OUT: usize = 8;
+pub const WRITE_OUT: usize = std::mem::size_of::<abi::WriteOut>();
 /// Size of `fuse_attr_out`.
-pub const ATTR_OUT: usize = 104;
+pub const ATTR_OUT: usize = std::mem::size_of::<abi::AttrOut>();
 
 /// The negotiated limits of a `fuse_init_out`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,14 +202,21 @@ pub struct InitOut {
 impl InitOut {
     /// Parses the body of an INIT reply; `None` if it is too short.
     pub fn parse(body: &[u8]) -> Option<InitOut> {
-        let u32_at = |at: usize| Some(u32::from_le_bytes(body.get(at..at + 4)?.try_into().ok()?));
+        // A reply up to max_write (an old protocol's) counts; max_pages is
+        // then 0, as the rest of the struct.
+        const UP_TO_MAX_WRITE: usize = 24;
+        if body.len() < UP_TO_MAX_WRITE {
+            return None;
+        }
+        let mut full = [0u8; std::mem::size_of::<abi::InitOut>()];
+        let n = body.len().min(full.len());
+        full[..n].copy_from_slice(&body[..n]);
+        let o: abi::InitOut = parse(&full)?;
         Some(InitOut {
-            minor: u32_at(4)?,
-            flags: u32_at(12)?,
-            max_write: u32_at(20)?,
-            max_pages: body
-                .get(28..30)
-                .map_or(0, |b| u16::from_le_bytes([b[0], b[1]])),
+            minor: o.minor,
+            flags: o.flags,
+            max_write: o.max_write,
+            max_pages: o.max_pages,
         })
     }
 }
@@ -201,24 +238,19 @@ pub struct Dirent<'a> {
 /// bytes); stops at the first truncated entry.
 pub fn dirents(body: &[u8]) -> impl Iterator<Item = Dirent<'_>> + '_ {
     let mut rest = body;
+    const HEAD: usize = std::mem::size_of::<abi::Dirent>();
     std::iter::from_fn(move || {
-        let u64_at =
-            |at: usize| u64::from_le_bytes(rest[at..at + 8].try_into().unwrap_or_default());
-        if rest.len() < 24 {
-            return None;
-        }
-        let namelen = u32::from_le_bytes(rest[16..20].try_into().unwrap_or_default()) as usize;
-        let ty = u32::from_le_bytes(rest[20..24].try_into().unwrap_or_default());
-        let name = rest.get(24..24 + namelen)?;
-        let d = Dirent {
-            ino: u64_at(0),
-            off: u64_at(8),
-            ty,
-            name,
-        };
-        let padded = (24 + namelen + 7) & !7;
+        let d: abi::Dirent = parse(rest)?;
+        let namelen = d.namelen as usize;
+        let name = rest.get(HEAD..HEAD + namelen)?;
+        let padded = (HEAD + namelen + 7) & !7;
         rest = rest.get(padded..).unwrap_or_default();
-        Some(d)
+        Some(Dirent {
+            ino: d.ino,
+            off: d.off,
+            ty: d.type_,
+            name,
+        })
     })
 }
 
@@ -241,6 +273,8 @@ pub struct Reply {
     pub used: u32,
     /// The (negative) errno, 0 on success.
     pub error: i32,
+    /// The request it answers (0 if the reply is shorter than its header).
+    pub unique: u64,
     /// What follows the header.
     pub body: Vec<u8>,
 }
@@ -248,16 +282,31 @@ pub struct Reply {
 impl Reply {
     /// Parses `used` bytes of reply buffer.
     pub fn parse(used: u32, out: &[u8]) -> Reply {
-        let error = if out.len() >= OUT_HEADER {
-            i32::from_le_bytes(out[4..8].try_into().unwrap_or_default())
-        } else {
-            0
-        };
+        let h = parse::<abi::OutHeader>(out).unwrap_or_default();
         Reply {
             used,
-            error,
+            error: h.error,
+            unique: h.unique,
             body: out.get(OUT_HEADER..).unwrap_or_default().to_vec(),
         }
+    }
+
+    /// The `fuse_entry_out` of a LOOKUP, MKNOD, MKDIR, SYMLINK, LINK or
+    /// CREATE reply, if the body holds one.
+    pub fn entry(&self) -> Option<abi::EntryOut> {
+        parse(&self.body)
+    }
+
+    /// The `fuse_open_out` of an OPEN or OPENDIR reply, if the body holds
+    /// one.
+    pub fn open_out(&self) -> Option<abi::OpenOut> {
+        parse(&self.body)
+    }
+
+    /// The `fuse_entry_out` and `fuse_open_out` of a CREATE reply, if the
+    /// body holds them.
+    pub fn created(&self) -> Option<(abi::EntryOut, abi::OpenOut)> {
+        Some((parse(&self.body)?, parse(self.body.get(ENTRY_OUT..)?)?))
     }
 
     /// The node id of an entry reply.
@@ -266,7 +315,9 @@ impl Reply {
     /// If the reply is an error or too short (a test failure).
     pub fn nodeid(&self) -> u64 {
         assert_eq!(self.error, 0, "expected success, got errno {}", -self.error);
-        u64::from_le_bytes(self.body[0..8].try_into().expect("entry reply"))
+        parse::<abi::EntryOut>(&self.body)
+            .expect("entry reply")
+            .nodeid
     }
 
     /// The file handle of an open reply.
@@ -275,7 +326,7 @@ impl Reply {
     /// If the reply is an error or too short (a test failure).
     pub fn fh(&self) -> u64 {
         assert_eq!(self.error, 0, "expected success, got errno {}", -self.error);
-        u64::from_le_bytes(self.body[0..8].try_into().expect("open reply"))
+        parse::<abi::OpenOut>(&self.body).expect("open reply").fh
     }
 }
 

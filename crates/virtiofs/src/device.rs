@@ -20,12 +20,14 @@ use device_queue::{
     device_protocol_features, peek, scatter, segs_len, split_chain, Chain, DataPath, DeviceCore,
     MemGuard, DEVICE_FEATURES,
 };
+use fuse_backend_rs::abi::fuse_abi::OutHeader;
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
 use log::{debug, error};
 use passthrough::PassthroughFs;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringRwLock};
+use vm_memory::ByteValued;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
@@ -192,7 +194,7 @@ pub enum ChainError {
 /// `struct fuse_in_header` up to `unique`: len, opcode, unique.
 const IN_HEADER_UNIQUE: usize = 16;
 /// `struct fuse_out_header`.
-const OUT_HEADER: usize = 16;
+const OUT_HEADER: usize = std::mem::size_of::<OutHeader>();
 
 /// Serves `chain` with `serve` (the device's whole per-request path),
 /// returning the reply length. A panic while serving it (a bug: no guest
@@ -223,11 +225,13 @@ fn eio_reply(mem: &MemGuard, chain: &Chain) -> Result<usize, ChainError> {
     if segs_len(&writable) < OUT_HEADER {
         return Err(ChainError::Panicked);
     }
-    let mut reply = Vec::with_capacity(OUT_HEADER);
-    reply.extend_from_slice(&(OUT_HEADER as u32).to_le_bytes());
-    reply.extend_from_slice(&(-libc::EIO).to_le_bytes());
-    reply.extend_from_slice(&header[8..16]);
-    scatter(mem, &writable, &reply).map_err(|_| ChainError::Panicked)?;
+    let unique = u64::from_le_bytes(header[8..16].try_into().map_err(|_| ChainError::Panicked)?);
+    let reply = OutHeader {
+        len: OUT_HEADER as u32,
+        error: -libc::EIO,
+        unique,
+    };
+    scatter(mem, &writable, reply.as_slice()).map_err(|_| ChainError::Panicked)?;
     Ok(OUT_HEADER)
 }
 

@@ -12,147 +12,126 @@
 //! Everything else, including every error reply, goes through the
 //! synchronous FUSE path.
 
-use passthrough::Access;
+use std::mem::size_of;
 use std::sync::Arc;
 
-use device_queue::{gather, iovecs, peek, segs_len, split_chain, DataOp, DataPath, Kind};
+use device_queue::{gather_obj, iovecs, peek, segs_len, split_chain, DataOp, DataPath, Kind};
 use device_queue::{Chain, MemGuard};
-use passthrough::PassthroughFs;
+use fuse_backend_rs::abi::fuse_abi::{
+    FsyncIn, InHeader, Opcode, OutHeader, ReadIn, WriteIn, WriteOut, WRITE_KILL_PRIV,
+};
+use passthrough::{Access, PassthroughFs};
+use vm_memory::ByteValued;
 
-/// FUSE opcodes taken by the engine.
-const FUSE_READ: u32 = 15;
-const FUSE_WRITE: u32 = 16;
-const FUSE_FSYNC: u32 = 20;
-/// `struct fuse_fsync_in`.
-const FSYNC_IN: usize = 16;
+const IN_HEADER: usize = size_of::<InHeader>();
+const OUT_HEADER: usize = size_of::<OutHeader>();
+/// `fuse_read_in` and `fuse_write_in` have one size.
+const RW_IN: usize = size_of::<ReadIn>();
 /// `fuse_fsync_in.fsync_flags`: only the data.
 const FSYNC_FDATASYNC: u32 = 1;
-/// `struct fuse_in_header`.
-const IN_HEADER: usize = 40;
-/// `struct fuse_read_in` / `struct fuse_write_in`.
-const RW_IN: usize = 40;
-/// `struct fuse_out_header`.
-const OUT_HEADER: usize = 16;
-/// `struct fuse_write_out`.
-const WRITE_OUT: usize = 8;
 /// Largest READ/WRITE the engine takes (the synchronous path's limit too).
 const MAX_IO: u32 = 1 << 20;
-/// `fuse_write_in.write_flags`: the server must drop set-id bits; the
-/// synchronous path owns that.
-const WRITE_KILL_SUIDGID: u32 = 1 << 2;
 
 /// The FUSE side of the engine, on the device's filesystem.
 pub struct FuseData<'a>(pub &'a PassthroughFs);
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().unwrap_or_default())
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or_default())
+/// Whether `size` bytes at `offset` is a READ or WRITE the engine takes.
+fn io_in_range(offset: u64, size: u32) -> bool {
+    size <= MAX_IO
+        && offset
+            .checked_add(u64::from(size))
+            .is_some_and(|end| end <= i64::MAX as u64)
 }
 
 impl DataPath for FuseData<'_> {
     fn plan(&self, mem: &MemGuard, chain: &Chain) -> Option<DataOp> {
         // fuse_in_header's len and opcode: most chains stop here.
         let op = peek::<8>(mem, chain)?;
-        if !matches!(u32_at(&op, 4), FUSE_READ | FUSE_WRITE | FUSE_FSYNC) {
-            return None;
-        }
+        let opcode = u32::from_le_bytes([op[4], op[5], op[6], op[7]]);
+        let kind = match opcode {
+            o if o == Opcode::Read as u32 => Kind::Read,
+            o if o == Opcode::Write as u32 => Kind::Write,
+            // FSYNC blocks on the disk: on the ring, the queue goes on
+            // serving while it runs.
+            o if o == Opcode::Fsync as u32 => Kind::Fsync { data_only: false },
+            _ => return None,
+        };
         let (readable, writable) = split_chain(chain)?;
-        let kind = match u32_at(&op, 4) {
-            FUSE_READ => Kind::Read,
-            FUSE_WRITE => Kind::Write,
-            _ => {
-                // FSYNC blocks on the disk: on the ring, the queue goes on
-                // serving while it runs.
-                let head = gather::<{ IN_HEADER + FSYNC_IN }>(mem, &readable)?;
-                let args = &head[IN_HEADER..];
-                if u32_at(&head, 0) as usize != IN_HEADER + FSYNC_IN
-                    || segs_len(&writable) < OUT_HEADER
+        let h: InHeader = gather_obj(mem, &readable, 0)?;
+        let writable_len = segs_len(&writable);
+        let (fh, offset, iovecs, kind, access) = match kind {
+            Kind::Fsync { .. } => {
+                let f: FsyncIn = gather_obj(mem, &readable, IN_HEADER)?;
+                if h.len as usize != IN_HEADER + size_of::<FsyncIn>() || writable_len < OUT_HEADER {
+                    return None;
+                }
+                let data_only = f.fsync_flags & FSYNC_FDATASYNC != 0;
+                let kind = Kind::Fsync { data_only };
+                (f.fh, 0, Box::default(), kind, Access::Read)
+            }
+            Kind::Read => {
+                let r: ReadIn = gather_obj(mem, &readable, IN_HEADER)?;
+                if !io_in_range(r.offset, r.size)
+                    || writable_len < OUT_HEADER
+                    || h.len as usize != IN_HEADER + RW_IN
                 {
                     return None;
                 }
-                let nodeid = u64_at(&head, 16);
-                let file = self
-                    .0
-                    .data_handle(nodeid, u64_at(args, 0), Access::Read)
-                    .ok()?;
-                return Some(DataOp {
-                    head: chain.head_index(),
-                    id: u64_at(&head, 8),
-                    kind: Kind::Fsync {
-                        data_only: u32_at(args, 8) & FSYNC_FDATASYNC != 0,
-                    },
-                    reply: writable,
-                    iovecs: Box::new([]),
-                    file: file as Arc<_>,
-                    offset: 0,
-                    inode: nodeid,
-                });
-            }
-        };
-        let hdr = gather::<{ IN_HEADER + RW_IN }>(mem, &readable)?;
-        let (len, unique, nodeid) = (u32_at(&hdr, 0), u64_at(&hdr, 8), u64_at(&hdr, 16));
-        let args = &hdr[IN_HEADER..];
-        let (fh, offset, size) = (u64_at(args, 0), u64_at(args, 8), u32_at(args, 16));
-        if size > MAX_IO || offset.checked_add(u64::from(size))? > i64::MAX as u64 {
-            return None;
-        }
-        let writable_len = segs_len(&writable);
-        let iovecs = match kind {
-            Kind::Read => {
-                if writable_len < OUT_HEADER || len as usize != IN_HEADER + RW_IN {
-                    return None;
-                }
-                let n = (size as usize).min(writable_len - OUT_HEADER);
-                iovecs(mem, &writable, OUT_HEADER, n)?
+                let n = (r.size as usize).min(writable_len - OUT_HEADER);
+                let iov = iovecs(mem, &writable, OUT_HEADER, n)?;
+                (r.fh, r.offset, iov, kind, Access::Read)
             }
             Kind::Write => {
-                if u32_at(args, 20) & WRITE_KILL_SUIDGID != 0
-                    || writable_len < OUT_HEADER + WRITE_OUT
-                    || len as usize != IN_HEADER + RW_IN + size as usize
+                let w: WriteIn = gather_obj(mem, &readable, IN_HEADER)?;
+                // fuse_write_in.write_flags (fuse_abi: fuse_flags) with
+                // FUSE_WRITE_KILL_SUIDGID (fuse_abi's older name: KILL_PRIV):
+                // the server must drop set-id bits; the synchronous path
+                // owns that.
+                if !io_in_range(w.offset, w.size)
+                    || w.fuse_flags & WRITE_KILL_PRIV != 0
+                    || writable_len < OUT_HEADER + size_of::<WriteOut>()
+                    || h.len as usize != IN_HEADER + RW_IN + w.size as usize
                 {
                     return None;
                 }
-                iovecs(mem, &readable, IN_HEADER + RW_IN, size as usize)?
+                let iov = iovecs(mem, &readable, IN_HEADER + RW_IN, w.size as usize)?;
+                // A write to a read-only share goes the synchronous way, for
+                // its EROFS reply.
+                (w.fh, w.offset, iov, kind, Access::Write)
             }
-            Kind::Fsync { .. } => return None,
         };
-        // A write to a read-only share goes the synchronous way, for its
-        // EROFS reply.
-        let access = match kind {
-            Kind::Write => Access::Write,
-            _ => Access::Read,
-        };
-        let file = self.0.data_handle(nodeid, fh, access).ok()?;
+        let file = self.0.data_handle(h.nodeid, fh, access).ok()?;
         Some(DataOp {
             head: chain.head_index(),
-            id: unique,
+            id: h.unique,
             kind,
             reply: writable,
             iovecs,
             file: file as Arc<_>,
             offset,
-            inode: nodeid,
+            inode: h.nodeid,
         })
     }
 
     fn reply_header(&self, op: &DataOp, res: i32, out: &mut Vec<u8>) -> u32 {
-        let (error, body_len, data_len) = match (res, op.kind) {
-            (r, _) if r < 0 => (r, 0, 0),
-            (n, Kind::Read) => (0, 0, n as u32),
-            (_, Kind::Write) => (0, WRITE_OUT, 0),
-            (_, Kind::Fsync { .. }) => (0, 0, 0),
+        let write_out = (res >= 0 && op.kind == Kind::Write).then_some(WriteOut {
+            size: res as u32,
+            padding: 0,
+        });
+        let data_len = match op.kind {
+            Kind::Read if res > 0 => res as u32,
+            _ => 0,
         };
-        let len = (OUT_HEADER + body_len) as u32 + data_len;
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(&error.to_le_bytes());
-        out.extend_from_slice(&op.id.to_le_bytes());
-        if body_len > 0 {
-            out.extend_from_slice(&(res as u32).to_le_bytes());
-            out.extend_from_slice(&0u32.to_le_bytes());
+        let body_len = write_out.map_or(0, |_| size_of::<WriteOut>());
+        let header = OutHeader {
+            len: (OUT_HEADER + body_len) as u32 + data_len,
+            error: res.min(0),
+            unique: op.id,
+        };
+        out.extend_from_slice(header.as_slice());
+        if let Some(w) = write_out {
+            out.extend_from_slice(w.as_slice());
         }
-        len
+        header.len
     }
 }
