@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
     let fixed = (data[0] % 24) as usize;
     let names = (data[1] % 3) as usize;
     let body = &data[2..];
-    if virtiofs::fast_path::names_well_formed(body, fixed, names) {
+    if virtiofs::names_well_formed(body, fixed, names) {
         let rest = &body[fixed..];
         assert_eq!(rest.iter().filter(|&&b| b == 0).count(), names);
         assert_eq!(rest.last(), Some(&0));

@@ -85,7 +85,7 @@ pub fn gather_obj<T: ByteValued + Default>(mem: &MemGuard, segs: &[Seg], skip: u
 }
 
 /// The first `N` bytes of `chain`'s device-readable part, read without
-/// allocating: what a [`DataPath::plan`] looks at first to turn away the
+/// allocating: what a [`DataPath::plan`](crate::DataPath::plan) looks at first to turn away the
 /// chains that are not its business (most of them, on a metadata
 /// workload). `None` if the readable part is shorter.
 pub fn peek<const N: usize>(mem: &MemGuard, chain: &Chain) -> Option<[u8; N]> {

@@ -82,7 +82,7 @@ pub fn is_started(vring: &VringRwLock) -> bool {
 
 /// Serves one kick of `vring` named `queue` (for log lines): every available
 /// chain goes to `serve`, which returns the reply length or an error.
-/// `poller` is the queue's polling state (see [`poll`]). As
+/// `poller` is the queue's polling state (see [`Poller`]). As
 /// [`serve_kick_with`], this never fails.
 pub fn serve_kick<E: Display>(
     vring: &VringRwLock,
@@ -111,7 +111,7 @@ pub fn serve_kick<E: Display>(
 /// marks a queue ready again when the frontend hands it a kick or call
 /// eventfd (SET_VRING_KICK/CALL, what a VMM sends when the guest resets
 /// and sets up the device again). `drain`'s errors must be those of this
-/// crate's [`available`], [`notify`] and [`uring`] drain, which stop the
+/// crate's [`available`], [`notify`] and the ring's drain, which stop the
 /// queue when they fail (under the vring's lock, so a restart racing with
 /// the failure is not undone).
 pub fn serve_kick_with(
@@ -542,7 +542,7 @@ impl QueueEngine {
     /// Serves one kick of queue `q` (named `queue` in log lines), with the
     /// kick protocol of [`crate::serve_kick_with`]. With `data`, the queue
     /// polls, and with the io_uring engine and a ring its reads and writes
-    /// go through [`drain`]'s inline-then-ring path; every other chain goes
+    /// go through the drain's inline-then-ring path; every other chain goes
     /// to `sync`. Without `data` (a queue such as virtio-fs's hiprio), every
     /// chain goes to `sync` and the queue never polls. Never fails: a
     /// broken queue is stopped (see [`crate::serve_kick_with`]).

@@ -304,18 +304,13 @@ impl PassthroughFs {
         &self.cfg
     }
 
-    /// The open handle `handle` on `inode`, for a data-path engine that wants
-    /// the host fd ([`HandleData::as_raw_fd`]). Keep the `Arc` until the I/O
-    /// completes.
-    pub fn handle(&self, inode: u64, handle: u64) -> io::Result<Arc<HandleData>> {
-        self.handles.get(inode, handle)
-    }
-
     /// The host file behind `handle` of `inode`, to read from or write to:
     /// the one place where the read-only rule meets a data transfer, for
     /// every protocol and engine (FUSE READ/WRITE here, the io_uring engine,
     /// 9P Tread/Twrite). A write on a read-only share fails with `EROFS`,
-    /// whatever flags the handle was opened with.
+    /// whatever flags the handle was opened with. A data-path engine takes
+    /// the host fd from the result ([`HandleData::as_raw_fd`]) and keeps
+    /// the `Arc` until the I/O completes.
     pub fn data_handle(
         &self,
         inode: u64,

@@ -1,7 +1,8 @@
 //! Open files and directories, by the handle number given to the guest.
 //!
-//! A data-path engine (the io_uring engine of the virtio-fs device) obtains a
-//! handle's host fd with [`HandleData::as_raw_fd`] while holding the `Arc`, so
+//! A data-path engine (the io_uring engine, 9P's inline path) obtains a
+//! handle through `PassthroughFs::data_handle` (which applies the read-only
+//! rule) and its host fd with [`HandleData::as_raw_fd`] while holding the `Arc`, so
 //! the fd stays open until the submission completes even if the guest releases
 //! the handle meanwhile.
 

@@ -41,13 +41,17 @@ pub struct ReadmeDoctests;
 
 #[cfg(feature = "cli")]
 pub mod cli;
-pub mod daemon;
-pub mod device;
-pub mod fast_path;
-pub mod fuse_mount;
+mod daemon;
+mod device;
+mod fast_path;
+mod fuse_mount;
 pub mod mount_helper;
-pub mod uring;
+mod uring;
 
 pub use daemon::{run, DaemonConfig, DaemonError, Listen};
-pub use device::{DeviceError, IoEngine, VirtioFsBackend};
+pub use device::{
+    serve_caught, ChainError, DeviceError, GuestMem, IoEngine, QueueDevice, VirtioFsBackend,
+    HIPRIO_QUEUE, MAX_QUEUE_SIZE, TAG_LEN,
+};
+pub use fast_path::names_well_formed;
 pub use sandbox::{SandboxConfig, SandboxMode, SeccompMode};

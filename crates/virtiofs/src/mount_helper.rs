@@ -38,7 +38,7 @@ pub fn is_helper_name(argv0: &OsStr) -> bool {
 /// What mount(8) asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HelperCommand {
-    /// Mount: run the daemon with these `virtiofsd-rs` arguments (argv[0]
+    /// Mount: run the daemon with these `virtiofsd-rs` arguments (argv\[0\]
     /// included), its log going to `log` (None: discarded).
     Mount {
         /// The daemon's command line.

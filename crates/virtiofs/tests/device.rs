@@ -9,7 +9,7 @@ use passthrough::{Config, PassthroughFs};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_driver::queue::{DESC_F_NEXT, DESC_F_WRITE};
 use virtio_driver::{Buf, GuestRam, SplitQueue};
-use virtiofs::device::{IoEngine, QueueDevice};
+use virtiofs::{IoEngine, QueueDevice};
 use virtiofs::VirtioFsBackend;
 use vm_memory::GuestAddress;
 use vmm_sys_util::epoll::EventSet;
@@ -159,7 +159,7 @@ fn every_request_queue_is_served_as_itself() {
     let r = d.request_on(3, READ, inside, &fuse_wire::read_in(fh, 0, 64));
     assert_eq!(r.error, 0, "READ on queue 3");
     assert_eq!(d.dev.requests_per_queue(), vec![0, 1, 1, 2]);
-    if d.dev.io_engine() == virtiofs::device::IoEngine::IoUring && d.dev.prepare_rings() > 0 {
+    if d.dev.io_engine() == virtiofs::IoEngine::IoUring && d.dev.prepare_rings() > 0 {
         assert_eq!(
             d.dev.ring_completions() + d.dev.inline_completions(),
             before + 1,
@@ -499,7 +499,7 @@ fn a_broken_or_unstarted_queue_is_stopped_not_an_error() {
 #[test]
 fn a_panic_serving_a_request_becomes_an_eio_reply_and_the_queue_goes_on() {
     use device_queue::{serve_kick, Poller};
-    use virtiofs::device::serve_caught;
+    use virtiofs::serve_caught;
 
     let mut ram = GuestRam::new(MEM_SIZE).unwrap();
     let mut q = SplitQueue::new(&mut ram, QSIZE);

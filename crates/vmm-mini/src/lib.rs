@@ -1,9 +1,9 @@
 //! vmm-mini: a minimal KVM VMM.
 //!
 //! The VMM ([`vm::run`] with a [`config::VmConfig`]) boots a Linux kernel
-//! (PVH `vmlinux` through [`boot`], or a `bzImage`) in memfd-backed memory
-//! ([`memory`]) with one or more vCPUs ([`cpu`], [`mptable`]), an 8250
-//! console on stdio ([`serial`]) and virtio-mmio devices ([`virtio_mmio`])
+//! (PVH `vmlinux`, or a `bzImage`) in memfd-backed memory ([`Ram`])
+//! with one or more vCPUs (up to [`MAX_CPUS`], announced in an MP table),
+//! an 8250 console on stdio and virtio-mmio devices ([`virtio_mmio`])
 //! announced on the kernel command line. The devices ([`devices`]) are
 //! virtio-fs and virtio-9p shares served in-process by this project's own
 //! backends or by a vhost-user backend over a socket (through
@@ -16,14 +16,18 @@
 
 #![deny(missing_docs)]
 
-pub mod boot;
+mod boot;
 pub mod config;
-pub mod cpu;
+mod cpu;
 pub mod devices;
 pub mod kvm_probe;
-pub mod layout;
-pub mod memory;
-pub mod mptable;
-pub mod serial;
+mod layout;
+mod memory;
+mod mptable;
+mod serial;
 pub mod virtio_mmio;
 pub mod vm;
+
+pub use layout::{BOOT_MARK_PORT, EXIT_PORT, MAX_RAM};
+pub use memory::{MemoryError, Ram};
+pub use mptable::MAX_CPUS;

@@ -35,11 +35,11 @@ struct Cli {
     initrd: Option<PathBuf>,
     /// Guest memory in MiB (64 to 3072).
     #[arg(long, default_value_t = 512,
-          value_parser = clap::value_parser!(u64).range(64..=(vmm_mini::layout::MAX_RAM >> 20)))]
+          value_parser = clap::value_parser!(u64).range(64..=(vmm_mini::MAX_RAM >> 20)))]
     mem: u64,
     /// vCPUs (1 to 32).
     #[arg(long, default_value_t = 1,
-          value_parser = clap::value_parser!(u8).range(1..=vmm_mini::mptable::MAX_CPUS as i64))]
+          value_parser = clap::value_parser!(u8).range(1..=vmm_mini::MAX_CPUS as i64))]
     cpus: u8,
     /// A virtio-fs share: tag=T,dir=DIR[,readonly][,queues=N] serves DIR
     /// in-process; tag=T,socket=PATH[,queues=N] connects to a vhost-user

@@ -12,7 +12,7 @@ use virtio_driver::fuse::{self as fuse_wire, opcode, Reply};
 use virtio_driver::{
     Buf, GuestRam, MmioDriver, ProbeError, SplitQueue, F_EVENT_IDX, F_INDIRECT_DESC as F_INDIRECT,
 };
-use virtiofs::device::QueueDevice;
+use virtiofs::QueueDevice;
 use vm_memory::GuestAddress;
 use vmm_mini::devices::{fs_config, p9_config, InProcess, VIRTIO_ID_9P, VIRTIO_ID_FS};
 use vmm_mini::virtio_mmio::{reg, status, MmioTransport, F_VERSION_1, INT_CONFIG, INT_VRING};
