@@ -25,8 +25,7 @@ use std::time::Instant;
 
 use crate::fixture::{CREATE_DIR, DATA, DIR10K, WDATA};
 use crate::session::{Session, SessionError};
-use crate::vfs::READDIR_BUF;
-use crate::workload::{pattern_matches, FileRole, IoSpec, Kind, WRITE_BYTE};
+use crate::workload::{pattern_matches, FileRole, IoSpec, Kind, READDIR_BUF, WRITE_BYTE};
 
 /// Why a native operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -204,6 +203,12 @@ impl NativeSession {
             Kind::Readdir => {}
         }
         Ok(s)
+    }
+}
+
+impl From<NativeError> for SessionError {
+    fn from(e: NativeError) -> SessionError {
+        SessionError::new(e)
     }
 }
 

@@ -24,8 +24,8 @@ use device_queue::Poller;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use p9::messages::{decode_rframe, ty, Rmessage, Tmessage, HEADER_SIZE, NOFID, RREAD_HEADER};
-use p9::wire::WireError;
+use p9::messages::{decode_rframe, ty, Rmessage, Tmessage, NOFID, RREAD_HEADER};
+use p9::wire::{Decoder, FrameHeader, WireError};
 
 use crate::fixture::{CREATE_DIR, DATA, DIR10K, WDATA};
 use crate::session::{Session, SessionError};
@@ -291,12 +291,11 @@ impl P9Session {
     /// The next whole frame in the buffer, as a range of it.
     fn next_frame(&mut self) -> Result<Option<std::ops::Range<usize>>, P9ClientError> {
         let avail = self.rend - self.rstart;
-        if avail < 4 {
+        let Some(header) = FrameHeader::parse(&self.rbuf[self.rstart..self.rend]) else {
             return Ok(None);
-        }
-        let b = &self.rbuf[self.rstart..];
-        let size = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
-        if size < HEADER_SIZE || size > self.rbuf.len() {
+        };
+        let size = header.size as usize;
+        if size < FrameHeader::SIZE || size > self.rbuf.len() {
             return Err(P9ClientError::BadReply {
                 op: "reply",
                 detail: format!("frame size {size}"),
@@ -358,7 +357,11 @@ impl P9Session {
             });
         };
         let op = if io.spec.write() { "Twrite" } else { "Tread" };
-        let (t, tag) = (frame[4], u16::from_le_bytes([frame[5], frame[6]]));
+        let FrameHeader { ty: t, tag, .. } =
+            FrameHeader::parse(frame).ok_or_else(|| P9ClientError::BadReply {
+                op,
+                detail: format!("a frame of {} bytes", frame.len()),
+            })?;
         let slot = tag as usize;
         if slot >= io.slots.len() {
             return Err(P9ClientError::BadReply {
@@ -366,11 +369,8 @@ impl P9Session {
                 detail: format!("reply with tag {tag}, which was not pending"),
             });
         }
-        let field = |at: usize| {
-            frame
-                .get(at..at + 4)
-                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        };
+        // Rlerror's ecode, Rread's or Rwrite's count: the body's first word.
+        let word = || Decoder::new(&frame[FrameHeader::SIZE..]).u32().ok();
         let want = if io.spec.write() {
             ty::RWRITE
         } else {
@@ -379,10 +379,10 @@ impl P9Session {
         if t == ty::RLERROR {
             return Err(P9ClientError::Lerror {
                 op,
-                err: io::Error::from_raw_os_error(field(HEADER_SIZE).unwrap_or(0) as i32),
+                err: io::Error::from_raw_os_error(word().unwrap_or(0) as i32),
             });
         }
-        let count = field(HEADER_SIZE);
+        let count = word();
         if t != want || count != Some(io.count) {
             return Err(P9ClientError::BadReply {
                 op,
@@ -438,6 +438,12 @@ pub fn readdir_entries(data: &[u8]) -> impl Iterator<Item = (u64, &[u8])> + '_ {
         rest = &rest[24 + n..];
         Some((off, name))
     })
+}
+
+impl From<P9ClientError> for SessionError {
+    fn from(e: P9ClientError) -> SessionError {
+        SessionError::new(e)
+    }
 }
 
 impl Session for P9Session {

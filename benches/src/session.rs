@@ -5,18 +5,20 @@
 
 use std::time::Instant;
 
-/// Why a server could not serve a request as the workload expects.
+/// Why a server could not serve a request as the workload expects: the
+/// error of the implementation ([`crate::vfs::VfsError`],
+/// [`crate::p9client::P9ClientError`], [`crate::native::NativeError`]),
+/// each of which converts into it. (This module names none of them, so the
+/// implementations depend on it and not the other way round.)
 #[derive(Debug, thiserror::Error)]
-pub enum SessionError {
-    /// The virtio-fs transport or device failed.
-    #[error(transparent)]
-    Vfs(#[from] crate::vfs::VfsError),
-    /// The 9P client or server failed.
-    #[error(transparent)]
-    P9(#[from] crate::p9client::P9ClientError),
-    /// A native syscall failed.
-    #[error(transparent)]
-    Native(#[from] crate::native::NativeError),
+#[error(transparent)]
+pub struct SessionError(Box<dyn std::error::Error + Send + Sync>);
+
+impl SessionError {
+    /// Wraps an implementation's error.
+    pub fn new(e: impl std::error::Error + Send + Sync + 'static) -> SessionError {
+        SessionError(Box::new(e))
+    }
 }
 
 /// A server connected and set up for one workload.

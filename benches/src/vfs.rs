@@ -45,14 +45,12 @@ use vm_memory::GuestAddress;
 
 use crate::fixture::{CREATE_DIR, DATA, DIR10K, WDATA};
 use crate::session::{Session, SessionError};
-use crate::workload::{pattern_matches, FileRole, IoSpec, Kind, WRITE_BYTE};
+use crate::workload::{pattern_matches, FileRole, IoSpec, Kind, READDIR_BUF, WRITE_BYTE};
 
 /// Entries of the request queue.
 pub const REQUEST_QUEUE_SIZE: u16 = 1024;
 /// Entries of the hiprio queue.
 pub const HIPRIO_QUEUE_SIZE: u16 = 256;
-/// The buffer size of one READDIR: one page, as Linux 6.1's FUSE sends.
-pub const READDIR_BUF: u32 = 4096;
 /// The flags asked for in INIT (a subset of what Linux asks for; none of
 /// the ones left out changes how these requests are served).
 pub const INIT_FLAGS: u32 = init_flags::ASYNC_READ
@@ -551,6 +549,12 @@ impl VfsSession {
             }
         }
         Ok(())
+    }
+}
+
+impl From<VfsError> for SessionError {
+    fn from(e: VfsError) -> SessionError {
+        SessionError::new(e)
     }
 }
 

@@ -211,6 +211,9 @@ pub fn pattern_matches(first8: &[u8], offset: u64) -> bool {
     first8.len() >= 8 && first8[..8] == pattern_word(offset / 8).to_le_bytes()
 }
 
+/// The buffer size of one READDIR: one page, as Linux 6.1's FUSE sends.
+pub const READDIR_BUF: u32 = 4096;
+
 /// The byte the write workloads write (so written blocks differ from the
 /// data file's pattern).
 pub const WRITE_BYTE: u8 = 0xa5;
