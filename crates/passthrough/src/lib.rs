@@ -29,17 +29,17 @@
 
 #![deny(missing_docs)]
 
-pub mod config;
+mod config;
 pub mod credentials;
-pub mod error;
+mod error;
 pub mod fd_budget;
-pub mod file_handle;
+mod file_handle;
 pub mod fs;
-pub mod handle_table;
-pub mod inode_store;
+mod handle_table;
+mod inode_store;
 pub mod io_buf;
 pub mod name;
-pub mod sys;
+mod sys;
 
 pub use config::{CachePolicy, Config, InodeFileHandles};
 pub use error::Error;

@@ -106,22 +106,6 @@ pub fn fstat(fd: RawFd) -> io::Result<libc::stat64> {
     Ok(unsafe { st.assume_init() })
 }
 
-/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`.
-pub fn statat(dir: RawFd, name: &CStr) -> io::Result<libc::stat64> {
-    let mut st = MaybeUninit::<libc::stat64>::zeroed();
-    // SAFETY: valid out-pointer and NUL-terminated name.
-    cvt(unsafe {
-        libc::fstatat64(
-            dir,
-            name.as_ptr(),
-            st.as_mut_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })?;
-    // SAFETY: fstatat64 succeeded.
-    Ok(unsafe { st.assume_init() })
-}
-
 /// `renameat2(2)`.
 pub fn renameat2(
     olddir: RawFd,
