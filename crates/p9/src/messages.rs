@@ -1,13 +1,39 @@
 //! Every 9P2000.L message, T and R, with its encoding and decoding.
 //!
-//! A frame is `size[4] type[1] tag[2] body`. [`decode_tframe`] checks the
-//! size against the frame and the negotiated msize, `nwname <= 16`, string
-//! validity and that nothing trails the body. `Twrite` data is borrowed from
-//! the frame, and `Rread` data is read straight into the reply frame
-//! ([`ReadReply`]), so payloads are not copied on their way to or from the
-//! file.
+//! A frame is `size[4] type[1] tag[2] body` ([`FrameHeader`], then the
+//! body). [`decode_tframe`] checks the size against the frame, `nwname <=
+//! 16`, string validity and that nothing trails the body (the transports
+//! check msize before). `Twrite` data is borrowed from the frame, and `Rread`
+//! data is read straight into the reply frame ([`ReadReply`]), so payloads
+//! are not copied on their way to or from the file.
+//!
+//! Each message's fields are written once, in wire order, in the tables
+//! given to `messages!` below ([`Tmessage`], [`Rmessage`]); the enum
+//! variant, its type number, its decoder and its encoder all come from that
+//! one row. A field's wire kind says how it travels:
+//!
+//! | kind | wire | in a T-message | in an R-message |
+//! |---|---|---|---|
+//! | `u8` `u16` `u32` `u64` | little-endian | the integer | the integer |
+//! | `opt_u32` | `u32`, which older clients leave out at the end (0) | `u32` | — |
+//! | `qid` | `type[1] version[4] path[8]` | [`Qid`] | [`Qid`] |
+//! | `string` | `len[2] bytes[len]`, no NUL | `&[u8]` | `Vec<u8>` |
+//! | `data` | `count[4] bytes[count]` | `&[u8]` | `Vec<u8>` |
+//! | `names` | `nwname[2]`, at most 16 `string`s | `Vec<&[u8]>` | — |
+//! | `qids` | `nwqid[2]`, at most 16 `qid`s | — | `Vec<Qid>` |
+//! | `SetAttr` `Attr` `StatFs` | their fields in order (`wire_struct!`) | the struct | the struct |
+//! | `Lock` | `type[1] start[8] length[8] proc_id[4] client_id[s]` | `Lock<&[u8]>` | `Lock<Vec<u8>>` |
+//!
+//! Hand-written, where a table row cannot say it: Tlock's layout (its
+//! `flags` sit between the lock's `type` and `start`: `tlock`), the
+//! [`Lock`] codec (generic over a borrowed or owned client id, and split for
+//! Tlock), the counted lists (`names`, `qids`), and the data paths that
+//! never decode a whole frame: [`ReadReply`] (Rread built in place),
+//! [`DataRequest`] (a Tread's or Twrite's fixed part) and
+//! [`data_reply_header`]. Rreaddir's entries are built by the server into
+//! the message's `data`.
 
-use crate::wire::{Decoder, Encoder, Qid, WireError};
+use crate::wire::{Decoder, Encoder, FrameHeader, Qid, WireError};
 
 /// Largest number of names in one walk.
 pub const MAXWELEM: usize = 16;
@@ -17,8 +43,8 @@ pub const NOFID: u32 = u32::MAX;
 pub const NONUNAME: u32 = u32::MAX;
 /// The tag of Tversion.
 pub const NOTAG: u16 = u16::MAX;
-/// Bytes before the body: size, type, tag.
-pub const HEADER_SIZE: usize = 7;
+/// Bytes before the body: size, type, tag ([`FrameHeader::SIZE`]).
+pub const HEADER_SIZE: usize = FrameHeader::SIZE;
 /// Bytes before the data of an Rread: header and count.
 pub const RREAD_HEADER: usize = HEADER_SIZE + 4;
 /// Bytes before the data of a Twrite: header, fid, offset, count.
@@ -87,19 +113,210 @@ pub mod ty {
     pub const RREMOVE: u8 = 123;
 }
 
-/// Tsetattr's arguments.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[allow(missing_docs)]
-pub struct SetAttr {
-    pub valid: u32,
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub size: u64,
-    pub atime_sec: u64,
-    pub atime_nsec: u64,
-    pub mtime_sec: u64,
-    pub mtime_nsec: u64,
+/// The Rust type of a field of wire kind `$k` (see the module docs), in a
+/// message that borrows from the frame (`['a]`) or owns its bytes (`[]`).
+#[rustfmt::skip] // One line per kind: a table.
+macro_rules! wire_ty {
+    ([$lt:lifetime] string) => { &$lt [u8] };
+    ([] string) => { Vec<u8> };
+    ([$lt:lifetime] data) => { &$lt [u8] };
+    ([] data) => { Vec<u8> };
+    ([$lt:lifetime] names) => { Vec<&$lt [u8]> };
+    ([] qids) => { Vec<Qid> };
+    ([$lt:lifetime] Lock) => { Lock<&$lt [u8]> };
+    ([] Lock) => { Lock<Vec<u8>> };
+    ($side:tt qid) => { Qid };
+    ($side:tt opt_u32) => { u32 };
+    // u8, u16, u32, u64 and the wire structs are their own types.
+    ($side:tt $k:ident) => { $k };
+}
+
+/// Decodes a field of wire kind `$k` from decoder `$d` (in a function
+/// returning `Result<_, WireError>`).
+#[rustfmt::skip] // One line per kind: a table.
+macro_rules! wire_dec {
+    ([$lt:lifetime] $d:ident string) => { $d.string()? };
+    ([] $d:ident string) => { $d.string()?.to_vec() };
+    ([$lt:lifetime] $d:ident data) => { $d.data()? };
+    ([] $d:ident data) => { $d.data()?.to_vec() };
+    ($side:tt $d:ident names) => { decode_names($d)? };
+    ($side:tt $d:ident qids) => { decode_qids($d)? };
+    ($side:tt $d:ident qid) => { $d.qid()? };
+    ($side:tt $d:ident opt_u32) => { if $d.remaining() >= 4 { $d.u32()? } else { 0 } };
+    ($side:tt $d:ident u8) => { $d.u8()? };
+    ($side:tt $d:ident u16) => { $d.u16()? };
+    ($side:tt $d:ident u32) => { $d.u32()? };
+    ($side:tt $d:ident u64) => { $d.u64()? };
+    ($side:tt $d:ident $k:ident) => { $k::decode($d)? };
+}
+
+/// Encodes field `$x` (a reference) of wire kind `$k` with encoder `$e`.
+#[rustfmt::skip] // One line per kind: a table.
+macro_rules! wire_enc {
+    ($e:ident $x:ident string) => { $e.string($x) };
+    ($e:ident $x:ident data) => { $e.data($x) };
+    ($e:ident $x:ident names) => { encode_names($e, $x) };
+    ($e:ident $x:ident qids) => { encode_qids($e, $x) };
+    ($e:ident $x:ident qid) => { $e.qid($x) };
+    ($e:ident $x:ident opt_u32) => { $e.u32(*$x) };
+    ($e:ident $x:ident u8) => { $e.u8(*$x) };
+    ($e:ident $x:ident u16) => { $e.u16(*$x) };
+    ($e:ident $x:ident u32) => { $e.u32(*$x) };
+    ($e:ident $x:ident u64) => { $e.u64(*$x) };
+    ($e:ident $x:ident $k:ident) => { $x.encode($e) };
+}
+
+/// A struct carried whole in a message body: the struct (every field
+/// `pub`) and its decoder and encoder, from one list of fields in wire
+/// order.
+macro_rules! wire_struct {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident { $($f:ident: $k:ident),* $(,)? }
+    ) => {
+        $(#[$meta])*
+        pub struct $name {
+            $(pub $f: wire_ty!([] $k),)*
+        }
+
+        impl $name {
+            fn decode(d: &mut Decoder<'_>) -> Result<Self, WireError> {
+                Ok($name { $($f: wire_dec!([] d $k),)* })
+            }
+
+            fn encode(&self, e: &mut Encoder<'_>) {
+                let $name { $($f),* } = self;
+                $(wire_enc!(e $f $k);)*
+            }
+        }
+    };
+}
+
+/// One variant's decoding or encoding, for `messages!`: through the row's
+/// fields, or through a hand-written layout (`via`).
+macro_rules! wire_variant {
+    (decode $side:tt $d:ident $name:ident $v:ident [$via:ident] { $($f:ident $k:ident),* }) => {{
+        let ($($f),*) = $via::decode($d)?;
+        $name::$v { $($f),* }
+    }};
+    (decode $side:tt $d:ident $name:ident $v:ident [] { $($f:ident $k:ident),* }) => {
+        $name::$v { $($f: wire_dec!($side $d $k)),* }
+    };
+    (decode $side:tt $d:ident $name:ident $v:ident [] ($f:ident $k:ident)) => {
+        $name::$v(wire_dec!($side $d $k))
+    };
+    (decode $side:tt $d:ident $name:ident $v:ident []) => {
+        $name::$v
+    };
+    (encode $e:ident [$via:ident] { $($f:ident $k:ident),* }) => {
+        $via::encode($e, $($f),*)
+    };
+    (encode $e:ident [] { $($f:ident $k:ident),* }) => {{
+        $(wire_enc!($e $f $k);)*
+    }};
+    (encode $e:ident [] ($f:ident $k:ident)) => {{
+        wire_enc!($e $f $k);
+    }};
+    (encode $e:ident []) => {{}};
+}
+
+/// A message enum from its table. Each row is
+/// `Variant = TYPE_CONSTANT` followed by the fields in wire order, as
+/// `{ name: kind, ... }` (a struct variant), `(binding: kind)` (a variant
+/// wrapping one struct) or nothing (no body), and optionally
+/// `via module` (a hand-written layout: `module::decode` returns the
+/// fields in row order, `module::encode` takes references to them). It
+/// generates the enum, `type_number`, and the body's decoder and encoder.
+macro_rules! messages {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident $(<$lt:lifetime>)? { $($rows:tt)* }
+    ) => {
+        messages!(@table [$($lt)?] [$($lt)?] $(#[$meta])* $name { $($rows)* });
+    };
+    (
+        @table $side:tt [$($lt:lifetime)?] $(#[$meta:meta])* $name:ident {
+            $(
+                $v:ident = $ty:ident
+                $({ $($f:ident: $k:ident),* $(,)? })?
+                $(($tf:ident: $tk:ident))?
+                $(via $via:ident)?
+            ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        pub enum $name $(<$lt>)? {
+            $(
+                $v $({ $($f: wire_ty!($side $k)),* })? $((wire_ty!($side $tk)))?,
+            )*
+        }
+
+        impl $(<$lt>)? $name $(<$lt>)? {
+            /// The message's type number.
+            pub fn type_number(&self) -> u8 {
+                match self {
+                    $($name::$v { .. } => ty::$ty,)*
+                }
+            }
+
+            /// Decodes the body of a message of type `t`.
+            fn decode_body(t: u8, d: &mut Decoder<$($lt)?>) -> Result<Self, WireError> {
+                Ok(match t {
+                    $(
+                        ty::$ty => wire_variant!(
+                            decode $side d $name $v [$($via)?]
+                            $({ $($f $k),* })? $(($tf $tk))?
+                        ),
+                    )*
+                    other => return Err(WireError::UnknownType(other)),
+                })
+            }
+
+            /// Encodes the body (everything after the frame header).
+            fn encode_body(&self, e: &mut Encoder<'_>) {
+                match self {
+                    $(
+                        $name::$v $({ $($f),* })? $(($tf))? => wire_variant!(
+                            encode e [$($via)?] $({ $($f $k),* })? $(($tf $tk))?
+                        ),
+                    )*
+                }
+            }
+        }
+    };
+}
+
+wire_struct! {
+    /// Tsetattr's arguments.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    #[allow(missing_docs)]
+    pub struct SetAttr {
+        valid: u32, mode: u32, uid: u32, gid: u32, size: u64,
+        atime_sec: u64, atime_nsec: u64, mtime_sec: u64, mtime_nsec: u64,
+    }
+}
+
+wire_struct! {
+    /// Rgetattr's body.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    #[allow(missing_docs)]
+    pub struct Attr {
+        valid: u64, qid: qid, mode: u32, uid: u32, gid: u32,
+        nlink: u64, rdev: u64, size: u64, blksize: u64, blocks: u64,
+        atime_sec: u64, atime_nsec: u64, mtime_sec: u64, mtime_nsec: u64,
+        ctime_sec: u64, ctime_nsec: u64, btime_sec: u64, btime_nsec: u64,
+        gen: u64, data_version: u64,
+    }
+}
+
+wire_struct! {
+    /// Rstatfs's body.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    #[allow(missing_docs)]
+    pub struct StatFs {
+        ty: u32, bsize: u32, blocks: u64, bfree: u64, bavail: u64,
+        files: u64, ffree: u64, fsid: u64, namelen: u32,
+    }
 }
 
 /// Tlock / Tgetlock / Rgetlock lock description.
@@ -113,698 +330,245 @@ pub struct Lock<S> {
     pub client_id: S,
 }
 
-/// Rgetattr's body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[allow(missing_docs)]
-pub struct Attr {
-    pub valid: u64,
-    pub qid: Qid,
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub nlink: u64,
-    pub rdev: u64,
-    pub size: u64,
-    pub blksize: u64,
-    pub blocks: u64,
-    pub atime_sec: u64,
-    pub atime_nsec: u64,
-    pub mtime_sec: u64,
-    pub mtime_nsec: u64,
-    pub ctime_sec: u64,
-    pub ctime_nsec: u64,
-    pub btime_sec: u64,
-    pub btime_nsec: u64,
-    pub gen: u64,
-    pub data_version: u64,
-}
-
-/// Rstatfs's body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[allow(missing_docs)]
-pub struct StatFs {
-    pub ty: u32,
-    pub bsize: u32,
-    pub blocks: u64,
-    pub bfree: u64,
-    pub bavail: u64,
-    pub files: u64,
-    pub ffree: u64,
-    pub fsid: u64,
-    pub namelen: u32,
-}
-
-/// A request from the client. Strings and write data borrow from the frame.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[allow(missing_docs)]
-pub enum Tmessage<'a> {
-    Version {
-        msize: u32,
-        version: &'a [u8],
-    },
-    Auth {
-        afid: u32,
-        uname: &'a [u8],
-        aname: &'a [u8],
-        n_uname: u32,
-    },
-    Attach {
-        fid: u32,
-        afid: u32,
-        uname: &'a [u8],
-        aname: &'a [u8],
-        n_uname: u32,
-    },
-    Flush {
-        oldtag: u16,
-    },
-    Walk {
-        fid: u32,
-        newfid: u32,
-        names: Vec<&'a [u8]>,
-    },
-    Read {
-        fid: u32,
-        offset: u64,
-        count: u32,
-    },
-    Write {
-        fid: u32,
-        offset: u64,
-        data: &'a [u8],
-    },
-    Clunk {
-        fid: u32,
-    },
-    Remove {
-        fid: u32,
-    },
-    Statfs {
-        fid: u32,
-    },
-    Lopen {
-        fid: u32,
-        flags: u32,
-    },
-    Lcreate {
-        fid: u32,
-        name: &'a [u8],
-        flags: u32,
-        mode: u32,
-        gid: u32,
-    },
-    Symlink {
-        fid: u32,
-        name: &'a [u8],
-        target: &'a [u8],
-        gid: u32,
-    },
-    Mknod {
-        dfid: u32,
-        name: &'a [u8],
-        mode: u32,
-        major: u32,
-        minor: u32,
-        gid: u32,
-    },
-    Rename {
-        fid: u32,
-        dfid: u32,
-        name: &'a [u8],
-    },
-    Readlink {
-        fid: u32,
-    },
-    Getattr {
-        fid: u32,
-        mask: u64,
-    },
-    Setattr {
-        fid: u32,
-        attr: SetAttr,
-    },
-    XattrWalk {
-        fid: u32,
-        newfid: u32,
-        name: &'a [u8],
-    },
-    XattrCreate {
-        fid: u32,
-        name: &'a [u8],
-        size: u64,
-        flags: u32,
-    },
-    Readdir {
-        fid: u32,
-        offset: u64,
-        count: u32,
-    },
-    Fsync {
-        fid: u32,
-        datasync: u32,
-    },
-    Lock {
-        fid: u32,
-        flags: u32,
-        lock: Lock<&'a [u8]>,
-    },
-    GetLock {
-        fid: u32,
-        lock: Lock<&'a [u8]>,
-    },
-    Link {
-        dfid: u32,
-        fid: u32,
-        name: &'a [u8],
-    },
-    Mkdir {
-        dfid: u32,
-        name: &'a [u8],
-        mode: u32,
-        gid: u32,
-    },
-    Renameat {
-        olddirfid: u32,
-        oldname: &'a [u8],
-        newdirfid: u32,
-        newname: &'a [u8],
-    },
-    Unlinkat {
-        dirfid: u32,
-        name: &'a [u8],
-        flags: u32,
-    },
-}
-
-/// A reply from the server.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[allow(missing_docs)]
-pub enum Rmessage {
-    Lerror { ecode: u32 },
-    Version { msize: u32, version: Vec<u8> },
-    Auth { aqid: Qid },
-    Attach { qid: Qid },
-    Flush,
-    Walk { qids: Vec<Qid> },
-    Read { data: Vec<u8> },
-    Write { count: u32 },
-    Clunk,
-    Remove,
-    Statfs(StatFs),
-    Lopen { qid: Qid, iounit: u32 },
-    Lcreate { qid: Qid, iounit: u32 },
-    Symlink { qid: Qid },
-    Mknod { qid: Qid },
-    Rename,
-    Readlink { target: Vec<u8> },
-    Getattr(Attr),
-    Setattr,
-    XattrWalk { size: u64 },
-    XattrCreate,
-    Readdir { data: Vec<u8> },
-    Fsync,
-    Lock { status: u8 },
-    GetLock(Lock<Vec<u8>>),
-    Link,
-    Mkdir { qid: Qid },
-    Renameat,
-    Unlinkat,
-}
-
-/// Splits a frame into (type, tag, body) after checking its size field.
-fn split_frame(frame: &[u8]) -> Result<(u8, u16, &[u8]), WireError> {
-    let mut d = Decoder::new(frame);
-    let size = d.u32()?;
-    if size as usize != frame.len() || frame.len() < HEADER_SIZE {
-        return Err(WireError::BadSize { size });
-    }
-    let t = d.u8()?;
-    let tag = d.u16()?;
-    Ok((t, tag, &frame[HEADER_SIZE..]))
-}
-
-/// The type and tag of a frame, for replying to one that does not decode.
-pub fn peek_type_tag(frame: &[u8]) -> Option<(u8, u16)> {
-    if frame.len() < HEADER_SIZE {
-        return None;
-    }
-    Some((frame[4], u16::from_le_bytes([frame[5], frame[6]])))
-}
-
-/// The fixed part of a Tread or Twrite, read without decoding the frame:
-/// what a data path (the stream reader's inline I/O, the virtio-9p io_uring
-/// engine) needs to move the data itself.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DataRequest {
-    /// True for Tread, false for Twrite.
-    pub read: bool,
-    /// The request's tag.
-    pub tag: u16,
-    /// The fid read or written.
-    pub fid: u32,
-    /// The file offset.
-    pub offset: u64,
-    /// Bytes asked for (Tread) or carried (Twrite).
-    pub count: u32,
-}
-
-impl DataRequest {
-    /// Parses `size[4] type[1] tag[2] fid[4] offset[8] count[4]` from a
-    /// frame of `frame_len` bytes: `None` unless it is a Tread of exactly
-    /// that size, or a Twrite whose size is the header plus `count`, with
-    /// the size field equal to `frame_len` and `offset + count` a valid file
-    /// offset. Anything else is for the decoder, which gives the right error.
-    pub fn parse(hdr: &[u8; TWRITE_HEADER], frame_len: usize) -> Option<DataRequest> {
-        let le32 = |at: usize| u32::from_le_bytes([hdr[at], hdr[at + 1], hdr[at + 2], hdr[at + 3]]);
-        let mut offset = [0u8; 8];
-        offset.copy_from_slice(&hdr[11..19]);
-        let r = DataRequest {
-            read: hdr[4] == ty::TREAD,
-            tag: u16::from_le_bytes([hdr[5], hdr[6]]),
-            fid: le32(7),
-            offset: u64::from_le_bytes(offset),
-            count: le32(19),
-        };
-        let size = match hdr[4] {
-            ty::TREAD => TWRITE_HEADER,
-            ty::TWRITE => TWRITE_HEADER + r.count as usize,
-            _ => return None,
-        };
-        (le32(0) as usize == frame_len
-            && size == frame_len
-            && r.offset.checked_add(u64::from(r.count))? <= i64::MAX as u64)
-            .then_some(r)
+// Hand-written: one codec for a client id borrowed from the frame (T) or
+// owned (R), split after `ty` for Tlock.
+impl<S> Lock<S> {
+    fn decode<'a>(d: &mut Decoder<'a>) -> Result<Self, WireError>
+    where
+        S: From<&'a [u8]>,
+    {
+        let ty = d.u8()?;
+        Self::decode_after_ty(ty, d)
     }
 
-    /// The reply's fixed part for `res`: see [`data_reply_header`].
-    pub fn reply_header(&self, res: i32) -> ([u8; RREAD_HEADER], u32) {
-        data_reply_header(self.read, self.tag, res)
+    fn decode_after_ty<'a>(ty: u8, d: &mut Decoder<'a>) -> Result<Self, WireError>
+    where
+        S: From<&'a [u8]>,
+    {
+        Ok(Lock {
+            ty,
+            start: d.u64()?,
+            length: d.u64()?,
+            proc_id: d.u32()?,
+            client_id: S::from(d.string()?),
+        })
+    }
+
+    fn encode(&self, e: &mut Encoder<'_>)
+    where
+        S: AsRef<[u8]>,
+    {
+        e.u8(self.ty);
+        self.encode_after_ty(e);
+    }
+
+    fn encode_after_ty(&self, e: &mut Encoder<'_>)
+    where
+        S: AsRef<[u8]>,
+    {
+        e.u64(self.start)
+            .u64(self.length)
+            .u32(self.proc_id)
+            .string(self.client_id.as_ref());
     }
 }
 
-/// The fixed part of the reply to a Tread (`read`) or Twrite tagged `tag`
-/// that moved `res` bytes or failed with errno `-res`: Rread (its `res`
-/// bytes of data follow), Rwrite or Rlerror. Returns the header and the
-/// reply's whole size.
-pub fn data_reply_header(read: bool, tag: u16, res: i32) -> ([u8; RREAD_HEADER], u32) {
-    let (t, size, word) = match read {
-        _ if res < 0 => (ty::RLERROR, RREAD_HEADER as u32, res.unsigned_abs()),
-        true => (ty::RREAD, RREAD_HEADER as u32 + res as u32, res as u32),
-        false => (ty::RWRITE, RREAD_HEADER as u32, res as u32),
-    };
-    let mut h = [0u8; RREAD_HEADER];
-    h[0..4].copy_from_slice(&size.to_le_bytes());
-    h[4] = t;
-    h[5..7].copy_from_slice(&tag.to_le_bytes());
-    h[7..11].copy_from_slice(&word.to_le_bytes());
-    (h, size)
+/// Tlock's layout, hand-written because its `flags` sit inside the lock:
+/// `fid[4] type[1] flags[4] start[8] length[8] proc_id[4] client_id[s]`.
+mod tlock {
+    use super::{Decoder, Encoder, Lock, WireError};
+
+    pub(super) fn decode<'a>(d: &mut Decoder<'a>) -> Result<(u32, u32, Lock<&'a [u8]>), WireError> {
+        let fid = d.u32()?;
+        let ty = d.u8()?;
+        let flags = d.u32()?;
+        Ok((fid, flags, Lock::decode_after_ty(ty, d)?))
+    }
+
+    pub(super) fn encode(e: &mut Encoder<'_>, fid: &u32, flags: &u32, lock: &Lock<&[u8]>) {
+        e.u32(*fid).u8(lock.ty).u32(*flags);
+        lock.encode_after_ty(e);
+    }
 }
 
-fn lock_body<'a>(
-    d: &mut Decoder<'a>,
-    with_flags: bool,
-) -> Result<(u32, Lock<&'a [u8]>, u32), WireError> {
-    let fid = d.u32()?;
-    let ty = d.u8()?;
-    let flags = if with_flags { d.u32()? } else { 0 };
-    let lock = Lock {
-        ty,
-        start: d.u64()?,
-        length: d.u64()?,
-        proc_id: d.u32()?,
-        client_id: d.string()?,
-    };
-    Ok((fid, lock, flags))
+/// Twalk's names: `nwname[2]` and at most [`MAXWELEM`] strings.
+fn decode_names<'a>(d: &mut Decoder<'a>) -> Result<Vec<&'a [u8]>, WireError> {
+    let n = d.u16()?;
+    if usize::from(n) > MAXWELEM {
+        return Err(WireError::TooManyNames(n));
+    }
+    (0..n).map(|_| d.string()).collect()
+}
+
+fn encode_names(e: &mut Encoder<'_>, names: &[&[u8]]) {
+    e.u16(names.len() as u16);
+    for n in names {
+        e.string(n);
+    }
+}
+
+/// Rwalk's qids: `nwqid[2]` and at most [`MAXWELEM`] qids.
+fn decode_qids(d: &mut Decoder<'_>) -> Result<Vec<Qid>, WireError> {
+    let n = d.u16()?;
+    if usize::from(n) > MAXWELEM {
+        return Err(WireError::TooManyNames(n));
+    }
+    (0..n).map(|_| d.qid()).collect()
+}
+
+fn encode_qids(e: &mut Encoder<'_>, qids: &[Qid]) {
+    e.u16(qids.len() as u16);
+    for q in qids {
+        e.qid(q);
+    }
+}
+
+messages! {
+    /// A request from the client. Strings and write data borrow from the frame.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    #[allow(missing_docs)]
+    pub enum Tmessage<'a> {
+        Version = TVERSION { msize: u32, version: string },
+        Auth = TAUTH { afid: u32, uname: string, aname: string, n_uname: u32 },
+        Attach = TATTACH { fid: u32, afid: u32, uname: string, aname: string, n_uname: u32 },
+        Flush = TFLUSH { oldtag: u16 },
+        Walk = TWALK { fid: u32, newfid: u32, names: names },
+        Read = TREAD { fid: u32, offset: u64, count: u32 },
+        Write = TWRITE { fid: u32, offset: u64, data: data },
+        Clunk = TCLUNK { fid: u32 },
+        Remove = TREMOVE { fid: u32 },
+        Statfs = TSTATFS { fid: u32 },
+        Lopen = TLOPEN { fid: u32, flags: u32 },
+        Lcreate = TLCREATE { fid: u32, name: string, flags: u32, mode: u32, gid: u32 },
+        Symlink = TSYMLINK { fid: u32, name: string, target: string, gid: u32 },
+        Mknod = TMKNOD { dfid: u32, name: string, mode: u32, major: u32, minor: u32, gid: u32 },
+        Rename = TRENAME { fid: u32, dfid: u32, name: string },
+        Readlink = TREADLINK { fid: u32 },
+        Getattr = TGETATTR { fid: u32, mask: u64 },
+        Setattr = TSETATTR { fid: u32, attr: SetAttr },
+        XattrWalk = TXATTRWALK { fid: u32, newfid: u32, name: string },
+        XattrCreate = TXATTRCREATE { fid: u32, name: string, size: u64, flags: u32 },
+        Readdir = TREADDIR { fid: u32, offset: u64, count: u32 },
+        // Older clients send no datasync.
+        Fsync = TFSYNC { fid: u32, datasync: opt_u32 },
+        // The wire order is not the row's: see `tlock`.
+        Lock = TLOCK { fid: u32, flags: u32, lock: Lock } via tlock,
+        GetLock = TGETLOCK { fid: u32, lock: Lock },
+        Link = TLINK { dfid: u32, fid: u32, name: string },
+        Mkdir = TMKDIR { dfid: u32, name: string, mode: u32, gid: u32 },
+        Renameat = TRENAMEAT {
+            olddirfid: u32, oldname: string, newdirfid: u32, newname: string,
+        },
+        Unlinkat = TUNLINKAT { dirfid: u32, name: string, flags: u32 },
+    }
+}
+
+messages! {
+    /// A reply from the server.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    #[allow(missing_docs)]
+    pub enum Rmessage {
+        Lerror = RLERROR { ecode: u32 },
+        Version = RVERSION { msize: u32, version: string },
+        Auth = RAUTH { aqid: qid },
+        Attach = RATTACH { qid: qid },
+        Flush = RFLUSH,
+        Walk = RWALK { qids: qids },
+        // The server's replies are built in place (`ReadReply`); this is
+        // the same frame, for clients and tests.
+        Read = RREAD { data: data },
+        Write = RWRITE { count: u32 },
+        Clunk = RCLUNK,
+        Remove = RREMOVE,
+        Statfs = RSTATFS (statfs: StatFs),
+        Lopen = RLOPEN { qid: qid, iounit: u32 },
+        Lcreate = RLCREATE { qid: qid, iounit: u32 },
+        Symlink = RSYMLINK { qid: qid },
+        Mknod = RMKNOD { qid: qid },
+        Rename = RRENAME,
+        Readlink = RREADLINK { target: string },
+        Getattr = RGETATTR (attr: Attr),
+        Setattr = RSETATTR,
+        XattrWalk = RXATTRWALK { size: u64 },
+        XattrCreate = RXATTRCREATE,
+        // The entries, `qid[13] offset[8] type[1] name[s]` each, are laid
+        // out by the server.
+        Readdir = RREADDIR { data: data },
+        Fsync = RFSYNC,
+        Lock = RLOCK { status: u8 },
+        GetLock = RGETLOCK (lock: Lock),
+        Link = RLINK,
+        Mkdir = RMKDIR { qid: qid },
+        Renameat = RRENAMEAT,
+        Unlinkat = RUNLINKAT,
+    }
+}
+
+/// The header of `frame` after checking its size field against the frame's
+/// length.
+fn frame_header(frame: &[u8]) -> Result<FrameHeader, WireError> {
+    match FrameHeader::parse(frame) {
+        Some(h) if h.size as usize == frame.len() => Ok(h),
+        Some(h) => Err(WireError::BadSize { size: h.size }),
+        // Shorter than a header: what its size field claims, if it has one.
+        None => Err(WireError::BadSize {
+            size: Decoder::new(frame).u32()?,
+        }),
+    }
+}
+
+/// Decodes a whole frame with `body`, which decodes the body of a message
+/// of the type it is given; nothing may follow the body.
+fn decode_frame<'a, M>(
+    frame: &'a [u8],
+    body: impl FnOnce(u8, &mut Decoder<'a>) -> Result<M, WireError>,
+) -> Result<(u16, M), WireError> {
+    let h = frame_header(frame)?;
+    let mut d = Decoder::new(&frame[FrameHeader::SIZE..]);
+    let m = body(h.ty, &mut d)?;
+    d.finish()?;
+    Ok((h.tag, m))
+}
+
+/// Appends a frame of type `ty` for `tag` with the body `body` writes.
+fn encode_frame(buf: &mut Vec<u8>, ty: u8, tag: u16, body: impl FnOnce(&mut Encoder<'_>)) {
+    let start = buf.len();
+    buf.extend_from_slice(&FrameHeader { size: 0, ty, tag }.encode());
+    body(&mut Encoder::new(buf));
+    let size = (buf.len() - start) as u32;
+    FrameHeader { size, ty, tag }.write_to(&mut buf[start..]);
 }
 
 /// Decodes a whole T-frame into `(tag, message)`.
 pub fn decode_tframe(frame: &[u8]) -> Result<(u16, Tmessage<'_>), WireError> {
-    use ty::*;
-    let (t, tag, body) = split_frame(frame)?;
-    let mut d = Decoder::new(body);
-    let m = match t {
-        TVERSION => Tmessage::Version {
-            msize: d.u32()?,
-            version: d.string()?,
-        },
-        TAUTH => Tmessage::Auth {
-            afid: d.u32()?,
-            uname: d.string()?,
-            aname: d.string()?,
-            n_uname: d.u32()?,
-        },
-        TATTACH => Tmessage::Attach {
-            fid: d.u32()?,
-            afid: d.u32()?,
-            uname: d.string()?,
-            aname: d.string()?,
-            n_uname: d.u32()?,
-        },
-        TFLUSH => Tmessage::Flush { oldtag: d.u16()? },
-        TWALK => {
-            let fid = d.u32()?;
-            let newfid = d.u32()?;
-            let n = d.u16()?;
-            if n as usize > MAXWELEM {
-                return Err(WireError::TooManyNames(n));
-            }
-            let names = (0..n).map(|_| d.string()).collect::<Result<Vec<_>, _>>()?;
-            Tmessage::Walk { fid, newfid, names }
-        }
-        TREAD => Tmessage::Read {
-            fid: d.u32()?,
-            offset: d.u64()?,
-            count: d.u32()?,
-        },
-        TWRITE => Tmessage::Write {
-            fid: d.u32()?,
-            offset: d.u64()?,
-            data: d.data()?,
-        },
-        TCLUNK => Tmessage::Clunk { fid: d.u32()? },
-        TREMOVE => Tmessage::Remove { fid: d.u32()? },
-        TSTATFS => Tmessage::Statfs { fid: d.u32()? },
-        TLOPEN => Tmessage::Lopen {
-            fid: d.u32()?,
-            flags: d.u32()?,
-        },
-        TLCREATE => Tmessage::Lcreate {
-            fid: d.u32()?,
-            name: d.string()?,
-            flags: d.u32()?,
-            mode: d.u32()?,
-            gid: d.u32()?,
-        },
-        TSYMLINK => Tmessage::Symlink {
-            fid: d.u32()?,
-            name: d.string()?,
-            target: d.string()?,
-            gid: d.u32()?,
-        },
-        TMKNOD => Tmessage::Mknod {
-            dfid: d.u32()?,
-            name: d.string()?,
-            mode: d.u32()?,
-            major: d.u32()?,
-            minor: d.u32()?,
-            gid: d.u32()?,
-        },
-        TRENAME => Tmessage::Rename {
-            fid: d.u32()?,
-            dfid: d.u32()?,
-            name: d.string()?,
-        },
-        TREADLINK => Tmessage::Readlink { fid: d.u32()? },
-        TGETATTR => Tmessage::Getattr {
-            fid: d.u32()?,
-            mask: d.u64()?,
-        },
-        TSETATTR => Tmessage::Setattr {
-            fid: d.u32()?,
-            attr: SetAttr {
-                valid: d.u32()?,
-                mode: d.u32()?,
-                uid: d.u32()?,
-                gid: d.u32()?,
-                size: d.u64()?,
-                atime_sec: d.u64()?,
-                atime_nsec: d.u64()?,
-                mtime_sec: d.u64()?,
-                mtime_nsec: d.u64()?,
-            },
-        },
-        TXATTRWALK => Tmessage::XattrWalk {
-            fid: d.u32()?,
-            newfid: d.u32()?,
-            name: d.string()?,
-        },
-        TXATTRCREATE => Tmessage::XattrCreate {
-            fid: d.u32()?,
-            name: d.string()?,
-            size: d.u64()?,
-            flags: d.u32()?,
-        },
-        TREADDIR => Tmessage::Readdir {
-            fid: d.u32()?,
-            offset: d.u64()?,
-            count: d.u32()?,
-        },
-        TFSYNC => {
-            let fid = d.u32()?;
-            // Older clients send no datasync field.
-            let datasync = if d.remaining() >= 4 { d.u32()? } else { 0 };
-            Tmessage::Fsync { fid, datasync }
-        }
-        TLOCK => {
-            let (fid, lock, flags) = lock_body(&mut d, true)?;
-            Tmessage::Lock { fid, flags, lock }
-        }
-        TGETLOCK => {
-            let (fid, lock, _) = lock_body(&mut d, false)?;
-            Tmessage::GetLock { fid, lock }
-        }
-        TLINK => Tmessage::Link {
-            dfid: d.u32()?,
-            fid: d.u32()?,
-            name: d.string()?,
-        },
-        TMKDIR => Tmessage::Mkdir {
-            dfid: d.u32()?,
-            name: d.string()?,
-            mode: d.u32()?,
-            gid: d.u32()?,
-        },
-        TRENAMEAT => Tmessage::Renameat {
-            olddirfid: d.u32()?,
-            oldname: d.string()?,
-            newdirfid: d.u32()?,
-            newname: d.string()?,
-        },
-        TUNLINKAT => Tmessage::Unlinkat {
-            dirfid: d.u32()?,
-            name: d.string()?,
-            flags: d.u32()?,
-        },
-        other => return Err(WireError::UnknownType(other)),
-    };
-    d.finish()?;
-    Ok((tag, m))
+    decode_frame(frame, Tmessage::decode_body)
 }
 
-/// Writes a frame header with a placeholder size; [`finish_frame`] patches it.
-fn start_frame(buf: &mut Vec<u8>, t: u8, tag: u16) {
-    Encoder::new(buf).u32(0).u8(t).u16(tag);
-}
-
-fn finish_frame(buf: &mut [u8]) {
-    let size = buf.len() as u32;
-    buf[..4].copy_from_slice(&size.to_le_bytes());
-}
-
-fn encode_lock(e: &mut Encoder<'_>, l: &Lock<impl AsRef<[u8]>>) {
-    e.u64(l.start)
-        .u64(l.length)
-        .u32(l.proc_id)
-        .string(l.client_id.as_ref());
+/// Decodes a whole R-frame into `(tag, message)` (for clients and tests).
+pub fn decode_rframe(frame: &[u8]) -> Result<(u16, Rmessage), WireError> {
+    decode_frame(frame, Rmessage::decode_body)
 }
 
 impl Tmessage<'_> {
-    /// The T-type number.
-    pub fn type_number(&self) -> u8 {
-        use ty::*;
-        match self {
-            Tmessage::Version { .. } => TVERSION,
-            Tmessage::Auth { .. } => TAUTH,
-            Tmessage::Attach { .. } => TATTACH,
-            Tmessage::Flush { .. } => TFLUSH,
-            Tmessage::Walk { .. } => TWALK,
-            Tmessage::Read { .. } => TREAD,
-            Tmessage::Write { .. } => TWRITE,
-            Tmessage::Clunk { .. } => TCLUNK,
-            Tmessage::Remove { .. } => TREMOVE,
-            Tmessage::Statfs { .. } => TSTATFS,
-            Tmessage::Lopen { .. } => TLOPEN,
-            Tmessage::Lcreate { .. } => TLCREATE,
-            Tmessage::Symlink { .. } => TSYMLINK,
-            Tmessage::Mknod { .. } => TMKNOD,
-            Tmessage::Rename { .. } => TRENAME,
-            Tmessage::Readlink { .. } => TREADLINK,
-            Tmessage::Getattr { .. } => TGETATTR,
-            Tmessage::Setattr { .. } => TSETATTR,
-            Tmessage::XattrWalk { .. } => TXATTRWALK,
-            Tmessage::XattrCreate { .. } => TXATTRCREATE,
-            Tmessage::Readdir { .. } => TREADDIR,
-            Tmessage::Fsync { .. } => TFSYNC,
-            Tmessage::Lock { .. } => TLOCK,
-            Tmessage::GetLock { .. } => TGETLOCK,
-            Tmessage::Link { .. } => TLINK,
-            Tmessage::Mkdir { .. } => TMKDIR,
-            Tmessage::Renameat { .. } => TRENAMEAT,
-            Tmessage::Unlinkat { .. } => TUNLINKAT,
-        }
-    }
-
     /// Encodes this request as a frame with `tag` (for clients and tests).
     pub fn encode(&self, tag: u16) -> Vec<u8> {
         let mut buf = Vec::new();
-        start_frame(&mut buf, self.type_number(), tag);
-        let mut e = Encoder::new(&mut buf);
-        match self {
-            Tmessage::Version { msize, version } => {
-                e.u32(*msize).string(version);
-            }
-            Tmessage::Auth {
-                afid,
-                uname,
-                aname,
-                n_uname,
-            } => {
-                e.u32(*afid).string(uname).string(aname).u32(*n_uname);
-            }
-            Tmessage::Attach {
-                fid,
-                afid,
-                uname,
-                aname,
-                n_uname,
-            } => {
-                e.u32(*fid)
-                    .u32(*afid)
-                    .string(uname)
-                    .string(aname)
-                    .u32(*n_uname);
-            }
-            Tmessage::Flush { oldtag } => {
-                e.u16(*oldtag);
-            }
-            Tmessage::Walk { fid, newfid, names } => {
-                e.u32(*fid).u32(*newfid).u16(names.len() as u16);
-                for n in names {
-                    e.string(n);
-                }
-            }
-            Tmessage::Read { fid, offset, count } => {
-                e.u32(*fid).u64(*offset).u32(*count);
-            }
-            Tmessage::Write { fid, offset, data } => {
-                e.u32(*fid).u64(*offset).data(data);
-            }
-            Tmessage::Clunk { fid }
-            | Tmessage::Remove { fid }
-            | Tmessage::Statfs { fid }
-            | Tmessage::Readlink { fid } => {
-                e.u32(*fid);
-            }
-            Tmessage::Lopen { fid, flags } => {
-                e.u32(*fid).u32(*flags);
-            }
-            Tmessage::Lcreate {
-                fid,
-                name,
-                flags,
-                mode,
-                gid,
-            } => {
-                e.u32(*fid).string(name).u32(*flags).u32(*mode).u32(*gid);
-            }
-            Tmessage::Symlink {
-                fid,
-                name,
-                target,
-                gid,
-            } => {
-                e.u32(*fid).string(name).string(target).u32(*gid);
-            }
-            Tmessage::Mknod {
-                dfid,
-                name,
-                mode,
-                major,
-                minor,
-                gid,
-            } => {
-                e.u32(*dfid)
-                    .string(name)
-                    .u32(*mode)
-                    .u32(*major)
-                    .u32(*minor)
-                    .u32(*gid);
-            }
-            Tmessage::Rename { fid, dfid, name } => {
-                e.u32(*fid).u32(*dfid).string(name);
-            }
-            Tmessage::Getattr { fid, mask } => {
-                e.u32(*fid).u64(*mask);
-            }
-            Tmessage::Setattr { fid, attr: a } => {
-                e.u32(*fid)
-                    .u32(a.valid)
-                    .u32(a.mode)
-                    .u32(a.uid)
-                    .u32(a.gid)
-                    .u64(a.size);
-                e.u64(a.atime_sec)
-                    .u64(a.atime_nsec)
-                    .u64(a.mtime_sec)
-                    .u64(a.mtime_nsec);
-            }
-            Tmessage::XattrWalk { fid, newfid, name } => {
-                e.u32(*fid).u32(*newfid).string(name);
-            }
-            Tmessage::XattrCreate {
-                fid,
-                name,
-                size,
-                flags,
-            } => {
-                e.u32(*fid).string(name).u64(*size).u32(*flags);
-            }
-            Tmessage::Readdir { fid, offset, count } => {
-                e.u32(*fid).u64(*offset).u32(*count);
-            }
-            Tmessage::Fsync { fid, datasync } => {
-                e.u32(*fid).u32(*datasync);
-            }
-            Tmessage::Lock { fid, flags, lock } => {
-                e.u32(*fid).u8(lock.ty).u32(*flags);
-                encode_lock(&mut e, lock);
-            }
-            Tmessage::GetLock { fid, lock } => {
-                e.u32(*fid).u8(lock.ty);
-                encode_lock(&mut e, lock);
-            }
-            Tmessage::Link { dfid, fid, name } => {
-                e.u32(*dfid).u32(*fid).string(name);
-            }
-            Tmessage::Mkdir {
-                dfid,
-                name,
-                mode,
-                gid,
-            } => {
-                e.u32(*dfid).string(name).u32(*mode).u32(*gid);
-            }
-            Tmessage::Renameat {
-                olddirfid,
-                oldname,
-                newdirfid,
-                newname,
-            } => {
-                e.u32(*olddirfid)
-                    .string(oldname)
-                    .u32(*newdirfid)
-                    .string(newname);
-            }
-            Tmessage::Unlinkat {
-                dirfid,
-                name,
-                flags,
-            } => {
-                e.u32(*dirfid).string(name).u32(*flags);
-            }
-        }
-        finish_frame(&mut buf);
+        encode_frame(&mut buf, self.type_number(), tag, |e| self.encode_body(e));
         buf
+    }
+}
+
+impl Rmessage {
+    /// Encodes this reply as a frame with `tag`.
+    pub fn encode(&self, tag: u16) -> Vec<u8> {
+        let mut buf = Vec::new();
+        self.encode_into(tag, &mut buf);
+        buf
+    }
+
+    /// Appends this reply's frame for `tag` to `buf` (a batch of replies).
+    pub fn encode_into(&self, tag: u16, buf: &mut Vec<u8>) {
+        encode_frame(buf, self.type_number(), tag, |e| self.encode_body(e));
     }
 }
 
@@ -831,241 +595,80 @@ impl ReadReply {
     pub fn into_frame(mut self, tag: u16) -> Vec<u8> {
         let count = (self.buf.len() - RREAD_HEADER) as u32;
         let size = self.buf.len() as u32;
-        self.buf[0..4].copy_from_slice(&size.to_le_bytes());
-        self.buf[4] = ty::RREAD;
-        self.buf[5..7].copy_from_slice(&tag.to_le_bytes());
-        self.buf[7..11].copy_from_slice(&count.to_le_bytes());
+        FrameHeader {
+            size,
+            ty: ty::RREAD,
+            tag,
+        }
+        .write_to(&mut self.buf);
+        self.buf[HEADER_SIZE..RREAD_HEADER].copy_from_slice(&count.to_le_bytes());
         self.buf
     }
 }
 
-impl Rmessage {
-    /// The R-type number.
-    pub fn type_number(&self) -> u8 {
-        use ty::*;
-        match self {
-            Rmessage::Lerror { .. } => RLERROR,
-            Rmessage::Version { .. } => RVERSION,
-            Rmessage::Auth { .. } => RAUTH,
-            Rmessage::Attach { .. } => RATTACH,
-            Rmessage::Flush => RFLUSH,
-            Rmessage::Walk { .. } => RWALK,
-            Rmessage::Read { .. } => RREAD,
-            Rmessage::Write { .. } => RWRITE,
-            Rmessage::Clunk => RCLUNK,
-            Rmessage::Remove => RREMOVE,
-            Rmessage::Statfs(_) => RSTATFS,
-            Rmessage::Lopen { .. } => RLOPEN,
-            Rmessage::Lcreate { .. } => RLCREATE,
-            Rmessage::Symlink { .. } => RSYMLINK,
-            Rmessage::Mknod { .. } => RMKNOD,
-            Rmessage::Rename => RRENAME,
-            Rmessage::Readlink { .. } => RREADLINK,
-            Rmessage::Getattr(_) => RGETATTR,
-            Rmessage::Setattr => RSETATTR,
-            Rmessage::XattrWalk { .. } => RXATTRWALK,
-            Rmessage::XattrCreate => RXATTRCREATE,
-            Rmessage::Readdir { .. } => RREADDIR,
-            Rmessage::Fsync => RFSYNC,
-            Rmessage::Lock { .. } => RLOCK,
-            Rmessage::GetLock(_) => RGETLOCK,
-            Rmessage::Link => RLINK,
-            Rmessage::Mkdir { .. } => RMKDIR,
-            Rmessage::Renameat => RRENAMEAT,
-            Rmessage::Unlinkat => RUNLINKAT,
-        }
+/// The fixed part of a Tread or Twrite, read without decoding the frame:
+/// what a data path (the stream reader's inline I/O, the virtio-9p io_uring
+/// engine) needs to move the data itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataRequest {
+    /// True for Tread, false for Twrite.
+    pub read: bool,
+    /// The request's tag.
+    pub tag: u16,
+    /// The fid read or written.
+    pub fid: u32,
+    /// The file offset.
+    pub offset: u64,
+    /// Bytes asked for (Tread) or carried (Twrite).
+    pub count: u32,
+}
+
+impl DataRequest {
+    /// Parses `size[4] type[1] tag[2] fid[4] offset[8] count[4]` from a
+    /// frame of `frame_len` bytes: `None` unless it is a Tread of exactly
+    /// that size, or a Twrite whose size is the header plus `count`, with
+    /// the size field equal to `frame_len` and `offset + count` a valid file
+    /// offset. Anything else is for the decoder, which gives the right error.
+    pub fn parse(hdr: &[u8; TWRITE_HEADER], frame_len: usize) -> Option<DataRequest> {
+        let h = FrameHeader::parse(hdr)?;
+        // Twrite's count is its data's length field; Tread's, the count.
+        let mut d = Decoder::new(&hdr[HEADER_SIZE..]);
+        let r = DataRequest {
+            read: h.ty == ty::TREAD,
+            tag: h.tag,
+            fid: d.u32().ok()?,
+            offset: d.u64().ok()?,
+            count: d.u32().ok()?,
+        };
+        let size = match h.ty {
+            ty::TREAD => TWRITE_HEADER,
+            ty::TWRITE => TWRITE_HEADER + r.count as usize,
+            _ => return None,
+        };
+        (h.size as usize == frame_len
+            && size == frame_len
+            && r.offset.checked_add(u64::from(r.count))? <= i64::MAX as u64)
+            .then_some(r)
     }
 
-    /// Encodes this reply as a frame with `tag`.
-    pub fn encode(&self, tag: u16) -> Vec<u8> {
-        let mut buf = Vec::new();
-        self.encode_into(tag, &mut buf);
-        buf
-    }
-
-    /// Appends this reply's frame for `tag` to `buf` (a batch of replies).
-    pub fn encode_into(&self, tag: u16, buf: &mut Vec<u8>) {
-        let start = buf.len();
-        start_frame(buf, self.type_number(), tag);
-        let mut e = Encoder::new(buf);
-        match self {
-            Rmessage::Lerror { ecode } => {
-                e.u32(*ecode);
-            }
-            Rmessage::Version { msize, version } => {
-                e.u32(*msize).string(version);
-            }
-            Rmessage::Auth { aqid: qid }
-            | Rmessage::Attach { qid }
-            | Rmessage::Symlink { qid }
-            | Rmessage::Mknod { qid }
-            | Rmessage::Mkdir { qid } => {
-                e.qid(qid);
-            }
-            Rmessage::Walk { qids } => {
-                e.u16(qids.len() as u16);
-                for q in qids {
-                    e.qid(q);
-                }
-            }
-            Rmessage::Read { data } | Rmessage::Readdir { data } => {
-                e.data(data);
-            }
-            Rmessage::Write { count } => {
-                e.u32(*count);
-            }
-            Rmessage::Statfs(s) => {
-                e.u32(s.ty)
-                    .u32(s.bsize)
-                    .u64(s.blocks)
-                    .u64(s.bfree)
-                    .u64(s.bavail);
-                e.u64(s.files).u64(s.ffree).u64(s.fsid).u32(s.namelen);
-            }
-            Rmessage::Lopen { qid, iounit } | Rmessage::Lcreate { qid, iounit } => {
-                e.qid(qid).u32(*iounit);
-            }
-            Rmessage::Readlink { target } => {
-                e.string(target);
-            }
-            Rmessage::Getattr(a) => {
-                e.u64(a.valid).qid(&a.qid).u32(a.mode).u32(a.uid).u32(a.gid);
-                e.u64(a.nlink)
-                    .u64(a.rdev)
-                    .u64(a.size)
-                    .u64(a.blksize)
-                    .u64(a.blocks);
-                e.u64(a.atime_sec)
-                    .u64(a.atime_nsec)
-                    .u64(a.mtime_sec)
-                    .u64(a.mtime_nsec);
-                e.u64(a.ctime_sec)
-                    .u64(a.ctime_nsec)
-                    .u64(a.btime_sec)
-                    .u64(a.btime_nsec);
-                e.u64(a.gen).u64(a.data_version);
-            }
-            Rmessage::XattrWalk { size } => {
-                e.u64(*size);
-            }
-            Rmessage::Lock { status } => {
-                e.u8(*status);
-            }
-            Rmessage::GetLock(l) => {
-                e.u8(l.ty);
-                encode_lock(&mut e, l);
-            }
-            Rmessage::Flush
-            | Rmessage::Clunk
-            | Rmessage::Remove
-            | Rmessage::Rename
-            | Rmessage::Setattr
-            | Rmessage::XattrCreate
-            | Rmessage::Fsync
-            | Rmessage::Link
-            | Rmessage::Renameat
-            | Rmessage::Unlinkat => {}
-        }
-        finish_frame(&mut buf[start..]);
+    /// The reply's fixed part for `res`: see [`data_reply_header`].
+    pub fn reply_header(&self, res: i32) -> ([u8; RREAD_HEADER], u32) {
+        data_reply_header(self.read, self.tag, res)
     }
 }
 
-/// Decodes a whole R-frame into `(tag, message)` (for clients and tests).
-pub fn decode_rframe(frame: &[u8]) -> Result<(u16, Rmessage), WireError> {
-    use ty::*;
-    let (t, tag, body) = split_frame(frame)?;
-    let mut d = Decoder::new(body);
-    let m = match t {
-        RLERROR => Rmessage::Lerror { ecode: d.u32()? },
-        RVERSION => Rmessage::Version {
-            msize: d.u32()?,
-            version: d.string()?.to_vec(),
-        },
-        RAUTH => Rmessage::Auth { aqid: d.qid()? },
-        RATTACH => Rmessage::Attach { qid: d.qid()? },
-        RFLUSH => Rmessage::Flush,
-        RWALK => {
-            let n = d.u16()?;
-            if n as usize > MAXWELEM {
-                return Err(WireError::TooManyNames(n));
-            }
-            let qids = (0..n).map(|_| d.qid()).collect::<Result<Vec<_>, _>>()?;
-            Rmessage::Walk { qids }
-        }
-        RREAD => Rmessage::Read {
-            data: d.data()?.to_vec(),
-        },
-        RWRITE => Rmessage::Write { count: d.u32()? },
-        RCLUNK => Rmessage::Clunk,
-        RREMOVE => Rmessage::Remove,
-        RSTATFS => Rmessage::Statfs(StatFs {
-            ty: d.u32()?,
-            bsize: d.u32()?,
-            blocks: d.u64()?,
-            bfree: d.u64()?,
-            bavail: d.u64()?,
-            files: d.u64()?,
-            ffree: d.u64()?,
-            fsid: d.u64()?,
-            namelen: d.u32()?,
-        }),
-        RLOPEN => Rmessage::Lopen {
-            qid: d.qid()?,
-            iounit: d.u32()?,
-        },
-        RLCREATE => Rmessage::Lcreate {
-            qid: d.qid()?,
-            iounit: d.u32()?,
-        },
-        RSYMLINK => Rmessage::Symlink { qid: d.qid()? },
-        RMKNOD => Rmessage::Mknod { qid: d.qid()? },
-        RRENAME => Rmessage::Rename,
-        RREADLINK => Rmessage::Readlink {
-            target: d.string()?.to_vec(),
-        },
-        RGETATTR => Rmessage::Getattr(Attr {
-            valid: d.u64()?,
-            qid: d.qid()?,
-            mode: d.u32()?,
-            uid: d.u32()?,
-            gid: d.u32()?,
-            nlink: d.u64()?,
-            rdev: d.u64()?,
-            size: d.u64()?,
-            blksize: d.u64()?,
-            blocks: d.u64()?,
-            atime_sec: d.u64()?,
-            atime_nsec: d.u64()?,
-            mtime_sec: d.u64()?,
-            mtime_nsec: d.u64()?,
-            ctime_sec: d.u64()?,
-            ctime_nsec: d.u64()?,
-            btime_sec: d.u64()?,
-            btime_nsec: d.u64()?,
-            gen: d.u64()?,
-            data_version: d.u64()?,
-        }),
-        RSETATTR => Rmessage::Setattr,
-        RXATTRWALK => Rmessage::XattrWalk { size: d.u64()? },
-        RXATTRCREATE => Rmessage::XattrCreate,
-        RREADDIR => Rmessage::Readdir {
-            data: d.data()?.to_vec(),
-        },
-        RFSYNC => Rmessage::Fsync,
-        RLOCK => Rmessage::Lock { status: d.u8()? },
-        RGETLOCK => Rmessage::GetLock(Lock {
-            ty: d.u8()?,
-            start: d.u64()?,
-            length: d.u64()?,
-            proc_id: d.u32()?,
-            client_id: d.string()?.to_vec(),
-        }),
-        RLINK => Rmessage::Link,
-        RMKDIR => Rmessage::Mkdir { qid: d.qid()? },
-        RRENAMEAT => Rmessage::Renameat,
-        RUNLINKAT => Rmessage::Unlinkat,
-        other => return Err(WireError::UnknownType(other)),
+/// The fixed part of the reply to a Tread (`read`) or Twrite tagged `tag`
+/// that moved `res` bytes or failed with errno `-res`: Rread (its `res`
+/// bytes of data follow), Rwrite or Rlerror. Returns the header and the
+/// reply's whole size.
+pub fn data_reply_header(read: bool, tag: u16, res: i32) -> ([u8; RREAD_HEADER], u32) {
+    let (ty, size, word) = match read {
+        _ if res < 0 => (ty::RLERROR, RREAD_HEADER as u32, res.unsigned_abs()),
+        true => (ty::RREAD, RREAD_HEADER as u32 + res as u32, res as u32),
+        false => (ty::RWRITE, RREAD_HEADER as u32, res as u32),
     };
-    d.finish()?;
-    Ok((tag, m))
+    let mut h = [0u8; RREAD_HEADER];
+    FrameHeader { size, ty, tag }.write_to(&mut h);
+    h[HEADER_SIZE..].copy_from_slice(&word.to_le_bytes());
+    (h, size)
 }

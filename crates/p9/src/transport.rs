@@ -45,11 +45,10 @@ use device_queue::{readable, Poller};
 use device_queue::{rw_nowait, IoEngine, Kind};
 
 use crate::messages::{
-    decode_tframe, peek_type_tag, ty, DataRequest, Rmessage, Tmessage, HEADER_SIZE, RREAD_HEADER,
-    TWRITE_HEADER,
+    decode_tframe, ty, DataRequest, Rmessage, Tmessage, RREAD_HEADER, TWRITE_HEADER,
 };
 use crate::server::{Server, Session, MAX_MSIZE};
-use crate::wire::WireError;
+use crate::wire::{FrameHeader, WireError};
 
 /// Worker threads per connection.
 pub const WORKERS_PER_CONNECTION: usize = 4;
@@ -294,7 +293,7 @@ impl<W: Write> Conn<W> {
 
     /// Serves one frame whose tag is registered in flight.
     fn serve(&self, frame: &[u8]) {
-        let Some((_, tag)) = peek_type_tag(frame) else {
+        let Some(FrameHeader { tag, .. }) = FrameHeader::parse(frame) else {
             return;
         };
         let reply = match decode_tframe(frame) {
@@ -342,7 +341,7 @@ impl<W: Write> Conn<W> {
     /// Serves `frame` on the reader thread if it will not block, appending
     /// the reply to `out`.
     fn serve_inline(&self, frame: &[u8], out: &mut Vec<u8>) -> Step {
-        let Some((t, tag)) = peek_type_tag(frame) else {
+        let Some(FrameHeader { ty: t, tag, .. }) = FrameHeader::parse(frame) else {
             return Step::Dispatch;
         };
         match t {
@@ -595,12 +594,10 @@ where
                     }
                     continue;
                 }
-                if pending.len() < HEADER_SIZE {
+                let Some(FrameHeader { size, ty: t, tag }) = FrameHeader::parse(pending) else {
                     break;
-                }
-                let size = u32::from_le_bytes([pending[0], pending[1], pending[2], pending[3]]);
-                let tag = u16::from_le_bytes([pending[5], pending[6]]);
-                if (size as usize) < HEADER_SIZE {
+                };
+                if (size as usize) < FrameHeader::SIZE {
                     warn!("9p: frame size {size} is smaller than a header; closing the connection");
                     conn.flush_batch(&mut out);
                     return Ok(());
@@ -619,7 +616,6 @@ where
                     break;
                 }
                 let frame = &pending[..size];
-                let t = frame[4];
                 let step = if t == ty::TVERSION {
                     conn.flush_batch(&mut out);
                     conn.inflight.wait_idle();
@@ -672,11 +668,9 @@ where
             batched = 0;
             // Room for the frame being received, whole.
             let pending = frames.pending();
-            let want = if skip == 0 && pending.len() >= 4 {
-                let size = u32::from_le_bytes([pending[0], pending[1], pending[2], pending[3]]);
-                (size as usize).min(conn.session.msize() as usize)
-            } else {
-                0
+            let want = match FrameHeader::parse(pending) {
+                Some(h) if skip == 0 => (h.size as usize).min(conn.session.msize() as usize),
+                _ => 0,
             };
             if !frames.fill(want.max(READ_BUFFER), &mut poller)? {
                 return if frames.pending().is_empty() && skip == 0 {

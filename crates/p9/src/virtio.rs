@@ -23,10 +23,11 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::messages::{
-    data_reply_header, decode_tframe, peek_type_tag, ty, DataRequest, Rmessage, Tmessage,
-    HEADER_SIZE, RREAD_HEADER, TWRITE_HEADER,
+    data_reply_header, decode_tframe, ty, DataRequest, Rmessage, Tmessage, HEADER_SIZE,
+    RREAD_HEADER, TWRITE_HEADER,
 };
 use crate::server::{Server, Session};
+use crate::wire::FrameHeader;
 
 use crate::transport::wire_errno;
 pub use device_queue::{IoEngine, QueueDevice};
@@ -96,7 +97,7 @@ where
 }
 
 fn reply_for(session: &Session, request: &[u8], room: usize) -> Vec<u8> {
-    let tag = peek_type_tag(request).map_or(0, |(_, t)| t);
+    let tag = FrameHeader::parse(request).map_or(0, |h| h.tag);
     let error = |e: i32| Rmessage::Lerror { ecode: e as u32 }.encode(tag);
     let reply = match decode_tframe(request) {
         Ok((_, Tmessage::Version { msize, version })) => {
@@ -106,7 +107,7 @@ fn reply_for(session: &Session, request: &[u8], room: usize) -> Vec<u8> {
         Ok((_, Tmessage::Flush { .. })) => Rmessage::Flush.encode(tag),
         Ok((_, Tmessage::Read { fid, offset, count })) => {
             // Never produce more data than the chain can hold.
-            let count = count.min(room.saturating_sub(HEADER_SIZE + 4) as u32);
+            let count = count.min(room.saturating_sub(RREAD_HEADER) as u32);
             session
                 .handle(Tmessage::Read { fid, offset, count })
                 .into_frame(tag)
@@ -133,15 +134,11 @@ pub struct P9Data<'a>(pub &'a Session);
 /// A Tfsync frame's size.
 const TFSYNC_SIZE: usize = HEADER_SIZE + 4 + 4;
 
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
 impl DataPath for P9Data<'_> {
     fn plan(&self, mem: &MemGuard, chain: &Chain) -> Option<DataOp> {
         let session = self.0;
         // The frame's type: most chains stop here.
-        let t = peek::<HEADER_SIZE>(mem, chain)?[4];
+        let t = FrameHeader::parse(&peek::<HEADER_SIZE>(mem, chain)?)?.ty;
         if !matches!(t, ty::TREAD | ty::TWRITE | ty::TFSYNC) {
             return None;
         }
@@ -150,19 +147,22 @@ impl DataPath for P9Data<'_> {
             // size[4] type[1] tag[2] fid[4] datasync[4]. It blocks on the
             // disk: on the ring, the queue goes on serving while it runs.
             let head = gather::<TFSYNC_SIZE>(mem, &readable)?;
-            if le32(&head, 0) as usize != TFSYNC_SIZE
-                || segs_len(&readable) != TFSYNC_SIZE
+            // The size field must be the frame's (the decoder checks).
+            let Ok((tag, Tmessage::Fsync { fid, datasync })) = decode_tframe(&head) else {
+                return None;
+            };
+            if segs_len(&readable) != TFSYNC_SIZE
                 // Room for an Rlerror, the longest reply.
                 || segs_len(&writable) < RREAD_HEADER
             {
                 return None;
             }
-            let (node, file) = session.data_file(le32(&head, 7), Access::Read)?;
+            let (node, file) = session.data_file(fid, Access::Read)?;
             return Some(DataOp {
                 head: chain.head_index(),
-                id: u64::from(u16::from_le_bytes([head[5], head[6]])),
+                id: u64::from(tag),
                 kind: Kind::Fsync {
-                    data_only: le32(&head, 11) != 0,
+                    data_only: datasync != 0,
                 },
                 reply: writable,
                 iovecs: Box::new([]),
@@ -206,10 +206,9 @@ impl DataPath for P9Data<'_> {
     fn reply_header(&self, op: &DataOp, res: i32, out: &mut Vec<u8>) -> u32 {
         let tag = op.id as u16;
         if matches!(op.kind, Kind::Fsync { .. }) && res >= 0 {
-            out.extend_from_slice(&(HEADER_SIZE as u32).to_le_bytes());
-            out.push(ty::RFSYNC);
-            out.extend_from_slice(&tag.to_le_bytes());
-            return HEADER_SIZE as u32;
+            let start = out.len();
+            Rmessage::Fsync.encode_into(tag, out);
+            return (out.len() - start) as u32;
         }
         let (header, size) = data_reply_header(op.kind == Kind::Read, tag, res);
         out.extend_from_slice(&header);

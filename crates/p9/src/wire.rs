@@ -37,6 +37,51 @@ pub enum WireError {
     },
 }
 
+/// The header every 9P frame starts with: `size[4] type[1] tag[2]`. The
+/// one place its layout is written: the codec, the stream and virtio
+/// transports, the data paths and the clients all read and write frame
+/// headers through it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// The whole frame's length, this header included.
+    pub size: u32,
+    /// The message type (`messages::ty`).
+    pub ty: u8,
+    /// The tag that pairs a reply with its request.
+    pub tag: u16,
+}
+
+impl FrameHeader {
+    /// Bytes of the header.
+    pub const SIZE: usize = 7;
+
+    /// The header at the start of `buf`, as it stands (the size field is not
+    /// checked against anything); `None` if `buf` is shorter than a header.
+    pub fn parse(buf: &[u8]) -> Option<Self> {
+        let b: &[u8; Self::SIZE] = buf.get(..Self::SIZE)?.try_into().ok()?;
+        Some(FrameHeader {
+            size: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            ty: b[4],
+            tag: u16::from_le_bytes([b[5], b[6]]),
+        })
+    }
+
+    /// The header's wire bytes.
+    pub fn encode(&self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        self.write_to(&mut b);
+        b
+    }
+
+    /// Writes the header over the first [`FrameHeader::SIZE`] bytes of
+    /// `buf` (a frame whose header was reserved); panics if `buf` is shorter.
+    pub fn write_to(&self, buf: &mut [u8]) {
+        buf[0..4].copy_from_slice(&self.size.to_le_bytes());
+        buf[4] = self.ty;
+        buf[5..7].copy_from_slice(&self.tag.to_le_bytes());
+    }
+}
+
 /// A cursor over one frame's bytes.
 pub struct Decoder<'a> {
     buf: &'a [u8],
@@ -210,3 +255,26 @@ impl fmt::Debug for Qid {
 
 /// Size of an encoded qid.
 pub const QID_SIZE: usize = 13;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_header_parses_what_it_writes() {
+        let h = FrameHeader {
+            size: 0x0102_0304,
+            ty: 117,
+            tag: 0xa55a,
+        };
+        let b = h.encode();
+        assert_eq!(b, [0x04, 0x03, 0x02, 0x01, 117, 0x5a, 0xa5]);
+        assert_eq!(FrameHeader::parse(&b), Some(h));
+        // Only the first seven bytes count; fewer are no header.
+        assert_eq!(FrameHeader::parse(&[&b[..], b"body"].concat()), Some(h));
+        assert_eq!(FrameHeader::parse(&b[..6]), None);
+        let mut frame = vec![0xff; 9];
+        h.write_to(&mut frame);
+        assert_eq!(frame, [&b[..], &[0xff, 0xff]].concat());
+    }
+}
