@@ -237,9 +237,22 @@ pub fn queue_of_event(
         .nth(device_event as usize)
 }
 
+/// The inverse of [`queue_of_event`]: the event number worker `thread`
+/// gets for `queue` (its position among the thread's queues), as
+/// vhost-user-backend numbers them; what a VMM or test that runs a backend
+/// in-process passes to `handle_event`. None if the thread does not serve
+/// the queue.
+pub fn event_of_queue(queues_per_thread: &[u64], thread: usize, queue: usize) -> Option<u16> {
+    let mask = *queues_per_thread.get(thread)?;
+    if queue >= 64 || (mask >> queue) & 1 == 0 {
+        return None;
+    }
+    Some((mask & ((1u64 << queue) - 1)).count_ones() as u16)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::queue_of_event;
+    use super::{event_of_queue, queue_of_event};
 
     #[test]
     fn events_are_numbered_per_thread() {
@@ -254,5 +267,17 @@ mod tests {
         assert_eq!(queue_of_event(&masks, 3, 0), None, "no thread 3");
         // Gaps in a mask count by position.
         assert_eq!(queue_of_event(&[0b1010], 0, 1), Some(3));
+        // And back.
+        for (thread, mask) in masks.iter().enumerate() {
+            for q in 0..4 {
+                let e = event_of_queue(&masks, thread, q);
+                assert_eq!(e.is_some(), (mask >> q) & 1 == 1);
+                if let Some(e) = e {
+                    assert_eq!(queue_of_event(&masks, thread, e), Some(q));
+                }
+            }
+        }
+        assert_eq!(event_of_queue(&[0b1010], 0, 3), Some(1));
+        assert_eq!(event_of_queue(&[u64::MAX], 0, 64), None);
     }
 }

@@ -34,8 +34,8 @@ mod uring;
 
 pub use chain::{gather, gather_obj, iovecs, peek, scatter, segs_len, split_chain, Seg};
 pub use device::{
-    config_window, device_protocol_features, kicked_vring, queue_of_event, DeviceCore, MemorySlot,
-    QueueDevice, DEVICE_FEATURES,
+    config_window, device_protocol_features, event_of_queue, kicked_vring, queue_of_event,
+    DeviceCore, MemorySlot, QueueDevice, DEVICE_FEATURES,
 };
 pub use drain::{
     available, is_started, notify, return_chain, serve_chain, serve_kick, serve_kick_with,

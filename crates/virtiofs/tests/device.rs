@@ -9,8 +9,8 @@ use passthrough::{Config, PassthroughFs};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_driver::queue::{DESC_F_NEXT, DESC_F_WRITE};
 use virtio_driver::{Buf, GuestRam, SplitQueue};
-use virtiofs::{IoEngine, QueueDevice};
 use virtiofs::VirtioFsBackend;
+use virtiofs::{IoEngine, QueueDevice};
 use vm_memory::GuestAddress;
 use vmm_sys_util::epoll::EventSet;
 
@@ -90,9 +90,10 @@ impl Driver {
             .filter(|q| (masks[thread] >> q) & 1 == 1)
             .map(|q| self.vrings[q].clone())
             .collect();
-        let event = (0..queue).filter(|q| (masks[thread] >> q) & 1 == 1).count();
+        let event =
+            device_queue::event_of_queue(&masks, thread, queue).expect("its thread's queue");
         self.dev
-            .handle_event(event as u16, EventSet::IN, &mine, thread)
+            .handle_event(event, EventSet::IN, &mine, thread)
             .expect("handle_event must not fail on guest input");
         self.queues[queue].take_used(&self.ram)
     }

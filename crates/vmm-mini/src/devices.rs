@@ -155,7 +155,9 @@ fn worker(
                     continue;
                 }
             }
-            let event = (mask & ((1u64 << q) - 1)).count_ones() as u16;
+            let Some(event) = device_queue::event_of_queue(&[mask], 0, q) else {
+                continue;
+            };
             if let Err(e) = backend.handle_event(event, EventSet::IN, &thread_vrings, thread) {
                 warn!("in-process device: queue {q}: {e}");
             }
