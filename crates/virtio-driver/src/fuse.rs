@@ -10,6 +10,11 @@
 pub use fuse_backend_rs::abi::fuse_abi as abi;
 use vm_memory::ByteValued;
 
+/// A wire struct's bytes.
+fn wire<T: ByteValued>(v: T) -> Vec<u8> {
+    v.as_slice().to_vec()
+}
+
 /// Reads a wire struct (one of [`abi`]'s) from the start of `b`, if it is
 /// long enough.
 pub fn parse<T: ByteValued>(b: &[u8]) -> Option<T> {
@@ -86,50 +91,42 @@ pub fn init_body() -> Vec<u8> {
 /// `fuse_init_in.flags` (for example [`init_flags::MAX_PAGES`], so the device
 /// may announce `max_pages` for 1 MiB requests).
 pub fn init_body_flags(flags: u32) -> Vec<u8> {
-    abi::InitIn {
+    wire(abi::InitIn {
         major: 7,
         minor: 31,
         max_readahead: 0x20000,
         flags,
-    }
-    .as_slice()
-    .to_vec()
+    })
 }
 
 /// `fuse_read_in`: READ of `size` bytes at `offset` on handle `fh`; the
 /// same layout serves READDIR.
 pub fn read_in(fh: u64, offset: u64, size: u32) -> Vec<u8> {
-    abi::ReadIn {
+    wire(abi::ReadIn {
         fh,
         offset,
         size,
         ..Default::default()
-    }
-    .as_slice()
-    .to_vec()
+    })
 }
 
 /// `fuse_write_in`: WRITE of `size` bytes at `offset` on handle `fh`. The
 /// data follows it in the request.
 pub fn write_in(fh: u64, offset: u64, size: u32) -> Vec<u8> {
-    abi::WriteIn {
+    wire(abi::WriteIn {
         fh,
         offset,
         size,
         ..Default::default()
-    }
-    .as_slice()
-    .to_vec()
+    })
 }
 
 /// `fuse_open_in`: OPEN or OPENDIR with open(2) `flags`.
 pub fn open_in(flags: u32) -> Vec<u8> {
-    abi::OpenIn {
+    wire(abi::OpenIn {
         flags,
         ..Default::default()
-    }
-    .as_slice()
-    .to_vec()
+    })
 }
 
 /// `fuse_create_in` (protocol 7.31) and the NUL-terminated `name`: CREATE
@@ -146,35 +143,31 @@ pub fn create_in(flags: u32, mode: u32, umask: u32, name_bytes: &[u8]) -> Vec<u8
 
 /// `fuse_getattr_in` without `FUSE_GETATTR_FH`: attributes by node id.
 pub fn getattr_in() -> Vec<u8> {
-    abi::GetattrIn::default().as_slice().to_vec()
+    wire(abi::GetattrIn::default())
 }
 
 /// `fuse_release_in`: RELEASE or RELEASEDIR of handle `fh` opened with
 /// `flags`.
 pub fn release_in(fh: u64, flags: u32) -> Vec<u8> {
-    abi::ReleaseIn {
+    wire(abi::ReleaseIn {
         fh,
         flags,
         ..Default::default()
-    }
-    .as_slice()
-    .to_vec()
+    })
 }
 
 /// `fuse_fsync_in`: FSYNC of `fh`, data only with `datasync`.
 pub fn fsync_in(fh: u64, datasync: bool) -> Vec<u8> {
-    abi::FsyncIn {
+    wire(abi::FsyncIn {
         fh,
         fsync_flags: u32::from(datasync),
         ..Default::default()
-    }
-    .as_slice()
-    .to_vec()
+    })
 }
 
 /// `fuse_forget_in`: FORGET of `nlookup` lookups.
 pub fn forget_in(nlookup: u64) -> Vec<u8> {
-    abi::ForgetIn { nlookup }.as_slice().to_vec()
+    wire(abi::ForgetIn { nlookup })
 }
 
 /// Size of `fuse_entry_out` (what LOOKUP and CREATE return first).
