@@ -179,6 +179,9 @@ macro_rules! wire_struct {
             $(pub $f: wire_ty!([] $k),)*
         }
 
+        // A struct travels one way in the server (SetAttr in, Attr and
+        // StatFs out); the other way is the client's half.
+        #[cfg_attr(not(feature = "client"), allow(dead_code))]
         impl $name {
             fn decode(d: &mut Decoder<'_>) -> Result<Self, WireError> {
                 Ok($name { $($f: wire_dec!([] d $k),)* })
@@ -229,13 +232,14 @@ macro_rules! wire_variant {
 /// generates the enum, `type_number`, and the body's decoder and encoder.
 macro_rules! messages {
     (
+        decode if ($($dcfg:tt)*); encode if ($($ecfg:tt)*);
         $(#[$meta:meta])*
         pub enum $name:ident $(<$lt:lifetime>)? { $($rows:tt)* }
     ) => {
-        messages!(@table [$($lt)?] [$($lt)?] $(#[$meta])* $name { $($rows)* });
+        messages!(@table [$($lt)?] [$($lt)?] [$($dcfg)*] [$($ecfg)*] $(#[$meta])* $name { $($rows)* });
     };
     (
-        @table $side:tt [$($lt:lifetime)?] $(#[$meta:meta])* $name:ident {
+        @table $side:tt [$($lt:lifetime)?] [$($dcfg:tt)*] [$($ecfg:tt)*] $(#[$meta:meta])* $name:ident {
             $(
                 $v:ident = $ty:ident
                 $({ $($f:ident: $k:ident),* $(,)? })?
@@ -260,6 +264,7 @@ macro_rules! messages {
             }
 
             /// Decodes the body of a message of type `t`.
+            #[cfg($($dcfg)*)]
             fn decode_body(t: u8, d: &mut Decoder<$($lt)?>) -> Result<Self, WireError> {
                 Ok(match t {
                     $(
@@ -273,6 +278,7 @@ macro_rules! messages {
             }
 
             /// Encodes the body (everything after the frame header).
+            #[cfg($($ecfg)*)]
             fn encode_body(&self, e: &mut Encoder<'_>) {
                 match self {
                     $(
@@ -376,7 +382,9 @@ impl<S> Lock<S> {
 /// Tlock's layout, hand-written because its `flags` sit inside the lock:
 /// `fid[4] type[1] flags[4] start[8] length[8] proc_id[4] client_id[s]`.
 mod tlock {
-    use super::{Decoder, Encoder, Lock, WireError};
+    #[cfg(feature = "client")]
+    use super::Encoder;
+    use super::{Decoder, Lock, WireError};
 
     pub(super) fn decode<'a>(d: &mut Decoder<'a>) -> Result<(u32, u32, Lock<&'a [u8]>), WireError> {
         let fid = d.u32()?;
@@ -385,6 +393,7 @@ mod tlock {
         Ok((fid, flags, Lock::decode_after_ty(ty, d)?))
     }
 
+    #[cfg(feature = "client")]
     pub(super) fn encode(e: &mut Encoder<'_>, fid: &u32, flags: &u32, lock: &Lock<&[u8]>) {
         e.u32(*fid).u8(lock.ty).u32(*flags);
         lock.encode_after_ty(e);
@@ -400,6 +409,7 @@ fn decode_names<'a>(d: &mut Decoder<'a>) -> Result<Vec<&'a [u8]>, WireError> {
     (0..n).map(|_| d.string()).collect()
 }
 
+#[cfg(feature = "client")]
 fn encode_names(e: &mut Encoder<'_>, names: &[&[u8]]) {
     e.u16(names.len() as u16);
     for n in names {
@@ -408,6 +418,7 @@ fn encode_names(e: &mut Encoder<'_>, names: &[&[u8]]) {
 }
 
 /// Rwalk's qids: `nwqid[2]` and at most [`MAXWELEM`] qids.
+#[cfg(feature = "client")]
 fn decode_qids(d: &mut Decoder<'_>) -> Result<Vec<Qid>, WireError> {
     let n = d.u16()?;
     if usize::from(n) > MAXWELEM {
@@ -424,6 +435,8 @@ fn encode_qids(e: &mut Encoder<'_>, qids: &[Qid]) {
 }
 
 messages! {
+    // The server decodes requests; encoding them is the client's half.
+    decode if (all()); encode if (feature = "client");
     /// A request from the client. Strings and write data borrow from the frame.
     #[derive(Debug, Clone, PartialEq, Eq)]
     #[allow(missing_docs)]
@@ -464,6 +477,8 @@ messages! {
 }
 
 messages! {
+    // The server encodes replies; decoding them is the client's half.
+    decode if (feature = "client"); encode if (all());
     /// A reply from the server.
     #[derive(Debug, Clone, PartialEq, Eq)]
     #[allow(missing_docs)]
@@ -544,13 +559,17 @@ pub fn decode_tframe(frame: &[u8]) -> Result<(u16, Tmessage<'_>), WireError> {
     decode_frame(frame, Tmessage::decode_body)
 }
 
-/// Decodes a whole R-frame into `(tag, message)` (for clients and tests).
+/// Decodes a whole R-frame into `(tag, message)` (for clients and tests;
+/// the `client` feature).
+#[cfg(feature = "client")]
 pub fn decode_rframe(frame: &[u8]) -> Result<(u16, Rmessage), WireError> {
     decode_frame(frame, Rmessage::decode_body)
 }
 
+#[cfg(feature = "client")]
 impl Tmessage<'_> {
-    /// Encodes this request as a frame with `tag` (for clients and tests).
+    /// Encodes this request as a frame with `tag` (for clients and tests;
+    /// the `client` feature).
     pub fn encode(&self, tag: u16) -> Vec<u8> {
         let mut buf = Vec::new();
         encode_frame(&mut buf, self.type_number(), tag, |e| self.encode_body(e));
