@@ -291,10 +291,12 @@ impl P9Session {
     /// The next whole frame in the buffer, as a range of it.
     fn next_frame(&mut self) -> Result<Option<std::ops::Range<usize>>, P9ClientError> {
         let avail = self.rend - self.rstart;
-        let Some(header) = FrameHeader::parse(&self.rbuf[self.rstart..self.rend]) else {
+        // The size field alone already tells a runt frame (size < 7), which
+        // must be an error now, not a wait for bytes that never come.
+        let Some(size) = FrameHeader::peek_size(&self.rbuf[self.rstart..self.rend]) else {
             return Ok(None);
         };
-        let size = header.size as usize;
+        let size = size as usize;
         if size < FrameHeader::SIZE || size > self.rbuf.len() {
             return Err(P9ClientError::BadReply {
                 op: "reply",

@@ -60,10 +60,18 @@ impl FrameHeader {
     pub fn parse(buf: &[u8]) -> Option<Self> {
         let b: &[u8; Self::SIZE] = buf.get(..Self::SIZE)?.try_into().ok()?;
         Some(FrameHeader {
-            size: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            size: Self::peek_size(b)?,
             ty: b[4],
             tag: u16::from_le_bytes([b[5], b[6]]),
         })
+    }
+
+    /// The size field alone, once 4 bytes are in: enough to tell a runt
+    /// frame (a size below [`FrameHeader::SIZE`]) or one too large before
+    /// the rest of the header has arrived. `None` if `buf` is shorter.
+    pub fn peek_size(buf: &[u8]) -> Option<u32> {
+        let b: &[u8; 4] = buf.get(..4)?.try_into().ok()?;
+        Some(u32::from_le_bytes(*b))
     }
 
     /// The header's wire bytes.

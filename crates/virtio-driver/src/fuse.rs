@@ -16,9 +16,12 @@ fn wire<T: ByteValued>(v: T) -> Vec<u8> {
 }
 
 /// Reads a wire struct (one of [`abi`]'s) from the start of `b`, if it is
-/// long enough.
-pub fn parse<T: ByteValued>(b: &[u8]) -> Option<T> {
-    T::from_slice(b.get(..std::mem::size_of::<T>())?).copied()
+/// long enough. The bytes are copied, so `b` may sit at any alignment.
+pub fn parse<T: ByteValued + Default>(b: &[u8]) -> Option<T> {
+    let mut v = T::default();
+    v.as_mut_slice()
+        .copy_from_slice(b.get(..std::mem::size_of::<T>())?);
+    Some(v)
 }
 
 /// A FUSE opcode.
@@ -340,6 +343,23 @@ mod tests {
         let r = read_in(7, 4096, 512);
         assert_eq!(u64::from_le_bytes(r[8..16].try_into().unwrap()), 4096);
         assert_eq!(u32::from_le_bytes(r[16..20].try_into().unwrap()), 512);
+    }
+
+    #[test]
+    fn replies_parse_at_any_alignment() {
+        let mut buf = [0u8; 1 + OUT_HEADER + ENTRY_OUT];
+        let h = abi::OutHeader {
+            len: (OUT_HEADER + ENTRY_OUT) as u32,
+            error: -2,
+            unique: 77,
+        };
+        buf[1..1 + OUT_HEADER].copy_from_slice(h.as_slice());
+        buf[1 + OUT_HEADER..1 + OUT_HEADER + 8].copy_from_slice(&5u64.to_le_bytes());
+        // An odd offset: a u64-aligned struct read from a misaligned slice.
+        let r = Reply::parse(h.len, &buf[1..]);
+        assert_eq!((r.error, r.unique), (-2, 77));
+        assert_eq!(r.entry().map(|e| e.nodeid), Some(5));
+        assert!(parse::<abi::OutHeader>(&buf[1..10]).is_none(), "too short");
     }
 
     #[test]

@@ -187,7 +187,17 @@ impl SplitQueue {
 
     /// Writes `bufs` as one chain in descriptors `head`, `head + 1`, ... and
     /// returns `head`.
+    ///
+    /// # Panics
+    /// When the chain does not fit between `head` and the end of the table
+    /// (a test bug: the descriptors would overwrite the rings).
     pub fn write_chain_at(&self, ram: &GuestRam, head: u16, bufs: &[Buf]) -> u16 {
+        assert!(
+            usize::from(head) + bufs.len() <= usize::from(self.size),
+            "a chain of {} from descriptor {head} does not fit a queue of {}",
+            bufs.len(),
+            self.size
+        );
         let at = GuestAddress(self.desc.0 + DESC_SIZE * u64::from(head));
         ram.write(at, &chain_bytes(bufs, head));
         head
