@@ -135,6 +135,13 @@ if $with_pjdfstest; then
     fi
     [[ -x $pjdfstest ]] || die "pjdfstest not found (cargo install pjdfstest)"
     add_program "$pjdfstest"
+    # A real sleep(1) ahead of busybox's in PATH: pjdfstest's ETXTBSY tests
+    # copy `which sleep` onto the share, run the copy and expect it to be
+    # running while they open it for writing. A copy of busybox runs no
+    # applet under its new name and exits at once, so the test raced the
+    # exit (and lost it in vmm-mini's slower L2 guests).
+    sleep_bin=$(command -v sleep) || die "sleep not found (coreutils)"
+    add_program "$sleep_bin"
 fi
 
 for p in "${extra_programs[@]}"; do
