@@ -139,7 +139,7 @@ if $with_pjdfstest; then
     # copy `which sleep` onto the share, run the copy and expect it to be
     # running while they open it for writing. A copy of busybox runs no
     # applet under its new name and exits at once, so the test raced the
-    # exit (and lost it in vmm-mini's slower L2 guests).
+    # exit.
     sleep_bin=$(command -v sleep) || die "sleep not found (coreutils)"
     add_program "$sleep_bin"
 fi
