@@ -6,7 +6,7 @@
 use std::fmt::Display;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
@@ -20,6 +20,7 @@ use vmm_sys_util::event::{
 };
 
 use crate::drain::{DataPath, IoEngine, QueueEngine};
+use crate::record::ChainRecorder;
 use crate::{Chain, GuestMem, MemGuard};
 
 /// The virtio features every device offers: VERSION_1, INDIRECT_DESC,
@@ -149,6 +150,13 @@ pub trait QueueDevice: Sized {
     /// `RWF_NOWAIT` inline first). For tests and measurements.
     fn with_inline_first(mut self, inline_first: bool) -> Self {
         self.core_mut().engine_mut().set_inline_first(inline_first);
+        self
+    }
+
+    /// Hands every request (descriptor chain) any queue takes to
+    /// `recorder` before it is served: request recording (default: none).
+    fn with_recorder(mut self, recorder: Arc<dyn ChainRecorder>) -> Self {
+        self.core_mut().engine_mut().set_recorder(Some(recorder));
         self
     }
 

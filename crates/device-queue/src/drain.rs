@@ -24,12 +24,16 @@
 //!    headers, the used ring gets them in one batch, and the guest gets one
 //!    notification if the ring (event-idx) asks for it.
 //!
+//! With a recorder set ([`QueueEngine::set_recorder`]), every chain taken
+//! off the available ring is first handed to it, whichever of these ways
+//! it is served then.
+//!
 
 use std::fmt::Display;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use log::{debug, error, warn};
 use vhost_user_backend::{VringRwLock, VringState, VringT};
@@ -37,6 +41,7 @@ use virtio_queue::{QueueOwnedT, QueueT};
 
 use crate::io::{try_inline, DataOp};
 use crate::poll::{Poller, QueuePollers, DEFAULT_POLL};
+use crate::record::ChainRecorder;
 use crate::uring::UringQueue;
 use crate::{Chain, GuestMem, MemGuard};
 
@@ -93,7 +98,7 @@ pub fn serve_kick<E: Display>(
     mut serve: impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
 ) {
     serve_kick_with(vring, mem, event_idx, queue, poller, |mem| {
-        drain(vring, mem, queue, None, None, &mut serve)
+        drain(vring, mem, queue, None, Intake::default(), &mut serve)
     })
 }
 
@@ -295,6 +300,33 @@ pub trait DataPath {
     fn reply_header(&self, op: &DataOp, res: i32, out: &mut Vec<u8>) -> u32;
 }
 
+/// What a queue does with every chain it takes, before serving it: count
+/// it, and hand it to the device's recorder (with the queue's index).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Intake<'a> {
+    taken: Option<&'a AtomicU64>,
+    record: Option<(&'a dyn ChainRecorder, usize)>,
+}
+
+impl Intake<'_> {
+    /// Records `chain` if the device records requests. A recorder that
+    /// panics (a bug) is logged; the chain is served all the same.
+    fn record(&self, mem: &MemGuard, chain: &Chain, queue: &str) {
+        let Some((recorder, q)) = self.record else {
+            return;
+        };
+        let recorded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            recorder.record(q, mem, chain)
+        }));
+        if recorded.is_err() {
+            error!(
+                "{queue}: recording chain {} panicked; serving it",
+                chain.head_index()
+            );
+        }
+    }
+}
+
 /// Serves what is available on `vring` in passes (up to [`MAX_PASSES`], so a
 /// driver refilling as replies arrive is served without another wake-up):
 /// with `data`, the chains its path plans go inline or on the ring; every
@@ -306,10 +338,10 @@ pub(crate) fn drain<E: std::fmt::Display>(
     mem: &MemGuard,
     queue: &str,
     mut data: Option<(&dyn DataPath, &mut UringQueue)>,
-    taken: Option<&AtomicU64>,
+    intake: Intake<'_>,
     sync: &mut impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
 ) -> Result<(), QueueError> {
-    let r = drain_passes(vring, mem, queue, &mut data, taken, sync);
+    let r = drain_passes(vring, mem, queue, &mut data, intake, sync);
     if r.is_err() {
         // Operations in flight use guest memory: none may outlive the
         // snapshot the caller drops when this returns.
@@ -341,7 +373,7 @@ fn drain_passes<E: std::fmt::Display>(
     mem: &MemGuard,
     queue: &str,
     data: &mut Option<(&dyn DataPath, &mut UringQueue)>,
-    taken: Option<&AtomicU64>,
+    intake: Intake<'_>,
     sync: &mut impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
 ) -> Result<(), QueueError> {
     for _ in 0..MAX_PASSES {
@@ -349,11 +381,12 @@ fn drain_passes<E: std::fmt::Display>(
         if chains.is_empty() {
             return Ok(());
         }
-        if let Some(t) = taken {
+        if let Some(t) = intake.taken {
             t.fetch_add(chains.len() as u64, Ordering::Relaxed);
         }
         let mut unsignalled = 0;
         for chain in chains {
+            intake.record(mem, &chain, queue);
             let planned = match data {
                 Some((path, uq)) => match plan_caught(*path, mem, &chain, queue) {
                     Some(op) => Some((*path, &mut **uq, op)),
@@ -421,6 +454,8 @@ pub struct QueueEngine {
     fallback_logged: AtomicBool,
     inline_first: bool,
     pollers: QueuePollers,
+    /// Sees every chain any queue takes (request recording), if set.
+    recorder: Option<Arc<dyn ChainRecorder>>,
 }
 
 impl QueueEngine {
@@ -434,7 +469,14 @@ impl QueueEngine {
             fallback_logged: AtomicBool::new(false),
             inline_first: true,
             pollers: QueuePollers::new(queues, DEFAULT_POLL),
+            recorder: None,
         }
+    }
+
+    /// Hands every chain any queue takes to `recorder` before it is served
+    /// (`None`: records nothing, the default). See [`ChainRecorder`].
+    pub fn set_recorder(&mut self, recorder: Option<Arc<dyn ChainRecorder>>) {
+        self.recorder = recorder;
     }
 
     /// Selects the engine.
@@ -557,11 +599,14 @@ impl QueueEngine {
         data: Option<&dyn DataPath>,
         mut sync: impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
     ) {
-        let taken = self.taken.get(q);
+        let intake = Intake {
+            taken: self.taken.get(q),
+            record: self.recorder.as_deref().map(|r| (r, q)),
+        };
         let Some(path) = data else {
             let mut off = crate::Poller::new(std::time::Duration::ZERO);
             return crate::serve_kick_with(vring, mem, event_idx, queue, &mut off, |mem| {
-                drain(vring, mem, queue, None, taken, &mut sync)
+                drain(vring, mem, queue, None, intake, &mut sync)
             });
         };
         let mut poller = self.pollers.get(q);
@@ -581,7 +626,7 @@ impl QueueEngine {
         };
         crate::serve_kick_with(vring, mem, event_idx, queue, &mut poller, |mem| {
             let data = uq.as_deref_mut().map(|uq| (path, uq));
-            drain(vring, mem, queue, data, taken, &mut sync)
+            drain(vring, mem, queue, data, intake, &mut sync)
         })
     }
 }

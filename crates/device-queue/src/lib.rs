@@ -20,7 +20,8 @@
 //! The crate along its seams: [`drain`](crate::serve_kick_with) (the
 //! serving loop and the engine choice), `chain` (descriptor chains as guest
 //! segments and host iovecs), `io` (the inline and blocking system calls),
-//! `uring` (the restricted io_uring ring), `poll` (adaptive polling) and
+//! `uring` (the restricted io_uring ring), `poll` (adaptive polling),
+//! `record` (request recording: [`RecordFile`], [`ChainRecorder`]) and
 //! `device` (the plumbing every device shares).
 
 #![deny(missing_docs)]
@@ -30,6 +31,7 @@ mod device;
 mod drain;
 mod io;
 mod poll;
+mod record;
 mod uring;
 
 pub use chain::{gather, gather_obj, iovecs, peek, scatter, segs_len, split_chain, Seg};
@@ -44,6 +46,7 @@ pub use drain::{
 };
 pub use io::{rw_nowait, try_inline, DataOp, Kind, OpenFile};
 pub use poll::{readable, Poller, QueuePollers, DEFAULT_POLL};
+pub use record::{append_readable, ChainRecorder, RecordFile};
 pub use uring::{restricted_ring, RingError, UringQueue, RING_ENTRIES, RING_OPS};
 
 use virtio_queue::DescriptorChain;

@@ -23,6 +23,7 @@ use log::{info, warn};
 use passthrough::PassthroughFs;
 
 use crate::attach_policy::AttachPolicy;
+use crate::record::Recorder;
 use crate::server::{Server, ServerOptions};
 use crate::transport::{serve_connection_with, StreamConfig, StreamMode};
 
@@ -127,6 +128,11 @@ pub struct P9Config {
     /// The walls to put up before serving (namespace sandbox,
     /// capabilities, Landlock, seccomp), as `virtiofsd-rs`.
     pub sandbox: sandbox::SandboxConfig,
+    /// Append every 9P frame received, on every transport, to this file
+    /// (`--record-requests`; format in [`crate::record`]). The file is
+    /// created, or truncated, mode 0600, before the sandbox goes up. It
+    /// holds the clients' file names and data: for test runs only.
+    pub record_requests: Option<PathBuf>,
 }
 
 impl P9Config {
@@ -148,6 +154,7 @@ impl P9Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             rlimit_nofile: None,
             sandbox: sandbox::SandboxConfig::new(sandbox::Profile::P9),
+            record_requests: None,
         }
     }
 }
@@ -198,6 +205,14 @@ pub enum P9Error {
     /// A thread could not be started.
     #[error("cannot start a thread: {0}")]
     Thread(io::Error),
+    /// The `--record-requests` file could not be created.
+    #[error("cannot create the request recording {path:?}: {source}")]
+    Record {
+        /// The file.
+        path: PathBuf,
+        /// What the host said.
+        source: io::Error,
+    },
 }
 
 /// The stream connections being served, against a limit.
@@ -244,6 +259,23 @@ fn refuse<S>(s: S, peer: &str, count: &ConnCount) {
         count.max
     );
     drop(s);
+}
+
+/// Creates the request recording `cfg` asks for, if any: before the
+/// sandbox, which would forbid creating it.
+fn recorder(cfg: &P9Config) -> Result<Option<Arc<Recorder>>, P9Error> {
+    let Some(path) = &cfg.record_requests else {
+        return Ok(None);
+    };
+    let recorder = Recorder::create(path).map_err(|source| P9Error::Record {
+        path: path.clone(),
+        source,
+    })?;
+    warn!(
+        "recording every 9P request to {}: the file holds the clients' file names and data",
+        path.display()
+    );
+    Ok(Some(Arc::new(recorder)))
 }
 
 /// Serves one connection on its own thread, holding `slot` until it ends.
@@ -304,7 +336,7 @@ where
                 refuse(w, &peer, &count);
                 continue;
             };
-            if let Err(e) = spawn_conn(server.clone(), r, w, peer, mode, slot) {
+            if let Err(e) = spawn_conn(server.clone(), r, w, peer, mode.clone(), slot) {
                 warn!("accept: {e}");
             }
         })
@@ -328,6 +360,7 @@ pub fn run(cfg: P9Config) -> Result<(), P9Error> {
     }
     // A bad share is refused before any socket or sandbox exists.
     cfg.fs.check_root()?;
+    let record = recorder(&cfg)?;
     // As many fds as the host allows (virtiofsd's default), and a reserve
     // the guests cannot take that covers every connection p9d may accept
     // (two fds each) besides the daemon's own.
@@ -411,9 +444,12 @@ pub fn run(cfg: P9Config) -> Result<(), P9Error> {
             // filter forbids making rings.
             let backend = match &cfg.vhost_user {
                 Some(v) => {
-                    let b = crate::virtio::P9VhostBackend::new(server.clone(), &v.tag)?
+                    let mut b = crate::virtio::P9VhostBackend::new(server.clone(), &v.tag)?
                         .with_engine(cfg.io_engine)
                         .with_poll(cfg.poll);
+                    if let Some(r) = &record {
+                        b = b.with_recorder(r.clone());
+                    }
                     b.prepare_rings();
                     Some(Arc::new(b))
                 }
@@ -428,6 +464,7 @@ pub fn run(cfg: P9Config) -> Result<(), P9Error> {
     let mode = StreamConfig {
         mode: StreamMode::from(cfg.io_engine),
         poll: cfg.poll,
+        record,
     };
     // Blocked before any thread exists, so every thread inherits the mask
     // and one thread can wait for them.
@@ -435,6 +472,7 @@ pub fn run(cfg: P9Config) -> Result<(), P9Error> {
     let mut fd_threads = Vec::new();
     for (rf, wf) in fd_conns {
         let server = server.clone();
+        let mode = mode.clone();
         fd_threads.push(
             thread::Builder::new()
                 .name("9p-fd".into())
@@ -451,6 +489,7 @@ pub fn run(cfg: P9Config) -> Result<(), P9Error> {
             "listening on tcp:{}",
             l.local_addr().map(|a| a.to_string()).unwrap_or_default()
         );
+        let mode = mode.clone();
         spawn_acceptor("9p-tcp", server.clone(), count.clone(), mode, move || {
             let (s, peer) = l.accept()?;
             s.set_nodelay(true)?;
@@ -458,6 +497,7 @@ pub fn run(cfg: P9Config) -> Result<(), P9Error> {
         })?;
     }
     for l in unix {
+        let mode = mode.clone();
         spawn_acceptor("9p-unix", server.clone(), count.clone(), mode, move || {
             let (s, _) = l.accept()?;
             Ok((s.try_clone()?, s, "unix".to_string()))

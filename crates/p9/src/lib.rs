@@ -13,6 +13,8 @@
 //! - [`virtio`]: virtio-9p, as a descriptor-chain transport a VMM can run
 //!   in-process ([`virtio::serve_chain`]) and as a vhost-user backend
 //!   ([`virtio::P9VhostBackend`]).
+//! - [`record`]: `--record-requests`, every frame received on any
+//!   transport appended to a file (fuzz seeds; it holds guest data).
 //! - [`daemon`]: what `p9d` runs.
 //!
 //! A VMM or test can serve any stream:
@@ -34,6 +36,7 @@ pub mod attach_policy;
 pub mod daemon;
 pub mod fid_table;
 pub mod messages;
+pub mod record;
 pub mod server;
 pub mod transport;
 pub mod user_db;

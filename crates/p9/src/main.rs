@@ -89,6 +89,13 @@ struct Cli {
     /// Do not confine filesystem access to the share with Landlock.
     #[arg(long)]
     no_landlock: bool,
+    /// Append every 9P request frame received, on every transport, to FILE
+    /// (created or truncated, mode 0600, before the sandbox), to seed fuzz
+    /// corpora: the whole frames back to back, as received (each delimited
+    /// by its size field). The file holds the clients' file names and file
+    /// data: for test runs only.
+    #[arg(long, value_name = "FILE")]
+    record_requests: Option<PathBuf>,
     /// Log level: error, warn, info, debug, trace, off.
     #[arg(long, default_value = "info")]
     log_level: log::LevelFilter,
@@ -144,6 +151,7 @@ fn main() -> ExitCode {
             landlock: !cli.no_landlock,
             ..sandbox::SandboxConfig::new(sandbox::Profile::P9)
         },
+        record_requests: cli.record_requests,
         ..P9Config::new(fs)
     }) {
         Ok(()) => ExitCode::SUCCESS,

@@ -47,6 +47,7 @@ use device_queue::{rw_nowait, IoEngine, Kind};
 use crate::messages::{
     decode_tframe, ty, DataRequest, Rmessage, Tmessage, RREAD_HEADER, TWRITE_HEADER,
 };
+use crate::record::Recorder;
 use crate::server::{Server, Session, MAX_MSIZE};
 use crate::wire::{FrameHeader, WireError};
 
@@ -72,14 +73,18 @@ pub enum StreamMode {
     Workers,
 }
 
-/// How a stream connection serves: [`StreamMode`] and the reader's polling.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a stream connection serves: [`StreamMode`], the reader's polling,
+/// and request recording.
+#[derive(Debug, Clone)]
 pub struct StreamConfig {
     /// Where requests are served.
     pub mode: StreamMode,
     /// The longest the reader polls for the next request before it sleeps
     /// (adaptive, up to this; zero: never poll).
     pub poll: Duration,
+    /// Append every whole frame the reader receives to this recording
+    /// (`--record-requests`), before it is served.
+    pub record: Option<Arc<Recorder>>,
 }
 
 pub use device_queue::DEFAULT_POLL;
@@ -89,6 +94,7 @@ impl Default for StreamConfig {
         StreamConfig {
             mode: StreamMode::default(),
             poll: DEFAULT_POLL,
+            record: None,
         }
     }
 }
@@ -578,6 +584,7 @@ where
     let mut batched = 0;
     let mut poller = Poller::new(cfg.poll);
     let mode = cfg.mode;
+    let record = cfg.record;
     // Bytes of an oversized frame still to be skipped.
     let mut skip = 0usize;
     let result = (|| -> io::Result<()> {
@@ -616,6 +623,9 @@ where
                     break;
                 }
                 let frame = &pending[..size];
+                if let Some(r) = &record {
+                    r.frame(frame);
+                }
                 let step = if t == ty::TVERSION {
                     conn.flush_batch(&mut out);
                     conn.inflight.wait_idle();

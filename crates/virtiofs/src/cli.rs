@@ -192,6 +192,15 @@ pub struct Cli {
     #[arg(long)]
     pub no_landlock: bool,
 
+    /// Append every FUSE request the guest sends, on any queue, to FILE
+    /// (created or truncated, mode 0600, before the sandbox), to seed fuzz
+    /// corpora: per request a little-endian u16 (bit 15: hiprio queue; low
+    /// 15 bits: length, requests cut at 32767 bytes) and the request's
+    /// bytes. The file holds the guest's file names and file data: for test
+    /// runs only. (Not in upstream virtiofsd.)
+    #[arg(long, value_name = "FILE", conflicts_with = "fuse_mount")]
+    pub record_requests: Option<PathBuf>,
+
     /// Tell the guest about submounts so they get their own st_dev (the default).
     #[arg(long)]
     pub announce_submounts: bool,
@@ -515,6 +524,7 @@ impl Cli {
             },
             rlimit_nofile: self.rlimit_nofile,
             ready: None,
+            record_requests: self.record_requests,
         })
     }
 }
@@ -685,6 +695,32 @@ mod tests {
         ])
         .unwrap_err();
         assert_eq!(err, CliError::Unsupported("--xattrmap"));
+    }
+
+    #[test]
+    fn record_requests_reaches_the_config_and_not_a_fuse_mount() {
+        let cfg = parse(&["--shared-dir", "/", "--fd", "3"]).unwrap();
+        assert_eq!(cfg.record_requests, None);
+        let cfg = parse(&[
+            "--shared-dir",
+            "/",
+            "--fd",
+            "3",
+            "--record-requests",
+            "/tmp/fuse.rec",
+        ])
+        .unwrap();
+        assert_eq!(cfg.record_requests, Some(PathBuf::from("/tmp/fuse.rec")));
+        assert!(Cli::try_parse_from([
+            "virtiofsd-rs",
+            "--shared-dir",
+            "/",
+            "--fuse-mount",
+            "/mnt",
+            "--record-requests",
+            "/tmp/fuse.rec",
+        ])
+        .is_err());
     }
 
     #[test]

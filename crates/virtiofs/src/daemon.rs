@@ -9,7 +9,7 @@ use std::os::fd::{FromRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use log::info;
+use log::{info, warn};
 use passthrough::PassthroughFs;
 use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::VhostUserDaemon;
@@ -18,6 +18,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use crate::device::{DeviceError, VirtioFsBackend};
 use crate::fuse_mount::{self, FuseMountError};
 use crate::mount_helper::Readiness;
+use crate::record::FuseRecorder;
 use sandbox::{SandboxConfig, SandboxError, SocketError};
 
 /// Where the vhost-user frontend connects.
@@ -68,6 +69,12 @@ pub struct DaemonConfig {
     /// Told once the share is served, walls up (FUSE mode), or why it will
     /// not be: the mount helper's wait ([`crate::mount_helper::detach`]).
     pub ready: Option<Readiness>,
+    /// Append every FUSE request the device takes to this file
+    /// (`--record-requests`; format in [`crate::record`]). The file is
+    /// created, or truncated, mode 0600, before the sandbox goes up. It
+    /// holds the guest's file names and data: for test runs only. Not with
+    /// [`Listen::FuseMount`].
+    pub record_requests: Option<PathBuf>,
 }
 
 /// Why the daemon stopped with an error.
@@ -99,6 +106,38 @@ pub enum DaemonError {
     /// Serving the FUSE mount failed.
     #[error(transparent)]
     FuseMount(#[from] FuseMountError),
+    /// The `--record-requests` file could not be created.
+    #[error("cannot create the request recording {path:?}: {source}")]
+    Record {
+        /// The file.
+        path: PathBuf,
+        /// What the host said.
+        source: io::Error,
+    },
+    /// `--record-requests` with `--fuse-mount`: only the virtio-fs device
+    /// records requests.
+    #[error("--record-requests records the virtio-fs device's queues; --fuse-mount has none")]
+    RecordFuseMount,
+}
+
+/// Creates the request recording `cfg` asks for, if any: before the
+/// sandbox, which would forbid creating it.
+fn recorder(cfg: &DaemonConfig) -> Result<Option<Arc<FuseRecorder>>, DaemonError> {
+    let Some(path) = &cfg.record_requests else {
+        return Ok(None);
+    };
+    if matches!(cfg.listen, Listen::FuseMount { .. }) {
+        return Err(DaemonError::RecordFuseMount);
+    }
+    let recorder = FuseRecorder::create(path).map_err(|source| DaemonError::Record {
+        path: path.clone(),
+        source,
+    })?;
+    warn!(
+        "recording every FUSE request to {}: the file holds the guest's file names and data",
+        path.display()
+    );
+    Ok(Some(Arc::new(recorder)))
 }
 
 fn set_rlimit_nofile(limit: Option<u64>) -> Result<(), DaemonError> {
@@ -151,6 +190,7 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     set_rlimit_nofile(cfg.rlimit_nofile)?;
     // A bad share is refused before any socket, mount or sandbox exists.
     cfg.fs.check_root()?;
+    let recorder = recorder(&cfg)?;
 
     if let Listen::FuseMount { mountpoint, source } = &cfg.listen {
         // Mount in the host's namespace first; the walls go up after, and
@@ -180,9 +220,12 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
             }
         },
         |fs| {
-            let backend = VirtioFsBackend::new(fs, cfg.request_queues, cfg.tag.clone())?
+            let mut backend = VirtioFsBackend::new(fs, cfg.request_queues, cfg.tag.clone())?
                 .with_engine(cfg.io_engine)
                 .with_poll(cfg.poll);
+            if let Some(r) = recorder {
+                backend = backend.with_recorder(r);
+            }
             let rings = backend.prepare_rings();
             info!(
                 "serving up to {} request queues, I/O engine {} ({rings} rings), polling up to {:?}",

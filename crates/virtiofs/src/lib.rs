@@ -27,6 +27,7 @@
 //!     },
 //!     rlimit_nofile: None,
 //!     ready: None,
+//!     record_requests: None,
 //! };
 //! run(cfg).expect("virtio-fs daemon");
 //! ```
@@ -46,6 +47,7 @@ mod device;
 mod fast_path;
 mod fuse_mount;
 pub mod mount_helper;
+pub mod record;
 mod uring;
 
 pub use daemon::{run, DaemonConfig, DaemonError, Listen};
@@ -54,4 +56,5 @@ pub use device::{
     HIPRIO_QUEUE, MAX_QUEUE_SIZE, TAG_LEN,
 };
 pub use fast_path::names_well_formed;
+pub use record::FuseRecorder;
 pub use sandbox::{SandboxConfig, SandboxMode, SeccompMode};
