@@ -40,9 +40,7 @@ fuzz_target!(|data: &[u8]| {
         q.publish(&ram, u16::from_le_bytes([h[0], h[1]]));
     }
     let mem = ram.atomic().memory();
-    let host = mem
-        .get_host_address(GuestAddress(0))
-        .expect("host address") as usize;
+    let host = mem.get_host_address(GuestAddress(0)).expect("host address") as usize;
     let Ok(chains) = available(&vring, &mem) else {
         return; // A broken ring stops the queue: fine.
     };

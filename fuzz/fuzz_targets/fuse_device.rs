@@ -3,49 +3,25 @@
 //! share, with the engine (io_uring or sync) picked by the first byte.
 //!
 //! Oracles, after every input: nothing panics; every published chain comes
-//! back at most once; the file beside the share is untouched (nothing
-//! escaped it); the process's fd count stays bounded.
+//! back at most once; nothing outside the share changed (a file, a
+//! directory and the target of a symlink inside the share are watched);
+//! the process's fd count stays bounded.
+//!
+//! Input: a selector byte (bit 0: the engine), then requests, each
+//! `len[2]` (little-endian; bit 15 set for the hiprio queue, the low 15
+//! bits the length) and that many bytes. `virtiofsd-rs --record-requests`
+//! writes this record format, so recorded guest traffic seeds the corpus.
 #![no_main]
 
-use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use passthrough::{Config, PassthroughFs};
 use vhost_user_backend::{VhostUserBackend, VringRwLock};
 use virtio_driver::{Buf, GuestRam, SplitQueue};
 use virtiofs::{IoEngine, QueueDevice, VirtioFsBackend};
+use virtiofsd_rs_fuzz::{check_fds, Scratch};
 use vmm_sys_util::epoll::EventSet;
-
-struct Scratch {
-    _dir: tempfile::TempDir,
-    share: PathBuf,
-    outside: PathBuf,
-}
-
-/// A scratch directory holding the share and, beside it, a file the guest
-/// must never reach.
-fn scratch() -> &'static Scratch {
-    static S: OnceLock<Scratch> = OnceLock::new();
-    S.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("scratch directory");
-        let share = dir.path().join("share");
-        std::fs::create_dir(&share).expect("share");
-        std::fs::write(share.join("f"), b"data").expect("file");
-        std::fs::create_dir(share.join("d")).expect("dir");
-        let outside = dir.path().join("outside");
-        std::fs::write(&outside, b"keep").expect("sentinel");
-        Scratch {
-            share,
-            outside,
-            _dir: dir,
-        }
-    })
-}
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
-}
 
 const QSIZE: u16 = 64;
 const ROOM: u32 = 8192;
@@ -54,13 +30,13 @@ fuzz_target!(|data: &[u8]| {
     let Some((&sel, rest)) = data.split_first() else {
         return;
     };
-    let s = scratch();
+    let s = Scratch::get();
     let engine = if sel & 1 == 0 {
         IoEngine::IoUring
     } else {
         IoEngine::Sync
     };
-    let fs = Arc::new(PassthroughFs::new(Config::new(&s.share)).expect("core"));
+    let fs = Arc::new(PassthroughFs::new(Config::new(s.share())).expect("core"));
     let dev = VirtioFsBackend::new(fs, 1, None)
         .expect("device")
         .with_engine(engine);
@@ -100,6 +76,6 @@ fuzz_target!(|data: &[u8]| {
     }
     dev.notify_exit().ok();
     drop(dev);
-    assert_eq!(std::fs::read(&s.outside).expect("sentinel"), b"keep");
-    assert!(open_fds() < 512, "fds leak: {}", open_fds());
+    s.check_outside();
+    check_fds();
 });

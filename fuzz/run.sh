@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Builds the fuzz targets and runs each for a fixed time, confined.
+#
+#   fuzz/run.sh [--time SECONDS] [--build-only] [TARGET...]   (default: all)
+#
+# Each target starts from its checked-in seeds (fuzz/seeds/TARGET) and its
+# working corpus (fuzz/corpus/TARGET, not checked in; new inputs land
+# there). A crash, a timeout or an out-of-memory fails the run; the input
+# that did it is kept in fuzz/artifacts/TARGET/.
+#
+# Confinement: as root, each fuzzer runs in a throwaway mount namespace
+# with a private, size-limited tmpfs on /tmp (where the targets' scratch
+# shares live), as the unprivileged user 65534 with no capabilities, so a
+# confinement bug the fuzzer finds cannot touch the machine's files. As
+# any other user it runs as that user.
+#
+# Environment: FUZZ_TARGET_DIR (the cargo target directory; default
+# ~/.cache/virtiofsd-rs/fuzz-target, so the instrumented dependencies are
+# built once per machine), FUZZ_SUMMARY (a file to append one line per
+# target to).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+time=30
+build_only=false
+targets=()
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --time) time=$2; shift 2 ;;
+        --build-only) build_only=true; shift ;;
+        -h|--help) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -*) echo "fuzz/run.sh: unknown option $1" >&2; exit 2 ;;
+        *) targets+=("$1"); shift ;;
+    esac
+done
+
+all=$(sed -n 's/^name = "\(.*\)"$/\1/p' Cargo.toml | grep -v '^virtiofsd-rs-fuzz$')
+[[ ${#targets[@]} -gt 0 ]] || mapfile -t targets <<<"$all"
+for t in "${targets[@]}"; do
+    grep -qx "$t" <<<"$all" || { echo "fuzz/run.sh: no target $t (have: $(echo $all))" >&2; exit 2; }
+done
+
+if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+    echo "fuzz/run.sh: cargo-fuzz or the nightly toolchain is missing (rustup toolchain install nightly; cargo install cargo-fuzz)" >&2
+    exit 1
+fi
+target_dir=${FUZZ_TARGET_DIR:-$HOME/.cache/virtiofsd-rs/fuzz-target}
+mkdir -p "$target_dir"
+start=$SECONDS
+build_log=$(mktemp)
+if ! cargo +nightly fuzz build --target-dir "$target_dir" >"$build_log" 2>&1; then
+    grep -v '^\s*Compiling ' "$build_log" | tail -60
+    echo "fuzz/run.sh: the fuzz targets did not build" >&2
+    exit 1
+fi
+rm -f "$build_log"
+triple=$(rustc +nightly -vV | sed -n 's/^host: //p')
+bindir=$target_dir/$triple/release
+echo "fuzz/run.sh: ${#targets[@]} targets built in $((SECONDS - start)) s"
+$build_only && exit 0
+
+failed=()
+for t in "${targets[@]}"; do
+    corpus=$PWD/corpus/$t
+    artifacts=$PWD/artifacts/$t
+    seeds=$PWD/seeds/$t
+    mkdir -p "$corpus" "$artifacts" "$seeds"
+    log=$(mktemp)
+    args=(-max_total_time="$time" -timeout=20 -rss_limit_mb=2048 -print_final_stats=1)
+    rc=0
+    if [[ $EUID -eq 0 ]]; then
+        # Inside the namespace: a fresh tmpfs on /tmp holding a copy of the
+        # binary and corpus that user 65534 owns; what the run found is
+        # copied back before the namespace (and its tmpfs) goes.
+        unshare --mount --propagation private -- bash -c '
+            set -e
+            bin=$1 corpus=$2 seeds=$3 artifacts=$4; shift 4
+            mount -t tmpfs -o size=1g,mode=1777 fuzz-tmp /tmp
+            mkdir -p /tmp/fz/corpus /tmp/fz/seeds /tmp/fz/artifacts
+            cp "$bin" /tmp/fz/bin
+            cp -r "$corpus"/. /tmp/fz/corpus/
+            cp -r "$seeds"/. /tmp/fz/seeds/
+            chown -R 65534:65534 /tmp/fz
+            cd /tmp/fz
+            rc=0
+            setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all \
+                --bounding-set=-all --no-new-privs -- \
+                ./bin corpus seeds -artifact_prefix=artifacts/ "$@" || rc=$?
+            cp -n corpus/* "$corpus"/ 2>/dev/null || true
+            cp artifacts/* "$artifacts"/ 2>/dev/null || true
+            exit $rc
+        ' fuzz-ns "$bindir/$t" "$corpus" "$seeds" "$artifacts" "${args[@]}" >"$log" 2>&1 || rc=$?
+    else
+        "$bindir/$t" "$corpus" "$seeds" -artifact_prefix="$artifacts/" "${args[@]}" >"$log" 2>&1 || rc=$?
+    fi
+    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+    rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
+    cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
+    ft=$(grep -o 'ft: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
+    line="$t: ${execs:-?} executions in ${time} s (${rate:-?}/s), coverage ${cov:-?} edges, ${ft:-?} features, corpus $(ls "$corpus" | wc -l) inputs"
+    if [[ $rc -ne 0 ]]; then
+        line+=", FAILED (exit $rc)"
+        failed+=("$t")
+        grep -E "panicked|ERROR: libFuzzer|ERROR: AddressSanitizer|SUMMARY|Test unit written|^thread '" "$log" | head -20
+        echo "--- last lines of the $t log:"
+        tail -40 "$log"
+    fi
+    echo "fuzz: $line"
+    [[ -z ${FUZZ_SUMMARY:-} ]] || echo "$line" >>"$FUZZ_SUMMARY"
+    rm -f "$log"
+done
+if [[ ${#failed[@]} -gt 0 ]]; then
+    echo "fuzz/run.sh: failed: ${failed[*]} (inputs in fuzz/artifacts/)" >&2
+    exit 1
+fi
