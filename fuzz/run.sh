@@ -17,7 +17,7 @@
 # Environment: FUZZ_TARGET_DIR (the cargo target directory; default
 # ~/.cache/virtiofsd-rs/fuzz-target, so the instrumented dependencies are
 # built once per machine), FUZZ_SUMMARY (a file to append one line per
-# target to).
+# target to), FUZZ_LOG_DIR (keep each target's libFuzzer log there).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -65,7 +65,12 @@ for t in "${targets[@]}"; do
     artifacts=$PWD/artifacts/$t
     seeds=$PWD/seeds/$t
     mkdir -p "$corpus" "$artifacts" "$seeds"
-    log=$(mktemp)
+    if [[ -n ${FUZZ_LOG_DIR:-} ]]; then
+        mkdir -p "$FUZZ_LOG_DIR"
+        log=$FUZZ_LOG_DIR/$t.log
+    else
+        log=$(mktemp)
+    fi
     args=(-max_total_time="$time" -timeout=20 -rss_limit_mb=2048 -print_final_stats=1)
     rc=0
     if [[ $EUID -eq 0 ]]; then
@@ -107,7 +112,7 @@ for t in "${targets[@]}"; do
     fi
     echo "fuzz: $line"
     [[ -z ${FUZZ_SUMMARY:-} ]] || echo "$line" >>"$FUZZ_SUMMARY"
-    rm -f "$log"
+    [[ -n ${FUZZ_LOG_DIR:-} ]] || rm -f "$log"
 done
 if [[ ${#failed[@]} -gt 0 ]]; then
     echo "fuzz/run.sh: failed: ${failed[*]} (inputs in fuzz/artifacts/)" >&2
