@@ -2,6 +2,7 @@
 # Builds the fuzz targets and runs each for a fixed time, confined.
 #
 #   fuzz/run.sh [--time SECONDS] [--build-only] [TARGET...]   (default: all)
+#   fuzz/run.sh --merge-seeds DIR [TARGET...]
 #
 # Each target starts from its checked-in seeds (fuzz/seeds/TARGET) and its
 # working corpus (fuzz/corpus/TARGET, not checked in; new inputs land
@@ -14,6 +15,10 @@
 # confinement bug the fuzzer finds cannot touch the machine's files. As
 # any other user it runs as that user.
 #
+# --merge-seeds DIR adds to fuzz/seeds/TARGET the inputs of DIR/TARGET
+# that reach coverage the seeds do not (libFuzzer's -merge=1): how seed
+# candidates made by fuzz/make-seeds.py from recorded traffic become seeds.
+#
 # Environment: FUZZ_TARGET_DIR (the cargo target directory; default
 # ~/.cache/virtiofsd-rs/fuzz-target, so the instrumented dependencies are
 # built once per machine), FUZZ_SUMMARY (a file to append one line per
@@ -23,11 +28,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 
 time=30
 build_only=false
+merge=
 targets=()
 while [[ $# -gt 0 ]]; do
     case $1 in
         --time) time=$2; shift 2 ;;
         --build-only) build_only=true; shift ;;
+        --merge-seeds) merge=$2; shift 2 ;;
         -h|--help) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) echo "fuzz/run.sh: unknown option $1" >&2; exit 2 ;;
         *) targets+=("$1"); shift ;;
@@ -58,6 +65,18 @@ triple=$(rustc +nightly -vV | sed -n 's/^host: //p')
 bindir=$target_dir/$triple/release
 echo "fuzz/run.sh: ${#targets[@]} targets built in $((SECONDS - start)) s"
 $build_only && exit 0
+
+if [[ -n $merge ]]; then
+    for t in "${targets[@]}"; do
+        [[ -d $merge/$t ]] || continue
+        mkdir -p "seeds/$t"
+        before=$(ls "seeds/$t" | wc -l)
+        "$bindir/$t" -merge=1 -timeout=20 -rss_limit_mb=2048 "seeds/$t" "$merge/$t" >/dev/null 2>&1 \
+            || { echo "fuzz/run.sh: merging $t failed" >&2; exit 1; }
+        echo "fuzz: $t: $(ls "$merge/$t" | wc -l) candidates, seeds $before -> $(ls "seeds/$t" | wc -l) ($(du -sh "seeds/$t" | cut -f1))"
+    done
+    exit 0
+fi
 
 failed=()
 for t in "${targets[@]}"; do

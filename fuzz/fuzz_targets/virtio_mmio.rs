@@ -148,7 +148,7 @@ fuzz_target!(|data: &[u8]| {
             }
             5 => {
                 let at = u64::from(input.u16()) * 16 % MEM as u64;
-                let len = usize::from(input.u8() % 64);
+                let len = usize::from(input.u8() % 64).min(MEM - at as usize);
                 ram.write(GuestAddress(at), input.bytes(len));
                 lawful = false;
             }
