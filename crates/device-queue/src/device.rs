@@ -112,7 +112,7 @@ impl DeviceCore {
         self.engine.serve_kick(
             q,
             vring,
-            self.mem.snapshot(),
+            &|| self.mem.snapshot(),
             self.event_idx.load(Ordering::Acquire),
             name,
             data,

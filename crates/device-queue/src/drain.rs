@@ -28,6 +28,13 @@
 //! off the available ring is first handed to it, whichever of these ways
 //! it is served then.
 //!
+//! A pass holds the vring's lock from taking its chains to answering the
+//! last of them. The frontend's GET_VRING_BASE stops the ring under that
+//! lock, so it waits for the pass: when it is answered, every chain before
+//! the index it returns is in the used ring and the device no longer
+//! writes to the ring, as vhost-user requires (the frontend resumes from
+//! that index, or migrates with it).
+//!
 
 use std::fmt::Display;
 use std::io;
@@ -61,7 +68,18 @@ pub enum QueueError {
     /// The driver could not be signalled (its call eventfd).
     #[error("cannot signal the driver: {0}")]
     Signal(io::Error),
+    /// The descriptor table or a ring is not wholly inside guest memory (or
+    /// is misaligned).
+    #[error("the descriptor table or a ring is outside guest memory")]
+    Rings,
 }
+
+/// Where a kick gets guest memory: called again before every pass over the
+/// available ring, so what the frontend's SET_MEM_TABLE installed (and
+/// acknowledged) serves every chain taken after it, even within one kick
+/// (a worker polling for more requests keeps going across a table swap).
+/// None: no memory was ever set.
+pub type MemSource<'a> = &'a dyn Fn() -> Option<MemGuard>;
 
 /// Runs `f` on `vring`'s state; if it fails, stops the queue (clears its
 /// ready flag) in the same critical section, so a driver restarting the
@@ -71,8 +89,15 @@ fn or_stop<T, E>(
     vring: &VringRwLock,
     f: impl FnOnce(&mut VringState<GuestMem>) -> Result<T, E>,
 ) -> Result<T, E> {
-    let mut state = vring.get_mut();
-    let r = f(&mut state);
+    stop_on_err(&mut vring.get_mut(), f)
+}
+
+/// [`or_stop`] on a vring's state already locked.
+fn stop_on_err<T, E>(
+    state: &mut VringState<GuestMem>,
+    f: impl FnOnce(&mut VringState<GuestMem>) -> Result<T, E>,
+) -> Result<T, E> {
+    let r = f(state);
     if r.is_err() {
         state.get_queue_mut().set_ready(false);
     }
@@ -91,7 +116,7 @@ pub fn is_started(vring: &VringRwLock) -> bool {
 /// [`serve_kick_with`], this never fails.
 pub fn serve_kick<E: Display>(
     vring: &VringRwLock,
-    mem: Option<MemGuard>,
+    mem: MemSource<'_>,
     event_idx: bool,
     queue: &str,
     poller: &mut Poller,
@@ -121,7 +146,7 @@ pub fn serve_kick<E: Display>(
 /// the failure is not undone).
 pub fn serve_kick_with(
     vring: &VringRwLock,
-    mem: Option<MemGuard>,
+    mem: MemSource<'_>,
     event_idx: bool,
     queue: &str,
     poller: &mut Poller,
@@ -131,31 +156,49 @@ pub fn serve_kick_with(
         debug!("{queue}: kicked while stopped; ignored");
         return;
     }
-    let Some(mem) = mem else {
+    if mem().is_none() {
         warn!("{queue} kicked before guest memory was set");
         return;
-    };
-    if let Err(e) = kick_protocol(vring, &mem, event_idx, poller, &mut drain) {
-        // Every QueueError comes from `or_stop`: the queue is stopped.
-        error!("{queue}: {e}; queue stopped until the driver resets it");
+    }
+    match kick_protocol(vring, mem, event_idx, poller, &mut drain) {
+        Ok(()) => {}
+        // The frontend stopped the queue (GET_VRING_BASE) between two
+        // passes of this kick: nothing is wrong.
+        Err(QueueError::Avail(virtio_queue::Error::QueueNotReady)) => {
+            debug!("{queue}: stopped by the frontend during a kick");
+        }
+        // Every other QueueError comes from `or_stop`: the queue is stopped.
+        Err(e) => error!("{queue}: {e}; queue stopped until the driver resets it"),
     }
 }
 
 fn kick_protocol(
     vring: &VringRwLock,
-    mem: &MemGuard,
+    mem: MemSource<'_>,
     event_idx: bool,
     poller: &mut Poller,
     drain: &mut impl FnMut(&MemGuard) -> Result<(), QueueError>,
 ) -> Result<(), QueueError> {
+    // Memory is loaded again for every drain: the frontend may have
+    // replaced the memory table (SET_MEM_TABLE) since the kick began, and a
+    // chain it publishes after that was acknowledged may use the new
+    // memory. (Guest memory is never removed to this kick's knowledge: the
+    // load only fails if it was never set.)
+    let Some(first) = mem() else {
+        return Ok(());
+    };
     if !event_idx {
-        return drain(mem);
+        return drain(&first);
     }
+    drop(first);
     poller.woken();
     let mut drains = 0;
     loop {
+        let Some(now) = mem() else {
+            return Ok(());
+        };
         or_stop(vring, |s| s.disable_notification()).map_err(QueueError::Notification)?;
-        drain(mem)?;
+        drain(&now)?;
         drains += 1;
         if drains >= MAX_DRAINS_PER_KICK && kick_self(vring) {
             // Still busy: the thread's other events (its exit event, a
@@ -163,7 +206,7 @@ fn kick_protocol(
             // worker back.
             return Ok(());
         }
-        if poller.spin(|| has_available(vring, mem)) {
+        if poller.spin(|| has_available(vring, &now)) {
             continue;
         }
         if !or_stop(vring, |s| s.enable_notification()).map_err(QueueError::Notification)? {
@@ -194,10 +237,27 @@ fn has_available(vring: &VringRwLock, mem: &MemGuard) -> bool {
         .is_ok_and(|idx| idx.0 != q.next_avail())
 }
 
-/// The chains now available on `vring`; a broken available ring (or a
-/// queue not started) stops the queue.
+/// The chains now available on `vring`; a broken available ring, rings
+/// outside guest memory (or a queue not started) stop the queue.
 pub fn available(vring: &VringRwLock, mem: &MemGuard) -> Result<Vec<Chain>, QueueError> {
-    or_stop(vring, |s| {
+    take_available(&mut vring.get_mut(), mem)
+}
+
+/// [`available`] on a vring's state already locked.
+fn take_available(
+    state: &mut VringState<GuestMem>,
+    mem: &MemGuard,
+) -> Result<Vec<Chain>, QueueError> {
+    // Rings partly outside guest memory break the queue as a whole: an
+    // available entry the device cannot read would be retried at every
+    // poll (virtio-queue's iterator just stops there), an answer it cannot
+    // write would be lost.
+    let q = state.get_queue_mut();
+    if q.ready() && !q.is_valid(&**mem) {
+        q.set_ready(false);
+        return Err(QueueError::Rings);
+    }
+    stop_on_err(state, |s| {
         s.get_queue_mut()
             .iter(mem.clone())
             .map(|chains| chains.collect())
@@ -206,9 +266,21 @@ pub fn available(vring: &VringRwLock, mem: &MemGuard) -> Result<Vec<Chain>, Queu
 }
 
 /// Serves `chain` with `serve` and returns it to the used ring; a chain that
-/// fails is logged and returned with zero bytes.
+/// fails is logged and returned with zero bytes. The vring stays locked
+/// meanwhile.
 pub fn serve_chain<E: Display>(
     vring: &VringRwLock,
+    mem: &MemGuard,
+    queue: &str,
+    chain: Chain,
+    serve: &mut impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
+) {
+    serve_locked(&mut vring.get_mut(), mem, queue, chain, serve);
+}
+
+/// [`serve_chain`] on a vring's state already locked.
+fn serve_locked<E: Display>(
+    state: &mut VringState<GuestMem>,
     mem: &MemGuard,
     queue: &str,
     chain: Chain,
@@ -219,12 +291,17 @@ pub fn serve_chain<E: Display>(
         warn!("{queue}: dropping request in chain {head}: {e}");
         0
     });
-    return_chain(vring, queue, head, used);
+    put_used(state, queue, head, used);
 }
 
 /// Puts chain `head` on the used ring with `used` bytes written.
 pub fn return_chain(vring: &VringRwLock, queue: &str, head: u16, used: u32) {
-    if let Err(e) = vring.add_used(head, used) {
+    put_used(&mut vring.get_mut(), queue, head, used);
+}
+
+/// [`return_chain`] on a vring's state already locked.
+pub(crate) fn put_used(state: &mut VringState<GuestMem>, queue: &str, head: u16, used: u32) {
+    if let Err(e) = state.add_used(head, used) {
         warn!("{queue}: cannot return chain {head}: {e}");
     }
 }
@@ -244,7 +321,12 @@ pub const MAX_DRAINS_PER_KICK: usize = 16;
 /// Signals the guest if the ring asks for it (always without event-idx);
 /// a failure stops the queue.
 pub fn notify(vring: &VringRwLock) -> Result<(), QueueError> {
-    or_stop(vring, |s| match s.needs_notification() {
+    notify_locked(&mut vring.get_mut())
+}
+
+/// [`notify`] on a vring's state already locked.
+fn notify_locked(state: &mut VringState<GuestMem>) -> Result<(), QueueError> {
+    stop_on_err(state, |s| match s.needs_notification() {
         Ok(true) | Err(_) => s.signal_used_queue(),
         Ok(false) => Ok(()),
     })
@@ -341,15 +423,23 @@ pub(crate) fn drain<E: std::fmt::Display>(
     intake: Intake<'_>,
     sync: &mut impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
 ) -> Result<(), QueueError> {
-    let r = drain_passes(vring, mem, queue, &mut data, intake, sync);
-    if r.is_err() {
-        // Operations in flight use guest memory: none may outlive the
-        // snapshot the caller drops when this returns.
-        if let Some((path, uq)) = &mut data {
-            uq.complete_all(*path, mem, vring, queue);
+    for _ in 0..MAX_PASSES {
+        // Locked from taking the chains to answering the last of them (see
+        // the module's documentation): GET_VRING_BASE waits for the pass.
+        let mut state = vring.get_mut();
+        let r = drain_pass(&mut state, mem, queue, &mut data, intake, sync);
+        if r.is_err() {
+            // Operations in flight use guest memory: none may outlive the
+            // snapshot the caller drops when this returns, nor the lock.
+            if let Some((path, uq)) = &mut data {
+                uq.complete_all(*path, mem, &mut state, queue);
+            }
+        }
+        if !r? {
+            return Ok(());
         }
     }
-    r
+    Ok(())
 }
 
 /// `path`'s plan for `chain`; a plan that panics (a bug: no guest input
@@ -368,69 +458,69 @@ fn plan_caught(path: &dyn DataPath, mem: &MemGuard, chain: &Chain, queue: &str) 
     )
 }
 
-fn drain_passes<E: std::fmt::Display>(
-    vring: &VringRwLock,
+/// One pass over the available ring, on its locked state: every chain
+/// available is served and answered. False if there was none.
+fn drain_pass<E: std::fmt::Display>(
+    state: &mut VringState<GuestMem>,
     mem: &MemGuard,
     queue: &str,
     data: &mut Option<(&dyn DataPath, &mut UringQueue)>,
     intake: Intake<'_>,
     sync: &mut impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
-) -> Result<(), QueueError> {
-    for _ in 0..MAX_PASSES {
-        let chains = available(vring, mem)?;
-        if chains.is_empty() {
-            return Ok(());
-        }
-        if let Some(t) = intake.taken {
-            t.fetch_add(chains.len() as u64, Ordering::Relaxed);
-        }
-        let mut unsignalled = 0;
-        for chain in chains {
-            intake.record(mem, &chain, queue);
-            let planned = match data {
-                Some((path, uq)) => match plan_caught(*path, mem, &chain, queue) {
-                    Some(op) => Some((*path, &mut **uq, op)),
-                    None => {
-                        uq.complete_all(*path, mem, vring, queue);
-                        None
-                    }
-                },
-                None => None,
-            };
-            match planned {
-                Some((path, uq, op)) => {
-                    if uq.free.is_empty() || uq.overlaps(&op) {
-                        uq.complete_all(path, mem, vring, queue);
-                    }
-                    match uq.inline_first.then(|| try_inline(&op)).flatten() {
-                        Some(res) => {
-                            uq.finish(path, mem, vring, queue, &op, res);
-                            uq.inline_done += 1;
-                            unsignalled += 1;
-                        }
-                        None => uq.submit_or_run(path, mem, vring, queue, op),
-                    }
-                }
-                None => {
-                    crate::serve_chain(vring, mem, queue, chain, sync);
-                    unsignalled += 1;
-                }
-            }
-            let in_flight = data.as_ref().map_or(0, |(_, uq)| uq.in_flight());
-            if in_flight + unsignalled >= NOTIFY_EVERY {
-                if let Some((path, uq)) = data {
-                    uq.complete_all(*path, mem, vring, queue);
-                }
-                notify(vring)?;
-                unsignalled = 0;
-            }
-        }
-        if let Some((path, uq)) = data {
-            uq.complete_all(*path, mem, vring, queue);
-        }
-        notify(vring)?;
+) -> Result<bool, QueueError> {
+    let chains = take_available(state, mem)?;
+    if chains.is_empty() {
+        return Ok(false);
     }
-    Ok(())
+    if let Some(t) = intake.taken {
+        t.fetch_add(chains.len() as u64, Ordering::Relaxed);
+    }
+    let mut unsignalled = 0;
+    for chain in chains {
+        intake.record(mem, &chain, queue);
+        let planned = match data {
+            Some((path, uq)) => match plan_caught(*path, mem, &chain, queue) {
+                Some(op) => Some((*path, &mut **uq, op)),
+                None => {
+                    uq.complete_all(*path, mem, state, queue);
+                    None
+                }
+            },
+            None => None,
+        };
+        match planned {
+            Some((path, uq, op)) => {
+                if uq.free.is_empty() || uq.overlaps(&op) {
+                    uq.complete_all(path, mem, state, queue);
+                }
+                match uq.inline_first.then(|| try_inline(&op)).flatten() {
+                    Some(res) => {
+                        uq.finish(path, mem, state, queue, &op, res);
+                        uq.inline_done += 1;
+                        unsignalled += 1;
+                    }
+                    None => uq.submit_or_run(path, mem, state, queue, op),
+                }
+            }
+            None => {
+                serve_locked(state, mem, queue, chain, sync);
+                unsignalled += 1;
+            }
+        }
+        let in_flight = data.as_ref().map_or(0, |(_, uq)| uq.in_flight());
+        if in_flight + unsignalled >= NOTIFY_EVERY {
+            if let Some((path, uq)) = data {
+                uq.complete_all(*path, mem, state, queue);
+            }
+            notify_locked(state)?;
+            unsignalled = 0;
+        }
+    }
+    if let Some((path, uq)) = data {
+        uq.complete_all(*path, mem, state, queue);
+    }
+    notify_locked(state)?;
+    Ok(true)
 }
 
 /// A request queue's ring: not created yet, working, or unavailable.
@@ -593,7 +683,7 @@ impl QueueEngine {
         &self,
         q: usize,
         vring: &VringRwLock,
-        mem: Option<MemGuard>,
+        mem: MemSource<'_>,
         event_idx: bool,
         queue: &str,
         data: Option<&dyn DataPath>,

@@ -17,12 +17,12 @@ use std::io;
 use io_uring::register::Restriction;
 use io_uring::{opcode, types, IoUring};
 use log::{error, warn};
-use vhost_user_backend::VringRwLock;
+use vhost_user_backend::VringState;
 
 use crate::chain::scatter;
-use crate::drain::{return_chain, DataPath};
+use crate::drain::{put_used, DataPath};
 use crate::io::{run_blocking, DataOp, Kind};
-use crate::MemGuard;
+use crate::{GuestMem, MemGuard};
 
 /// Submission queue entries per ring.
 pub const RING_ENTRIES: u32 = 256;
@@ -170,23 +170,24 @@ impl UringQueue {
         &mut self,
         path: &dyn DataPath,
         mem: &MemGuard,
-        vring: &VringRwLock,
+        state: &mut VringState<GuestMem>,
         queue: &str,
         op: DataOp,
     ) {
         if let Err(op) = self.push(op) {
             warn!("{queue}: io_uring refused an operation; doing it synchronously");
             let res = run_blocking(&op);
-            self.finish(path, mem, vring, queue, &op, res);
+            self.finish(path, mem, state, queue, &op, res);
         }
     }
 
-    /// Writes `op`'s reply and returns its chain to the used ring.
+    /// Writes `op`'s reply and returns its chain to the used ring (`state`:
+    /// its vring's, locked by the serving loop).
     pub(crate) fn finish(
         &mut self,
         path: &dyn DataPath,
         mem: &MemGuard,
-        vring: &VringRwLock,
+        state: &mut VringState<GuestMem>,
         queue: &str,
         op: &DataOp,
         res: i32,
@@ -200,7 +201,7 @@ impl UringQueue {
                 0
             }
         };
-        return_chain(vring, queue, op.head, used);
+        put_used(state, queue, op.head, used);
     }
 
     /// Submits what is queued and reaps every operation in flight, writing
@@ -210,7 +211,7 @@ impl UringQueue {
         &mut self,
         path: &dyn DataPath,
         mem: &MemGuard,
-        vring: &VringRwLock,
+        state: &mut VringState<GuestMem>,
         queue: &str,
     ) {
         let mut warned = false;
@@ -252,7 +253,7 @@ impl UringQueue {
                 };
                 self.free.push(slot);
                 self.completed += 1;
-                self.finish(path, mem, vring, queue, &op, res);
+                self.finish(path, mem, state, queue, &op, res);
             }
             self.done = done;
         }

@@ -514,6 +514,15 @@ fn unix_and_vhost_user_sockets_are_0600_or_0660_for_the_socket_group() {
         for p in [&unix, &vhost] {
             let (mode, g) = mode_and_gid(p);
             if with_group {
+                // The socket is bound 0600, then given to the group, then
+                // opened to it (0660): the test may look in between.
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                let mut now = (mode, g);
+                while now != (0o660, gid) && std::time::Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    now = mode_and_gid(p);
+                }
+                let (mode, g) = now;
                 assert_eq!((mode, g), (0o660, gid), "{p:?} given to {group}");
             } else {
                 assert_eq!(mode, 0o600, "{p:?} is private");

@@ -75,9 +75,24 @@ impl<L: Link> FsDriver<L> {
     /// `nqueues - 1` request queues) and the request and reply buffers;
     /// `connect` makes the link to the device from the memory and queues.
     pub fn new(nqueues: usize, connect: impl FnOnce(&GuestRam, &[&SplitQueue]) -> L) -> Self {
-        let mut ram = GuestRam::new(8 << 20).expect("8 MiB of guest memory");
+        Self::with_layout(nqueues, QUEUE_SIZE, 8 << 20, connect)
+    }
+
+    /// [`FsDriver::new`] with `ram` bytes of guest memory and queues of
+    /// `queue_size` entries: room for many requests in flight at once.
+    ///
+    /// # Panics
+    /// When the memory cannot be made or the queues and the two buffers
+    /// do not fit in it.
+    pub fn with_layout(
+        nqueues: usize,
+        queue_size: u16,
+        ram: usize,
+        connect: impl FnOnce(&GuestRam, &[&SplitQueue]) -> L,
+    ) -> Self {
+        let mut ram = GuestRam::new(ram).expect("guest memory");
         let queues: Vec<SplitQueue> = (0..nqueues)
-            .map(|_| SplitQueue::new(&mut ram, QUEUE_SIZE))
+            .map(|_| SplitQueue::new(&mut ram, queue_size))
             .collect();
         let req = ram.alloc(u64::from(BUF_SIZE), 4096);
         let reply = ram.alloc(u64::from(BUF_SIZE), 4096);
@@ -118,9 +133,16 @@ impl<L: Link> FsDriver<L> {
         self.notify(qi);
         let mut used = None;
         let (ram, q) = (&self.ram, &mut self.queues[qi]);
-        let mut done = || {
+        // Before each sleep, ask for an interrupt at the next used entry
+        // (with event index; without, this only looks again).
+        let mut done = || loop {
             used = q.take_used(ram);
-            used.is_some()
+            if used.is_some() {
+                return true;
+            }
+            if !q.prepare_wait(ram) {
+                return false;
+            }
         };
         self.link.wait(qi, timeout, &mut done).then_some(())?;
         used

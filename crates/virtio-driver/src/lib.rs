@@ -7,6 +7,8 @@
 //!   allocator, shareable with a vhost-user backend;
 //! - [`queue`]: split virtqueues ([`SplitQueue`]) from the driver's side:
 //!   direct chains, indirect tables, event index;
+//! - [`inflight`]: many chains in flight on a queue ([`InFlight`]), each
+//!   used entry checked against them (nothing answered twice or unasked);
 //! - [`vhost_user`]: a vhost-user frontend ([`VhostUserConn`], what a VMM
 //!   holds; [`VhostUserDevice`], a backend driven from a test);
 //! - [`mmio`]: Linux's virtio-mmio driver over a VMM's register window
@@ -34,6 +36,7 @@
 
 pub mod fs;
 pub mod fuse;
+pub mod inflight;
 pub mod memory;
 pub mod mmio;
 pub mod process;
@@ -42,10 +45,11 @@ pub mod vhost_user;
 pub mod wait;
 
 pub use fs::{FsDriver, Link};
+pub use inflight::{InFlight, UsedError};
 pub use memory::{GuestRam, MemoryError};
 pub use mmio::{MmioDriver, MmioWindow, ProbeError};
 pub use queue::{Buf, SplitQueue};
-pub use vhost_user::{FrontendError, VhostUserConn, VhostUserDevice, VringSetup};
+pub use vhost_user::{FrontendError, RingAddrs, VhostUserConn, VhostUserDevice, VringSetup};
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};

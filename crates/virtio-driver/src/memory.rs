@@ -6,8 +6,8 @@ use std::io;
 use std::os::fd::FromRawFd;
 
 use vm_memory::{
-    ByteValued, Bytes, FileOffset, GuestAddress, GuestAddressSpace, GuestMemoryAtomic,
-    GuestMemoryLoadGuard, GuestMemoryMmap,
+    ByteValued, Bytes, FileOffset, GuestAddress, GuestAddressSpace, GuestMemory, GuestMemoryAtomic,
+    GuestMemoryLoadGuard, GuestMemoryMmap, GuestMemoryRegion,
 };
 
 /// Why guest memory (or a queue in it) could not be set up.
@@ -24,9 +24,8 @@ pub enum MemoryError {
     Queue(String),
 }
 
-/// `size` bytes of guest memory at guest address 0, backed by a memfd (so a
-/// vhost-user backend can map it: its regions have a file and offset).
-pub fn memfd_memory(size: usize) -> Result<GuestMemoryMmap, MemoryError> {
+/// A memfd of `size` bytes.
+fn memfd(size: usize) -> Result<File, MemoryError> {
     // SAFETY: memfd_create with a NUL-terminated name; we own the result.
     let fd = unsafe { libc::memfd_create(c"guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {
@@ -35,10 +34,16 @@ pub fn memfd_memory(size: usize) -> Result<GuestMemoryMmap, MemoryError> {
     // SAFETY: `fd` was just created and is owned by nobody else.
     let file = unsafe { File::from_raw_fd(fd) };
     file.set_len(size as u64).map_err(MemoryError::Memfd)?;
+    Ok(file)
+}
+
+/// `size` bytes of guest memory at guest address 0, backed by a memfd (so a
+/// vhost-user backend can map it: its regions have a file and offset).
+pub fn memfd_memory(size: usize) -> Result<GuestMemoryMmap, MemoryError> {
     GuestMemoryMmap::<()>::from_ranges_with_files([(
         GuestAddress(0),
         size,
-        Some(FileOffset::new(file, 0)),
+        Some(FileOffset::new(memfd(size)?, 0)),
     )])
     .map_err(|e| MemoryError::Map(e.to_string()))
 }
@@ -129,6 +134,32 @@ impl GuestRam {
         self.mem.memory()
     }
 
+    /// Another mapping of this memory (the same memfd, at other host
+    /// addresses), followed, with `extra = Some((at, len))`, by `len` bytes of
+    /// a fresh memfd at guest address `at`: the memory table a VMM hands a
+    /// backend again (SET_MEM_TABLE) when it remaps guest RAM or hot-plugs
+    /// more. What is written through one mapping of the memfd is read
+    /// through the other.
+    pub fn remap(
+        &self,
+        extra: Option<(GuestAddress, usize)>,
+    ) -> Result<GuestMemoryMmap, MemoryError> {
+        let mem = self.mem.memory();
+        let mut ranges = Vec::new();
+        for r in mem.iter() {
+            let file = r
+                .file_offset()
+                .ok_or_else(|| MemoryError::Map("a region without a file".into()))?;
+            let file = FileOffset::from_arc(file.arc().clone(), file.start());
+            ranges.push((r.start_addr(), r.len() as usize, Some(file)));
+        }
+        if let Some((at, len)) = extra {
+            ranges.push((at, len, Some(FileOffset::new(memfd(len)?, 0))));
+        }
+        GuestMemoryMmap::<()>::from_ranges_with_files(ranges)
+            .map_err(|e| MemoryError::Map(e.to_string()))
+    }
+
     /// Writes one plain value at `addr`.
     ///
     /// # Panics
@@ -166,6 +197,24 @@ mod tests {
         assert!(b.0 >= 3);
         ram.write(b, b"12345678");
         assert_eq!(ram.read(b, 8), b"12345678");
+    }
+
+    #[test]
+    fn a_remap_shares_the_memory_and_can_grow_it() {
+        let ram = GuestRam::new(1 << 16).unwrap();
+        let more = ram.remap(Some((GuestAddress(1 << 20), 4096))).unwrap();
+        ram.write(GuestAddress(100), b"shared");
+        let mut got = [0u8; 6];
+        more.read_slice(&mut got, GuestAddress(100)).unwrap();
+        assert_eq!(&got, b"shared");
+        let host = |m: &GuestMemoryMmap| m.get_host_address(GuestAddress(100)).unwrap();
+        assert_ne!(host(&ram.memory()), host(&more), "another mapping");
+        more.write_slice(b"new", GuestAddress(1 << 20)).unwrap();
+        assert_eq!(more.num_regions(), 2);
+        assert!(ram
+            .memory()
+            .get_host_address(GuestAddress(1 << 20))
+            .is_err());
     }
 
     #[test]

@@ -21,6 +21,33 @@ impl Backend {
     /// When the daemon cannot be started or never creates its socket: the
     /// test cannot go on.
     pub fn start(cmd: &[String], share: &Path, socket: &Path, extra: &[&str]) -> Backend {
+        Self::spawn(cmd, share, socket, extra, Stdio::null())
+    }
+
+    /// [`Backend::start`], with the daemon's standard error (its log, and
+    /// any panic message) written to the file `log` instead of discarded.
+    ///
+    /// # Panics
+    /// As [`Backend::start`], and when `log` cannot be created.
+    pub fn start_logged(
+        cmd: &[String],
+        share: &Path,
+        socket: &Path,
+        extra: &[&str],
+        log: &Path,
+    ) -> Backend {
+        let file = std::fs::File::create(log)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
+        Self::spawn(cmd, share, socket, extra, Stdio::from(file))
+    }
+
+    fn spawn(
+        cmd: &[String],
+        share: &Path,
+        socket: &Path,
+        extra: &[&str],
+        stderr: Stdio,
+    ) -> Backend {
         let child = Command::new(&cmd[0])
             .args(&cmd[1..])
             .arg("--shared-dir")
@@ -29,7 +56,7 @@ impl Backend {
             .arg(socket)
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
         let mut backend = Backend {

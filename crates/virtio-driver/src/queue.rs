@@ -142,6 +142,20 @@ impl SplitQueue {
         // avail_event), used with VIRTIO_RING_F_EVENT_IDX.
         let avail = ram.alloc(6 + 2 * n, 2);
         let used = ram.alloc(6 + 8 * n, 4);
+        SplitQueue::at(size, desc, avail, used)
+    }
+
+    /// A queue of `size` entries whose descriptor table and rings are at
+    /// `desc`, `avail` and `used`, wherever that is: what a broken or
+    /// hostile driver programs (a ring running past the end of guest
+    /// memory, say). Accessing a part outside guest memory panics, as every
+    /// [`GuestRam`] access does.
+    pub fn at(
+        size: u16,
+        desc: GuestAddress,
+        avail: GuestAddress,
+        used: GuestAddress,
+    ) -> SplitQueue {
         SplitQueue {
             size,
             desc,

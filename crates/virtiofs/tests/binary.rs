@@ -238,9 +238,11 @@ fn mode_of(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
 }
 
-/// Starts the daemon on a socket with `extra` flags and returns it and the
-/// socket's mode once the socket exists.
-fn socket_mode_with(extra: &[&str]) -> (u32, u32) {
+/// Starts the daemon on a socket with `extra` flags and returns the
+/// socket's mode and group once the socket exists and its mode is `want`
+/// (or 5 s have passed: a socket for a group is bound 0600, then given to
+/// the group, then opened to it, and the test may look in between).
+fn socket_mode_with(extra: &[&str], want: u32) -> (u32, u32) {
     use std::os::unix::fs::MetadataExt;
     let t = tempfile::tempdir().unwrap();
     let sock = t.path().join("vfs.sock");
@@ -252,6 +254,10 @@ fn socket_mode_with(extra: &[&str]) -> (u32, u32) {
         .spawn()
         .unwrap();
     wait_for_socket(&sock);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mode_of(&sock) != want && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let (mode, gid) = (mode_of(&sock), std::fs::metadata(&sock).unwrap().gid());
     child.kill().unwrap();
     child.wait().unwrap();
@@ -260,7 +266,7 @@ fn socket_mode_with(extra: &[&str]) -> (u32, u32) {
 
 #[test]
 fn socket_is_owner_only_from_the_start() {
-    let (mode, _) = socket_mode_with(&[]);
+    let (mode, _) = socket_mode_with(&[], 0o600);
     assert_eq!(mode, 0o600, "socket mode {mode:o}");
 }
 
@@ -276,7 +282,7 @@ fn socket_group_makes_it_group_connectable() {
         "0"
     };
     let gid = sandbox::socket::group_id(group).unwrap();
-    let (mode, owner) = socket_mode_with(&["--socket-group", group]);
+    let (mode, owner) = socket_mode_with(&["--socket-group", group], 0o660);
     assert_eq!(mode, 0o660, "socket mode {mode:o}");
     assert_eq!(owner, gid);
 }

@@ -526,7 +526,7 @@ fn a_panic_serving_a_request_becomes_an_eio_reply_and_the_queue_goes_on() {
     let mut served = 0;
     serve_kick(
         &vring,
-        Some(ram.memory()),
+        &|| Some(ram.memory()),
         false,
         "test queue",
         &mut Poller::new(std::time::Duration::ZERO),
@@ -545,6 +545,73 @@ fn a_panic_serving_a_request_becomes_an_eio_reply_and_the_queue_goes_on() {
     }
     assert_eq!(q.take_used(&ram), Some((4, 0)), "no room: returned empty");
     assert_eq!(q.take_used(&ram), None);
+}
+
+/// A kick that goes on serving (event index: notifications off, the ring
+/// checked again before the worker sleeps) loads guest memory again for
+/// every pass, so a chain published after the frontend replaced the memory
+/// table is served with the new table. Regression: a kick served all its
+/// passes with the memory of its start, and a request whose buffers were
+/// only in a region SET_MEM_TABLE had just added was refused (found by
+/// crates/virtiofs/tests/frontend_faults.rs under load).
+#[test]
+fn a_kick_loads_guest_memory_again_for_every_pass() {
+    use device_queue::{available, return_chain, serve_kick_with, MemGuard, Poller};
+    use std::cell::{Cell, RefCell};
+    use vm_memory::{GuestAddressSpace, GuestMemory, GuestMemoryAtomic};
+
+    let mut ram = GuestRam::new(MEM_SIZE).unwrap();
+    let mut q = SplitQueue::new(&mut ram, QSIZE);
+    let vring = q.vring(&ram).unwrap();
+    vring.set_queue_event_idx(true);
+    let buf = ram.alloc(64, 8);
+    let bufs = Buf::request_reply(buf, 16, GuestAddress(buf.0 + 16), 48);
+    let first = q.write_chain_at(&ram, 0, &bufs);
+    let second = q.write_chain_at(&ram, 2, &bufs);
+    q.publish(&ram, first);
+    // The table before and after the swap: two mappings of the same memfd,
+    // told apart by their host addresses.
+    let before = ram.memory();
+    let after = GuestMemoryAtomic::new(ram.remap(None).unwrap()).memory();
+    let host = |m: &MemGuard| m.get_host_address(GuestAddress(0)).unwrap() as usize;
+    assert_ne!(host(&before), host(&after));
+    let swapped = Cell::new(false);
+    let seen = RefCell::new(Vec::new());
+    let q = RefCell::new(q);
+    serve_kick_with(
+        &vring,
+        &|| {
+            Some(if swapped.get() {
+                after.clone()
+            } else {
+                before.clone()
+            })
+        },
+        true,
+        "test queue",
+        &mut Poller::new(std::time::Duration::ZERO),
+        |mem| {
+            seen.borrow_mut().push(host(mem));
+            for chain in available(&vring, mem)? {
+                return_chain(&vring, "test queue", chain.head_index(), 0);
+            }
+            if !swapped.get() {
+                // Meanwhile the frontend swaps the table and the guest
+                // publishes a request.
+                swapped.set(true);
+                q.borrow_mut().publish(&ram, second);
+            }
+            Ok(())
+        },
+    );
+    assert_eq!(
+        *seen.borrow(),
+        [host(&before), host(&after)],
+        "the second pass ran on the new table"
+    );
+    let mut q = q.into_inner();
+    assert_eq!(q.take_used(&ram), Some((u32::from(first), 0)));
+    assert_eq!(q.take_used(&ram), Some((u32::from(second), 0)));
 }
 
 /// A WRITE to a read-only share is refused with EROFS by either engine
