@@ -8,6 +8,9 @@
 #   - pjdfstest (cargo install, only if missing)
 #   - upstream virtiofsd 1.14.0 (cargo install, only if missing; needs
 #     libseccomp-dev and libcap-ng-dev)
+#   - cargo-fuzz 0.13.2 (cargo install, only if missing) for fuzz/run.sh,
+#     which needs the nightly toolchain (rustup's; checked, not installed:
+#     static.rust-lang.org is out of reach here)
 #   - users/groups: nobody/nogroup and tests/tests (pjdfstest switches to them)
 #   - the guest kernels: Debian's stock 6.1 (the "old guest") and 6.12 (the
 #     multi-queue guest; with the KVM modules, the nested L1 guest of
@@ -96,6 +99,19 @@ if $want_virtiofsd; then
         log "cargo install virtiofsd $virtiofsd_version"
         cargo install --locked virtiofsd --version "$virtiofsd_version"
     fi
+fi
+
+# cargo-fuzz and a nightly toolchain for the fuzz step (fuzz/run.sh).
+cargo_fuzz_version=0.13.2
+if ! cargo +nightly --version >/dev/null 2>&1; then
+    echo "ci-deps: the nightly toolchain is missing (rustup toolchain install nightly); the fuzz step needs it" >&2
+    exit 1
+fi
+if cargo fuzz --version 2>/dev/null | grep -q " $cargo_fuzz_version"; then
+    log "cargo-fuzz $cargo_fuzz_version present"
+else
+    log "cargo install cargo-fuzz $cargo_fuzz_version"
+    cargo install --locked cargo-fuzz --version "$cargo_fuzz_version"
 fi
 
 # pjdfstest's dummy users: nobody (primary group nogroup) and tests/tests.
