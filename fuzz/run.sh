@@ -41,7 +41,8 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
-all=$(sed -n 's/^name = "\(.*\)"$/\1/p' Cargo.toml | grep -v '^virtiofsd-rs-fuzz$')
+# The [[bin]] sections' names.
+all=$(awk '/^\[\[bin\]\]/ { bin = 1; next } bin && /^name = / { gsub(/"/, "", $3); print $3; bin = 0 }' Cargo.toml)
 [[ ${#targets[@]} -gt 0 ]] || mapfile -t targets <<<"$all"
 for t in "${targets[@]}"; do
     grep -qx "$t" <<<"$all" || { echo "fuzz/run.sh: no target $t (have: $(echo $all))" >&2; exit 2; }

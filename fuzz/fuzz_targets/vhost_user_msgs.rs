@@ -30,10 +30,10 @@ use libfuzzer_sys::fuzz_target;
 use passthrough::{Config, PassthroughFs};
 use vhost::vhost_user::Listener;
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock};
-use virtio_driver::{Buf, GuestRam, SplitQueue};
+use virtio_driver::SplitQueue;
 use virtiofs::QueueDevice;
 use virtiofsd_rs_fuzz::{
-    check_fds, close_upstream_exit_leaks, fd_numbers, ignore_sigpipe, Device, Input, Scratch,
+    check_fds, close_upstream_exit_leaks, fd_numbers, ignore_sigpipe, Device, Guest, Input, Scratch,
 };
 use vm_memory::{
     FileOffset, GuestAddress, GuestMemory, GuestMemoryAtomic, GuestMemoryMmap, GuestMemoryRegion,
@@ -45,10 +45,6 @@ const MEM: u64 = 1 << 20;
 /// Where the frontend says guest memory is mapped in its address space
 /// (ring addresses are given there).
 const UA: u64 = 0x7f00_0000_0000;
-const QSIZE: u16 = 16;
-const SLOTS: u16 = QSIZE / 2;
-const REQ: u64 = 512;
-const ROOM: u32 = 4096;
 
 /// vhost-user request codes the structured operations send.
 mod req {
@@ -177,14 +173,8 @@ where
     B: VhostUserBackend<Bitmap = (), Vring = VringRwLock> + QueueDevice + Send + Sync + 'static,
 {
     let workers = backend.queues_per_thread().len();
-    let mut ram = GuestRam::new(MEM as usize).expect("guest memory");
-    let mut queues = [
-        SplitQueue::new(&mut ram, QSIZE),
-        SplitQueue::new(&mut ram, QSIZE),
-    ];
-    let req_at = ram.alloc(REQ * u64::from(SLOTS) * 2, 8);
-    let reply_at = ram.alloc(u64::from(ROOM) * u64::from(SLOTS) * 2, 8);
-    let mem = ram.memory();
+    let mut g = Guest::new(MEM as usize);
+    let mem = g.ram.memory();
     let memfd = mem
         .find_region(GuestAddress(0))
         .and_then(|r| r.file_offset().map(FileOffset::file))
@@ -218,17 +208,14 @@ where
             .collect(),
         memfd,
     };
-    let mut published = [[0u32; QSIZE as usize]; 2];
-    let mut next = [0u16; 2];
     let mut set_up = [false; 2];
-    let mut lawful = true;
     let mut ops = 0;
     while !input.is_empty() && ops < 64 {
         ops += 1;
         let alive = match input.u8() % 8 {
             0 => {
                 // A raw message: any code, flags, declared size, payload.
-                lawful = false;
+                g.lawful = false;
                 let code = u32::from(input.u8());
                 let flags = VERSION | (u32::from(input.u8()) & !0x3);
                 let size = u32::from(input.u16() % 0x1100);
@@ -257,7 +244,7 @@ where
             2 => {
                 // A memory table (or an added region) over the memfd with
                 // fuzzed placement.
-                lawful = false;
+                g.lawful = false;
                 let gpa = u64::from(input.u32()) << 12;
                 let size = u64::from(input.u16()) << 12;
                 let offset = u64::from(input.u8()) << 12;
@@ -275,33 +262,22 @@ where
                 let qi = usize::from(input.u8()) % nq;
                 let base = input.u8();
                 // A queue set up again from index 0 serves its ring again.
-                lawful &= base == 0 && !set_up[qi];
+                g.lawful &= base == 0 && !set_up[qi];
                 set_up[qi] = true;
-                fe.setup(qi, &queues[qi], u16::from(base))
+                fe.setup(qi, &g.queues[qi], u16::from(base))
             }
             4 | 5 => {
                 // A request on a queue, kicked.
                 let qi = usize::from(input.u8()) % nq;
                 let len = usize::from(input.u8());
-                let body = input.bytes(len);
-                let slot = next[qi] % SLOTS;
-                lawful &= next[qi] < SLOTS;
-                next[qi] = next[qi].wrapping_add(1);
-                let at = u64::from(slot) + u64::from(SLOTS) * qi as u64;
-                let r = GuestAddress(req_at.0 + REQ * at);
-                let out = GuestAddress(reply_at.0 + u64::from(ROOM) * at);
-                ram.write(r, body);
-                let bufs = Buf::request_reply(r, body.len() as u32, out, ROOM);
-                let head = queues[qi].write_chain_at(&ram, slot * 2, &bufs);
-                queues[qi].publish(&ram, head);
-                published[qi][usize::from(head)] += 1;
+                g.publish(qi, input.bytes(len));
                 let _ = fe.kicks[qi].write(1);
                 true
             }
             6 => {
                 // GET_VRING_BASE stops the queue; a later set-up resumes it
                 // (from index 0 here, so chains may be served again).
-                lawful = false;
+                g.lawful = false;
                 let qi = u32::from(input.u8()) % nq as u32;
                 let flags = VERSION | if input.u8() & 1 == 0 { 0 } else { NEED_REPLY };
                 let mut p = qi.to_le_bytes().to_vec();
@@ -323,19 +299,6 @@ where
     let _ = daemon.wait();
     backend.notify_exit().ok();
     drop(daemon);
-    if lawful {
-        for (qi, q) in queues.iter_mut().take(nq).enumerate() {
-            while let Some((id, _)) = q.take_used(&ram) {
-                let n = published[qi]
-                    .get_mut(id as usize)
-                    .expect("only published heads come back");
-                assert!(
-                    *n > 0,
-                    "queue {qi}: head {id} answered more often than published"
-                );
-                *n -= 1;
-            }
-        }
-    }
+    g.check_returned(nq);
     workers
 }

@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use passthrough::{Config, PassthroughFs};
-use virtio_driver::{Buf, GuestRam, MmioDriver, SplitQueue};
+use virtio_driver::{GuestRam, MmioDriver};
 use virtiofs::QueueDevice;
-use virtiofsd_rs_fuzz::{check_fds, Device, Input, Scratch};
+use virtiofsd_rs_fuzz::{check_fds, Device, Guest, Input, Scratch};
 use vm_memory::GuestAddress;
 use vmm_mini::devices::{fs_config, p9_config, InProcess, VIRTIO_ID_9P, VIRTIO_ID_FS};
 use vmm_mini::virtio_mmio::{reg, status, MmioTransport};
@@ -30,11 +30,6 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// The register window's size, as vmm-mini maps it.
 const WINDOW: u64 = 0x1000;
-const QSIZE: u16 = 16;
-/// Chains are two descriptors: eight slots per queue.
-const SLOTS: u16 = QSIZE / 2;
-const REQ: u64 = 512;
-const ROOM: u32 = 4096;
 const MEM: usize = 1 << 20;
 
 fn transport(sel: u8, ram: &GuestRam) -> (MmioTransport, usize) {
@@ -68,24 +63,13 @@ fn width(b: u8) -> usize {
 fuzz_target!(|data: &[u8]| {
     let mut input = Input::new(data);
     let sel = input.u8();
-    let mut ram = GuestRam::new(MEM).expect("guest memory");
-    let mut queues = [
-        SplitQueue::new(&mut ram, QSIZE),
-        SplitQueue::new(&mut ram, QSIZE),
-    ];
-    let req = ram.alloc(REQ * u64::from(SLOTS) * 2, 8);
-    let reply = ram.alloc(u64::from(ROOM) * u64::from(SLOTS) * 2, 8);
-    let (t, nq) = transport(sel, &ram);
+    let mut g = Guest::new(MEM);
+    let (t, nq) = transport(sel, &g.ram);
     let mut d = MmioDriver {
         transport: t,
         features: 0,
     };
-    // Heads published and not yet returned, per queue, and whether the
-    // driver played by the rules so far.
-    let mut published = [[0u32; QSIZE as usize]; 2];
-    let mut next = [0u16; 2];
     let mut probes = 0;
-    let mut lawful = true;
     let mut ops = 0;
     while !input.is_empty() && ops < 64 {
         ops += 1;
@@ -95,7 +79,7 @@ fuzz_target!(|data: &[u8]| {
                 let w = width(input.u8());
                 let bytes = input.bytes(w).to_vec();
                 d.transport.write(offset, &bytes);
-                lawful = false;
+                g.lawful = false;
             }
             1 => {
                 let offset = u64::from(input.u16()) % WINDOW;
@@ -105,7 +89,7 @@ fuzz_target!(|data: &[u8]| {
             2 => {
                 // Linux's probe, with the feature bits the input keeps.
                 probes += 1;
-                lawful &= probes == 1;
+                g.lawful &= probes == 1;
                 let keep = input.u64();
                 d.write32(reg::STATUS, 0);
                 d.write32(reg::STATUS, status::ACKNOWLEDGE);
@@ -117,7 +101,7 @@ fuzz_target!(|data: &[u8]| {
                 d.write_features(((hi << 32) | lo) & keep);
                 let s = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
                 d.write32(reg::STATUS, s);
-                for (i, q) in queues.iter().take(nq).enumerate() {
+                for (i, q) in g.queues.iter().take(nq).enumerate() {
                     let _ = d.setup_queue(i, q);
                 }
                 d.write32(reg::STATUS, s | status::DRIVER_OK);
@@ -126,20 +110,7 @@ fuzz_target!(|data: &[u8]| {
                 // A request chain on a queue, then QUEUE_NOTIFY.
                 let qi = usize::from(input.u8()) % nq;
                 let len = usize::from(input.u8());
-                let body = input.bytes(len);
-                let slot = next[qi] % SLOTS;
-                // Reusing a slot that may still be in flight breaks the
-                // driver's rules.
-                lawful &= next[qi] < SLOTS;
-                next[qi] = next[qi].wrapping_add(1);
-                let at = u64::from(slot) + u64::from(SLOTS) * qi as u64;
-                let r = GuestAddress(req.0 + REQ * at);
-                let out = GuestAddress(reply.0 + u64::from(ROOM) * at);
-                ram.write(r, body);
-                let bufs = Buf::request_reply(r, body.len() as u32, out, ROOM);
-                let head = queues[qi].write_chain_at(&ram, slot * 2, &bufs);
-                queues[qi].publish(&ram, head);
-                published[qi][usize::from(head)] += 1;
+                g.publish(qi, input.bytes(len));
                 d.notify(qi as u32);
             }
             4 => {
@@ -149,19 +120,17 @@ fuzz_target!(|data: &[u8]| {
             5 => {
                 let at = u64::from(input.u16()) * 16 % MEM as u64;
                 let len = usize::from(input.u8() % 64).min(MEM - at as usize);
-                ram.write(GuestAddress(at), input.bytes(len));
-                lawful = false;
+                g.ram.write(GuestAddress(at), input.bytes(len));
+                g.lawful = false;
             }
             6 => {
                 d.write32(reg::STATUS, 0);
-                lawful = false;
+                g.lawful = false;
             }
             _ => {
                 // Let the workers catch up, a little.
                 let deadline = Instant::now() + Duration::from_millis(20);
-                while Instant::now() < deadline
-                    && (0..nq).any(|q| queues[q].used_idx(&ram) != queues[q].avail_idx())
-                {
+                while Instant::now() < deadline && g.pending(nq) {
                     std::thread::sleep(Duration::from_millis(1));
                 }
             }
@@ -169,20 +138,7 @@ fuzz_target!(|data: &[u8]| {
     }
     // Stops the workers (joined): whatever they were doing is finished.
     drop(d);
-    if lawful {
-        for (qi, q) in queues.iter_mut().take(nq).enumerate() {
-            while let Some((id, _)) = q.take_used(&ram) {
-                let n = published[qi]
-                    .get_mut(id as usize)
-                    .expect("only published heads come back");
-                assert!(
-                    *n > 0,
-                    "queue {qi}: head {id} answered more often than published"
-                );
-                *n -= 1;
-            }
-        }
-    }
+    g.check_returned(nq);
     Scratch::get().check_outside();
     check_fds();
 });

@@ -9,7 +9,7 @@
 //! modification time).
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -41,10 +41,18 @@ impl Scratch {
     /// The process's scratch share (made once): `share/` holds a file
     /// `f`, a directory `d` with a file in it, and a symlink `out` to the
     /// outside file; beside the share are `outside` (a file) and
-    /// `outside.d/inner`.
+    /// `outside.d/inner`. Every call gives the share's root its mode back
+    /// (0755): a guest may chmod the root (SETATTR of node 1), and with
+    /// mode 0 a fuzzer running unprivileged could open nothing after that.
     pub fn get() -> &'static Scratch {
         static S: OnceLock<Scratch> = OnceLock::new();
-        S.get_or_init(|| {
+        let s = Self::make(&S);
+        let _ = std::fs::set_permissions(&s.share, std::fs::Permissions::from_mode(0o755));
+        s
+    }
+
+    fn make(cell: &'static OnceLock<Scratch>) -> &'static Scratch {
+        cell.get_or_init(|| {
             let dir = tempfile::tempdir().expect("scratch directory");
             let root = dir.path().to_path_buf();
             let share = root.join("share");
@@ -266,4 +274,125 @@ impl Device {
             _ => Device::P9,
         }
     }
+}
+
+/// A driver's two split queues in guest memory, eight two-descriptor
+/// request slots each, and what the "at most once" oracle needs: how often
+/// each head was published, and whether the input kept the driver's rules
+/// (a target clears [`Guest::lawful`] when it breaks them; a slot reused
+/// while it may be in flight breaks them too).
+pub struct Guest {
+    /// Guest memory (memfd-backed).
+    pub ram: virtio_driver::GuestRam,
+    /// The queues (virtio-fs: hiprio and a request queue; virtio-9p uses
+    /// the first).
+    pub queues: [virtio_driver::SplitQueue; 2],
+    req: vm_memory::GuestAddress,
+    reply: vm_memory::GuestAddress,
+    published: [[u32; Guest::QSIZE as usize]; 2],
+    next: [u16; 2],
+    /// Whether the input kept to the driver's rules so far.
+    pub lawful: bool,
+}
+
+impl Guest {
+    /// Entries per queue.
+    pub const QSIZE: u16 = 16;
+    const SLOTS: u16 = Self::QSIZE / 2;
+    /// Room for a request's bytes per slot.
+    const REQ: u64 = 512;
+    /// Room for a reply per slot.
+    const ROOM: u32 = 4096;
+
+    /// `mem` bytes of guest memory with the queues and slots laid out.
+    pub fn new(mem: usize) -> Guest {
+        let mut ram = virtio_driver::GuestRam::new(mem).expect("guest memory");
+        let queues = [
+            virtio_driver::SplitQueue::new(&mut ram, Self::QSIZE),
+            virtio_driver::SplitQueue::new(&mut ram, Self::QSIZE),
+        ];
+        let slots = u64::from(Self::SLOTS) * 2;
+        let req = ram.alloc(Self::REQ * slots, 8);
+        let reply = ram.alloc(u64::from(Self::ROOM) * slots, 8);
+        Guest {
+            ram,
+            queues,
+            req,
+            reply,
+            published: [[0; Self::QSIZE as usize]; 2],
+            next: [0; 2],
+            lawful: true,
+        }
+    }
+
+    /// Publishes `body` (at most 512 bytes) as a request with a 4 KiB
+    /// reply buffer on queue `qi`, in its next slot.
+    pub fn publish(&mut self, qi: usize, body: &[u8]) {
+        let slot = self.next[qi] % Self::SLOTS;
+        self.lawful &= self.next[qi] < Self::SLOTS;
+        self.next[qi] = self.next[qi].wrapping_add(1);
+        let at = u64::from(slot) + u64::from(Self::SLOTS) * qi as u64;
+        let r = vm_memory::GuestAddress(self.req.0 + Self::REQ * at);
+        let out = vm_memory::GuestAddress(self.reply.0 + u64::from(Self::ROOM) * at);
+        let body = &body[..body.len().min(Self::REQ as usize)];
+        self.ram.write(r, body);
+        let bufs = virtio_driver::Buf::request_reply(r, body.len() as u32, out, Self::ROOM);
+        let head = self.queues[qi].write_chain_at(&self.ram, slot * 2, &bufs);
+        self.queues[qi].publish(&self.ram, head);
+        self.published[qi][usize::from(head)] += 1;
+    }
+
+    /// Whether the device has not yet returned everything published on the
+    /// first `nq` queues.
+    pub fn pending(&self, nq: usize) -> bool {
+        (0..nq).any(|q| self.queues[q].used_idx(&self.ram) != self.queues[q].avail_idx())
+    }
+
+    /// Once the device is gone: if the input was lawful, panics when a
+    /// queue of the first `nq` returned a head it never published, or more
+    /// often than it was published.
+    pub fn check_returned(&mut self, nq: usize) {
+        if !self.lawful {
+            return;
+        }
+        for (qi, q) in self.queues.iter_mut().take(nq).enumerate() {
+            while let Some((id, _)) = q.take_used(&self.ram) {
+                let n = self.published[qi]
+                    .get_mut(id as usize)
+                    .expect("only published heads come back");
+                assert!(
+                    *n > 0,
+                    "queue {qi}: head {id} answered more often than published"
+                );
+                *n -= 1;
+            }
+        }
+    }
+}
+
+/// Publishes the chain at `head` on `q`, has `dev` serve its queue event
+/// `event` (on worker thread 0, as vhost-user-backend would), and checks
+/// what came back: that chain only, at most once, claiming no more than
+/// `room` bytes written.
+pub fn serve_one<B>(
+    dev: &B,
+    vrings: &[vhost_user_backend::VringRwLock],
+    ram: &virtio_driver::GuestRam,
+    q: &mut virtio_driver::SplitQueue,
+    event: u16,
+    head: u16,
+    room: u32,
+) where
+    B: vhost_user_backend::VhostUserBackend<Bitmap = (), Vring = vhost_user_backend::VringRwLock>,
+{
+    q.publish(ram, head);
+    dev.handle_event(event, vmm_sys_util::epoll::EventSet::IN, vrings, 0)
+        .expect("handle_event never fails on guest input");
+    let mut returned = 0;
+    while let Some((id, used)) = q.take_used(ram) {
+        assert_eq!(id, u32::from(head), "only the published chain comes back");
+        assert!(used <= room, "wrote {used} bytes into a room of {room}");
+        returned += 1;
+    }
+    assert!(returned <= 1, "a chain answered twice");
 }

@@ -3,6 +3,8 @@
 //! sockets, TCP only with `--no-auth`, attach policies, bounded fids and
 //! connections.
 
+mod common;
+
 use std::io::{BufRead, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -221,17 +223,7 @@ fn bad_frames_from_one_client_leave_the_daemon_serving_others() {
         ),
         Rmessage::Version { .. }
     ));
-    let r = rpc(
-        &mut good,
-        Tmessage::Attach {
-            fid: 0,
-            afid: NOFID,
-            uname: b"root",
-            aname: b"",
-            n_uname: 0,
-        },
-        1,
-    );
+    let r = rpc(&mut good, common::attach_root(0), 1);
     assert!(matches!(r, Rmessage::Attach { .. }));
 
     // Malformed Tversion (diod 1.0.24 aborts on one), truncated frames,
@@ -318,16 +310,7 @@ fn serves_an_inherited_socket_as_fd_transport() {
     };
     assert!(matches!(read_reply(&mut ours), Rmessage::Version { .. }));
     for (tag, m) in [
-        (
-            1,
-            Tmessage::Attach {
-                fid: 0,
-                afid: NOFID,
-                uname: b"root",
-                aname: b"",
-                n_uname: 0,
-            },
-        ),
+        (1, common::attach_root(0)),
         (
             2,
             Tmessage::Walk {
@@ -418,13 +401,7 @@ fn serves_virtio_9p_to_a_vhost_user_frontend() {
         Rmessage::Version { .. }
     ));
     assert!(matches!(
-        rpc(Tmessage::Attach {
-            fid: 0,
-            afid: NOFID,
-            uname: b"root",
-            aname: b"",
-            n_uname: 0
-        }),
+        rpc(common::attach_root(0)),
         Rmessage::Attach { .. }
     ));
     assert!(matches!(

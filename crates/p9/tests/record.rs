@@ -5,6 +5,8 @@
 //! And in `p9d`: the file is opened before the walls go up and written
 //! behind them.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
@@ -37,14 +39,7 @@ fn session_frames(msize: u32) -> Vec<Vec<u8>> {
             version: b"9P2000.L",
         }
         .encode(NOTAG),
-        Tmessage::Attach {
-            fid: 0,
-            afid: NOFID,
-            uname: b"root",
-            aname: b"",
-            n_uname: 0,
-        }
-        .encode(1),
+        common::attach_root(0).encode(1),
         Tmessage::Walk {
             fid: 0,
             newfid: 1,
@@ -84,6 +79,27 @@ fn recv(s: &mut UnixStream) -> (u16, Rmessage) {
     decode_rframe(&frame).expect("replies decode")
 }
 
+/// Checks the reply to request `i` of [`session_frames`]: none is
+/// refused, and the Tread gets back what the Twrite wrote.
+fn check_session_reply(i: usize, r: &Rmessage) {
+    assert!(!matches!(r, Rmessage::Lerror { .. }), "request {i}: {r:?}");
+    if i == 5 {
+        assert_eq!(
+            *r,
+            Rmessage::Read {
+                data: b"hello".to_vec()
+            }
+        );
+    }
+}
+
+/// After a session: the file it wrote holds its bytes, and the recording
+/// is `want`.
+fn check_recorded(share: &Path, recording: &Path, want: &[u8]) {
+    assert_eq!(std::fs::read(share.join("f")).unwrap(), b"hello");
+    assert_eq!(std::fs::read(recording).unwrap(), want);
+}
+
 fn stream_frames_are_recorded_whole(mode: StreamMode) {
     let share = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
@@ -110,15 +126,7 @@ fn stream_frames_are_recorded_whole(mode: StreamMode) {
             c.write_all(frame).unwrap();
         }
         let (_, r) = recv(&mut c);
-        assert!(!matches!(r, Rmessage::Lerror { .. }), "request {i}: {r:?}");
-        if i == 5 {
-            assert_eq!(
-                r,
-                Rmessage::Read {
-                    data: b"hello".to_vec()
-                }
-            );
-        }
+        check_session_reply(i, &r);
         want.extend_from_slice(frame);
     }
     // An R-message is received (and refused): recorded.
@@ -155,8 +163,7 @@ fn stream_frames_are_recorded_whole(mode: StreamMode) {
     c.shutdown(Shutdown::Write).unwrap();
     assert!(conn.join().unwrap().is_err(), "the stream ended mid-frame");
 
-    assert_eq!(std::fs::read(share.path().join("f")).unwrap(), b"hello");
-    assert_eq!(std::fs::read(&recording).unwrap(), want);
+    check_recorded(share.path(), &recording, &want);
 }
 
 #[test]
@@ -216,15 +223,7 @@ fn virtio_frames_are_recorded_whole(engine: IoEngine) {
     for (i, frame) in session_frames(1 << 16).iter().enumerate() {
         let out = send_chain(&dev, &ram, &mut q, &vrings, bufs, frame, frame.len());
         let (_, r) = decode_rframe(&out).expect("replies decode");
-        assert!(!matches!(r, Rmessage::Lerror { .. }), "request {i}: {r:?}");
-        if i == 5 {
-            assert_eq!(
-                r,
-                Rmessage::Read {
-                    data: b"hello".to_vec()
-                }
-            );
-        }
+        check_session_reply(i, &r);
         want.extend_from_slice(frame);
     }
     if engine == IoEngine::IoUring && rings {
@@ -242,8 +241,7 @@ fn virtio_frames_are_recorded_whole(engine: IoEngine) {
     assert_eq!(decode_rframe(&out).unwrap().1, Rmessage::Clunk);
     want.extend_from_slice(&clunk);
 
-    assert_eq!(std::fs::read(share.path().join("f")).unwrap(), b"hello");
-    assert_eq!(std::fs::read(&recording).unwrap(), want);
+    check_recorded(share.path(), &recording, &want);
 }
 
 #[test]

@@ -2,6 +2,8 @@
 //! no kernel would send, and broken descriptor chains, put into a real split
 //! virtqueue in guest memory and served by `VirtioFsBackend::handle_event`.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -81,20 +83,7 @@ impl Driver {
     /// returns the used element (or `None` if nothing was used).
     fn kick(&mut self, queue: usize, head: u16) -> Option<(u32, u32)> {
         self.queues[queue].publish(&self.ram, head);
-        let masks = self.dev.queues_per_thread();
-        let thread = masks
-            .iter()
-            .position(|m| (m >> queue) & 1 == 1)
-            .expect("every queue has a worker thread");
-        let mine: Vec<VringRwLock> = (0..self.vrings.len())
-            .filter(|q| (masks[thread] >> q) & 1 == 1)
-            .map(|q| self.vrings[q].clone())
-            .collect();
-        let event =
-            device_queue::event_of_queue(&masks, thread, queue).expect("its thread's queue");
-        self.dev
-            .handle_event(event, EventSet::IN, &mine, thread)
-            .expect("handle_event must not fail on guest input");
+        common::kick(&self.dev, &self.vrings, queue);
         self.queues[queue].take_used(&self.ram)
     }
 

@@ -478,6 +478,29 @@ impl World {
             .collect()
     }
 
+    /// Loads every queue as [`World::load`]`(40, true, 16, 20)` does, then,
+    /// with those requests in flight, replaces the memory table with guest
+    /// memory mapped anew (plus `extra`, another memfd, if given). Returns
+    /// the new table and how many chains were unanswered just before the
+    /// remap; `what` names the swap in a failure.
+    fn swap_mem_table_under_load(
+        &mut self,
+        extra: Option<(GuestAddress, usize)>,
+        what: &str,
+    ) -> (GuestMemoryMmap, usize) {
+        self.load(40, true, 16, 20);
+        let in_flight = self
+            .unanswered()
+            .iter()
+            .map(|&n| usize::from(n))
+            .sum::<usize>();
+        let table = self.ram.remap(extra).unwrap();
+        self.link()
+            .set_mem_table(&table)
+            .unwrap_or_else(|e| panic!("SET_MEM_TABLE ({what}): {e:?}"));
+        (table, in_flight)
+    }
+
     /// Takes every used entry and checks it; with `strict`, a refusal is a
     /// failure too.
     fn collect(&mut self, strict: bool) -> Tally {
@@ -682,32 +705,14 @@ fn memory_table_replaced_under_requests_in_flight() {
         let mut in_flight_at_swaps = 0usize;
         // The same memory, mapped anew.
         for _ in 0..2 {
-            w.load(40, true, 16, 20);
-            in_flight_at_swaps += w
-                .unanswered()
-                .iter()
-                .map(|&n| usize::from(n))
-                .sum::<usize>();
-            let remapped = w.ram.remap(None).unwrap();
-            w.link()
-                .set_mem_table(&remapped)
-                .expect("SET_MEM_TABLE (remap)");
+            let (_remapped, n) = w.swap_mem_table_under_load(None, "remap");
+            in_flight_at_swaps += n;
             w.settle(true);
         }
         // A second region (another memfd) hot-plugged.
-        let grown = w
-            .ram
-            .remap(Some((GuestAddress(RAM as u64), EXTRA)))
-            .unwrap();
-        w.load(40, true, 16, 20);
-        in_flight_at_swaps += w
-            .unanswered()
-            .iter()
-            .map(|&n| usize::from(n))
-            .sum::<usize>();
-        w.link()
-            .set_mem_table(&grown)
-            .expect("SET_MEM_TABLE (grown)");
+        let hotplug = Some((GuestAddress(RAM as u64), EXTRA));
+        let (grown, n) = w.swap_mem_table_under_load(hotplug, "grown");
+        in_flight_at_swaps += n;
         w.settle(true);
         // Requests whose buffers are all in the new region.
         let mut alloc = bump(RAM as u64, (RAM + EXTRA) as u64);
@@ -717,16 +722,8 @@ fn memory_table_replaced_under_requests_in_flight() {
         w.load(20, true, 16, 20);
         w.settle(true);
         // The region removed while requests using it are in flight.
-        w.load(40, true, 16, 20);
-        in_flight_at_swaps += w
-            .unanswered()
-            .iter()
-            .map(|&n| usize::from(n))
-            .sum::<usize>();
-        let shrunk = w.ram.remap(None).unwrap();
-        w.link()
-            .set_mem_table(&shrunk)
-            .expect("SET_MEM_TABLE (shrunk)");
+        let (shrunk, n) = w.swap_mem_table_under_load(None, "shrunk");
+        in_flight_at_swaps += n;
         let t = w.settle(false);
         eprintln!(
             "{engine}: after the shrink {} answered, {} refused",

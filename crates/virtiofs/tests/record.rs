@@ -4,6 +4,8 @@
 //! is served exactly as without a recording. And in the daemon: the file is
 //! opened before the walls go up and written behind them.
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -18,7 +20,6 @@ use virtio_driver::{Buf, GuestRam, SplitQueue, VhostUserDevice, F_INDIRECT_DESC,
 use virtiofs::record::{records, MAX_RECORD};
 use virtiofs::{FuseRecorder, IoEngine, QueueDevice, VirtioFsBackend};
 use vm_memory::GuestAddress;
-use vmm_sys_util::epoll::EventSet;
 
 const QSIZE: u16 = 16;
 /// Requests are handed over one page per descriptor, as Linux does.
@@ -70,19 +71,7 @@ impl Device {
         bufs.push(Buf::input(self.reply, ROOM));
         let head = self.queues[queue].write_chain(&self.ram, &bufs);
         self.queues[queue].publish(&self.ram, head);
-        let masks = self.dev.queues_per_thread();
-        let thread = masks
-            .iter()
-            .position(|m| (m >> queue) & 1 == 1)
-            .expect("every queue has a worker thread");
-        let mine: Vec<VringRwLock> = (0..self.vrings.len())
-            .filter(|q| (masks[thread] >> q) & 1 == 1)
-            .map(|q| self.vrings[q].clone())
-            .collect();
-        let event = device_queue::event_of_queue(&masks, thread, queue).unwrap();
-        self.dev
-            .handle_event(event, EventSet::IN, &mine, thread)
-            .unwrap();
+        common::kick(&self.dev, &self.vrings, queue);
         let (id, used) = self.queues[queue]
             .take_used(&self.ram)
             .expect("the chain comes back");
