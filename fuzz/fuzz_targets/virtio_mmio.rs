@@ -71,6 +71,8 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut probes = 0;
     let mut ops = 0;
+    // What all waits of one input may take together.
+    let mut patience = Duration::from_millis(50);
     while !input.is_empty() && ops < 64 {
         ops += 1;
         match input.u8() % 8 {
@@ -128,11 +130,14 @@ fuzz_target!(|data: &[u8]| {
                 g.lawful = false;
             }
             _ => {
-                // Let the workers catch up, a little.
-                let deadline = Instant::now() + Duration::from_millis(20);
-                while Instant::now() < deadline && g.pending(nq) {
+                // Let the workers catch up, a little (no worker runs before
+                // DRIVER_OK).
+                let start = Instant::now();
+                let deadline = start + Duration::from_millis(20).min(patience);
+                while d.transport.is_active() && Instant::now() < deadline && g.pending(nq) {
                     std::thread::sleep(Duration::from_millis(1));
                 }
+                patience = patience.saturating_sub(start.elapsed());
             }
         }
     }
