@@ -6,6 +6,11 @@
 //! set stays because the real and saved uids remain 0), so the host kernel
 //! checks permissions exactly as it would for the guest's user, and files are
 //! created with the guest's uid/gid. Dropping the guard restores root.
+//!
+//! What only the daemon may do stays the daemon's: the core resolves the
+//! inodes a request names (for inodes held by file handles,
+//! `open_by_handle_at`, which needs CAP_DAC_READ_SEARCH) before it makes
+//! the guard, and [`as_daemon`] steps out of a guard for the rest.
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -18,6 +23,10 @@ thread_local! {
     /// The supplementary groups of this thread's current requester
     /// ([`set_request_groups`]).
     static GROUPS: RefCell<Vec<libc::gid_t>> = const { RefCell::new(Vec::new()) };
+    /// The effective uid and gid a live [`CredGuard`] switched this thread
+    /// to (0 where it left the daemon's), so that [`as_daemon`] knows
+    /// without a syscall whether there is anything to undo.
+    static ACTING_AS: Cell<(libc::uid_t, libc::gid_t)> = const { Cell::new((0, 0)) };
 }
 
 /// Makes the [`CredGuard`]s this thread makes from now on (until the next
@@ -132,12 +141,19 @@ impl CredGuard {
                 raise_dac_override()?;
             }
         }
+        ACTING_AS.with(|a| {
+            a.set((
+                if guard.switched_uid { uid } else { 0 },
+                if guard.switched_gid { gid } else { 0 },
+            ))
+        });
         Ok(guard)
     }
 }
 
 impl Drop for CredGuard {
     fn drop(&mut self) {
+        ACTING_AS.with(|a| a.set((0, 0)));
         // Restoring can only fail if the permitted set was lost, which would
         // leave the thread unable to serve anyone correctly: abort loudly.
         if self.switched_uid {
@@ -162,42 +178,44 @@ impl Drop for CredGuard {
 }
 
 /// Runs `f` with the daemon's own effective ids, then switches the calling
-/// thread back to the ids it had. For the one operation that needs the
-/// daemon's capability rather than the requester's: reopening, by its file
-/// handle, an inode the requester already holds (`open_by_handle_at` wants
-/// CAP_DAC_READ_SEARCH, which a switched thread does not have). Permission
-/// for what the request then does is checked with the requester's ids.
+/// thread back to the ids its [`CredGuard`] gave it. For what needs the
+/// daemon's capabilities rather than the requester's: reopening an inode
+/// the requester already holds by its file handle (`open_by_handle_at`
+/// wants CAP_DAC_READ_SEARCH, which a switched thread does not have), or a
+/// step whose permission was checked with the requester's ids first.
+/// Whatever the request then does is checked with the requester's ids.
+///
+/// On a thread that acts as the daemon (no guard, or one for root) this is
+/// a thread-local read and `f`: no syscall.
 pub fn as_daemon<T>(f: impl FnOnce() -> T) -> T {
-    let (mut r, mut e, mut s) = (0, 0, 0);
-    let (mut rg, mut eg, mut sg) = (0, 0, 0);
-    // SAFETY: valid out-pointers; these calls cannot fail with them.
-    unsafe {
-        libc::getresuid(&mut r, &mut e, &mut s);
-        libc::getresgid(&mut rg, &mut eg, &mut sg);
-    }
-    if (e == 0 && eg == 0) || s != 0 {
-        // Already the daemon, or a daemon that never was root: nothing to
-        // regain.
+    let (uid, gid) = ACTING_AS.with(Cell::get);
+    if (uid, gid) == (0, 0) {
         return f();
     }
     // The uid first: regaining euid 0 restores the effective capabilities,
-    // CAP_SETGID among them.
-    if set_euid(0).is_err() {
+    // CAP_SETGID among them. If it cannot be regained, `f` runs as the
+    // requester and fails as the requester would.
+    if uid != 0 && set_euid(0).is_err() {
         return f();
     }
-    let _ = set_egid(0);
+    if gid != 0 {
+        // 0 is the real and saved gid: regaining it needs no capability.
+        let _ = set_egid(0);
+    }
+    ACTING_AS.with(|a| a.set((0, 0)));
     let out = f();
-    let restored = set_egid(eg)
-        .and_then(|()| set_euid(e))
+    let restored = (if gid != 0 { set_egid(gid) } else { Ok(()) })
+        .and_then(|()| if uid != 0 { set_euid(uid) } else { Ok(()) })
         // Switching back cleared the effective set: a retry keeps its override.
-        .and_then(|()| match DAC_OVERRIDE.with(Cell::get) {
+        .and_then(|()| match uid != 0 && DAC_OVERRIDE.with(Cell::get) {
             true => raise_dac_override(),
             false => Ok(()),
         });
     if let Err(err) = restored {
         // Serving the rest of the request as root would be wrong.
-        log::error!("cannot switch back to uid {e} gid {eg}: {err}");
+        log::error!("cannot switch back to uid {uid} gid {gid}: {err}");
         std::process::abort();
     }
+    ACTING_AS.with(|a| a.set((uid, gid)));
     out
 }

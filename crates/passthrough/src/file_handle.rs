@@ -65,9 +65,13 @@ impl FileHandle {
 
     /// Opens the inode with `flags` relative to `mount_fd`, any fd on the same mount.
     ///
-    /// Needs `CAP_DAC_READ_SEARCH`, which the daemon has: on a thread that
-    /// acts as a guest user, the open runs with the daemon's ids
-    /// ([`crate::credentials::as_daemon`]).
+    /// `open_by_handle_at` needs `CAP_DAC_READ_SEARCH`, which the daemon
+    /// has and a thread acting as a guest user does not: the open always
+    /// runs with the daemon's ids ([`crate::credentials::as_daemon`]; free
+    /// on a thread that acts as the daemon, where the core resolves every
+    /// inode a request names). Reopening an inode the guest holds gives it
+    /// no access: what the request then does with the fd is checked with
+    /// its own ids.
     pub fn open(&self, mount_fd: RawFd, flags: libc::c_int) -> io::Result<OwnedFd> {
         let mut raw = RawFileHandle {
             handle_bytes: self.bytes.len() as libc::c_uint,
@@ -75,7 +79,7 @@ impl FileHandle {
             f_handle: [0; MAX_HANDLE_SZ],
         };
         raw.f_handle[..self.bytes.len()].copy_from_slice(&self.bytes);
-        let open = |raw: &mut RawFileHandle| {
+        let fd = crate::credentials::as_daemon(|| {
             // SAFETY: `raw` is a valid `struct file_handle` built from a
             // handle the kernel gave us; the kernel validates `mount_fd` and
             // the flags.
@@ -83,20 +87,11 @@ impl FileHandle {
                 libc::syscall(
                     libc::SYS_open_by_handle_at,
                     mount_fd,
-                    raw as *mut RawFileHandle,
+                    &mut raw as *mut RawFileHandle,
                     flags | libc::O_CLOEXEC,
                 ) as libc::c_int
             })
-        };
-        // On a thread acting for a guest user the capability is missing
-        // (EPERM): then with the daemon's ids, the inode being one the guest
-        // holds. Requests served as the daemon pay nothing for this.
-        let fd = match open(&mut raw) {
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-                crate::credentials::as_daemon(|| open(&mut raw))?
-            }
-            r => r?,
-        };
+        })?;
         // SAFETY: the kernel just returned this fd to us.
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }

@@ -453,6 +453,11 @@ impl PassthroughFs {
 
     /// An `O_PATH` fd for `data`. One opened from a file handle for this
     /// request is held to the fd reserve like every fd opened for the guest.
+    ///
+    /// Call it before switching to the requester's credentials: reopening
+    /// a handle needs the daemon's CAP_DAC_READ_SEARCH, and under a
+    /// [`CredGuard`] the open has to step out of the guard
+    /// ([`as_daemon`](crate::credentials::as_daemon)) for it.
     fn path_fd<'a>(&self, data: &'a InodeData) -> io::Result<InodeFd<'a>> {
         match data.path_fd(&self.mounts)? {
             InodeFd::Owned(fd) => self.fds.admit(fd).map(InodeFd::Owned),
@@ -464,14 +469,23 @@ impl PassthroughFs {
     /// Only regular files and directories are ever reopened: device nodes,
     /// FIFOs and sockets are never opened on the host.
     fn reopen(&self, inode: &InodeData, fd: &InodeFd<'_>, flags: libc::c_int) -> io::Result<File> {
-        if !(inode.is_reg() || inode.is_dir()) {
-            return Err(errno(if inode.is_symlink() {
-                libc::ELOOP
-            } else {
-                libc::ENXIO
-            }));
+        self.reopen_typed(inode.file_type, fd.as_raw_fd(), flags)
+    }
+
+    /// [`reopen`](Self::reopen) for an `O_PATH` fd of an object of type
+    /// `file_type` (`st_mode & S_IFMT`) that is not (yet) a node.
+    fn reopen_typed(
+        &self,
+        file_type: libc::mode_t,
+        fd: RawFd,
+        flags: libc::c_int,
+    ) -> io::Result<File> {
+        match file_type {
+            libc::S_IFREG | libc::S_IFDIR => {}
+            libc::S_IFLNK => return Err(errno(libc::ELOOP)),
+            _ => return Err(errno(libc::ENXIO)),
         }
-        let name = fd_name(fd.as_raw_fd());
+        let name = fd_name(fd);
         let owned = sys::openat(
             self.proc_self_fd.as_raw_fd(),
             &name,
@@ -541,6 +555,11 @@ impl PassthroughFs {
     /// more lookup counted.
     fn register(&self, fd: OwnedFd, parent_dev: Option<u64>) -> io::Result<Entry> {
         let st = sys::fstat(fd.as_raw_fd())?;
+        self.register_stat(fd, st, parent_dev)
+    }
+
+    /// [`register`](Self::register) with the `fstat` of `fd` already made.
+    fn register_stat(&self, fd: OwnedFd, st: stat64, parent_dev: Option<u64>) -> io::Result<Entry> {
         let key = InodeKey::from_stat(&st);
         // With file handles, the handle tells a known node from a new file
         // that got a freed inode's number.
@@ -564,15 +583,20 @@ impl PassthroughFs {
                 let mandatory = self.cfg.inode_file_handles == InodeFileHandles::Mandatory;
                 match handle {
                     Ok(h) if self.mounts.knows(h.mount_id()) => InodeSource::Handle(h),
-                    // A submount's root: its directory fd resolves its handles.
+                    // A submount's root: its directory fd resolves its
+                    // handles. The daemon's, opened with its ids: the
+                    // requester may look the directory up without being
+                    // allowed to read it, and never sees this fd.
                     Ok(h) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
                         let name = fd_name(fd.as_raw_fd());
-                        let dirfd = self.fds.admit(sys::openat(
-                            self.proc_self_fd.as_raw_fd(),
-                            &name,
-                            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NONBLOCK,
-                            0,
-                        )?)?;
+                        let dirfd = self.fds.admit(crate::credentials::as_daemon(|| {
+                            sys::openat(
+                                self.proc_self_fd.as_raw_fd(),
+                                &name,
+                                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NONBLOCK,
+                                0,
+                            )
+                        })?)?;
                         self.mounts.remember(h.mount_id(), dirfd);
                         InodeSource::Handle(h)
                     }
@@ -589,12 +613,13 @@ impl PassthroughFs {
         Ok(self.entry_for(&data, st, parent_dev))
     }
 
-    /// Looks up `name` in `parent`, counting one lookup on success.
-    fn do_lookup(&self, parent: &InodeData, name: &CStr) -> io::Result<Entry> {
+    /// Looks up `name` in `parent`, whose fd `pfd` the caller resolved
+    /// ([`path_fd`](Self::path_fd), before switching credentials), counting
+    /// one lookup on success.
+    fn do_lookup(&self, parent: &InodeData, pfd: &InodeFd<'_>, name: &CStr) -> io::Result<Entry> {
         if !parent.is_dir() {
             return Err(errno(libc::ENOTDIR));
         }
-        let pfd = self.path_fd(parent)?;
         let parent_dev = Some(parent.key.dev);
         match classify(name)? {
             NameKind::Normal => {
@@ -697,32 +722,28 @@ impl PassthroughFs {
     }
 
     /// CREATE without `O_EXCL` of a name that exists: the checked path of
-    /// OPEN (a lookup to an `O_PATH` node, then [`reopen`](Self::reopen),
-    /// which opens only regular files and never blocks). A directory is
-    /// `EISDIR`, as `open(O_CREAT)` answers. Returns the entry, with one
-    /// lookup counted, and the open file. Runs under the requester's
-    /// credentials.
+    /// OPEN (an `O_PATH` open of the name, then
+    /// [`reopen_typed`](Self::reopen_typed), which opens only regular files
+    /// and never blocks), the object registered once it is open. A
+    /// directory is `EISDIR`, as `open(O_CREAT)` answers. Returns the entry,
+    /// with one lookup counted, and the open file. Runs under the
+    /// requester's credentials, with the parent's fd `pfd` resolved before.
     fn open_existing(
         &self,
         parent: &InodeData,
+        pfd: &InodeFd<'_>,
         name: &CStr,
         flags: libc::c_int,
     ) -> io::Result<(Entry, File)> {
-        let entry = self.do_lookup(parent, name)?;
-        let file = self.inodes.get(entry.inode).and_then(|data| {
-            if data.is_dir() {
-                return Err(errno(libc::EISDIR));
-            }
-            let fd = self.path_fd(&data)?;
-            self.reopen(&data, &fd, flags | libc::O_CLOEXEC)
-        });
-        match file {
-            Ok(file) => Ok((entry, file)),
-            Err(e) => {
-                self.inodes.forget(entry.inode, 1);
-                Err(e)
-            }
+        let fd = self.open_child(pfd.as_raw_fd(), name)?;
+        let st = sys::fstat(fd.as_raw_fd())?;
+        let file_type = st.st_mode & libc::S_IFMT;
+        if file_type == libc::S_IFDIR {
+            return Err(errno(libc::EISDIR));
         }
+        let file = self.reopen_typed(file_type, fd.as_raw_fd(), flags | libc::O_CLOEXEC)?;
+        let entry = self.register_stat(fd, st, Some(parent.key.dev))?;
+        Ok((entry, file))
     }
 
     /// Iterates the raw directory stream of `handle` from `offset`, calling
@@ -956,10 +977,16 @@ impl FileSystem for PassthroughFs {
     }
 
     fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
+        let parent = self.inodes.get(parent)?;
+        if !parent.is_dir() {
+            return Err(errno(libc::ENOTDIR));
+        }
+        // The parent's fd with the daemon's ids (a file handle needs them),
+        // the lookup in it with the requester's.
+        let pfd = self.path_fd(&parent)?;
         self.client_checked(ctx, || {
-            let parent = self.inodes.get(parent)?;
             let _c = self.creds(ctx)?;
-            self.do_lookup(&parent, name)
+            self.do_lookup(&parent, &pfd, name)
         })
     }
 
@@ -1149,7 +1176,7 @@ impl FileSystem for PassthroughFs {
             // The target is stored verbatim and never resolved by the host.
             // SAFETY: both strings are NUL-terminated; pfd is held.
             cvt(unsafe { libc::symlinkat(linkname.as_ptr(), pfd.as_raw_fd(), name.as_ptr()) })?;
-            self.do_lookup(&parent, name)
+            self.do_lookup(&parent, &pfd, name)
         })
     }
 
@@ -1178,7 +1205,7 @@ impl FileSystem for PassthroughFs {
                     libc::dev_t::from(rdev),
                 )
             })?;
-            self.do_lookup(&parent, name)
+            self.do_lookup(&parent, &pfd, name)
         })
     }
 
@@ -1199,7 +1226,7 @@ impl FileSystem for PassthroughFs {
             let _c = self.creds(ctx)?;
             // SAFETY: NUL-terminated name; pfd is held.
             cvt(unsafe { libc::mkdirat(pfd.as_raw_fd(), name.as_ptr(), mode) })?;
-            self.do_lookup(&parent, name)
+            self.do_lookup(&parent, &pfd, name)
         })
     }
 
@@ -1276,7 +1303,7 @@ impl FileSystem for PassthroughFs {
                     libc::AT_SYMLINK_FOLLOW,
                 )
             })?;
-            self.do_lookup(&parent, newname)
+            self.do_lookup(&parent, &pfd, newname)
         })
     }
 
@@ -1320,13 +1347,13 @@ impl FileSystem for PassthroughFs {
                     match sys::openat(pfd.as_raw_fd(), name, create, mode) {
                         Ok(fd) => {
                             let file = File::from(self.fds.admit(fd)?);
-                            break (self.do_lookup(&parent, name)?, file);
+                            break (self.do_lookup(&parent, &pfd, name)?, file);
                         }
                         Err(e)
                             if e.raw_os_error() == Some(libc::EEXIST)
                                 && flags & libc::O_EXCL == 0 =>
                         {
-                            match self.open_existing(&parent, name, flags) {
+                            match self.open_existing(&parent, &pfd, name, flags) {
                                 // Removed since: create it after all.
                                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) && retries > 0 => {
                                     retries -= 1;
@@ -1559,6 +1586,8 @@ impl FileSystem for PassthroughFs {
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
         let parent = self.inodes.get(inode)?;
+        // Resolved once for every entry, with the daemon's ids.
+        let pfd = self.path_fd(&parent)?;
         let _c = self.creds(ctx)?;
         let mut delivered = false;
         self.for_each_dirent(inode, handle, size, offset, |name, ino, off, type_| {
@@ -1577,7 +1606,7 @@ impl FileSystem for PassthroughFs {
             let Ok(cname) = CString::new(name) else {
                 return Ok(1);
             };
-            let entry = match self.do_lookup(&parent, &cname) {
+            let entry = match self.do_lookup(&parent, &pfd, &cname) {
                 Ok(e) => e,
                 // Out of fds (the reserve is reached): end the reply here,
                 // or fail if it is empty, rather than leave entries out.

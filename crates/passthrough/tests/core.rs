@@ -1213,3 +1213,538 @@ fn a_writer_may_have_file_capabilities_removed() {
         );
     }
 }
+
+/// A tree for [`guest_session`], made on the host as root: directories a
+/// guest user may search and read (`pub`, `pub/sub`, `pub/sub/deeper`),
+/// one it may write (`shared`, 0777), one it may not enter (`priv`, 0700)
+/// and one it may search but not list (`xonly`, 0711).
+fn guest_tree(root: &std::path::Path) {
+    let mode = |p: &str, m: u32| {
+        std::fs::set_permissions(root.join(p), PermissionsExt::from_mode(m)).unwrap();
+    };
+    std::fs::create_dir_all(root.join("pub/sub/deeper")).unwrap();
+    std::fs::write(root.join("pub/sub/file"), b"data").unwrap();
+    std::fs::write(root.join("pub/sub/deeper/leaf"), b"leaf!").unwrap();
+    std::fs::write(root.join("pub/ro"), b"x").unwrap();
+    std::os::unix::fs::symlink("sub/file", root.join("pub/link")).unwrap();
+    std::fs::create_dir(root.join("shared")).unwrap();
+    std::fs::create_dir(root.join("priv")).unwrap();
+    std::fs::write(root.join("priv/secret"), b"s").unwrap();
+    std::fs::create_dir(root.join("xonly")).unwrap();
+    std::fs::write(root.join("xonly/f"), b"f").unwrap();
+    for (p, m) in [
+        ("", 0o755),
+        ("pub", 0o755),
+        ("pub/sub", 0o755),
+        ("pub/sub/deeper", 0o755),
+        ("pub/sub/file", 0o644),
+        ("pub/sub/deeper/leaf", 0o644),
+        ("pub/ro", 0o600),
+        ("shared", 0o777),
+        ("priv", 0o700),
+        ("priv/secret", 0o644),
+        ("xonly", 0o711),
+        ("xonly/f", 0o644),
+    ] {
+        mode(p, m);
+    }
+}
+
+/// A request's outcome as a line of a transcript: what it returned (no
+/// node ids or inode numbers, which differ between shares) or its errno.
+fn outcome<T>(what: &str, r: std::io::Result<T>, ok: impl FnOnce(T) -> String) -> String {
+    let name = |n| match n {
+        libc::EACCES => "EACCES".to_string(),
+        libc::EPERM => "EPERM".to_string(),
+        libc::ENOENT => "ENOENT".to_string(),
+        libc::EEXIST => "EEXIST".to_string(),
+        n => format!("errno {n}"),
+    };
+    match r {
+        Ok(v) => format!("{what}: ok {}", ok(v)),
+        Err(e) => format!("{what}: {}", e.raw_os_error().map_or("?".into(), name)),
+    }
+}
+
+/// Runs, as the guest user `user`, lookups, getattrs, opens, reads, listings
+/// and every kind of creation and removal over [`guest_tree`] below the
+/// first level (in directories held by file handles when `fs` holds
+/// inodes that way), and returns the transcript. Also checks that the
+/// serving thread is root again after every request. The share's root is
+/// looked up (as root) first, as a guest mounting the share does.
+fn guest_session(
+    fs: &PassthroughFs,
+    user: &fuse_backend_rs::api::filesystem::Context,
+) -> Vec<String> {
+    use std::ffi::CString;
+    let mut t = Vec::new();
+    fs.lookup(&root(), ROOT_ID, &cs(".")).unwrap();
+    let back_to_root = || {
+        // SAFETY: geteuid/getegid cannot fail.
+        let ids = unsafe { (libc::geteuid(), libc::getegid()) };
+        assert_eq!(
+            ids,
+            (0, 0),
+            "the thread must be the daemon between requests"
+        );
+    };
+    // Each path looked up as `user` in its parent's node; the nodes found.
+    let mut nodes = std::collections::HashMap::<String, u64>::new();
+    nodes.insert(String::new(), ROOT_ID);
+    for path in [
+        "pub",
+        "pub/sub",
+        "pub/sub/file",
+        "pub/sub/deeper",
+        "pub/sub/deeper/leaf",
+        "pub/ro",
+        "pub/link",
+        "shared",
+        "priv",
+        "priv/secret",
+        "xonly",
+        "xonly/f",
+    ] {
+        let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+        let Some(&pnode) = nodes.get(parent) else {
+            t.push(format!("lookup {path}: parent not found"));
+            continue;
+        };
+        let r = fs.lookup(user, pnode, &cs(name));
+        back_to_root();
+        if let Ok(e) = &r {
+            nodes.insert(path.to_string(), e.inode);
+        }
+        t.push(outcome(&format!("lookup {path}"), r, |e| {
+            format!(
+                "size {} mode {:o} uid {}",
+                e.attr.st_size, e.attr.st_mode, e.attr.st_uid
+            )
+        }));
+    }
+    let node = |p: &str| nodes.get(p).copied().unwrap_or(u64::MAX);
+    for (path, name) in [
+        ("pub/sub", ".."),
+        ("pub/sub", "."),
+        ("pub/sub/deeper", ".."),
+    ] {
+        let r = fs.lookup(user, node(path), &cs(name));
+        back_to_root();
+        let up = path.rsplit_once('/').map_or("", |(p, _)| p);
+        let want = if name == "." { node(path) } else { node(up) };
+        t.push(outcome(&format!("lookup {path}/{name}"), r, |e| {
+            format!("expected node {}", e.inode == want)
+        }));
+    }
+    for path in ["pub/sub", "pub/sub/file", "pub/sub/deeper/leaf"] {
+        let r = fs.getattr(user, node(path), None);
+        t.push(outcome(&format!("getattr {path}"), r, |(st, _)| {
+            format!("size {} mode {:o}", st.st_size, st.st_mode)
+        }));
+    }
+    // Opens and reads.
+    for (path, flags) in [
+        ("pub/sub/file", libc::O_RDONLY),
+        ("pub/sub/deeper/leaf", libc::O_RDONLY),
+        ("pub/sub/file", libc::O_WRONLY),
+        ("pub/ro", libc::O_RDONLY),
+    ] {
+        let r = fs.open(user, node(path), flags as u32, 0);
+        back_to_root();
+        t.push(outcome(&format!("open {path} {flags}"), r, |(h, _, _)| {
+            let h = h.unwrap();
+            let mut data = Vec::new();
+            if flags == libc::O_RDONLY {
+                fs.read(
+                    user,
+                    node(path),
+                    h,
+                    &mut VecWriter::new(&mut data),
+                    64,
+                    0,
+                    None,
+                    0,
+                )
+                .unwrap();
+            }
+            fs.release(user, node(path), 0, h, false, false, None)
+                .unwrap();
+            String::from_utf8_lossy(&data).into_owned()
+        }));
+    }
+    // Listings, plain and with attributes.
+    let list = |t: &mut Vec<String>, path: &str, plus: bool| {
+        let dir = node(path);
+        let r = fs.opendir(user, dir, 0);
+        back_to_root();
+        let what = format!("{} {path}", if plus { "readdirplus" } else { "readdir" });
+        let r = r.and_then(|(h, _)| {
+            let h = h.unwrap();
+            let mut names = Vec::new();
+            let r = if plus {
+                fs.readdirplus(user, dir, h, 4096, 0, &mut |d, e| {
+                    let name = String::from_utf8_lossy(d.name).into_owned();
+                    // Sizes of regular files only: a directory's is the
+                    // host file system's business.
+                    if e.inode != 0 && e.attr.st_mode & libc::S_IFMT == libc::S_IFREG {
+                        names.push(format!("{name}={}", e.attr.st_size));
+                    } else {
+                        names.push(name);
+                    }
+                    Ok(1)
+                })
+            } else {
+                fs.readdir(user, dir, h, 4096, 0, &mut |d| {
+                    names.push(String::from_utf8_lossy(d.name).into_owned());
+                    Ok(1)
+                })
+            };
+            back_to_root();
+            fs.releasedir(user, dir, 0, h).unwrap();
+            names.sort();
+            r.map(|()| names.join(","))
+        });
+        t.push(outcome(&what, r, |s| s));
+    };
+    for path in ["pub/sub", "pub/sub/deeper", "priv", "xonly"] {
+        list(&mut t, path, false);
+        list(&mut t, path, true);
+    }
+    t.push(outcome(
+        "readlink pub/link",
+        fs.readlink(user, node("pub/link")),
+        |l| String::from_utf8_lossy(&l).into_owned(),
+    ));
+    for (path, mask) in [
+        ("pub/sub", libc::R_OK | libc::X_OK),
+        ("pub/sub", libc::W_OK),
+    ] {
+        let r = fs.access(user, node(path), mask as u32);
+        back_to_root();
+        t.push(outcome(&format!("access {path} {mask}"), r, |()| {
+            String::new()
+        }));
+    }
+    t.push(outcome(
+        "statfs pub/sub",
+        fs.statfs(user, node("pub/sub")),
+        |_| String::new(),
+    ));
+    // Creation, in a directory the user may write and in one it may not.
+    let args = |flags: libc::c_int| CreateIn {
+        flags: (libc::O_RDWR | libc::O_CREAT | flags) as u32,
+        mode: 0o644 | libc::S_IFREG,
+        umask: 0,
+        fuse_flags: 0,
+    };
+    let mut created = std::collections::HashMap::<String, u64>::new();
+    for (path, flags) in [
+        ("pub/sub/new", libc::O_EXCL),
+        ("shared/new", libc::O_EXCL),
+        ("shared/new", 0),
+        ("shared/new", libc::O_EXCL),
+    ] {
+        let (parent, name) = path.rsplit_once('/').unwrap();
+        let r = fs.create(user, node(parent), &cs(name), args(flags));
+        back_to_root();
+        t.push(outcome(
+            &format!("create {path} {flags}"),
+            r,
+            |(e, h, _, _)| {
+                fs.release(user, e.inode, 0, h.unwrap(), false, false, None)
+                    .unwrap();
+                let again = created.insert(path.to_string(), e.inode).is_some();
+                format!("uid {} gid {} again {again}", e.attr.st_uid, e.attr.st_gid)
+            },
+        ));
+    }
+    for (parent, name) in [("pub/sub", "d"), ("shared", "d")] {
+        let r = fs.mkdir(user, node(parent), &cs(name), 0o755, 0);
+        back_to_root();
+        if let Ok(e) = &r {
+            created.insert(format!("{parent}/{name}"), e.inode);
+        }
+        t.push(outcome(&format!("mkdir {parent}/{name}"), r, |e| {
+            format!("uid {} gid {}", e.attr.st_uid, e.attr.st_gid)
+        }));
+    }
+    let made = |p: &str| created.get(p).copied().unwrap_or(u64::MAX);
+    // Below a directory the user made (also held by a handle).
+    let r = fs.mkdir(user, made("shared/d"), &cs("e"), 0o700, 0);
+    back_to_root();
+    t.push(outcome("mkdir shared/d/e", r, |e| {
+        format!("uid {}", e.attr.st_uid)
+    }));
+    let r = fs.symlink(user, &cs("../new"), made("shared/d"), &cs("s"));
+    back_to_root();
+    t.push(outcome("symlink shared/d/s", r, |e| {
+        format!("uid {}", e.attr.st_uid)
+    }));
+    let r = fs.mknod(
+        user,
+        made("shared/d"),
+        &cs("fifo"),
+        libc::S_IFIFO | 0o644,
+        0,
+        0,
+    );
+    back_to_root();
+    t.push(outcome("mknod shared/d/fifo", r, |e| {
+        format!("uid {}", e.attr.st_uid)
+    }));
+    let r = fs.link(user, made("shared/new"), made("shared/d"), &cs("hard"));
+    back_to_root();
+    t.push(outcome("link shared/d/hard", r, |e| {
+        format!("nlink {}", e.attr.st_nlink)
+    }));
+    let r = fs.link(
+        user,
+        node("pub/sub/file"),
+        node("pub/sub/deeper"),
+        &cs("hard"),
+    );
+    back_to_root();
+    t.push(outcome("link pub/sub/deeper/hard", r, |_| String::new()));
+    let r = fs.rename(
+        user,
+        made("shared/d"),
+        &cs("hard"),
+        node("shared"),
+        &cs("moved"),
+        0,
+    );
+    back_to_root();
+    t.push(outcome("rename shared/d/hard", r, |()| String::new()));
+    let r = fs.rename(
+        user,
+        node("pub/sub"),
+        &cs("file"),
+        node("shared"),
+        &cs("stolen"),
+        0,
+    );
+    back_to_root();
+    t.push(outcome("rename pub/sub/file", r, |()| String::new()));
+    // Attributes and extended attributes.
+    for (path, n) in [
+        ("shared/new", made("shared/new")),
+        ("pub/sub/file", node("pub/sub/file")),
+    ] {
+        // SAFETY: stat64 is plain data.
+        let mut attr: libc::stat64 = unsafe { std::mem::zeroed() };
+        attr.st_mode = 0o600;
+        attr.st_size = 2;
+        let r = fs.setattr(user, n, attr, None, SetattrValid::MODE | SetattrValid::SIZE);
+        back_to_root();
+        t.push(outcome(&format!("setattr {path}"), r, |(st, _)| {
+            format!("mode {:o} size {}", st.st_mode, st.st_size)
+        }));
+        let r = fs.setxattr(user, n, &cs("user.k"), b"v", 0);
+        back_to_root();
+        t.push(outcome(&format!("setxattr {path}"), r, |()| String::new()));
+        let r = fs.getxattr(user, n, &cs("user.k"), 16);
+        back_to_root();
+        t.push(outcome(&format!("getxattr {path}"), r, |v| match v {
+            GetxattrReply::Value(v) => String::from_utf8_lossy(&v).into_owned(),
+            GetxattrReply::Count(n) => n.to_string(),
+        }));
+    }
+    // Removal.
+    for (parent, name, dir) in [
+        ("shared/d", "fifo", false),
+        ("shared/d", "s", false),
+        ("shared/d", "e", true),
+        ("pub/sub", "file", false),
+        ("pub/sub", "deeper", true),
+        ("priv", "secret", false),
+    ] {
+        let p = match created.get(parent) {
+            Some(n) => *n,
+            None => node(parent),
+        };
+        let name_c: CString = cs(name);
+        let r = if dir {
+            fs.rmdir(user, p, &name_c)
+        } else {
+            fs.unlink(user, p, &name_c)
+        };
+        back_to_root();
+        t.push(outcome(&format!("remove {parent}/{name}"), r, |()| {
+            String::new()
+        }));
+    }
+    list(&mut t, "shared", true);
+    t
+}
+
+/// With inodes held by file handles, a guest user's requests below the
+/// share's first level must behave exactly as with one `O_PATH` fd per
+/// inode: reopening a directory by its handle needs CAP_DAC_READ_SEARCH,
+/// which a thread acting as a guest user does not have, so it must be done
+/// with the daemon's own credentials (issue 15: lookups failed EPERM), and
+/// everything the request then does must still be checked with the user's
+/// ids (`priv` stays closed, root's files stay root's).
+#[test]
+fn guest_users_get_the_same_answers_with_file_handles_as_with_fds() {
+    if !can_switch_credentials() {
+        return;
+    }
+    for user in [common::ctx(1000, 1000), common::ctx(65534, 65534)] {
+        for client_checks in [false, true] {
+            let run = |handles| {
+                let dir = tempfile::tempdir().unwrap();
+                guest_tree(dir.path());
+                let mut cfg = Config::new(dir.path());
+                cfg.inode_file_handles = handles;
+                cfg.xattr = true;
+                cfg.client_checks_permissions = client_checks;
+                let fs = PassthroughFs::new(cfg).unwrap();
+                let t = guest_session(&fs, &user);
+                if handles == InodeFileHandles::Prefer {
+                    let sub = walk(&fs, "pub/sub").unwrap();
+                    assert!(
+                        fs.inodes().get(sub.inode).unwrap().held_by_handle(),
+                        "Prefer fell back to an fd: the test's file system has no handles"
+                    );
+                }
+                t
+            };
+            let with_fds = run(InodeFileHandles::Never);
+            let with_handles = run(InodeFileHandles::Prefer);
+            let ctx = format!("uid {} client_checks {client_checks}", user.uid);
+            for (fd_line, handle_line) in with_fds.iter().zip(&with_handles) {
+                assert_eq!(handle_line, fd_line, "{ctx}: with handles vs with fds");
+            }
+            assert_eq!(with_handles.len(), with_fds.len(), "{ctx}");
+            // The user's permissions still hold, and what it makes is its own.
+            let me = format!("uid {} gid {}", user.uid, user.gid);
+            let expect = [
+                "lookup pub/sub/deeper/leaf: ok size 5 mode 100644 uid 0".to_string(),
+                format!("open pub/sub/file {}: ok data", libc::O_RDONLY),
+                "readdir pub/sub: ok .,..,deeper,file".to_string(),
+                "readdirplus pub/sub: ok .,..,deeper,file=4".to_string(),
+                format!("create shared/new {}: ok {me} again false", libc::O_EXCL),
+                format!("create shared/new 0: ok {me} again true"),
+                format!("mkdir shared/d: ok {me}"),
+                format!("mkdir shared/d/e: ok uid {}", user.uid),
+                "link shared/d/hard: ok nlink 2".to_string(),
+                "setattr shared/new: ok mode 100600 size 2".to_string(),
+                "getxattr shared/new: ok v".to_string(),
+                "remove shared/d/e: ok ".to_string(),
+            ];
+            for line in &expect {
+                assert!(
+                    with_handles.contains(line),
+                    "{ctx}: no {line:?} in\n{}",
+                    with_handles.join("\n")
+                );
+            }
+            // Refused as the user. (Where the client kernel checks
+            // permissions, a request refused with EACCES runs again with
+            // the DAC override, with fds as with handles.)
+            let refused = [
+                "lookup priv/secret",
+                "readdir priv",
+                "readdir xonly",
+                "create pub/sub/new 128",
+                "mkdir pub/sub/d",
+                "link pub/sub/deeper/hard",
+                "setattr pub/sub/file",
+            ];
+            for what in refused {
+                let line = with_handles
+                    .iter()
+                    .find(|l| l.starts_with(&format!("{what}: ")))
+                    .unwrap_or_else(|| panic!("{ctx}: no {what}"));
+                if !client_checks || what == "setattr pub/sub/file" {
+                    assert!(!line.starts_with(&format!("{what}: ok")), "{ctx}: {line}");
+                } else if what == "lookup priv/secret" {
+                    assert!(line.starts_with(&format!("{what}: ok")), "{ctx}: {line}");
+                }
+            }
+        }
+    }
+}
+
+const SUBMOUNT_CHILD: &str = "a_guest_user_looks_up_a_submount_it_may_not_read_with_file_handles";
+
+/// With file handles, the first lookup of a host submount's root opens that
+/// directory to resolve the submount's handles. That fd is the daemon's,
+/// opened with its ids: a guest user who may search the parent but not
+/// read the submount's root (mode 0700, root's) still looks it up, as with
+/// fds, and still cannot look inside it.
+#[test]
+fn a_guest_user_looks_up_a_submount_it_may_not_read_with_file_handles() {
+    if !can_switch_credentials() {
+        return;
+    }
+    if !is_child(SUBMOUNT_CHILD) {
+        return run_in_child(SUBMOUNT_CHILD);
+    }
+    // A mount namespace of this child's own: the tmpfs goes with it.
+    // SAFETY: plain syscalls; the strings are NUL-terminated.
+    let private = unsafe {
+        libc::unshare(libc::CLONE_NEWNS) == 0
+            && libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) == 0
+    };
+    if !private {
+        assert!(std::env::var_os("CI").is_none(), "CI may mount");
+        eprintln!(
+            "SKIP: no mount namespace: {}",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("pub/mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    for p in [dir.path(), &dir.path().join("pub")] {
+        std::fs::set_permissions(p, PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let target = cs(mnt.to_str().unwrap());
+    // SAFETY: NUL-terminated strings.
+    let rc = unsafe {
+        libc::mount(
+            c"tmpfs".as_ptr(),
+            target.as_ptr(),
+            c"tmpfs".as_ptr(),
+            0,
+            c"mode=0700".as_ptr().cast(),
+        )
+    };
+    assert_eq!(rc, 0, "mount: {}", std::io::Error::last_os_error());
+    std::fs::write(mnt.join("f"), b"x").unwrap();
+    let user = common::ctx(1000, 1000);
+    for handles in [InodeFileHandles::Never, InodeFileHandles::Prefer] {
+        let mut cfg = Config::new(dir.path());
+        cfg.inode_file_handles = handles;
+        let fs = PassthroughFs::new(cfg).unwrap();
+        let sub = fs.lookup(&user, ROOT_ID, &cs("pub")).unwrap();
+        let root_of_mount = fs
+            .lookup(&user, sub.inode, &cs("mnt"))
+            .unwrap_or_else(|e| panic!("{handles:?}: lookup of the submount as uid 1000: {e}"));
+        assert_eq!(root_of_mount.attr_flags & 1, 1, "announced as a submount");
+        assert_eq!(
+            errno(fs.lookup(&user, root_of_mount.inode, &cs("f"))),
+            libc::EACCES,
+            "{handles:?}: the user may not search the submount's root"
+        );
+        let f = fs.lookup(&root(), root_of_mount.inode, &cs("f")).unwrap();
+        if handles == InodeFileHandles::Prefer {
+            for node in [root_of_mount.inode, f.inode] {
+                assert!(
+                    fs.inodes().get(node).unwrap().held_by_handle(),
+                    "tmpfs exports file handles"
+                );
+            }
+        }
+    }
+    // SAFETY: NUL-terminated path.
+    assert_eq!(unsafe { libc::umount(target.as_ptr()) }, 0);
+}
