@@ -298,6 +298,12 @@ struct FuseMount {
 
 impl FuseMount {
     fn start(extra: &[&str]) -> Option<FuseMount> {
+        FuseMount::start_with(extra, |_| {})
+    }
+
+    /// [`start`](Self::start), with `configure` adjusting the daemon's
+    /// command before it is spawned.
+    fn start_with(extra: &[&str], configure: impl FnOnce(&mut Command)) -> Option<FuseMount> {
         // SAFETY: geteuid cannot fail.
         if unsafe { libc::geteuid() } != 0 {
             assert!(std::env::var_os("CI").is_none(), "CI runs as root");
@@ -309,13 +315,13 @@ impl FuseMount {
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&share).unwrap();
         std::fs::create_dir(&mnt).unwrap();
-        let child = Command::new(BIN)
-            .args(["--shared-dir", share.to_str().unwrap()])
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--shared-dir", share.to_str().unwrap()])
             .args(["--fuse-mount", mnt.to_str().unwrap(), "--xattr"])
             .args(extra)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::null());
+        configure(&mut cmd);
+        let child = cmd.spawn().unwrap();
         let start = Instant::now();
         loop {
             use std::os::unix::fs::MetadataExt;
@@ -563,4 +569,381 @@ fn as_a_mount_helper_it_returns_once_the_mount_is_served() {
     assert!(mount_source(&mnt).is_none(), "no mount left behind");
     let out = helper_run("helper_bad", "allow_other");
     assert!(String::from_utf8_lossy(&out.stderr).contains("source=DIR"));
+}
+
+/// The fd limit the daemon runs under in the fd-bound test: soft and hard,
+/// so it cannot raise it (it has no CAP_SYS_RESOURCE once walled in).
+const FD_LIMIT: u64 = 1024;
+/// The tree of the fd-bound test: `TREE_DIRS` directories of `TREE_FILES`
+/// files each, three times the fd limit in all.
+const TREE_DIRS: usize = 60;
+const TREE_FILES: usize = 50;
+
+/// Whether FUSE mounts can be tested here (root, `/dev/fuse`); where they
+/// cannot, prints why, or fails where they are required (`CI`,
+/// `VIRTIOFSD_RS_REQUIRE_E2E`).
+fn fuse_mounts_testable(test: &str) -> bool {
+    // SAFETY: geteuid cannot fail.
+    let why = if unsafe { libc::geteuid() } != 0 {
+        "FUSE mounts need root"
+    } else if !Path::new("/dev/fuse").exists() {
+        "no /dev/fuse"
+    } else {
+        return true;
+    };
+    skip(test, why);
+    false
+}
+
+/// Prints why `test` is skipped, or fails where end-to-end tests are
+/// required (`CI`, `VIRTIOFSD_RS_REQUIRE_E2E`).
+fn skip(test: &str, why: &str) {
+    let required = std::env::var_os("CI").is_some()
+        || std::env::var_os("VIRTIOFSD_RS_REQUIRE_E2E").is_some_and(|v| !v.is_empty());
+    assert!(
+        !required,
+        "{test}: required here (CI or VIRTIOFSD_RS_REQUIRE_E2E), but {why}"
+    );
+    eprintln!("SKIP: {test}: {why}");
+}
+
+/// Whether the file system holding `dir` exports file handles
+/// (`name_to_handle_at`), which `--inode-file-handles=prefer` needs to hold
+/// an inode without an fd (ext4, xfs, btrfs, tmpfs do; overlayfs without
+/// `nfs_export` does not).
+fn exports_file_handles(dir: &Path) -> bool {
+    #[repr(C)]
+    struct Handle {
+        bytes: libc::c_uint,
+        kind: libc::c_int,
+        f_handle: [u8; 128],
+    }
+    let mut h = Handle {
+        bytes: 128,
+        kind: 0,
+        f_handle: [0; 128],
+    };
+    let mut mount_id: libc::c_int = 0;
+    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: NUL-terminated path; `h` announces the room that follows;
+    // `mount_id` is a valid out-pointer.
+    unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            &mut h as *mut Handle,
+            &mut mount_id as *mut libc::c_int,
+            0,
+        ) == 0
+    }
+}
+
+/// The contents of file `f` of directory `d` of the fd-bound tree.
+fn tree_file_body(d: usize, f: usize) -> String {
+    format!("file {f} of dir {d}\n")
+}
+
+/// What walking the tree through the mount met.
+#[derive(Default)]
+struct Walk {
+    /// Entries listed, `lstat`ed and held.
+    seen: usize,
+    /// Sample files opened and read back intact.
+    read: usize,
+    /// Failures by errno (0: not an OS error, or wrong contents).
+    errors: std::collections::BTreeMap<i32, usize>,
+    /// An `O_PATH` fd on every entry seen, in walk order: the kernel keeps
+    /// the inode of an open file, so the daemon is held to every node it
+    /// handed out.
+    held: Vec<Held>,
+}
+
+/// An entry the walk holds.
+struct Held {
+    path: std::path::PathBuf,
+    is_dir: bool,
+    fd: std::fs::File,
+}
+
+impl Walk {
+    fn failed(&mut self, e: &std::io::Error) {
+        *self
+            .errors
+            .entry(e.raw_os_error().unwrap_or(0))
+            .or_default() += 1;
+    }
+
+    fn errors_other_than(&self, errno: i32) -> Vec<(i32, usize)> {
+        self.errors
+            .iter()
+            .filter(|(e, _)| **e != errno)
+            .map(|(e, n)| (*e, *n))
+            .collect()
+    }
+
+    /// Lists `dir`, `lstat`s and holds each entry, reads every fifth file
+    /// (by name), and descends into directories.
+    fn dir(&mut self, dir: &Path) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let entries = match std::fs::read_dir(dir) {
+            Ok(it) => it,
+            Err(e) => return self.failed(&e),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            match entry {
+                Ok(e) => names.push(e.file_name()),
+                Err(e) => {
+                    self.failed(&e);
+                    break;
+                }
+            }
+        }
+        for name in names {
+            let path = dir.join(&name);
+            let meta = match std::fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.failed(&e);
+                    continue;
+                }
+            };
+            let held = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+                .open(&path);
+            match held {
+                Ok(fd) => self.held.push(Held {
+                    path: path.clone(),
+                    is_dir: meta.is_dir(),
+                    fd,
+                }),
+                Err(e) => {
+                    self.failed(&e);
+                    continue;
+                }
+            }
+            self.seen += 1;
+            if meta.is_dir() {
+                self.dir(&path);
+                continue;
+            }
+            // File `f{f}` of directory `d{d}`.
+            let number = |p: &Path, prefix: char| -> usize {
+                let name = p.file_name().unwrap().to_str().unwrap();
+                name.strip_prefix(prefix).unwrap().parse().unwrap()
+            };
+            let (d, f) = (number(dir, 'd'), number(&path, 'f'));
+            if f % 5 == 0 {
+                match std::fs::read_to_string(&path) {
+                    Ok(body) if body == tree_file_body(d, f) => self.read += 1,
+                    Ok(_) => *self.errors.entry(0).or_default() += 1,
+                    Err(e) => self.failed(&e),
+                }
+            }
+        }
+    }
+}
+
+/// The number of fds `pid` has open.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// The soft and hard `RLIMIT_NOFILE` of `pid`, from /proc/PID/limits.
+fn nofile_limits(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (v[0], v[1])
+}
+
+/// Serves a tree of `TREE_DIRS * TREE_FILES` files, three times
+/// `FD_LIMIT`, with `--inode-file-handles=MODE` under a hard
+/// `RLIMIT_NOFILE` of `FD_LIMIT`, and walks it all through the mount
+/// holding every entry. Returns the walk and the serving process's open
+/// fds at its end (entries still held), with the mount still up.
+fn walk_tree_under_fd_limit(mode: &str) -> Option<(FuseMount, Walk, usize)> {
+    let limit = FD_LIMIT;
+    let m = FuseMount::start_with(
+        &[
+            "--sandbox",
+            "none",
+            &format!("--inode-file-handles={mode}"),
+            // Explicit, so a daemon with CAP_SYS_RESOURCE does not raise it
+            // either; the hard limit below keeps it from going higher.
+            "--rlimit-nofile",
+            &limit.to_string(),
+        ],
+        |cmd| {
+            // SAFETY: only async-signal-safe setrlimit between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let rl = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        },
+    )?;
+    for d in 0..TREE_DIRS {
+        let dir = m.share.join(format!("d{d}"));
+        std::fs::create_dir(&dir).unwrap();
+        for f in 0..TREE_FILES {
+            std::fs::write(dir.join(format!("f{f}")), tree_file_body(d, f)).unwrap();
+        }
+    }
+    let pid = m.serving_pid();
+    assert_eq!(
+        nofile_limits(pid),
+        (limit, limit),
+        "{mode}: the daemon's limit"
+    );
+    let mut walk = Walk::default();
+    walk.dir(&m.mnt);
+    let fds = open_fds(pid);
+    Some((m, walk, fds))
+}
+
+/// Issue 15: a tree larger than the daemon's fd limit is walked through the
+/// FUSE mount without EMFILE when inodes are held by file handles, with
+/// every inode still known to the guest and the daemon's fds far below the
+/// limit; holding them by `O_PATH` fds (`never`), the same walk runs out:
+/// the guest gets EMFILE (the daemon's fd reserve), while the daemon keeps
+/// answering and exits cleanly.
+#[test]
+fn a_tree_larger_than_the_fd_limit_is_walked_without_emfile() {
+    use std::os::fd::AsRawFd;
+    let test = "a_tree_larger_than_the_fd_limit_is_walked_without_emfile";
+    if !fuse_mounts_testable(test) {
+        return;
+    }
+    let tmp = std::env::temp_dir();
+    if !exports_file_handles(&tmp) {
+        skip(test, &format!("{} exports no file handles", tmp.display()));
+        return;
+    }
+    let entries = TREE_DIRS + TREE_DIRS * TREE_FILES;
+    let sampled = TREE_DIRS * TREE_FILES.div_ceil(5);
+    assert!(entries as u64 > 2 * FD_LIMIT);
+
+    let started = Instant::now();
+    let Some((m, walk, fds)) = walk_tree_under_fd_limit("prefer") else {
+        return;
+    };
+    eprintln!(
+        "prefer: {} entries seen, {} read, errors {:?}, daemon fds {fds}, {:?}",
+        walk.seen,
+        walk.read,
+        walk.errors,
+        started.elapsed()
+    );
+    assert!(walk.errors.is_empty(), "prefer: {:?}", walk.errors);
+    assert_eq!(walk.seen, entries);
+    assert_eq!(walk.read, sampled);
+    assert!(
+        fds < entries / 10 && (fds as u64) < FD_LIMIT / 4,
+        "prefer: {fds} fds open for {entries} inodes held"
+    );
+    drop(walk);
+    assert!(m.stop().success(), "prefer: clean exit");
+
+    // The same walk holding each inode by an O_PATH fd runs out of fds:
+    // the guest's lookups and opens answer EMFILE once the daemon's fds
+    // reach its reserve below the limit.
+    let started = Instant::now();
+    let Some((m, mut walk, fds)) = walk_tree_under_fd_limit("never") else {
+        return;
+    };
+    // The guest forgets the last files it looked up: unlinked through the
+    // mount (UNLINK needs no new fd) and no longer held, their inodes are
+    // evicted (FORGET) and the daemon closes their fds.
+    let forgotten = 20;
+    let files: Vec<_> = walk
+        .held
+        .iter()
+        .filter(|h| !h.is_dir)
+        .map(|h| h.path.clone())
+        .collect();
+    let victims = &files[files.len() - forgotten..];
+    walk.held.retain(|h| !victims.contains(&h.path));
+    for v in victims {
+        // Relative to the held parent: no path walk that would revalidate
+        // (LOOKUP, needing an fd the daemon has not got) an older dentry.
+        let parent = walk.held.iter().find(|h| Some(&*h.path) == v.parent());
+        let dirfd = parent.expect("the parent is held").fd.as_raw_fd();
+        let name = std::ffi::CString::new(v.file_name().unwrap().as_encoded_bytes()).unwrap();
+        // SAFETY: a held fd and a NUL-terminated name.
+        let r = unsafe { libc::unlinkat(dirfd, name.as_ptr(), 0) };
+        let e = std::io::Error::last_os_error();
+        assert_eq!(r, 0, "never: unlink {}: {e}", v.display());
+    }
+    eprintln!(
+        "never: {} entries seen, {} read, errors {:?}, daemon fds {fds}, {:?}",
+        walk.seen,
+        walk.read,
+        walk.errors,
+        started.elapsed()
+    );
+    assert!(
+        walk.errors.get(&libc::EMFILE).is_some_and(|n| *n > 0),
+        "never: the walk must run out of fds: {:?}",
+        walk.errors
+    );
+    assert!(
+        walk.errors_other_than(libc::EMFILE).is_empty(),
+        "never: {:?}",
+        walk.errors
+    );
+    assert!(
+        walk.seen < entries && walk.seen as u64 > FD_LIMIT / 2,
+        "never: {} of {entries} entries seen",
+        walk.seen
+    );
+    assert!(
+        (fds as u64) < FD_LIMIT && fds as u64 > FD_LIMIT * 3 / 4,
+        "never: {fds} fds open, up to the limit {FD_LIMIT} less the daemon's reserve"
+    );
+    // The daemon keeps answering: the nodes it holds, and lookups that
+    // need no new fd.
+    for h in &walk.held {
+        h.fd.metadata().expect("never: GETATTR of a held node");
+    }
+    std::fs::metadata(&m.mnt).expect("never: GETATTR of the root");
+    let e = std::fs::symlink_metadata(m.mnt.join("absent")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "never: a lookup");
+    // And once the guest forgot some, it serves new nodes and opens again.
+    let pid = m.serving_pid();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while open_fds(pid) > fds - forgotten {
+        assert!(
+            Instant::now() < deadline,
+            "never: the forgotten entries' fds were not closed ({} open)",
+            open_fds(pid)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let fresh = m.mnt.join("fresh");
+    std::fs::write(&fresh, b"served again").expect("never: create after forgets");
+    assert_eq!(std::fs::read(&fresh).unwrap(), b"served again");
+    eprintln!(
+        "never: {} fds once {forgotten} entries were forgotten",
+        open_fds(pid)
+    );
+    drop(walk);
+    assert!(m.stop().success(), "never: clean exit");
 }
