@@ -10,9 +10,10 @@
 # that did it is kept in fuzz/artifacts/TARGET/.
 #
 # Confinement: as root, each fuzzer runs in a throwaway mount namespace
-# with a private, size-limited tmpfs on /tmp (where the targets' scratch
-# shares live), as the unprivileged user 65534 with no capabilities, so a
-# confinement bug the fuzzer finds cannot touch the machine's files. As
+# whose world-writable directories (/tmp, where the targets' scratch shares
+# live, /var/tmp, /dev/shm, /run/lock) are private, size-limited tmpfs, as
+# the unprivileged user 65534 with no capabilities and no_new_privs, so a
+# confinement bug the fuzzer finds can write nothing the machine keeps. As
 # any other user it runs as that user.
 #
 # --merge-seeds DIR adds to fuzz/seeds/TARGET the inputs of DIR/TARGET
@@ -24,7 +25,8 @@
 # built once per machine), FUZZ_SUMMARY (a file to append one line per
 # target to), FUZZ_LOG_DIR (keep each target's libFuzzer log there).
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")"
+self=$(realpath "${BASH_SOURCE[0]}")
+cd "$(dirname "$self")"
 
 time=30
 build_only=false
@@ -35,7 +37,7 @@ while [[ $# -gt 0 ]]; do
         --time) time=$2; shift 2 ;;
         --build-only) build_only=true; shift ;;
         --merge-seeds) merge=$2; shift 2 ;;
-        -h|--help) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,26p' "$self" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) echo "fuzz/run.sh: unknown option $1" >&2; exit 2 ;;
         *) targets+=("$1"); shift ;;
     esac
@@ -97,16 +99,26 @@ for t in "${targets[@]}"; do
         # Inside the namespace: a fresh tmpfs on /tmp holding a copy of the
         # binary and corpus that user 65534 owns; what the run found is
         # copied back before the namespace (and its tmpfs) goes.
+        # The namespace's own tmpfs (at a fresh directory under /run) holds
+        # a copy of the binary and corpus that user 65534 owns; then the
+        # world-writable directories (/tmp, /var/tmp, /dev/shm, /run/lock)
+        # become private tmpfs too, so the fuzzer can write nothing the
+        # machine keeps. What the run found is copied back before the
+        # namespace (and its tmpfs) goes.
+        stage=$(mktemp -d -p /run virtiofsd-rs-fuzz.XXXXXX)
         unshare --mount --propagation private -- bash -c '
             set -e
-            bin=$1 corpus=$2 seeds=$3 artifacts=$4; shift 4
-            mount -t tmpfs -o size=1g,mode=1777 fuzz-tmp /tmp
-            mkdir -p /tmp/fz/corpus /tmp/fz/seeds /tmp/fz/artifacts
-            cp "$bin" /tmp/fz/bin
-            cp -r "$corpus"/. /tmp/fz/corpus/
-            cp -r "$seeds"/. /tmp/fz/seeds/
-            chown -R 65534:65534 /tmp/fz
-            cd /tmp/fz
+            stage=$1 bin=$2 corpus=$3 seeds=$4 artifacts=$5; shift 5
+            mount -t tmpfs -o size=1g,mode=0755 fuzz-stage "$stage"
+            mkdir -p "$stage/corpus" "$stage/seeds" "$stage/artifacts"
+            cp "$bin" "$stage/bin"
+            cp -r "$corpus"/. "$stage/corpus/"
+            cp -r "$seeds"/. "$stage/seeds/"
+            chown -R 65534:65534 "$stage"
+            for d in /tmp /var/tmp /dev/shm /run/lock; do
+                [[ -d $d ]] && mount -t tmpfs -o size=1g,mode=1777 fuzz-tmp "$d"
+            done
+            cd "$stage"
             rc=0
             setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all \
                 --bounding-set=-all --no-new-privs -- \
@@ -114,14 +126,16 @@ for t in "${targets[@]}"; do
             cp -n corpus/* "$corpus"/ 2>/dev/null || true
             cp artifacts/* "$artifacts"/ 2>/dev/null || true
             exit $rc
-        ' fuzz-ns "$bindir/$t" "$corpus" "$seeds" "$artifacts" "${args[@]}" >"$log" 2>&1 || rc=$?
+        ' fuzz-ns "$stage" "$bindir/$t" "$corpus" "$seeds" "$artifacts" "${args[@]}" >"$log" 2>&1 || rc=$?
+        rmdir "$stage" 2>/dev/null || true
     else
         "$bindir/$t" "$corpus" "$seeds" -artifact_prefix="$artifacts/" "${args[@]}" >"$log" 2>&1 || rc=$?
     fi
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
-    cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
-    ft=$(grep -o 'ft: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
+    # (No such line when the run died before libFuzzer started.)
+    cov=$({ grep -o 'cov: [0-9]*' "$log" || true; } | tail -1 | cut -d' ' -f2)
+    ft=$({ grep -o 'ft: [0-9]*' "$log" || true; } | tail -1 | cut -d' ' -f2)
     line="$t: ${execs:-?} executions in ${time} s (${rate:-?}/s), coverage ${cov:-?} edges, ${ft:-?} features, corpus $(ls "$corpus" | wc -l) inputs"
     if [[ $rc -ne 0 ]]; then
         line+=", FAILED (exit $rc)"

@@ -68,17 +68,18 @@ pub enum QueueError {
     /// The driver could not be signalled (its call eventfd).
     #[error("cannot signal the driver: {0}")]
     Signal(io::Error),
-    /// The descriptor table or a ring is not wholly inside guest memory (or
-    /// is misaligned).
+    /// The descriptor table or a ring is not wholly inside guest memory, or
+    /// is misaligned.
     #[error("the descriptor table or a ring is outside guest memory")]
     Rings,
 }
 
 /// Where a kick gets guest memory: called again before every pass over the
-/// available ring, so what the frontend's SET_MEM_TABLE installed (and
-/// acknowledged) serves every chain taken after it, even within one kick
-/// (a worker polling for more requests keeps going across a table swap).
-/// None: no memory was ever set.
+/// available ring (and every poll of it), so what the frontend's
+/// SET_MEM_TABLE installed (and acknowledged) serves every chain taken
+/// after it, even within one kick (a worker polling for more requests, or
+/// draining pass after pass, keeps going across a table swap). None: no
+/// memory was ever set.
 pub type MemSource<'a> = &'a dyn Fn() -> Option<MemGuard>;
 
 /// Runs `f` on `vring`'s state; if it fails, stops the queue (clears its
@@ -150,7 +151,7 @@ pub fn serve_kick_with(
     event_idx: bool,
     queue: &str,
     poller: &mut Poller,
-    mut drain: impl FnMut(&MemGuard) -> Result<(), QueueError>,
+    mut drain: impl FnMut(MemSource<'_>) -> Result<(), QueueError>,
 ) {
     if !is_started(vring) {
         debug!("{queue}: kicked while stopped; ignored");
@@ -177,28 +178,17 @@ fn kick_protocol(
     mem: MemSource<'_>,
     event_idx: bool,
     poller: &mut Poller,
-    drain: &mut impl FnMut(&MemGuard) -> Result<(), QueueError>,
+    drain: &mut impl FnMut(MemSource<'_>) -> Result<(), QueueError>,
 ) -> Result<(), QueueError> {
-    // Memory is loaded again for every drain: the frontend may have
-    // replaced the memory table (SET_MEM_TABLE) since the kick began, and a
-    // chain it publishes after that was acknowledged may use the new
-    // memory. (Guest memory is never removed to this kick's knowledge: the
-    // load only fails if it was never set.)
-    let Some(first) = mem() else {
-        return Ok(());
-    };
+    // `drain` loads guest memory again for every pass (see [`MemSource`]).
     if !event_idx {
-        return drain(&first);
+        return drain(mem);
     }
-    drop(first);
     poller.woken();
     let mut drains = 0;
     loop {
-        let Some(now) = mem() else {
-            return Ok(());
-        };
         or_stop(vring, |s| s.disable_notification()).map_err(QueueError::Notification)?;
-        drain(&now)?;
+        drain(mem)?;
         drains += 1;
         if drains >= MAX_DRAINS_PER_KICK && kick_self(vring) {
             // Still busy: the thread's other events (its exit event, a
@@ -206,10 +196,20 @@ fn kick_protocol(
             // worker back.
             return Ok(());
         }
-        if poller.spin(|| has_available(vring, &now)) {
+        if poller.spin(|| mem().is_some_and(|m| has_available(vring, &m))) {
             continue;
         }
-        if !or_stop(vring, |s| s.enable_notification()).map_err(QueueError::Notification)? {
+        // A queue the frontend stopped meanwhile (GET_VRING_BASE) is not
+        // written to again.
+        let more = or_stop(vring, |s| {
+            if s.get_queue().ready() {
+                s.enable_notification()
+            } else {
+                Ok(false)
+            }
+        })
+        .map_err(QueueError::Notification)?;
+        if !more {
             poller.sleeping();
             return Ok(());
         }
@@ -243,6 +243,22 @@ pub fn available(vring: &VringRwLock, mem: &MemGuard) -> Result<Vec<Chain>, Queu
     take_available(&mut vring.get_mut(), mem)
 }
 
+/// Whether `q`'s descriptor table and rings lie wholly inside guest memory,
+/// each aligned as the split-queue layout requires (16, 2 and 4 bytes).
+/// Unlike virtio-queue's `is_valid`, a ring ending exactly where a memory
+/// region ends is inside.
+fn rings_in_memory(q: &virtio_queue::Queue, mem: &MemGuard) -> bool {
+    use vm_memory::{GuestAddress, GuestMemory};
+    let n = usize::from(q.size());
+    [
+        (q.desc_table(), 16 * n, 16),
+        (q.avail_ring(), 6 + 2 * n, 2),
+        (q.used_ring(), 6 + 8 * n, 4),
+    ]
+    .into_iter()
+    .all(|(at, len, align)| at % align == 0 && mem.check_range(GuestAddress(at), len))
+}
+
 /// [`available`] on a vring's state already locked.
 fn take_available(
     state: &mut VringState<GuestMem>,
@@ -253,7 +269,7 @@ fn take_available(
     // poll (virtio-queue's iterator just stops there), an answer it cannot
     // write would be lost.
     let q = state.get_queue_mut();
-    if q.ready() && !q.is_valid(&**mem) {
+    if q.ready() && !rings_in_memory(q, mem) {
         q.set_ready(false);
         return Err(QueueError::Rings);
     }
@@ -417,22 +433,28 @@ impl Intake<'_> {
 /// Both engines run this one loop.
 pub(crate) fn drain<E: std::fmt::Display>(
     vring: &VringRwLock,
-    mem: &MemGuard,
+    mem: MemSource<'_>,
     queue: &str,
     mut data: Option<(&dyn DataPath, &mut UringQueue)>,
     intake: Intake<'_>,
     sync: &mut impl FnMut(&MemGuard, Chain) -> Result<u32, E>,
 ) -> Result<(), QueueError> {
     for _ in 0..MAX_PASSES {
+        // Memory as it is now (a table replaced since the last pass serves
+        // this one), held for this pass only: every operation the pass
+        // starts is complete when it ends.
+        let Some(mem) = mem() else {
+            return Ok(());
+        };
         // Locked from taking the chains to answering the last of them (see
         // the module's documentation): GET_VRING_BASE waits for the pass.
         let mut state = vring.get_mut();
-        let r = drain_pass(&mut state, mem, queue, &mut data, intake, sync);
+        let r = drain_pass(&mut state, &mem, queue, &mut data, intake, sync);
         if r.is_err() {
             // Operations in flight use guest memory: none may outlive the
-            // snapshot the caller drops when this returns, nor the lock.
+            // snapshot this pass holds, nor the lock.
             if let Some((path, uq)) = &mut data {
-                uq.complete_all(*path, mem, &mut state, queue);
+                uq.complete_all(*path, &mem, &mut state, queue);
             }
         }
         if !r? {

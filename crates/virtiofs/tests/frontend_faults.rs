@@ -857,8 +857,8 @@ fn a_ring_outside_guest_memory_stops_that_queue_while_others_serve() {
             avail: past + (2 << 20),
             used: past + (3 << 20),
         };
-        // Without REPLY_ACK requested the refusal may not reach this side
-        // before the daemon reacts to it: the daemon is what is checked.
+        // The refusal comes back as an error or the daemon ends the
+        // connection: either way the daemon is what is checked.
         let sent = w.link().start_queue_at(2, &good, rings, 0);
         let deadline = Instant::now() + Duration::from_secs(3);
         while w.running() && Instant::now() < deadline {
