@@ -49,6 +49,19 @@ pub enum ChainError {
     /// The chain has no room for even an error reply.
     #[error("reply buffer of {0} bytes is too small")]
     NoRoom(usize),
+    /// Serving it panicked (a bug: no guest input should cause one); the
+    /// chain goes back empty and the queue goes on.
+    #[error("serving the request panicked")]
+    Panicked,
+}
+
+/// Runs `serve` (a chain's serving, [`serve_chain`]) with a panic caught:
+/// the chain is then returned empty ([`ChainError::Panicked`]) instead of
+/// unwinding out of the worker, which holds the queue's lock while it
+/// serves (a poisoned lock would fail the frontend's next ring request).
+pub fn serve_caught(serve: impl FnOnce() -> Result<u32, ChainError>) -> Result<u32, ChainError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(serve))
+        .unwrap_or(Err(ChainError::Panicked))
 }
 
 /// Serves the request in `chain` and writes the reply; returns its length.
@@ -329,7 +342,7 @@ impl VhostUserBackend for P9VhostBackend {
             vring,
             "virtio-9p queue",
             Some(&P9Data(&self.session)),
-            |mem, chain| serve_chain(&self.session, &**mem, chain),
+            |mem, chain| serve_caught(|| serve_chain(&self.session, &**mem, chain)),
         );
         Ok(())
     }

@@ -461,3 +461,52 @@ fn a_broken_avail_index_stops_the_queue_until_the_driver_restarts_it() {
         Rmessage::Getattr(_)
     ));
 }
+
+/// A panic while serving one chain (a bug: no guest input should cause
+/// one) returns that chain empty, and the kick goes on to the next chain:
+/// the worker holds the queue's lock while it serves, and an unwinding
+/// panic would poison it.
+#[test]
+fn a_panic_serving_a_chain_returns_it_empty_and_the_queue_goes_on() {
+    use device_queue::{serve_kick, Poller};
+    use p9::virtio::{serve_caught, ChainError};
+
+    let mut ram = GuestRam::new(1 << 20).unwrap();
+    ram.alloc(4096, 4096);
+    let mut q = SplitQueue::new(&mut ram, 16);
+    let vring = q.vring(&ram).unwrap();
+    let buf = ram.alloc(64, 8);
+    let bufs = Buf::request_reply(buf, 16, GuestAddress(buf.0 + 16), 48);
+    for head in [0, 2] {
+        q.write_chain_at(&ram, head, &bufs);
+        q.publish(&ram, head);
+    }
+    let mut served = 0;
+    serve_kick(
+        &vring,
+        &|| Some(ram.memory()),
+        false,
+        "test queue",
+        &mut Poller::new(std::time::Duration::ZERO),
+        |_, _| {
+            served += 1;
+            serve_caught(|| {
+                if served == 1 {
+                    panic!("a bug while serving");
+                }
+                Ok::<u32, ChainError>(7)
+            })
+        },
+    );
+    assert_eq!(served, 2, "the kick went on after the panic");
+    assert_eq!(
+        q.take_used(&ram),
+        Some((0, 0)),
+        "the chain that panicked, empty"
+    );
+    assert_eq!(q.take_used(&ram), Some((2, 7)));
+    assert!(
+        device_queue::is_started(&vring),
+        "the queue (and its lock) are fine"
+    );
+}
