@@ -73,17 +73,77 @@ pub fn group_id(name: &str) -> Option<libc::gid_t> {
 /// exists, or 0660 owned by `group` (a name or a numeric gid). A stale
 /// socket at `path` is removed first; any other kind of file there is an
 /// error (`EADDRINUSE`), never removed.
+///
+/// The socket is made under a temporary name beside `path`, listening and
+/// with its final owner and mode, then renamed into place (never over
+/// anything): whoever sees `path` can connect at once (a VMM that connects
+/// as soon as the file appears would otherwise race `listen`, and see the
+/// group's mode change under it).
 pub fn bind_private_unix(path: &Path, group: Option<&str>) -> Result<UnixListener, SocketError> {
     let bind_err = |source| SocketError::Bind {
         path: path.to_path_buf(),
         source,
     };
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
+    let is_socket = |p: &Path| {
         use std::os::unix::fs::FileTypeExt;
-        if meta.file_type().is_socket() {
-            std::fs::remove_file(path).map_err(bind_err)?;
-        }
+        std::fs::symlink_metadata(p).map(|m| m.file_type().is_socket())
+    };
+    match is_socket(path) {
+        Ok(true) => std::fs::remove_file(path).map_err(bind_err)?,
+        Ok(false) => return Err(bind_err(io::Error::from_raw_os_error(libc::EADDRINUSE))),
+        Err(_) => {}
     }
+    let name = path
+        .file_name()
+        .ok_or_else(|| bind_err(io::Error::from_raw_os_error(libc::EINVAL)))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".{}.binding", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    if is_socket(&tmp).unwrap_or(false) {
+        std::fs::remove_file(&tmp).map_err(bind_err)?;
+    }
+    let listener = bind_in_place(&tmp, group).map_err(|e| match e {
+        SocketError::Bind { source, .. } => bind_err(source),
+        other => other,
+    })?;
+    let (from, to) = (
+        cstring(&tmp).map_err(bind_err)?,
+        cstring(path).map_err(bind_err)?,
+    );
+    // SAFETY: NUL-terminated paths; a plain syscall.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        let _ = std::fs::remove_file(&tmp);
+        return Err(bind_err(if e.raw_os_error() == Some(libc::EEXIST) {
+            io::Error::from_raw_os_error(libc::EADDRINUSE)
+        } else {
+            e
+        }));
+    }
+    Ok(listener)
+}
+
+fn cstring(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// Binds a listening socket at `path` itself, 0600 or 0660 for `group`.
+fn bind_in_place(path: &Path, group: Option<&str>) -> Result<UnixListener, SocketError> {
+    let bind_err = |source| SocketError::Bind {
+        path: path.to_path_buf(),
+        source,
+    };
     let gid = match group {
         Some(g) => Some(group_id(g).ok_or_else(|| SocketError::NoSuchGroup(g.to_string()))?),
         None => None,
@@ -191,5 +251,33 @@ mod tests {
         std::fs::write(&p, b"keep").unwrap();
         assert!(bind_private_unix(&p, None).is_err());
         assert_eq!(std::fs::read(&p).unwrap(), b"keep");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    /// The socket appears listening, with its final mode: a client that
+    /// connects the moment the path exists is accepted (it used to race
+    /// `listen` and the group's chmod), and no temporary name is left.
+    #[test]
+    fn the_socket_appears_listening_with_its_final_mode() {
+        use std::os::unix::net::UnixStream;
+        for _ in 0..50 {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("s");
+            let watcher = {
+                let p = p.clone();
+                std::thread::spawn(move || loop {
+                    if let Ok(m) = std::fs::symlink_metadata(&p) {
+                        let mode = m.permissions().mode() & 0o777;
+                        return (mode, UnixStream::connect(&p).map(|_| ()));
+                    }
+                    std::thread::yield_now();
+                })
+            };
+            let _l = bind_private_unix(&p, Some("0")).unwrap();
+            let (mode, connected) = watcher.join().unwrap();
+            assert_eq!(mode, 0o660, "seen with its final mode");
+            connected.expect("listening as soon as it exists");
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        }
     }
 }
