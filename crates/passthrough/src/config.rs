@@ -32,10 +32,15 @@ impl CachePolicy {
 /// (virtiofsd's `--inode-file-handles`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum InodeFileHandles {
-    /// Always hold an `O_PATH` fd per known inode.
-    #[default]
+    /// Always hold an `O_PATH` fd per known inode: one fd per inode the
+    /// guest knows, so a large tree runs into the fd limit.
     Never,
-    /// Use a file handle where the host filesystem supports one, else an fd.
+    /// Use a file handle where the host filesystem supports one, else an
+    /// fd; the inodes in use keep an fd in a bounded cache
+    /// ([`Config::inode_fd_cache`]). The default, as upstream virtiofsd's
+    /// since 1.14. Falls back to `Never` when the daemon cannot reopen
+    /// handles (no `CAP_DAC_READ_SEARCH`).
+    #[default]
     Prefer,
     /// Require file handles; a lookup on a filesystem without them fails.
     Mandatory,
@@ -56,6 +61,12 @@ pub struct Config {
     pub readonly: bool,
     /// Inode tracking by file handles.
     pub inode_file_handles: InodeFileHandles,
+    /// The most `O_PATH` fds kept open for inodes held by file handle, so
+    /// requests on the inodes in use pay no `open_by_handle_at`. `None`: a
+    /// quarter of the fds the guest may hold (see `fd_reserve`), at most
+    /// [`fd_cache::DEFAULT_MAX`](crate::fd_cache::DEFAULT_MAX); `Some(0)`
+    /// caches nothing.
+    pub inode_fd_cache: Option<usize>,
     /// Let the guest use writeback caching.
     pub writeback: bool,
     /// Honour `O_DIRECT` from the guest.
@@ -98,6 +109,7 @@ impl Config {
             posix_acl: false,
             readonly: false,
             inode_file_handles: InodeFileHandles::default(),
+            inode_fd_cache: None,
             writeback: false,
             allow_direct_io: false,
             announce_submounts: true,

@@ -8,7 +8,7 @@
 use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +25,7 @@ use crate::config::{CachePolicy, Config, InodeFileHandles};
 use crate::credentials::CredGuard;
 use crate::error::Error;
 use crate::fd_budget::FdBudget;
+use crate::fd_cache::{self, FdCache};
 use crate::file_handle::{FileHandle, MountFds};
 use crate::handle_table::{HandleData, HandleTable};
 use crate::inode_store::{InodeData, InodeFd, InodeKey, InodeSource, InodeStore, ROOT_ID};
@@ -76,6 +77,8 @@ pub struct PassthroughFs {
     dont_mask: AtomicBool,
     /// The fds kept free for the daemon, whatever the guest holds open.
     fds: FdBudget,
+    /// Open `O_PATH` fds of the handle-held inodes in use.
+    fd_cache: FdCache,
 }
 
 fn fd_name(fd: RawFd) -> CString {
@@ -222,7 +225,10 @@ impl PassthroughFs {
     /// `proc_self_fd`, a `/proc/self/fd` directory the caller opened: a
     /// sandboxed daemon's own private `/proc` (see the `sandbox` crate),
     /// whose `..` cannot reach the host's processes.
-    pub fn with_proc_self_fd(cfg: Config, proc_self_fd: OwnedFd) -> Result<PassthroughFs, Error> {
+    pub fn with_proc_self_fd(
+        mut cfg: Config,
+        proc_self_fd: OwnedFd,
+    ) -> Result<PassthroughFs, Error> {
         let path = cfg.root_dir.clone();
         let cpath =
             CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| Error::OpenRoot {
@@ -259,7 +265,13 @@ impl PassthroughFs {
         let mounts = MountFds::default();
         let mut root_mount = None;
         if cfg.inode_file_handles != InodeFileHandles::Never {
-            match FileHandle::from_fd(root.as_raw_fd()) {
+            // Handles are only useful if the daemon may open them again
+            // (CAP_DAC_READ_SEARCH): try it on the root.
+            let usable = FileHandle::from_fd(root.as_raw_fd()).and_then(|h| {
+                h.open(root_dir.as_raw_fd(), libc::O_PATH)?;
+                Ok(h)
+            });
+            match usable {
                 Ok(h) => {
                     mounts.remember(h.mount_id(), root_dir);
                     root_mount = Some(h.mount_id());
@@ -267,7 +279,13 @@ impl PassthroughFs {
                 Err(source) if cfg.inode_file_handles == InodeFileHandles::Mandatory => {
                     return Err(Error::FileHandlesUnsupported { path, source })
                 }
-                Err(_) => {}
+                Err(e) => {
+                    log::info!(
+                        "{}: inodes held by O_PATH fds, not file handles ({e})",
+                        path.display()
+                    );
+                    cfg.inode_file_handles = InodeFileHandles::Never;
+                }
             }
         }
         sys::clear_umask();
@@ -288,6 +306,7 @@ impl PassthroughFs {
             switch_creds,
             dont_mask: AtomicBool::new(false),
             fds,
+            fd_cache: FdCache::default(),
         })
     }
 
@@ -458,10 +477,52 @@ impl PassthroughFs {
     /// a handle needs the daemon's CAP_DAC_READ_SEARCH, and under a
     /// [`CredGuard`] the open has to step out of the guard
     /// ([`as_daemon`](crate::credentials::as_daemon)) for it.
-    fn path_fd<'a>(&self, data: &'a InodeData) -> io::Result<InodeFd<'a>> {
-        match data.path_fd(&self.mounts)? {
-            InodeFd::Owned(fd) => self.fds.admit(fd).map(InodeFd::Owned),
-            borrowed => Ok(borrowed),
+    fn path_fd<'a>(&self, data: &'a Arc<InodeData>) -> io::Result<InodeFd<'a>> {
+        match data.source() {
+            InodeSource::Fd(fd) => Ok(InodeFd::Borrowed(fd.as_fd())),
+            InodeSource::Handle(handle, slot) => {
+                if let Some(fd) = slot.get() {
+                    return Ok(InodeFd::Shared(fd));
+                }
+                let fd =
+                    self.guest_fd(|| self.mounts.open(handle, libc::O_PATH | libc::O_NOFOLLOW))?;
+                Ok(InodeFd::Shared(self.fd_cache.insert(
+                    data,
+                    slot,
+                    fd,
+                    self.fd_cache_capacity(),
+                )))
+            }
+        }
+    }
+
+    /// How many fds the fd cache may hold ([`Config::inode_fd_cache`]).
+    fn fd_cache_capacity(&self) -> usize {
+        self.cfg.inode_fd_cache.unwrap_or_else(|| {
+            usize::try_from(self.fds.ceiling() / 4)
+                .unwrap_or(usize::MAX)
+                .min(fd_cache::DEFAULT_MAX)
+        })
+    }
+
+    /// The fd cache (for tests and diagnostics).
+    pub fn fd_cache(&self) -> &FdCache {
+        &self.fd_cache
+    }
+
+    /// Opens an fd for the guest with `open` (which must be safe to call
+    /// twice), held to the fd budget. When the budget or the kernel refuses
+    /// it, the fd cache gives up a quarter of its fds and `open` is tried
+    /// once more: cached fds are a convenience, the guest's own work is not.
+    fn guest_fd<T: AsRawFd>(&self, mut open: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+        match open().and_then(|fd| self.fds.admit(fd)) {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                if self.fd_cache.shrink(self.fd_cache.len() / 4 + 1) == 0 {
+                    return Err(e);
+                }
+                open().and_then(|fd| self.fds.admit(fd))
+            }
+            r => r,
         }
     }
 
@@ -486,28 +547,29 @@ impl PassthroughFs {
             _ => return Err(errno(libc::ENXIO)),
         }
         let name = fd_name(fd);
-        let owned = sys::openat(
-            self.proc_self_fd.as_raw_fd(),
-            &name,
-            flags & !libc::O_NOFOLLOW,
-            0,
-        )?;
-        Ok(File::from(self.fds.admit(owned)?))
+        let owned = self.guest_fd(|| {
+            sys::openat(
+                self.proc_self_fd.as_raw_fd(),
+                &name,
+                flags & !libc::O_NOFOLLOW,
+                0,
+            )
+        })?;
+        Ok(File::from(owned))
     }
 
     /// Opens `name` in `dir` as `O_PATH`, never following a symlink and never
     /// leaving `dir`.
     fn open_child(&self, dir: RawFd, name: &CStr) -> io::Result<OwnedFd> {
         let flags = libc::O_PATH | libc::O_NOFOLLOW;
-        let fd = match sys::openat2_beneath(dir, name, flags) {
+        self.guest_fd(|| match sys::openat2_beneath(dir, name, flags) {
             Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
                 // Pre-5.6 kernels: `name` is a single validated component and
                 // O_NOFOLLOW stops at a trailing symlink, which is as strict.
                 sys::openat(dir, name, flags, 0)
             }
             r => r,
-        }?;
-        self.fds.admit(fd)
+        })
     }
 
     /// Whether the directory `fd` lies beneath the share root, by walking up.
@@ -518,12 +580,9 @@ impl PassthroughFs {
             if InodeKey::from_stat(&st) == self.root_key {
                 return Ok(true);
             }
-            let parent = self.fds.admit(sys::openat(
-                cur.as_raw_fd(),
-                c"..",
-                libc::O_PATH | libc::O_DIRECTORY,
-                0,
-            )?)?;
+            let parent = self.guest_fd(|| {
+                sys::openat(cur.as_raw_fd(), c"..", libc::O_PATH | libc::O_DIRECTORY, 0)
+            })?;
             let pst = sys::fstat(parent.as_raw_fd())?;
             if InodeKey::from_stat(&pst) == InodeKey::from_stat(&st) {
                 return Ok(false);
@@ -572,17 +631,18 @@ impl PassthroughFs {
         let known = handle.as_ref().and_then(|h| h.as_ref().ok());
         if let Some(data) = self.inodes.get_by_key_and_ref(&key, known) {
             if data.file_type == st.st_mode & libc::S_IFMT {
+                self.keep_fd(&data, fd);
                 return Ok(self.entry_for(&data, st, parent_dev));
             }
             // Same number, another type: another object. Undo the lookup.
             self.inodes.forget(data.nodeid, 1);
         }
-        let source = match handle {
-            None => InodeSource::Fd(fd),
+        let (source, fd) = match handle {
+            None => (InodeSource::Fd(fd), None),
             Some(handle) => {
                 let mandatory = self.cfg.inode_file_handles == InodeFileHandles::Mandatory;
                 match handle {
-                    Ok(h) if self.mounts.knows(h.mount_id()) => InodeSource::Handle(h),
+                    Ok(h) if self.mounts.knows(h.mount_id()) => (InodeSource::handle(h), Some(fd)),
                     // A submount's root: its directory fd resolves its
                     // handles. The daemon's, opened with its ids: the
                     // requester may look the directory up without being
@@ -598,19 +658,34 @@ impl PassthroughFs {
                             )
                         })?)?;
                         self.mounts.remember(h.mount_id(), dirfd);
-                        InodeSource::Handle(h)
+                        (InodeSource::handle(h), Some(fd))
                     }
                     Ok(_) if mandatory => return Err(errno(libc::EOPNOTSUPP)),
                     Err(e) if mandatory => return Err(e),
                     // A file on a mount we cannot resolve handles for.
-                    Ok(_) | Err(_) => InodeSource::Fd(fd),
+                    Ok(_) | Err(_) => (InodeSource::Fd(fd), None),
                 }
             }
         };
         let data = self
             .inodes
             .insert_or_ref(key, st.st_mode & libc::S_IFMT, source);
+        if let Some(fd) = fd {
+            self.keep_fd(&data, fd);
+        }
         Ok(self.entry_for(&data, st, parent_dev))
+    }
+
+    /// Keeps `fd`, just opened on `data`'s object, in the fd cache if
+    /// `data` is held by handle and has no fd cached: the guest is about
+    /// to use what it looked up.
+    fn keep_fd(&self, data: &Arc<InodeData>, fd: OwnedFd) {
+        if let Some(slot) = data.slot() {
+            if !slot.is_filled() {
+                self.fd_cache
+                    .insert(data, slot, fd, self.fd_cache_capacity());
+            }
+        }
     }
 
     /// Looks up `name` in `parent`, whose fd `pfd` the caller resolved
@@ -639,12 +714,8 @@ impl PassthroughFs {
                     return Ok(self.entry_for(parent, st, None));
                 }
                 let dir_flags = libc::O_PATH | libc::O_DIRECTORY;
-                let up = self
-                    .fds
-                    .admit(sys::openat(pfd.as_raw_fd(), c"..", dir_flags, 0)?)?;
-                let check = self
-                    .fds
-                    .admit(sys::openat(up.as_raw_fd(), c".", dir_flags, 0)?)?;
+                let up = self.guest_fd(|| sys::openat(pfd.as_raw_fd(), c"..", dir_flags, 0))?;
+                let check = self.guest_fd(|| sys::openat(up.as_raw_fd(), c".", dir_flags, 0))?;
                 if !self.is_beneath_root(check)? {
                     return Err(errno(libc::EACCES));
                 }
@@ -653,7 +724,7 @@ impl PassthroughFs {
         }
     }
 
-    fn stat_inode(&self, data: &InodeData) -> io::Result<stat64> {
+    fn stat_inode(&self, data: &Arc<InodeData>) -> io::Result<stat64> {
         let fd = self.path_fd(data)?;
         sys::fstat(fd.as_raw_fd())
     }
@@ -1009,9 +1080,9 @@ impl FileSystem for PassthroughFs {
         let st = match handle {
             Some(h) => match self.handles.get(inode, h) {
                 Ok(h) => sys::fstat(h.as_raw_fd())?,
-                Err(_) => self.stat_inode(&*self.inodes.get(inode)?)?,
+                Err(_) => self.stat_inode(&self.inodes.get(inode)?)?,
             },
-            None => self.stat_inode(&*self.inodes.get(inode)?)?,
+            None => self.stat_inode(&self.inodes.get(inode)?)?,
         };
         Ok((st, self.timeout()))
     }

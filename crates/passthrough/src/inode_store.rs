@@ -3,16 +3,17 @@
 //! FUSE's contract: every reply that hands the guest a node id (lookup,
 //! create, mkdir, mknod, symlink, link, each readdirplus entry) adds one to
 //! that node's lookup count, and `forget(n)` subtracts `n`. A node is dropped,
-//! and its host fd closed, when its count reaches zero. The root is never
-//! dropped.
+//! and its host fd (or its cached fd, see [`crate::fd_cache`]) closed, when
+//! its count reaches zero. The root is never dropped.
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use crate::file_handle::{FileHandle, MountFds};
+use crate::fd_cache::Slot;
+use crate::file_handle::FileHandle;
 
 /// The FUSE node id of the share's root.
 pub const ROOT_ID: u64 = 1;
@@ -40,23 +41,31 @@ impl InodeKey {
 pub enum InodeSource {
     /// An `O_PATH` fd.
     Fd(OwnedFd),
-    /// A file handle, reopened on demand.
-    Handle(FileHandle),
+    /// A file handle, reopened on demand, with its slot in the fd cache.
+    Handle(FileHandle, Slot),
 }
 
-/// An fd for an inode: borrowed from the store, or opened for this request.
+impl InodeSource {
+    /// An inode held by `handle`, nothing cached yet.
+    pub fn handle(handle: FileHandle) -> Self {
+        InodeSource::Handle(handle, Slot::default())
+    }
+}
+
+/// An fd for an inode: borrowed from the store, or shared with the fd cache.
 pub enum InodeFd<'a> {
     /// The inode's own `O_PATH` fd.
     Borrowed(BorrowedFd<'a>),
-    /// A fresh `O_PATH` fd opened from a file handle.
-    Owned(OwnedFd),
+    /// An `O_PATH` fd opened from the inode's file handle, which stays open
+    /// while this request uses it even if the cache lets it go.
+    Shared(Arc<OwnedFd>),
 }
 
 impl AsRawFd for InodeFd<'_> {
     fn as_raw_fd(&self) -> RawFd {
         match self {
             InodeFd::Borrowed(fd) => fd.as_raw_fd(),
-            InodeFd::Owned(fd) => fd.as_raw_fd(),
+            InodeFd::Shared(fd) => fd.as_raw_fd(),
         }
     }
 }
@@ -74,17 +83,30 @@ pub struct InodeData {
 }
 
 impl InodeData {
-    /// An `O_PATH` fd for this inode.
-    pub fn path_fd<'a>(&'a self, mounts: &MountFds) -> io::Result<InodeFd<'a>> {
+    /// How the inode is held.
+    pub fn source(&self) -> &InodeSource {
+        &self.source
+    }
+
+    /// The inode's own `O_PATH` fd, if it is held by one.
+    pub fn own_fd(&self) -> Option<BorrowedFd<'_>> {
         match &self.source {
-            // SAFETY: the fd is owned by `self`, which outlives the borrow.
-            InodeSource::Fd(fd) => Ok(InodeFd::Borrowed(unsafe {
-                BorrowedFd::borrow_raw(fd.as_raw_fd())
-            })),
-            InodeSource::Handle(h) => mounts
-                .open(h, libc::O_PATH | libc::O_NOFOLLOW)
-                .map(InodeFd::Owned),
+            InodeSource::Fd(fd) => Some(fd.as_fd()),
+            InodeSource::Handle(..) => None,
         }
+    }
+
+    /// The inode's file handle and fd-cache slot, if it is held by handle.
+    pub fn handle(&self) -> Option<(&FileHandle, &Slot)> {
+        match &self.source {
+            InodeSource::Handle(h, slot) => Some((h, slot)),
+            InodeSource::Fd(_) => None,
+        }
+    }
+
+    /// The inode's fd-cache slot, if it is held by handle.
+    pub fn slot(&self) -> Option<&Slot> {
+        self.handle().map(|(_, slot)| slot)
     }
 
     /// Whether this inode is a directory.
@@ -109,7 +131,7 @@ impl InodeData {
     /// the two differ in the handle's generation.
     pub fn is_object(&self, handle: Option<&FileHandle>) -> bool {
         match (&self.source, handle) {
-            (InodeSource::Handle(h), Some(new)) => h == new,
+            (InodeSource::Handle(h, _), Some(new)) => h == new,
             _ => true,
         }
     }
@@ -118,7 +140,7 @@ impl InodeData {
     /// tests and diagnostics: `Prefer` falls back to fds where the host
     /// file system cannot export handles).
     pub fn held_by_handle(&self) -> bool {
-        matches!(self.source, InodeSource::Handle(_))
+        matches!(self.source, InodeSource::Handle(..))
     }
 
     /// The current lookup count (for tests and diagnostics).
@@ -217,7 +239,7 @@ impl InodeStore {
     ) -> Arc<InodeData> {
         let mut maps = self.write();
         let handle = match &source {
-            InodeSource::Handle(h) => Some(h),
+            InodeSource::Handle(h, _) => Some(h),
             InodeSource::Fd(_) => None,
         };
         if let Some(existing) = maps.by_key.get(&key).and_then(|id| maps.by_id.get(id)) {

@@ -14,7 +14,8 @@
 //!   root is the root, and special files are never opened;
 //! - credentials (`credentials`): requests run with the requester's uid/gid;
 //! - a reserve of fds (`fd_budget`) that no number of guest lookups and
-//!   opens can use up.
+//!   opens can use up, and a bounded cache of fds (`fd_cache`) for the
+//!   inodes in use among those held by file handle.
 //!
 //! ```no_run
 //! use passthrough::{Config, PassthroughFs};
@@ -33,6 +34,7 @@ mod config;
 pub mod credentials;
 mod error;
 pub mod fd_budget;
+pub mod fd_cache;
 mod file_handle;
 pub mod fs;
 mod handle_table;

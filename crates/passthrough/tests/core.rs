@@ -717,7 +717,9 @@ fn guest_lookups_and_opens_leave_the_fd_reserve_free() {
         std::fs::write(dir.path().join(format!("f{i}")), b"x").unwrap();
     }
     set_rlimit(libc::RLIMIT_NOFILE, LIMIT);
-    let cfg = Config::new(dir.path());
+    let mut cfg = Config::new(dir.path());
+    // One O_PATH fd per inode: the mode whose fds the guest could run out.
+    cfg.inode_file_handles = InodeFileHandles::Never;
     let reserve = cfg.fd_reserve as usize;
     assert_eq!(reserve, 64, "the default reserve");
     let fs = PassthroughFs::new(cfg).unwrap();
@@ -761,6 +763,89 @@ fn guest_lookups_and_opens_leave_the_fd_reserve_free() {
         .collect();
     assert_eq!(own.len(), reserve - 8);
     assert!(fs.getattr(&root(), ROOT_ID, None).is_ok());
+}
+
+const CACHE_CHILD: &str =
+    "with_file_handles_lookups_never_run_out_of_fds_and_the_fd_cache_gives_way";
+
+/// The default (`Prefer`): a guest may look up many more inodes than the
+/// daemon may open fds, the fd cache stays within its share, and when the
+/// guest's open files need the fds the cache holds it gives them up.
+#[test]
+fn with_file_handles_lookups_never_run_out_of_fds_and_the_fd_cache_gives_way() {
+    const LIMIT: u64 = 256;
+    const FILES: usize = 1000;
+    if !is_child(CACHE_CHILD) {
+        return run_in_child(CACHE_CHILD);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..FILES {
+        std::fs::write(dir.path().join(format!("f{i}")), b"x").unwrap();
+    }
+    set_rlimit(libc::RLIMIT_NOFILE, LIMIT);
+    let cfg = Config::new(dir.path());
+    assert_eq!(
+        cfg.inode_file_handles,
+        InodeFileHandles::Prefer,
+        "the default"
+    );
+    let reserve = cfg.fd_reserve as usize;
+    let fs = PassthroughFs::new(cfg).unwrap();
+    let mut held = Vec::new();
+    for i in 0..FILES {
+        let e = fs
+            .lookup(&root(), ROOT_ID, &cs(&format!("f{i}")))
+            .unwrap_or_else(|e| panic!("lookup {i}: {e}"));
+        assert!(
+            fs.inodes().get(e.inode).unwrap().held_by_handle(),
+            "the temporary directory's file system has no file handles"
+        );
+        held.push(e.inode);
+    }
+    for (i, &node) in held.iter().enumerate() {
+        let (st, _) = fs
+            .getattr(&root(), node, None)
+            .unwrap_or_else(|e| panic!("getattr {i}: {e}"));
+        assert_eq!(st.st_size, 1);
+    }
+    // The cache's share: a quarter of what the guest may hold.
+    let cap = (LIMIT as usize - reserve) / 4;
+    let cached = fs.fd_cache().len();
+    assert!(
+        cached > 0 && cached <= cap,
+        "{cached} fds cached, {cap} allowed"
+    );
+    let open_fds = std::fs::read_dir("/proc/self/fd").unwrap().count();
+    assert!(open_fds < LIMIT as usize - reserve, "{open_fds} fds open");
+    // Open files take the guest's whole share: the cache empties for them.
+    let mut handles = Vec::new();
+    let err = loop {
+        assert!(handles.len() < LIMIT as usize, "no open was refused");
+        match fs.open(&root(), held[handles.len()], libc::O_RDONLY as u32, 0) {
+            Ok((h, _, _)) => handles.push((held[handles.len()], h.unwrap())),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::EMFILE));
+    assert!(
+        fs.fd_cache().len() <= 1,
+        "{} fds kept cached while the guest's opens were refused",
+        fs.fd_cache().len()
+    );
+    assert!(
+        handles.len() + 16 >= LIMIT as usize - reserve - cached,
+        "only {} opens: the cache did not give way",
+        handles.len()
+    );
+    // Released, the fds serve lookups and the cache again.
+    for (node, h) in handles {
+        fs.release(&root(), node, 0, h, false, false, None).unwrap();
+    }
+    for (i, &node) in held.iter().enumerate().rev() {
+        fs.getattr(&root(), node, None)
+            .unwrap_or_else(|e| panic!("getattr {i} after release: {e}"));
+    }
+    assert!(!fs.fd_cache().is_empty());
 }
 
 /// With inodes held by file handles, a lookup by a guest user reopens the

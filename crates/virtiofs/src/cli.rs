@@ -210,7 +210,7 @@ pub struct Cli {
     pub no_announce_submounts: bool,
 
     /// Hold inodes by file handles instead of O_PATH fds (no value: prefer).
-    #[arg(long, value_enum, num_args = 0..=1, default_value = "never", default_missing_value = "prefer", require_equals = true)]
+    #[arg(long, value_enum, num_args = 0..=1, default_value = "prefer", default_missing_value = "prefer", require_equals = true)]
     pub inode_file_handles: FileHandlesArg,
 
     /// Caching policy of the guest.
@@ -544,7 +544,7 @@ mod tests {
         let cfg = parse(&["--shared-dir", "/tmp", "--socket-path", "/tmp/s"]).unwrap();
         assert_eq!(cfg.sandbox, SandboxConfig::new(Profile::VirtioFs));
         assert_eq!(cfg.fs.cache, CachePolicy::Auto);
-        assert_eq!(cfg.fs.inode_file_handles, InodeFileHandles::Never);
+        assert_eq!(cfg.fs.inode_file_handles, InodeFileHandles::Prefer);
         assert!(!cfg.fs.xattr && !cfg.fs.readonly);
         assert!(cfg.fs.announce_submounts && cfg.fs.readdirplus && !cfg.fs.preserve_noatime);
         assert!(matches!(cfg.listen, Listen::SocketPath { .. }));
