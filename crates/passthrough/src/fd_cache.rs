@@ -15,7 +15,7 @@
 //! of the cache and tries once more ([`FdCache::shrink`]).
 
 use std::collections::VecDeque;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -24,46 +24,46 @@ use crate::inode_store::InodeData;
 /// The most fds the cache holds unless configured otherwise.
 pub const DEFAULT_MAX: usize = 16_384;
 
-/// Counts the filled slots: one [`Cached`] lives in each.
+/// Counts the fds the cache opened that are still open.
 #[derive(Debug, Default)]
 struct Live(AtomicUsize);
 
-/// A filled slot: the fd, and the count it is part of (kept right however
-/// the slot is emptied: eviction, shrinking, or the inode being dropped).
-pub struct Cached {
-    fd: Arc<OwnedFd>,
+/// An fd the cache holds or held: counted until it is closed, when the
+/// last request using it is done (however its slot was emptied: eviction,
+/// shrinking, or the inode being dropped).
+pub struct CachedFd {
+    fd: OwnedFd,
     live: Arc<Live>,
 }
 
-impl Drop for Cached {
+impl Drop for CachedFd {
     fn drop(&mut self) {
         self.live.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-impl Cached {
-    /// The cached fd.
-    pub fn fd(&self) -> &Arc<OwnedFd> {
-        &self.fd
+impl AsRawFd for CachedFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
     }
 }
 
 /// The cache slot of one handle-held inode.
 #[derive(Default)]
 pub struct Slot {
-    cached: Mutex<Option<Cached>>,
+    cached: Mutex<Option<Arc<CachedFd>>>,
     /// Used since the clock hand last passed.
     referenced: std::sync::atomic::AtomicBool,
 }
 
 impl Slot {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Cached>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Arc<CachedFd>>> {
         self.cached.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The cached fd, if any, marking the slot as used.
-    pub fn get(&self) -> Option<Arc<OwnedFd>> {
-        let fd = self.lock().as_ref().map(|c| c.fd.clone());
+    pub fn get(&self) -> Option<Arc<CachedFd>> {
+        let fd = self.lock().clone();
         if fd.is_some() {
             self.referenced.store(true, Ordering::Relaxed);
         }
@@ -86,7 +86,8 @@ pub struct FdCache {
 }
 
 impl FdCache {
-    /// How many fds the cache holds now.
+    /// How many fds the cache holds now (including fds emptied from
+    /// their slot that a request still uses).
     pub fn len(&self) -> usize {
         self.live.0.load(Ordering::Acquire)
     }
@@ -106,21 +107,21 @@ impl FdCache {
         slot: &Slot,
         fd: OwnedFd,
         capacity: usize,
-    ) -> Arc<OwnedFd> {
-        let fd = Arc::new(fd);
+    ) -> Arc<CachedFd> {
+        self.live.0.fetch_add(1, Ordering::AcqRel);
+        let fd = Arc::new(CachedFd {
+            fd,
+            live: self.live.clone(),
+        });
         if capacity == 0 {
             return fd;
         }
         {
             let mut cached = slot.lock();
             if let Some(c) = cached.as_ref() {
-                return c.fd.clone();
+                return c.clone();
             }
-            self.live.0.fetch_add(1, Ordering::AcqRel);
-            *cached = Some(Cached {
-                fd: fd.clone(),
-                live: self.live.clone(),
-            });
+            *cached = Some(fd.clone());
         }
         let mut clock = self.clock.lock().unwrap_or_else(|e| e.into_inner());
         clock.push_back(Arc::downgrade(data));
@@ -183,7 +184,6 @@ mod tests {
     use super::*;
     use crate::file_handle::FileHandle;
     use crate::inode_store::{InodeKey, InodeSource, InodeStore};
-    use std::os::fd::AsRawFd;
 
     type Nodes = (
         tempfile::TempDir,
@@ -290,6 +290,9 @@ mod tests {
         let raw = fd.as_raw_fd();
         let got = cache.insert(&data, data.slot().unwrap(), fd, 0);
         assert_eq!(got.as_raw_fd(), raw);
-        assert!(cache.is_empty() && !data.slot().unwrap().is_filled());
+        assert!(!data.slot().unwrap().is_filled());
+        assert_eq!(cache.len(), 1, "open while the request uses it");
+        drop(got);
+        assert!(cache.is_empty());
     }
 }

@@ -1045,6 +1045,7 @@ impl FileSystem for PassthroughFs {
         self.handles.clear();
         self.inodes.clear_except_root();
         self.mounts.retain_only(self.root_mount);
+        sys::trim_heap();
     }
 
     fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
@@ -1062,12 +1063,18 @@ impl FileSystem for PassthroughFs {
     }
 
     fn forget(&self, _ctx: &Context, inode: u64, count: u64) {
-        self.inodes.forget(inode, count);
+        if self.inodes.forget(inode, count) {
+            sys::trim_heap();
+        }
     }
 
     fn batch_forget(&self, _ctx: &Context, requests: Vec<(u64, u64)>) {
+        let mut shrunk = false;
         for (inode, count) in requests {
-            self.inodes.forget(inode, count);
+            shrunk |= self.inodes.forget(inode, count);
+        }
+        if shrunk {
+            sys::trim_heap();
         }
     }
 

@@ -9,10 +9,10 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
-use crate::fd_cache::Slot;
+use crate::fd_cache::{CachedFd, Slot};
 use crate::file_handle::FileHandle;
 
 /// The FUSE node id of the share's root.
@@ -58,7 +58,7 @@ pub enum InodeFd<'a> {
     Borrowed(BorrowedFd<'a>),
     /// An `O_PATH` fd opened from the inode's file handle, which stays open
     /// while this request uses it even if the cache lets it go.
-    Shared(Arc<OwnedFd>),
+    Shared(Arc<CachedFd>),
 }
 
 impl AsRawFd for InodeFd<'_> {
@@ -155,10 +155,18 @@ struct Maps {
     by_key: HashMap<InodeKey, u64>,
 }
 
+/// How far the table must shrink below its high-water mark (and to less
+/// than half of it) before its maps are compacted and freed memory is
+/// given back: often enough that a guest's forgotten tree costs the host
+/// nothing, rarely enough that the rehash is amortised.
+const SHRINK_MIN: usize = 4096;
+
 /// All inodes the guest currently holds a reference to.
 pub struct InodeStore {
     maps: RwLock<Maps>,
     next_id: AtomicU64,
+    /// The most nodes held since the maps were last compacted.
+    high_water: AtomicUsize,
 }
 
 impl Default for InodeStore {
@@ -166,6 +174,7 @@ impl Default for InodeStore {
         InodeStore {
             maps: RwLock::new(Maps::default()),
             next_id: AtomicU64::new(ROOT_ID + 1),
+            high_water: AtomicUsize::new(0),
         }
     }
 }
@@ -258,16 +267,23 @@ impl InodeStore {
         });
         maps.by_key.insert(key, nodeid);
         maps.by_id.insert(nodeid, data.clone());
+        self.high_water
+            .fetch_max(maps.by_id.len(), Ordering::Relaxed);
         data
     }
 
     /// Subtracts `count` lookups from `nodeid`, dropping it at zero.
     /// Unknown ids and over-large counts are tolerated: a guest cannot make
     /// the count wrap or remove the root.
-    pub fn forget(&self, nodeid: u64, count: u64) {
+    ///
+    /// Returns whether the table has shrunk to less than half its
+    /// high-water mark (by at least [`SHRINK_MIN`] nodes): its maps were
+    /// then compacted, and the caller should give the allocator's free
+    /// memory back to the system.
+    pub fn forget(&self, nodeid: u64, count: u64) -> bool {
         let mut maps = self.write();
         let Some(data) = maps.by_id.get(&nodeid) else {
-            return;
+            return false;
         };
         let old = data.refcount.load(Ordering::Acquire);
         let new = old.saturating_sub(count);
@@ -278,7 +294,16 @@ impl InodeStore {
             if maps.by_key.get(&key) == Some(&nodeid) {
                 maps.by_key.remove(&key);
             }
+            let len = maps.by_id.len();
+            let high = self.high_water.load(Ordering::Relaxed);
+            if high >= 2 * len && high - len >= SHRINK_MIN {
+                maps.by_id.shrink_to_fit();
+                maps.by_key.shrink_to_fit();
+                self.high_water.store(len, Ordering::Relaxed);
+                return true;
+            }
         }
+        false
     }
 
     /// Drops every inode but the root (session end).
@@ -286,6 +311,9 @@ impl InodeStore {
         let mut maps = self.write();
         maps.by_id.retain(|id, _| *id == ROOT_ID);
         maps.by_key.retain(|_, id| *id == ROOT_ID);
+        maps.by_id.shrink_to_fit();
+        maps.by_key.shrink_to_fit();
+        self.high_water.store(maps.by_id.len(), Ordering::Relaxed);
         if let Some(root) = maps.by_id.get(&ROOT_ID) {
             root.refcount.store(2, Ordering::Release);
         }
@@ -299,5 +327,46 @@ impl InodeStore {
     /// Whether no inode is held (not even the root).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forgetting_most_of_a_large_table_compacts_it() {
+        let store = InodeStore::default();
+        let n = 3 * SHRINK_MIN as u64;
+        let ids: Vec<u64> = (0..n)
+            .map(|i| {
+                let key = InodeKey {
+                    ino: i + 100,
+                    dev: 1,
+                };
+                let h = FileHandle::fake(i);
+                store
+                    .insert_or_ref(key, libc::S_IFREG, InodeSource::handle(h))
+                    .nodeid
+            })
+            .collect();
+        assert_eq!(store.len(), n as usize);
+        let compactions: Vec<usize> = ids
+            .iter()
+            .enumerate()
+            .filter(|(_, &id)| store.forget(id, 1))
+            .map(|(i, _)| i)
+            .collect();
+        assert!(store.is_empty());
+        // Once on falling below half of the high-water mark, once more on
+        // falling below half of that (both at least SHRINK_MIN below).
+        assert_eq!(compactions.len(), 2, "{compactions:?}");
+        assert_eq!(compactions[0] as u64 + 1, n / 2, "when half is forgotten");
+        let maps = store.read();
+        assert!(
+            maps.by_id.capacity() < 2 * SHRINK_MIN,
+            "{}",
+            maps.by_id.capacity()
+        );
     }
 }
