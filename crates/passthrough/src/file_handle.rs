@@ -2,6 +2,7 @@
 //! instead of an open fd, so a large tree does not exhaust the fd limit.
 
 use std::collections::HashMap;
+use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, RwLock};
@@ -65,6 +66,12 @@ impl FileHandle {
     ///
     /// Fails with `EOPNOTSUPP` where the host filesystem cannot export handles.
     pub fn from_fd(fd: RawFd) -> io::Result<FileHandle> {
+        Self::at(fd, EMPTY, libc::AT_EMPTY_PATH)
+    }
+
+    /// The handle of the object `name` (one validated component) names in
+    /// `dir`, a symlink itself, without opening it.
+    pub fn at(dir: RawFd, name: &CStr, flags: libc::c_int) -> io::Result<FileHandle> {
         let mut raw = RawFileHandle {
             handle_bytes: MAX_HANDLE_SZ as libc::c_uint,
             handle_type: 0,
@@ -72,15 +79,15 @@ impl FileHandle {
         };
         let mut mount_id: libc::c_int = 0;
         // SAFETY: `raw` is a `struct file_handle` whose `handle_bytes` says how much
-        // room follows; `mount_id` is a valid out-pointer; EMPTY is NUL-terminated.
+        // room follows; `mount_id` is a valid out-pointer; `name` is NUL-terminated.
         cvt(unsafe {
             libc::syscall(
                 libc::SYS_name_to_handle_at,
-                fd,
-                EMPTY.as_ptr(),
+                dir,
+                name.as_ptr(),
                 &mut raw as *mut RawFileHandle,
                 &mut mount_id as *mut libc::c_int,
-                libc::AT_EMPTY_PATH,
+                flags,
             ) as libc::c_int
         })?;
         let len = (raw.handle_bytes as usize).min(MAX_HANDLE_SZ);

@@ -32,6 +32,17 @@ use crate::inode_store::{InodeData, InodeFd, InodeKey, InodeSource, InodeStore, 
 use crate::name::{check_name, check_name_for_removal, classify, NameKind};
 use crate::sys::{self, cvt, errno, BorrowedFile, EMPTY};
 
+/// What a lookup knows of the name beforehand.
+#[derive(Debug, Clone, Copy)]
+enum Hint {
+    /// Nothing: a LOOKUP (the kernel revalidating a cached entry is one).
+    Name,
+    /// The inode number getdents gave (READDIRPLUS).
+    Dirent(u64),
+    /// The request just made the object: it cannot be a known node.
+    Created,
+}
+
 /// `FUSE_ATTR_SUBMOUNT`: the entry is the root of a host submount.
 const FUSE_ATTR_SUBMOUNT: u32 = 1 << 0;
 
@@ -688,16 +699,71 @@ impl PassthroughFs {
         }
     }
 
+    /// The entry of `name` in `dir` if it is a node the guest already holds
+    /// (one more lookup counted), found without opening it: a stat and,
+    /// with file handles, the name's handle, which tells the known object
+    /// from a new one that got a freed inode's number (a node held by fd
+    /// keeps its inode, and so its number, alive). What the kernel sends
+    /// when a cached entry times out is such a lookup. `d_ino` (from
+    /// getdents) skips the stat when it names no known inode. `None`: not
+    /// known, or not sure; the caller opens the name.
+    fn lookup_known(
+        &self,
+        dir: RawFd,
+        name: &CStr,
+        d_ino: Option<u64>,
+        parent_dev: Option<u64>,
+    ) -> Option<Entry> {
+        if let (Some(ino), Some(dev)) = (d_ino, parent_dev) {
+            if !self.inodes.knows(&InodeKey { ino, dev }) {
+                return None;
+            }
+        }
+        let st = sys::stat_at(dir, name, 0).ok()?;
+        let key = InodeKey::from_stat(&st);
+        if d_ino.is_none() && !self.inodes.knows(&key) {
+            return None;
+        }
+        let handle = match self.cfg.inode_file_handles {
+            InodeFileHandles::Never => None,
+            InodeFileHandles::Prefer | InodeFileHandles::Mandatory => {
+                Some(FileHandle::at(dir, name, 0).ok()?)
+            }
+        };
+        let data = self.inodes.get_by_key_and_ref(&key, handle.as_ref())?;
+        if data.file_type != st.st_mode & libc::S_IFMT {
+            self.inodes.forget(data.nodeid, 1);
+            return None;
+        }
+        Some(self.entry_for(&data, st, parent_dev))
+    }
+
     /// Looks up `name` in `parent`, whose fd `pfd` the caller resolved
     /// ([`path_fd`](Self::path_fd), before switching credentials), counting
     /// one lookup on success.
-    fn do_lookup(&self, parent: &InodeData, pfd: &InodeFd<'_>, name: &CStr) -> io::Result<Entry> {
+    fn do_lookup(
+        &self,
+        parent: &InodeData,
+        pfd: &InodeFd<'_>,
+        name: &CStr,
+        hint: Hint,
+    ) -> io::Result<Entry> {
         if !parent.is_dir() {
             return Err(errno(libc::ENOTDIR));
         }
         let parent_dev = Some(parent.key.dev);
         match classify(name)? {
             NameKind::Normal => {
+                let known = match hint {
+                    Hint::Name => self.lookup_known(pfd.as_raw_fd(), name, None, parent_dev),
+                    Hint::Dirent(ino) => {
+                        self.lookup_known(pfd.as_raw_fd(), name, Some(ino), parent_dev)
+                    }
+                    Hint::Created => None,
+                };
+                if let Some(entry) = known {
+                    return Ok(entry);
+                }
                 let fd = self.open_child(pfd.as_raw_fd(), name)?;
                 self.register(fd, parent_dev)
             }
@@ -1058,7 +1124,7 @@ impl FileSystem for PassthroughFs {
         let pfd = self.path_fd(&parent)?;
         self.client_checked(ctx, || {
             let _c = self.creds(ctx)?;
-            self.do_lookup(&parent, &pfd, name)
+            self.do_lookup(&parent, &pfd, name, Hint::Name)
         })
     }
 
@@ -1254,7 +1320,7 @@ impl FileSystem for PassthroughFs {
             // The target is stored verbatim and never resolved by the host.
             // SAFETY: both strings are NUL-terminated; pfd is held.
             cvt(unsafe { libc::symlinkat(linkname.as_ptr(), pfd.as_raw_fd(), name.as_ptr()) })?;
-            self.do_lookup(&parent, &pfd, name)
+            self.do_lookup(&parent, &pfd, name, Hint::Created)
         })
     }
 
@@ -1283,7 +1349,7 @@ impl FileSystem for PassthroughFs {
                     libc::dev_t::from(rdev),
                 )
             })?;
-            self.do_lookup(&parent, &pfd, name)
+            self.do_lookup(&parent, &pfd, name, Hint::Created)
         })
     }
 
@@ -1304,7 +1370,7 @@ impl FileSystem for PassthroughFs {
             let _c = self.creds(ctx)?;
             // SAFETY: NUL-terminated name; pfd is held.
             cvt(unsafe { libc::mkdirat(pfd.as_raw_fd(), name.as_ptr(), mode) })?;
-            self.do_lookup(&parent, &pfd, name)
+            self.do_lookup(&parent, &pfd, name, Hint::Created)
         })
     }
 
@@ -1381,7 +1447,7 @@ impl FileSystem for PassthroughFs {
                     libc::AT_SYMLINK_FOLLOW,
                 )
             })?;
-            self.do_lookup(&parent, &pfd, newname)
+            self.do_lookup(&parent, &pfd, newname, Hint::Name)
         })
     }
 
@@ -1425,7 +1491,7 @@ impl FileSystem for PassthroughFs {
                     match sys::openat(pfd.as_raw_fd(), name, create, mode) {
                         Ok(fd) => {
                             let file = File::from(self.fds.admit(fd)?);
-                            break (self.do_lookup(&parent, &pfd, name)?, file);
+                            break (self.do_lookup(&parent, &pfd, name, Hint::Created)?, file);
                         }
                         Err(e)
                             if e.raw_os_error() == Some(libc::EEXIST)
@@ -1684,7 +1750,7 @@ impl FileSystem for PassthroughFs {
             let Ok(cname) = CString::new(name) else {
                 return Ok(1);
             };
-            let entry = match self.do_lookup(&parent, &pfd, &cname) {
+            let entry = match self.do_lookup(&parent, &pfd, &cname, Hint::Dirent(ino)) {
                 Ok(e) => e,
                 // Out of fds (the reserve is reached): end the reply here,
                 // or fail if it is empty, rather than leave entries out.

@@ -211,6 +211,11 @@ impl InodeStore {
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))
     }
 
+    /// Whether a node is known under `key`.
+    pub fn knows(&self, key: &InodeKey) -> bool {
+        self.read().by_key.contains_key(key)
+    }
+
     /// If `key` is known as the object with `handle` (see
     /// [`InodeData::is_object`]), adds one lookup and returns it.
     pub fn get_by_key_and_ref(

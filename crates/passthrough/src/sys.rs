@@ -92,14 +92,20 @@ pub fn openat2_beneath(dir: RawFd, name: &CStr, flags: libc::c_int) -> io::Resul
 /// `fstatat(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW)`: the attributes of the
 /// object `fd` refers to, which may be an `O_PATH` fd.
 pub fn fstat(fd: RawFd) -> io::Result<libc::stat64> {
+    stat_at(fd, EMPTY, libc::AT_EMPTY_PATH)
+}
+
+/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW | flags)`: the object `name`
+/// (one validated component) names in `dir`, a symlink itself.
+pub fn stat_at(dir: RawFd, name: &CStr, flags: libc::c_int) -> io::Result<libc::stat64> {
     let mut st = MaybeUninit::<libc::stat64>::zeroed();
-    // SAFETY: `st` is a valid out-pointer of the right type; EMPTY is NUL-terminated.
+    // SAFETY: `st` is a valid out-pointer of the right type; `name` is NUL-terminated.
     cvt(unsafe {
         libc::fstatat64(
-            fd,
-            EMPTY.as_ptr(),
+            dir,
+            name.as_ptr(),
             st.as_mut_ptr(),
-            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+            flags | libc::AT_SYMLINK_NOFOLLOW,
         )
     })?;
     // SAFETY: fstatat64 succeeded and filled the struct.

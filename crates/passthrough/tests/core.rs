@@ -1147,6 +1147,9 @@ fn a_reused_inode_number_is_a_new_node_with_file_handles() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = Config::new(dir.path());
     cfg.inode_file_handles = InodeFileHandles::Prefer;
+    // A cached fd keeps its inode, and so its number, alive: without the
+    // cache (or once the fd is evicted) nothing does.
+    cfg.inode_fd_cache = Some(0);
     let fs = PassthroughFs::new(cfg).unwrap();
     // The host reuses a freed inode number at once on ext4 (the usual
     // /tmp); try a few times where it does not.
