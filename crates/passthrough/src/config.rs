@@ -97,6 +97,12 @@ pub struct Config {
     /// no supplementary groups, so access the client granted through one of
     /// them would otherwise fail on the host.
     pub client_checks_permissions: bool,
+    /// Answer a LOOKUP of a missing name with a negative entry (node id 0)
+    /// the client may cache for the entry timeout, as it caches names that
+    /// exist, so a build probing include paths or `git status` looking for
+    /// `.gitignore` files asks once (FUSE only: 9P has no such reply; never
+    /// with `cache=never`, whose timeout is zero).
+    pub negative_entries: bool,
 }
 
 impl Config {
@@ -115,6 +121,7 @@ impl Config {
             announce_submounts: true,
             switch_credentials: true,
             client_checks_permissions: false,
+            negative_entries: false,
             posix_locks: false,
             readdirplus: true,
             preserve_noatime: false,

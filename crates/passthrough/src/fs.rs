@@ -1122,10 +1122,24 @@ impl FileSystem for PassthroughFs {
         // The parent's fd with the daemon's ids (a file handle needs them),
         // the lookup in it with the requester's.
         let pfd = self.path_fd(&parent)?;
-        self.client_checked(ctx, || {
+        let found = self.client_checked(ctx, || {
             let _c = self.creds(ctx)?;
             self.do_lookup(&parent, &pfd, name, Hint::Name)
-        })
+        });
+        match found {
+            Err(e)
+                if e.raw_os_error() == Some(libc::ENOENT)
+                    && self.cfg.negative_entries
+                    && !self.timeout().is_zero() =>
+            {
+                Ok(Entry {
+                    inode: 0,
+                    entry_timeout: self.timeout(),
+                    ..Entry::default()
+                })
+            }
+            r => r,
+        }
     }
 
     fn forget(&self, _ctx: &Context, inode: u64, count: u64) {

@@ -1836,3 +1836,36 @@ fn a_guest_user_looks_up_a_submount_it_may_not_read_with_file_handles() {
     // SAFETY: NUL-terminated path.
     assert_eq!(unsafe { libc::umount(target.as_ptr()) }, 0);
 }
+
+/// A missing name is a negative entry the FUSE client may cache for the
+/// entry timeout, where the front end asks for them and the policy caches
+/// at all; otherwise (9P, `cache=never`) it stays ENOENT.
+#[test]
+fn missing_names_are_negative_entries_for_fuse_clients_that_cache() {
+    use passthrough::CachePolicy;
+    let dir = tempfile::tempdir().unwrap();
+    for (negative, cache, expect) in [
+        (true, CachePolicy::Auto, Some(Duration::from_secs(1))),
+        (true, CachePolicy::Always, Some(Duration::from_secs(86400))),
+        (true, CachePolicy::Never, None),
+        (false, CachePolicy::Always, None),
+    ] {
+        let mut cfg = Config::new(dir.path());
+        cfg.negative_entries = negative;
+        cfg.cache = cache;
+        let fs = PassthroughFs::new(cfg).unwrap();
+        let r = fs.lookup(&root(), ROOT_ID, &cs("missing"));
+        match expect {
+            Some(timeout) => {
+                let e = r.unwrap_or_else(|e| panic!("{negative} {cache:?}: {e}"));
+                assert_eq!((e.inode, e.entry_timeout), (0, timeout));
+                assert_eq!(fs.inodes().len(), 1, "no node made");
+            }
+            None => assert_eq!(errno(r), libc::ENOENT, "{negative} {cache:?}"),
+        }
+        // Other errors stay errors.
+        std::fs::write(dir.path().join("file"), b"").unwrap();
+        let f = fs.lookup(&root(), ROOT_ID, &cs("file")).unwrap();
+        assert_eq!(errno(fs.lookup(&root(), f.inode, &cs("x"))), libc::ENOTDIR);
+    }
+}

@@ -165,14 +165,23 @@ impl<L: Link> FsDriver<L> {
         assert_eq!(r.error, 0, "INIT");
     }
 
-    /// LOOKUP of `name` in `parent`, which must succeed; the node id.
+    /// LOOKUP of `name` in `parent`, which must succeed and find it; the
+    /// node id.
     ///
     /// # Panics
-    /// When it fails or gets no reply.
+    /// When it fails, gets no reply, or gets a negative entry (node id 0:
+    /// the name does not exist, cacheably).
     pub fn lookup(&mut self, parent: u64, name: &[u8]) -> u64 {
         let r = self.request(opcode::LOOKUP, parent, &fuse::name(name));
         assert_eq!(r.error, 0, "LOOKUP {}", String::from_utf8_lossy(name));
-        r.nodeid()
+        let node = r.nodeid();
+        assert_ne!(
+            node,
+            0,
+            "LOOKUP {}: no such name",
+            String::from_utf8_lossy(name)
+        );
+        node
     }
 
     /// OPEN of `node` with `flags`, which must succeed; the file handle.

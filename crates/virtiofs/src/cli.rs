@@ -498,6 +498,7 @@ impl Cli {
         // virtio-fs guests and the FUSE mount always check permissions
         // (default_permissions) before a request is sent.
         fs.client_checks_permissions = true;
+        fs.negative_entries = true;
         Ok(DaemonConfig {
             fs,
             listen,
@@ -676,7 +677,7 @@ mod tests {
         assert_eq!(cfg.sandbox.seccomp, SeccompMode::Trap);
         assert_eq!(cfg.fs.inode_file_handles, InodeFileHandles::Prefer);
         assert_eq!(cfg.thread_pool_size, 3);
-        assert!(cfg.fs.client_checks_permissions);
+        assert!(cfg.fs.client_checks_permissions && cfg.fs.negative_entries);
         assert_eq!(
             parse(&["--fuse-mount", "/m", "-o", "source=/s,seccomp=maybe"]).err(),
             Some(CliError::BadCompatValue("seccomp=maybe".into()))

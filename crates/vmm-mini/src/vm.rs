@@ -365,6 +365,7 @@ fn share_device(spec: &ShareSpec) -> Result<Box<dyn VirtioDevice>, VmError> {
             // A virtio-fs guest checks permissions before it sends a
             // request; a 9P server decides them itself.
             cfg.client_checks_permissions = spec.kind == ShareKind::Fs;
+            cfg.negative_entries = spec.kind == ShareKind::Fs;
             let fs = passthrough::PassthroughFs::new(cfg)
                 .map_err(|e| err(format!("{}: {e}", path.display())))?;
             let fs = Arc::new(fs);
