@@ -37,6 +37,8 @@ pub struct FdBudget {
     reserve: u64,
     /// The soft `RLIMIT_NOFILE` as last read.
     limit: AtomicU64,
+    /// Fds refused so far (the first refusal is logged).
+    refused: AtomicU64,
 }
 
 impl FdBudget {
@@ -45,6 +47,7 @@ impl FdBudget {
         FdBudget {
             reserve: reserve.into(),
             limit: AtomicU64::new(soft_nofile_limit()),
+            refused: AtomicU64::new(0),
         }
     }
 
@@ -78,6 +81,28 @@ impl FdBudget {
         }
         drop(fd);
         Err(errno(libc::EMFILE))
+    }
+
+    /// Counts a guest request refused for want of fds (after the fd cache
+    /// gave what it could), logging the first with what lifts the bound.
+    pub fn note_refusal(&self) {
+        if self.refused.fetch_add(1, Ordering::Relaxed) == 0 {
+            log::warn!(
+                "the guest holds {} fds, all it may (RLIMIT_NOFILE {} less a reserve of {}): \
+                 its lookups and opens get EMFILE until it closes files or forgets inodes; \
+                 inodes held by file handles (--inode-file-handles=prefer, where the \
+                 file system supports them) or a higher --rlimit-nofile lift this",
+                self.ceiling(),
+                self.limit.load(Ordering::Relaxed),
+                self.reserve
+            );
+        }
+    }
+
+    /// How many guest requests were refused for want of fds (for
+    /// diagnostics).
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 }
 

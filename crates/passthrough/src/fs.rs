@@ -526,15 +526,20 @@ impl PassthroughFs {
     /// it, the fd cache gives up a quarter of its fds and `open` is tried
     /// once more: cached fds are a convenience, the guest's own work is not.
     fn guest_fd<T: AsRawFd>(&self, mut open: impl FnMut() -> io::Result<T>) -> io::Result<T> {
-        match open().and_then(|fd| self.fds.admit(fd)) {
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
-                if self.fd_cache.shrink(self.fd_cache.len() / 4 + 1) == 0 {
-                    return Err(e);
-                }
+        let out_of_fds =
+            |e: &io::Error| matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+        let r = match open().and_then(|fd| self.fds.admit(fd)) {
+            Err(e) if out_of_fds(&e) && self.fd_cache.shrink(self.fd_cache.len() / 4 + 1) > 0 => {
                 open().and_then(|fd| self.fds.admit(fd))
             }
             r => r,
+        };
+        if let Err(e) = &r {
+            if out_of_fds(e) {
+                self.fds.note_refusal();
+            }
         }
+        r
     }
 
     /// Reopens an `O_PATH` fd with real access `flags` through `/proc/self/fd`.
@@ -1504,7 +1509,9 @@ impl FileSystem for PassthroughFs {
                 loop {
                     match sys::openat(pfd.as_raw_fd(), name, create, mode) {
                         Ok(fd) => {
-                            let file = File::from(self.fds.admit(fd)?);
+                            let file = File::from(self.fds.admit(fd).inspect_err(|_| {
+                                self.fds.note_refusal();
+                            })?);
                             break (self.do_lookup(&parent, &pfd, name, Hint::Created)?, file);
                         }
                         Err(e)
