@@ -54,6 +54,13 @@ pub enum Engine {
     /// `virtiofsd-rs --io-engine io-uring --seccomp none`: the cost of the
     /// seccomp filter, against [`Engine::IoUring`] in the same run.
     IoUringNoSeccomp,
+    /// upstream `virtiofsd --inode-file-handles=prefer`: inodes held by
+    /// file handles where the file system has them (virtiofsd 1.14's
+    /// default; older versions default to `never`).
+    Prefer,
+    /// upstream `virtiofsd --inode-file-handles=never`: an `O_PATH` fd held
+    /// per inode the guest knows.
+    Never,
 }
 
 impl Engine {
@@ -65,6 +72,8 @@ impl Engine {
             Engine::Default => "-",
             Engine::Memfd => "memfd",
             Engine::IoUringNoSeccomp => "io-uring-no-seccomp",
+            Engine::Prefer => "prefer",
+            Engine::Never => "never",
         }
     }
 
@@ -96,8 +105,10 @@ impl Target {
     }
 }
 
-/// Every target, in report order.
-pub const ALL_TARGETS: [Target; 6] = [
+/// Every target, in report order. `virtiofsd prefer` and `virtiofsd never`
+/// run only the metadata and tree workloads unless `--servers` names them
+/// ([`Config::runs`]).
+pub const ALL_TARGETS: [Target; 8] = [
     Target {
         server: Server::Native,
         engine: Engine::Default,
@@ -115,6 +126,14 @@ pub const ALL_TARGETS: [Target; 6] = [
         engine: Engine::Default,
     },
     Target {
+        server: Server::Virtiofsd,
+        engine: Engine::Prefer,
+    },
+    Target {
+        server: Server::Virtiofsd,
+        engine: Engine::Never,
+    },
+    Target {
         server: Server::P9d,
         engine: Engine::Default,
     },
@@ -128,10 +147,10 @@ pub const ALL_TARGETS: [Target; 6] = [
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CliError {
     /// `--servers` names an unknown server.
-    #[error("unknown server '{0}' (native, virtiofsd-rs, virtiofsd-rs:io-uring, virtiofsd-rs:sync, virtiofsd, p9d, diod)")]
+    #[error("unknown server '{0}' (native, virtiofsd-rs, virtiofsd-rs:io-uring, virtiofsd-rs:sync, virtiofsd, virtiofsd:default, virtiofsd:prefer, virtiofsd:never, p9d, diod)")]
     UnknownServer(String),
     /// `--workloads` names an unknown workload.
-    #[error("unknown workload '{0}' (randread-4k-qd1, randread-4k-qd32, seqread-1m, seqwrite-1m, randwrite-4k-qd32, create-stat-unlink, readdir-10k)")]
+    #[error("unknown workload '{0}' (randread-4k-qd1, randread-4k-qd32, seqread-1m, seqwrite-1m, randwrite-4k-qd32, create-stat-unlink, readdir-10k, tree-stat, tree-create, tree-remove, tree-stat-rlimit1024, inode-memory, all)")]
     UnknownWorkload(String),
     /// A number is out of range.
     #[error("{0}")]
@@ -161,16 +180,34 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub diod: Option<PathBuf>,
     /// Servers to run, comma separated: native, virtiofsd-rs (both engines),
-    /// virtiofsd-rs:io-uring, virtiofsd-rs:sync, virtiofsd, p9d, diod
-    /// [default: all]; also native:memfd (native with its buffers in shared
+    /// virtiofsd-rs:io-uring, virtiofsd-rs:sync, virtiofsd (its default,
+    /// `--inode-file-handles=prefer` and `=never`), virtiofsd:default,
+    /// virtiofsd:prefer, virtiofsd:never, p9d, diod [default: all;
+    /// virtiofsd prefer and never run only the metadata and tree
+    /// workloads unless named as virtiofsd:prefer or virtiofsd:never];
+    /// also native:memfd (native with its buffers in shared
     /// memfd memory, as guest RAM is; not in the default set) and
     /// virtiofsd-rs:io-uring-no-seccomp (ours without its seccomp filter,
     /// to measure the filter's cost; not in the default set).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub servers: Vec<String>,
-    /// Workloads to run, comma separated [default: all].
+    /// Workloads to run, comma separated, or `all` [default: all but
+    /// inode-memory (1,000,000 lookups per server, minutes); all with
+    /// --quick].
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub workloads: Vec<String>,
+    /// Files of the tree tree-stat and tree-stat-rlimit1024 walk
+    /// [default: 100000, 2000 with --quick].
+    #[arg(long, value_name = "N")]
+    pub tree_files: Option<usize>,
+    /// Files of the tree tree-create makes and tree-remove removes
+    /// [default: 10000, 2000 with --quick].
+    #[arg(long, value_name = "N")]
+    pub create_files: Option<usize>,
+    /// Files inode-memory looks up and holds [default: 1000000, 20000
+    /// with --quick].
+    #[arg(long, value_name = "N")]
+    pub inodes: Option<usize>,
     /// Short runs and small files: proves the tool works (what CI runs);
     /// asserts no speed.
     #[arg(long)]
@@ -259,6 +296,16 @@ pub struct Config {
     pub targets: Vec<Target>,
     /// Workloads, in report order.
     pub workloads: Vec<Workload>,
+    /// The upstream file-handle modes (`virtiofsd prefer`, `virtiofsd
+    /// never`) `--servers` named, which then run every workload, not only
+    /// the metadata ones.
+    pub named_modes: Vec<Engine>,
+    /// Files of the tree-stat tree.
+    pub tree_files: usize,
+    /// Files of the tree-create / tree-remove tree.
+    pub create_files: usize,
+    /// Files inode-memory holds.
+    pub inodes: usize,
     /// `--quick`.
     pub quick: bool,
     /// `--strict`.
@@ -323,6 +370,18 @@ pub fn parse_servers(items: &[String]) -> Result<Vec<Target>, CliError> {
                 .collect(),
             "virtiofsd-rs:io-uring" => vec![ALL_TARGETS[1]],
             "virtiofsd-rs:sync" => vec![ALL_TARGETS[2]],
+            "virtiofsd:default" => vec![Target {
+                server: Server::Virtiofsd,
+                engine: Engine::Default,
+            }],
+            "virtiofsd:prefer" => vec![Target {
+                server: Server::Virtiofsd,
+                engine: Engine::Prefer,
+            }],
+            "virtiofsd:never" => vec![Target {
+                server: Server::Virtiofsd,
+                engine: Engine::Never,
+            }],
             "virtiofsd-rs:io-uring-no-seccomp" => vec![Target {
                 server: Server::VirtiofsdRs,
                 engine: Engine::IoUringNoSeccomp,
@@ -347,9 +406,18 @@ pub fn parse_servers(items: &[String]) -> Result<Vec<Target>, CliError> {
     Ok(out)
 }
 
-/// Parses `--workloads` items, in report order.
-pub fn parse_workloads(items: &[String]) -> Result<Vec<Workload>, CliError> {
+/// Parses `--workloads` items, in report order: without any, every
+/// workload with `quick`, else [`Workload::DEFAULT`]; `all` names every
+/// workload.
+pub fn parse_workloads(items: &[String], quick: bool) -> Result<Vec<Workload>, CliError> {
     if items.is_empty() {
+        return Ok(if quick {
+            Workload::ALL.to_vec()
+        } else {
+            Workload::DEFAULT.to_vec()
+        });
+    }
+    if items.iter().any(|s| s.trim() == "all") {
         return Ok(Workload::ALL.to_vec());
     }
     let mut out = items
@@ -361,6 +429,19 @@ pub fn parse_workloads(items: &[String]) -> Result<Vec<Workload>, CliError> {
     out.sort();
     out.dedup();
     Ok(out)
+}
+
+impl Config {
+    /// Whether `target` runs `w`: every selected target runs every selected
+    /// workload, except that `virtiofsd prefer` and `virtiofsd never` (the
+    /// file-handle modes, which change how inodes are held, not how data
+    /// moves) run only the metadata and tree workloads unless named on the
+    /// command line.
+    pub fn runs(&self, target: Target, w: Workload) -> bool {
+        !matches!(target.engine, Engine::Prefer | Engine::Never)
+            || self.named_modes.contains(&target.engine)
+            || !w.moves_data()
+    }
 }
 
 impl Cli {
@@ -396,6 +477,28 @@ impl Cli {
                 self.seq_qd
             )));
         }
+        let sizes = [
+            ("--tree-files", self.tree_files, 100_000, 2_000),
+            ("--create-files", self.create_files, 10_000, 2_000),
+            ("--inodes", self.inodes, 1_000_000, 20_000),
+        ]
+        .map(|(flag, v, full, quick)| {
+            let n = v.unwrap_or(if self.quick { quick } else { full });
+            if (1..=10_000_000).contains(&n) {
+                Ok(n)
+            } else {
+                Err(CliError::Range(format!("{flag} {n}: 1 to 10000000")))
+            }
+        });
+        let [tree_files, create_files, inodes] = sizes;
+        let named_modes = [
+            ("virtiofsd:prefer", Engine::Prefer),
+            ("virtiofsd:never", Engine::Never),
+        ]
+        .into_iter()
+        .filter(|(name, _)| self.servers.iter().any(|s| s.trim() == *name))
+        .map(|(_, e)| e)
+        .collect();
         let virtiofsd = match self.virtiofsd {
             Some(p) => Ok(p),
             None => {
@@ -429,7 +532,11 @@ impl Cli {
             p9d: self.p9d.unwrap_or_else(|| exe_dir.join("p9d")),
             diod,
             targets: parse_servers(&self.servers)?,
-            workloads: parse_workloads(&self.workloads)?,
+            workloads: parse_workloads(&self.workloads, self.quick)?,
+            named_modes,
+            tree_files: tree_files?,
+            create_files: create_files?,
+            inodes: inodes?,
             quick: self.quick,
             strict: self.strict,
             json: self.json,
@@ -484,7 +591,21 @@ mod tests {
             cfg(&["--servers", "virtiofsd-rs"]).unwrap().targets.len(),
             2
         );
-        assert_eq!(cfg(&[]).unwrap().targets.len(), 6);
+        assert_eq!(cfg(&[]).unwrap().targets.len(), 8);
+        let up = cfg(&["--servers", "virtiofsd"]).unwrap();
+        let names: Vec<String> = up.targets.iter().map(|t| t.label()).collect();
+        assert_eq!(names, ["virtiofsd", "virtiofsd prefer", "virtiofsd never"]);
+        assert!(!up.runs(up.targets[2], Workload::RandRead4kQd1));
+        assert!(up.runs(up.targets[2], Workload::InodeMemory));
+        // prefer: metadata and tree workloads, unless named.
+        let prefer = up.targets[1];
+        assert!(up.runs(prefer, Workload::TreeStat));
+        assert!(up.runs(prefer, Workload::CreateStatUnlink));
+        assert!(!up.runs(prefer, Workload::SeqRead1m));
+        assert!(up.runs(up.targets[0], Workload::SeqRead1m));
+        let named = cfg(&["--servers", "virtiofsd:prefer"]).unwrap();
+        assert_eq!(named.targets, [prefer]);
+        assert!(named.runs(prefer, Workload::SeqRead1m));
         assert_eq!(
             cfg(&["--servers", "qemu"]).unwrap_err(),
             CliError::UnknownServer("qemu".into())
@@ -515,6 +636,24 @@ mod tests {
         assert!(cfg(&["--duration", "0"]).is_err());
         assert!(cfg(&["--duration", "2", "--warmup", "2"]).is_err());
         assert!(cfg(&["--seq-qd", "0"]).is_err());
+        assert_eq!(
+            (q.tree_files, q.create_files, q.inodes),
+            (2_000, 2_000, 20_000)
+        );
+        assert_eq!(
+            (full.tree_files, full.create_files, full.inodes),
+            (100_000, 10_000, 1_000_000)
+        );
+        assert_eq!(cfg(&["--inodes", "5"]).unwrap().inodes, 5);
+        assert!(cfg(&["--tree-files", "0"]).is_err());
+        // inode-memory: in --quick and when named, not in the full default.
+        assert_eq!(q.workloads, Workload::ALL);
+        assert!(!full.workloads.contains(&Workload::InodeMemory));
+        assert_eq!(full.workloads.len(), Workload::ALL.len() - 1);
+        assert_eq!(
+            cfg(&["--workloads", "all"]).unwrap().workloads,
+            Workload::ALL
+        );
         let extra = cfg(&["--virtiofsd-arg", "--thread-pool-size=2"]).unwrap();
         assert_eq!(extra.virtiofsd_args, ["--thread-pool-size=2"]);
     }

@@ -66,6 +66,7 @@ impl Daemon {
     /// `exits_alone`: the server ends by itself when its client goes (a
     /// vhost-user daemon), so dropping the guard first gives it a moment.
     /// `cpus`: the CPUs the server may run on (`None`: fsbench's).
+    /// `nofile`: its `RLIMIT_NOFILE`, soft and hard (`None`: fsbench's).
     pub fn spawn(
         name: &str,
         program: &Path,
@@ -73,6 +74,7 @@ impl Daemon {
         log: &Path,
         exits_alone: bool,
         cpus: Option<libc::cpu_set_t>,
+        nofile: Option<u64>,
     ) -> Result<Daemon, DaemonError> {
         let out = File::create(log).map_err(|source| DaemonError::Log {
             path: log.to_path_buf(),
@@ -91,8 +93,9 @@ impl Daemon {
         }
         cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
         // SAFETY: the closure runs in the child between fork and exec and
-        // only makes async-signal-safe syscalls (prctl, sched_setaffinity)
-        // on its own copy of `cpus`, allocating nothing.
+        // only makes async-signal-safe syscalls (prctl, sched_setaffinity,
+        // setrlimit) on its own copies of `cpus` and `nofile`, allocating
+        // nothing.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
@@ -101,6 +104,15 @@ impl Daemon {
                 if let Some(set) = &cpus {
                     let size = std::mem::size_of::<libc::cpu_set_t>();
                     if libc::sched_setaffinity(0, size, set) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                if let Some(n) = nofile {
+                    let rl = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) != 0 {
                         return Err(io::Error::last_os_error());
                     }
                 }
@@ -155,6 +167,44 @@ impl Daemon {
         // SAFETY: plain sysconf query.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
         (hz > 0).then(|| Duration::from_secs_f64(ticks as f64 / hz as f64))
+    }
+
+    /// The process that serves: the daemon's first child if it has one
+    /// (virtiofsd-rs serves from a child it supervises), else the daemon.
+    pub fn serving_pid(&self) -> u32 {
+        let pid = self.child.id();
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .ok()
+            .and_then(|c| c.split_whitespace().next().and_then(|p| p.parse().ok()))
+            .unwrap_or(pid)
+    }
+
+    /// The CPU time the daemon and its children have used so far, to the
+    /// nanosecond (the sum of their live threads' `/proc/PID/task/TID/
+    /// schedstat`), for passes too short for [`Daemon::cpu_time`]'s clock
+    /// ticks; that where schedstat is missing.
+    pub fn cpu_time_precise(&self) -> Option<Duration> {
+        let pid = self.child.id();
+        let mut pids = vec![pid];
+        let mut i = 0;
+        while i < pids.len() {
+            pids.extend(children_of(pids[i]));
+            i += 1;
+        }
+        let mut ns = 0u64;
+        for p in pids {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+                continue;
+            };
+            for t in tasks.flatten() {
+                let stat = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+                match stat.split_whitespace().next().map(str::parse::<u64>) {
+                    Some(Ok(v)) => ns += v,
+                    _ => return self.cpu_time(),
+                }
+            }
+        }
+        Some(Duration::from_nanos(ns))
     }
 
     /// An error if the process has exited.
@@ -233,6 +283,55 @@ pub fn command_line_output(program: &Path, args: &[&str]) -> Option<String> {
     (!line.is_empty()).then_some(line)
 }
 
+/// The children of every thread of process `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .flat_map(|t| {
+            std::fs::read_to_string(t.path().join("children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|c| c.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// Resident memory of process `pid` (`VmRSS` of `/proc/PID/status`), in
+/// bytes.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// The soft `RLIMIT_NOFILE` of process `pid` (`/proc/PID/limits`).
+pub fn nofile_limit(pid: u32) -> Option<u64> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Open file descriptors of process `pid` (entries of `/proc/PID/fd`).
+pub fn fd_count(pid: u32) -> Option<u64> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
+}
+
 /// User and system clock ticks of process `pid`, all threads
 /// (`/proc/PID/stat`).
 fn process_ticks(pid: u32) -> Option<u64> {
@@ -256,7 +355,8 @@ mod tests {
             "-c".into(),
             "echo starting; echo 'bad flag' >&2; exit 3".into(),
         ];
-        let mut d = Daemon::spawn("sh", Path::new("/bin/sh"), &args, &log, false, None).unwrap();
+        let mut d =
+            Daemon::spawn("sh", Path::new("/bin/sh"), &args, &log, false, None, None).unwrap();
         let err = d
             .wait_for_socket(&t.path().join("never"), Duration::from_secs(5))
             .unwrap_err();
@@ -275,7 +375,43 @@ mod tests {
             &t.path().join("log"),
             true,
             None,
+            None,
         );
         assert!(matches!(r, Err(DaemonError::Spawn { .. })));
+    }
+
+    #[test]
+    fn a_daemon_runs_under_its_fd_limit_and_is_measured() {
+        let t = tempfile::tempdir().unwrap();
+        let args: Vec<OsString> = vec!["-c".into(), "ulimit -n -H; exec sleep 30".into()];
+        let log = t.path().join("log");
+        let mut d = Daemon::spawn(
+            "sh",
+            Path::new("/bin/sh"),
+            &args,
+            &log,
+            false,
+            None,
+            Some(64),
+        )
+        .unwrap();
+        while std::fs::read_to_string(&log).unwrap_or_default().is_empty() {
+            d.check_alive().unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(std::fs::read_to_string(&log).unwrap().trim(), "64");
+        let pid = d.serving_pid();
+        assert_eq!(pid, d.child.id(), "no child: the daemon serves");
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap();
+        assert_eq!(line.split_whitespace().filter(|w| *w == "64").count(), 2);
+        assert_eq!(nofile_limit(pid), Some(64));
+        assert!(rss_bytes(pid).is_some_and(|b| b > 0));
+        assert!(fd_count(pid).is_some_and(|n| n >= 3));
+        assert!(d.cpu_time_precise().is_some());
+        assert_eq!(rss_bytes(u32::MAX), None);
     }
 }

@@ -1,12 +1,16 @@
 //! The scratch directory every server shares: the data file, the file the
 //! write workloads overwrite, the 10,000-entry directory and the directory
 //! `create-stat-unlink` works in. Made once per run, on the host, before any
-//! server starts; removed at the end.
+//! server starts; removed at the end. The trees of the tree workloads are
+//! made on first use ([`Fixture::add_tree`], [`Fixture::add_inodes`]);
+//! `tree-create` works in [`MK_DIR`] and `tree-remove` in [`RM_DIR`], both
+//! emptied before every run.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
+use crate::tree::{InodeSet, Tree};
 use crate::workload::{fill_pattern, READDIR_ENTRIES};
 
 /// The file the read workloads read.
@@ -17,6 +21,16 @@ pub const WDATA: &str = "wdata";
 pub const DIR10K: &str = "dir10k";
 /// The directory `create-stat-unlink` creates in.
 pub const CREATE_DIR: &str = "create";
+/// The tree `tree-stat` and `tree-stat-rlimit1024` walk.
+pub const STAT_TREE: &str = "tree";
+/// The directory `tree-create` makes its tree in.
+pub const MK_DIR: &str = "mk";
+/// The directory holding the tree `tree-remove` removes.
+pub const RM_DIR: &str = "rm";
+/// The name of the tree `tree-create` makes and `tree-remove` removes.
+pub const SMALL_TREE: &str = "node_modules";
+/// The files `inode-memory` holds.
+pub const INODES: &str = "inodes";
 
 /// Why the scratch directory could not be made or refreshed.
 #[derive(Debug, thiserror::Error)]
@@ -81,8 +95,10 @@ impl Fixture {
             let p = dir.join(format!("entry-{i:05}"));
             File::create(&p).map_err(io_err("cannot create", &p))?;
         }
-        let c = f.share.join(CREATE_DIR);
-        fs::create_dir(&c).map_err(io_err("cannot create", &c))?;
+        for d in [CREATE_DIR, MK_DIR, RM_DIR] {
+            let c = f.share.join(d);
+            fs::create_dir(&c).map_err(io_err("cannot create", &c))?;
+        }
         let sync = f.share.join(WDATA);
         File::open(&sync)
             .and_then(|f| f.sync_all())
@@ -141,7 +157,38 @@ impl Fixture {
             let p = e.map_err(io_err("cannot list", &c))?.path();
             fs::remove_file(&p).map_err(io_err("cannot remove", &p))?;
         }
+        self.empty(MK_DIR)?;
+        self.empty(RM_DIR)
+    }
+
+    /// Removes everything in the share's directory `dir`.
+    pub fn empty(&self, dir: &str) -> Result<(), FixtureError> {
+        let c = self.share.join(dir);
+        for e in fs::read_dir(&c).map_err(io_err("cannot list", &c))? {
+            let e = e.map_err(io_err("cannot list", &c))?;
+            let p = e.path();
+            let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+            if is_dir {
+                fs::remove_dir_all(&p)
+            } else {
+                fs::remove_file(&p)
+            }
+            .map_err(io_err("cannot remove", &p))?;
+        }
         Ok(())
+    }
+
+    /// Makes `tree` in the share's directory `dir` (`""`: the share).
+    pub fn add_tree(&self, dir: &str, tree: &Tree) -> Result<(), FixtureError> {
+        let parent = self.share.join(dir);
+        tree.write_under(&parent)
+            .map_err(io_err("cannot make a tree in", &parent))
+    }
+
+    /// Makes the inode set `set` in the share.
+    pub fn add_inodes(&self, set: &InodeSet) -> Result<(), FixtureError> {
+        set.write_under(&self.share)
+            .map_err(io_err("cannot make the inode set in", &self.share))
     }
 
     /// The scratch filesystem's type, as `/proc/self/mountinfo` names the
@@ -191,8 +238,17 @@ mod tests {
             READDIR_ENTRIES
         );
         fs::write(f.share.join(CREATE_DIR).join("left-over"), b"").unwrap();
+        let tree = Tree::generate(SMALL_TREE, 50, 1);
+        f.add_tree(MK_DIR, &tree).unwrap();
+        f.add_tree(RM_DIR, &tree).unwrap();
+        fs::write(f.share.join(RM_DIR).join("file"), b"").unwrap();
         f.refresh().unwrap();
-        assert_eq!(fs::read_dir(f.share.join(CREATE_DIR)).unwrap().count(), 0);
+        for d in [CREATE_DIR, MK_DIR, RM_DIR] {
+            assert_eq!(fs::read_dir(f.share.join(d)).unwrap().count(), 0, "{d}");
+        }
+        f.add_tree("", &Tree::generate(STAT_TREE, 20, 1)).unwrap();
+        f.refresh().unwrap();
+        assert!(f.share.join(STAT_TREE).is_dir(), "the stat tree stays");
         assert!(f.socket("x.sock").starts_with(std::env::temp_dir()));
         assert_ne!(f.fs_type(), "unknown");
     }

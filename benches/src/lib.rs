@@ -9,7 +9,8 @@
 //! **native** ([`native`]) does the same operations as direct syscalls in
 //! the benchmark process: the physical limit.
 //!
-//! - [`workload`]: the seven workloads and their offsets;
+//! - [`workload`]: the twelve workloads and their offsets;
+//! - [`tree`]: the trees of the tree workloads, generated from a seed;
 //! - [`fixture`]: the scratch directory all servers share;
 //! - [`daemon`]: server processes and their logs;
 //! - [`session`]: what the measuring loops need from a server;
@@ -19,7 +20,7 @@
 //! - [`affinity`]: `--pin`, where fsbench and the server run;
 //! - [`cli`]: the command line.
 //!
-//! `fsbench --quick` proves the tool works in under two minutes and
+//! `fsbench --quick` proves the tool works in about two minutes and
 //! asserts no speed; `docs/benchmarks/README.md` has a full run.
 
 #![deny(missing_docs)]
@@ -34,5 +35,6 @@ pub mod report;
 pub mod runner;
 pub mod session;
 pub mod stats;
+pub mod tree;
 pub mod vfs;
 pub mod workload;

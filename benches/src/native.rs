@@ -10,6 +10,15 @@
 //! - `readdir-10k`: `open(O_DIRECTORY)`, `getdents64` with a 4 KiB buffer
 //!   (the FUSE guest's READDIR size) until the end, `close`.
 //!
+//! - the tree workloads: `tree-stat` opens each directory
+//!   (`openat(O_DIRECTORY)`), lists it with `getdents64` (4 KiB) and
+//!   `fstatat(AT_SYMLINK_NOFOLLOW)`s each entry, depth first, as `find`;
+//!   `tree-create` is `mkdirat` per directory (then `openat` of it, once)
+//!   and `openat(O_CREAT|O_EXCL)`, `write`, `close` per file; `tree-remove`
+//!   lists each directory as `tree-stat` does, then `unlinkat` per file and
+//!   `unlinkat(AT_REMOVEDIR)` per directory, bottom-up, as `rm -rf`.
+//!   `inode-memory` has no native counterpart (no daemon holds inodes).
+//!
 //! The I/O buffers are ordinary heap memory (`native`), or, for
 //! `native:memfd`, a shared memfd mapping: the kind of memory a vhost-user
 //! guest's RAM is, so the figure is the limit of copying into guest memory.
@@ -24,7 +33,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::fixture::{CREATE_DIR, DATA, DIR10K, WDATA};
-use crate::session::{Session, SessionError};
+use crate::session::{Probe, Session, SessionError, TreeSession};
+use crate::tree::{contents, InodeSet, Tree};
 use crate::workload::{pattern_matches, FileRole, IoSpec, Kind, READDIR_BUF, WRITE_BYTE};
 
 /// Why a native operation failed.
@@ -43,6 +53,9 @@ pub enum NativeError {
     /// A read returned other data than the file's.
     #[error("{0}")]
     Data(String),
+    /// The workload has no native counterpart.
+    #[error("{0} has no native counterpart")]
+    Unsupported(&'static str),
 }
 
 /// A shared memfd mapping, as a vhost-user guest's RAM is.
@@ -120,6 +133,7 @@ pub struct NativeSession {
     done: Vec<(usize, Instant)>,
     dir: Option<(OwnedFd, PathBuf)>,
     dir10k: PathBuf,
+    share: PathBuf,
 }
 
 fn err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> NativeError + 'a {
@@ -156,6 +170,7 @@ impl NativeSession {
             done: Vec::new(),
             dir: None,
             dir10k: share.join(DIR10K),
+            share: share.to_path_buf(),
         };
         match kind {
             Kind::Io(spec) => {
@@ -200,9 +215,324 @@ impl NativeSession {
                 // SAFETY: `fd` was just opened and nothing else owns it.
                 s.dir = Some((unsafe { OwnedFd::from_raw_fd(fd) }, path));
             }
-            Kind::Readdir => {}
+            Kind::Readdir | Kind::Tree(_) => {}
         }
         Ok(s)
+    }
+}
+
+/// Opens `path` (an absolute path) as a directory.
+fn open_dir(path: &Path) -> Result<OwnedFd, NativeError> {
+    let c = cstring(path.as_os_str().as_bytes(), path)?;
+    // SAFETY: a NUL-terminated path; the fd returned is owned below.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(last_err("open", path));
+    }
+    // SAFETY: `fd` was just opened and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens `name` in `dir` as a directory (`flags` added), timed.
+fn open_at(
+    dir: &OwnedFd,
+    name: &CString,
+    flags: libc::c_int,
+    path: &Path,
+    probe: &mut dyn Probe,
+) -> Result<OwnedFd, NativeError> {
+    let t0 = Instant::now();
+    // SAFETY: a valid directory fd and a NUL-terminated name; the fd
+    // returned is owned below.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC | flags,
+        )
+    };
+    if fd < 0 {
+        return Err(last_err("openat", path));
+    }
+    probe.op(t0, 0);
+    // SAFETY: `fd` was just opened and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `close` of `fd`, timed.
+fn close_timed(fd: OwnedFd, probe: &mut dyn Probe) {
+    let t0 = Instant::now();
+    drop(fd);
+    probe.op(t0, 0);
+}
+
+/// An entry of a directory: its name and `d_type`.
+struct NativeEntry {
+    name: CString,
+    ty: u8,
+}
+
+/// Every entry of the open directory `dir` but `.` and `..`, by
+/// `getdents64` calls of [`READDIR_BUF`] bytes, each reported to `probe`.
+fn list(
+    dir: &OwnedFd,
+    path: &Path,
+    buf: &mut [u8],
+    probe: &mut dyn Probe,
+) -> Result<Vec<NativeEntry>, NativeError> {
+    let mut out = Vec::new();
+    loop {
+        let t0 = Instant::now();
+        // SAFETY: `buf` is writable for its length; `dir` is open.
+        let got = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                dir.as_raw_fd(),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        if got < 0 {
+            return Err(last_err("getdents64", path));
+        }
+        probe.op(t0, 0);
+        if got == 0 {
+            return Ok(out);
+        }
+        // struct linux_dirent64 { u64 ino; i64 off; u16 reclen; u8 type; name }
+        let mut at = 0usize;
+        while at + 19 <= got as usize {
+            let reclen = usize::from(u16::from_le_bytes([buf[at + 16], buf[at + 17]]));
+            if reclen == 0 || at + reclen > got as usize {
+                break;
+            }
+            let name = &buf[at + 19..at + reclen];
+            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+            if name != b"." && name != b".." {
+                out.push(NativeEntry {
+                    name: cstring(name, path)?,
+                    ty: buf[at + 18],
+                });
+            }
+            at += reclen;
+        }
+    }
+}
+
+/// `fstatat(AT_SYMLINK_NOFOLLOW)` of `name` in `dir`, timed, counted as
+/// `units` entries.
+fn lstat_at(
+    dir: &OwnedFd,
+    name: &CString,
+    path: &Path,
+    probe: &mut dyn Probe,
+    units: u64,
+) -> Result<libc::stat, NativeError> {
+    // SAFETY: `st` is a plain struct the kernel fills in.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let t0 = Instant::now();
+    // SAFETY: a valid directory fd, a NUL-terminated name, `st` writable.
+    if unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    } != 0
+    {
+        return Err(last_err("fstatat", path));
+    }
+    probe.op(t0, units);
+    Ok(st)
+}
+
+/// lstats everything below the open directory `dir` (at `path`), depth
+/// first.
+fn stat_below(
+    dir: &OwnedFd,
+    path: &Path,
+    buf: &mut Vec<u8>,
+    probe: &mut dyn Probe,
+) -> Result<u64, NativeError> {
+    let mut n = 0;
+    for e in list(dir, path, buf, probe)? {
+        let st = lstat_at(dir, &e.name, path, probe, 1)?;
+        n += 1;
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            let sub_path = path.join(std::ffi::OsStr::from_bytes(e.name.as_bytes()));
+            let sub = open_at(dir, &e.name, 0, &sub_path, probe)?;
+            n += stat_below(&sub, &sub_path, buf, probe)?;
+            close_timed(sub, probe);
+        }
+    }
+    Ok(n)
+}
+
+/// Removes `name` in the open directory `parent` (at `path`'s parent) and
+/// everything below it, as `rm -rf`.
+fn remove_below(
+    parent: &OwnedFd,
+    name: &CString,
+    path: &Path,
+    buf: &mut Vec<u8>,
+    probe: &mut dyn Probe,
+) -> Result<u64, NativeError> {
+    let dir = open_at(parent, name, 0, path, probe)?;
+    let mut n = 0;
+    for e in list(&dir, path, buf, probe)? {
+        let is_dir = match e.ty {
+            libc::DT_DIR => true,
+            libc::DT_UNKNOWN => {
+                lstat_at(&dir, &e.name, path, probe, 0)?.st_mode & libc::S_IFMT == libc::S_IFDIR
+            }
+            _ => false,
+        };
+        if is_dir {
+            let sub_path = path.join(std::ffi::OsStr::from_bytes(e.name.as_bytes()));
+            n += remove_below(&dir, &e.name, &sub_path, buf, probe)?;
+        } else {
+            let t0 = Instant::now();
+            // SAFETY: a valid directory fd and a NUL-terminated name.
+            if unsafe { libc::unlinkat(dir.as_raw_fd(), e.name.as_ptr(), 0) } != 0 {
+                return Err(last_err("unlinkat", path));
+            }
+            probe.op(t0, 1);
+            n += 1;
+        }
+    }
+    close_timed(dir, probe);
+    let t0 = Instant::now();
+    // SAFETY: a valid directory fd and a NUL-terminated name.
+    if unsafe { libc::unlinkat(parent.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR) } != 0 {
+        return Err(last_err("unlinkat(AT_REMOVEDIR)", path));
+    }
+    probe.op(t0, 1);
+    Ok(n + 1)
+}
+
+impl TreeSession for NativeSession {
+    fn tree_stat(&mut self, root: &str, probe: &mut dyn Probe) -> Result<u64, SessionError> {
+        let share = open_dir(&self.share)?;
+        let path = self.share.join(root);
+        let dir = open_at(&share, &cstring(root.as_bytes(), &path)?, 0, &path, probe)?;
+        let mut buf = vec![0u8; READDIR_BUF as usize];
+        let n = stat_below(&dir, &path, &mut buf, probe)?;
+        close_timed(dir, probe);
+        Ok(n)
+    }
+
+    fn tree_create(
+        &mut self,
+        parent: &str,
+        tree: &Tree,
+        probe: &mut dyn Probe,
+    ) -> Result<u64, SessionError> {
+        let data = contents();
+        let base = self.share.join(parent);
+        let top = open_dir(&base)?;
+        let mut n = 0;
+        for i in 0..tree.dirs.len() {
+            let rel = tree.path(i);
+            let path = base.join(&rel);
+            let c = cstring(rel.as_os_str().as_bytes(), &path)?;
+            let t0 = Instant::now();
+            // SAFETY: a valid directory fd and a NUL-terminated path.
+            if unsafe { libc::mkdirat(top.as_raw_fd(), c.as_ptr(), 0o755) } != 0 {
+                return Err(last_err("mkdirat", &path).into());
+            }
+            probe.op(t0, 1);
+            n += 1;
+            let files = &tree.files[tree.files_of(i)];
+            if files.is_empty() {
+                continue;
+            }
+            let dir = open_at(&top, &c, libc::O_PATH, &path, probe)?;
+            for f in files {
+                let name = cstring(f.name.as_bytes(), &path)?;
+                let t0 = Instant::now();
+                // SAFETY: a valid directory fd and a NUL-terminated name;
+                // the fd returned is owned below.
+                let fd = unsafe {
+                    libc::openat(
+                        dir.as_raw_fd(),
+                        name.as_ptr(),
+                        libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
+                        0o644 as libc::c_uint,
+                    )
+                };
+                if fd < 0 {
+                    return Err(last_err("openat(O_CREAT)", &path).into());
+                }
+                probe.op(t0, 0);
+                // SAFETY: `fd` was just opened and nothing else owns it.
+                let file = unsafe { OwnedFd::from_raw_fd(fd) };
+                if f.size > 0 {
+                    let t0 = Instant::now();
+                    let bytes = &data[..f.size as usize];
+                    // SAFETY: `file` is open; `bytes` is readable for its
+                    // length.
+                    let wrote = unsafe {
+                        libc::write(file.as_raw_fd(), bytes.as_ptr().cast(), bytes.len())
+                    };
+                    if wrote != bytes.len() as isize {
+                        return Err(if wrote < 0 {
+                            last_err("write", &path)
+                        } else {
+                            NativeError::Data(format!("wrote {wrote} of {} bytes", f.size))
+                        }
+                        .into());
+                    }
+                    probe.op(t0, 0);
+                }
+                let t0 = Instant::now();
+                drop(file);
+                probe.op(t0, 1);
+                n += 1;
+            }
+            close_timed(dir, probe);
+        }
+        Ok(n)
+    }
+
+    fn tree_remove(
+        &mut self,
+        parent: &str,
+        name: &str,
+        probe: &mut dyn Probe,
+    ) -> Result<u64, SessionError> {
+        let base = self.share.join(parent);
+        let top = open_dir(&base)?;
+        let path = base.join(name);
+        let mut buf = vec![0u8; READDIR_BUF as usize];
+        Ok(remove_below(
+            &top,
+            &cstring(name.as_bytes(), &path)?,
+            &path,
+            &mut buf,
+            probe,
+        )?)
+    }
+
+    fn hold_inodes(
+        &mut self,
+        _set: &InodeSet,
+        _probe: &mut dyn Probe,
+    ) -> Result<u64, SessionError> {
+        Err(NativeError::Unsupported("inode-memory").into())
+    }
+
+    fn forget_all(&mut self) -> Result<u64, SessionError> {
+        Ok(0)
+    }
+
+    fn listing(&self) -> &'static str {
+        "getdents64"
     }
 }
 
@@ -373,8 +703,67 @@ mod tests {
                         crate::workload::READDIR_ENTRIES as u64 + 2
                     )
                 }
+                // native_walks_makes_and_removes_trees
+                Kind::Tree(_) => {}
             }
         }
+    }
+
+    #[test]
+    fn native_walks_makes_and_removes_trees() {
+        use crate::fixture::{MK_DIR, SMALL_TREE, STAT_TREE};
+        use crate::stats::Pass;
+        let parent = tempfile::tempdir().unwrap();
+        let f = Fixture::create(parent.path(), 1 << 20).unwrap();
+        let stat = Tree::generate(STAT_TREE, 400, 5);
+        f.add_tree("", &stat).unwrap();
+        let mut s =
+            NativeSession::open(&f.share, &Kind::Tree(crate::workload::TreeOp::Stat), false)
+                .unwrap();
+        let mut p = Pass::start();
+        assert_eq!(s.tree_stat(STAT_TREE, &mut p).unwrap(), stat.entries() - 1);
+        assert_eq!(p.units(), stat.entries() - 1);
+        // A getdents64, an fstatat per entry, an openat and close per
+        // directory.
+        assert!(p.requests() > stat.entries() + stat.dirs.len() as u64);
+
+        let small = Tree::generate(SMALL_TREE, 300, 6);
+        let mut p = Pass::start();
+        assert_eq!(
+            s.tree_create(MK_DIR, &small, &mut p).unwrap(),
+            small.entries()
+        );
+        assert_eq!(p.units(), small.entries());
+        let file = &small.files[7];
+        let path = f
+            .share
+            .join(MK_DIR)
+            .join(small.path(file.dir))
+            .join(&file.name);
+        assert_eq!(
+            std::fs::read(path).unwrap(),
+            crate::tree::contents()[..file.size as usize]
+        );
+        assert!(
+            s.tree_create(MK_DIR, &small, &mut p).is_err(),
+            "never over an existing tree"
+        );
+        let mut p = Pass::start();
+        assert_eq!(
+            s.tree_remove(MK_DIR, SMALL_TREE, &mut p).unwrap(),
+            small.entries()
+        );
+        assert_eq!(std::fs::read_dir(f.share.join(MK_DIR)).unwrap().count(), 0);
+        assert!(s.tree_remove(MK_DIR, SMALL_TREE, &mut p).is_err());
+        let set = InodeSet {
+            root: "inodes",
+            count: 1,
+        };
+        assert!(
+            s.hold_inodes(&set, &mut p).is_err(),
+            "no native counterpart"
+        );
+        assert_eq!(s.forget_all().unwrap(), 0);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use quick_xml::escape::escape as xml;
 
 use crate::cli::{Engine, Server, Target};
-use crate::runner::{Outcome, Record};
+use crate::runner::{not_applicable, Failure, Outcome, Record};
 use crate::stats::Summary;
 use crate::workload::Workload;
 
@@ -50,6 +50,10 @@ const OURS_SYNC: Target = Target {
 const UPSTREAM: Target = Target {
     server: Server::Virtiofsd,
     engine: Engine::Default,
+};
+const UPSTREAM_PREFER: Target = Target {
+    server: Server::Virtiofsd,
+    engine: Engine::Prefer,
 };
 const NATIVE: Target = Target {
     server: Server::Native,
@@ -104,9 +108,19 @@ pub struct Check {
     pub detail: String,
 }
 
+/// The most of a failure's reason a one-line detail shows.
+fn clip(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        s.chars().take(n).collect::<String>() + "…"
+    }
+}
+
 /// The issue's targets, measured in this run (ours = virtiofsd-rs with the
-/// io-uring engine).
-pub fn checks(records: &[Record]) -> Vec<Check> {
+/// io-uring engine); `failures` tell a target missed by an error from one
+/// not measured.
+pub fn checks(records: &[Record], failures: &[Failure]) -> Vec<Check> {
     let ops: fn(&Summary) -> f64 = |s| s.ops_per_s;
     let mib: fn(&Summary) -> f64 = |s| s.mib_per_s;
     let p50: fn(&Summary) -> f64 = |s| s.p50_us;
@@ -199,6 +213,84 @@ pub fn checks(records: &[Record]) -> Vec<Check> {
         None,
         "diod's ops/s",
     );
+    for (w, text) in [
+        (TreeStat, "tree-stat: entries/s >= virtiofsd's"),
+        (TreeCreate, "tree-create: entries/s >= virtiofsd's"),
+        (TreeRemove, "tree-remove: entries/s >= virtiofsd's"),
+    ] {
+        add(
+            text,
+            ratio(records, OURS, UPSTREAM, w, ops),
+            Some(1.0),
+            None,
+            "virtiofsd's entries/s",
+        );
+    }
+    let ours = |w: Workload| {
+        (
+            records
+                .iter()
+                .find(|r| r.target == OURS && r.workload == w)
+                .and_then(|r| r.tree),
+            failures
+                .iter()
+                .find(|f| f.target == OURS && f.workload == Some(w)),
+        )
+    };
+    let failed = |f: &Failure| (Verdict::Missed, format!("failed: {}", clip(&f.reason, 90)));
+    let (rec, fail) = ours(TreeStatRlimit1024);
+    let (verdict, detail) = match (rec, fail) {
+        (_, Some(f)) => failed(f),
+        (Some(t), None) => match (t.max_fds, t.fd_limit) {
+            (Some(n), Some(l)) => (
+                if n < l { Verdict::Met } else { Verdict::Missed },
+                format!("completed, at most {n} daemon fds of {l}"),
+            ),
+            _ => (Verdict::NotMeasured, "daemon fds not read".into()),
+        },
+        (None, None) => (Verdict::NotMeasured, "not measured".into()),
+    };
+    v.push(Check {
+        text: "tree-stat-rlimit1024: completes, fds < limit",
+        verdict,
+        detail,
+    });
+    let (rec, fail) = ours(InodeMemory);
+    let per_inode = rec.and_then(|t| Some((t.bytes_per_inode()?, t.inodes?)));
+    let (verdict, detail) = match (per_inode, fail) {
+        (_, Some(f)) => failed(f),
+        (Some((b, n)), None) => (
+            if b < 200.0 {
+                Verdict::Met
+            } else {
+                Verdict::Missed
+            },
+            format!("{b:.0} B/inode over {n} inodes, no error"),
+        ),
+        (None, None) => (Verdict::NotMeasured, "not measured".into()),
+    };
+    v.push(Check {
+        text: "inode-memory: < 200 B/inode at RLIMIT_NOFILE 1024",
+        verdict,
+        detail,
+    });
+    let after = rec.and_then(|t| Some((t.bytes_per_inode()?, t.bytes_per_inode_after_forget()?)));
+    let (verdict, detail) = match after {
+        Some((held, left)) => (
+            if held <= 0.0 || left <= held / 2.0 {
+                Verdict::Met
+            } else {
+                Verdict::Missed
+            },
+            format!("{left:.0} of {held:.0} B/inode still resident after BATCH_FORGET"),
+        ),
+        None => (Verdict::NotMeasured, "not measured".into()),
+    };
+    v.push(Check {
+        text: "inode-memory: BATCH_FORGET returns >= half",
+        verdict,
+        detail,
+    });
     v
 }
 
@@ -297,8 +389,14 @@ pub fn table(out: &Outcome, command: &str, date: &str) -> String {
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "{:<20} {:>13} {:>13} {:>13} {:>12} {:>10}",
-        "ratios", "ours/upstream", "sync/upstream", "p50 ours/up", "ours/native", "p9d/diod"
+        "{:<20} {:>13} {:>13} {:>13} {:>12} {:>10} {:>12}",
+        "ratios",
+        "ours/upstream",
+        "sync/upstream",
+        "p50 ours/up",
+        "ours/native",
+        "p9d/diod",
+        "ours/prefer"
     );
     let p50: fn(&Summary) -> f64 = |s| s.p50_us;
     for w in workloads(&out.records) {
@@ -310,36 +408,168 @@ pub fn table(out: &Outcome, command: &str, date: &str) -> String {
         };
         let _ = writeln!(
             s,
-            "{:<20} {:>13} {:>13} {:>13} {:>12} {:>10}",
+            "{:<20} {:>13} {:>13} {:>13} {:>12} {:>10} {:>12}",
             w.name(),
             x(ratio(&out.records, OURS, UPSTREAM, w, ops)),
             x(ratio(&out.records, OURS_SYNC, UPSTREAM, w, ops)),
             x(ratio(&out.records, OURS, UPSTREAM, w, p50)),
             x(ratio(&out.records, OURS, NATIVE, w, ops)),
             x(ratio(&out.records, P9D, DIOD, w, ops)),
+            x(ratio(&out.records, OURS, UPSTREAM_PREFER, w, ops)),
         );
     }
+    tree_table(&mut s, out);
     let _ = writeln!(s);
     let _ = writeln!(s, "targets (measured in this run; reported, not asserted):");
-    for c in checks(&out.records) {
+    for c in checks(&out.records, &out.failures) {
         let v = match c.verdict {
             Verdict::Met => "met",
             Verdict::Missed => "MISSED",
             Verdict::NotMeasured => "n/a",
         };
-        let _ = writeln!(s, "  {v:<7} {:<42} {}", c.text, c.detail);
+        let _ = writeln!(s, "  {v:<7} {:<50} {}", c.text, c.detail);
     }
     if !out.failures.is_empty() {
         let _ = writeln!(s);
         let _ = writeln!(s, "not measured:");
         for f in &out.failures {
             let w = f.workload.map_or("all workloads", |w| w.name());
-            let _ = writeln!(s, "  {} {}: {}", f.target.label(), w, f.reason);
+            let _ = writeln!(
+                s,
+                "  {} {}: {}{}",
+                f.target.label(),
+                w,
+                f.reason,
+                if f.expected
+                    && f.workload
+                        .is_some_and(|w| not_applicable(f.target, w).is_none())
+                {
+                    " (expected of a peer: not a --strict failure)"
+                } else {
+                    ""
+                }
+            );
         }
     }
     let _ = writeln!(s);
     let _ = writeln!(s, "wall time {:.0} s", out.elapsed.as_secs_f64());
     s
+}
+
+/// A count of bytes, in KiB or MiB.
+fn bytes(b: u64) -> String {
+    if b >= 100 << 20 {
+        format!("{} MiB", b >> 20)
+    } else {
+        format!("{:.1} MiB", b as f64 / 1048576.0)
+    }
+}
+
+/// The tree workloads' own figures, and their failures, one row per
+/// (workload, target), after the ratios.
+fn tree_table(s: &mut String, out: &Outcome) {
+    enum Row<'a> {
+        Ok(&'a Record),
+        Failed(&'a Failure),
+    }
+    let mut rows: Vec<(Workload, Target, Row)> = out
+        .records
+        .iter()
+        .filter(|r| r.tree.is_some())
+        .map(|r| (r.workload, r.target, Row::Ok(r)))
+        .collect();
+    rows.extend(out.failures.iter().filter_map(|f| {
+        let w = f.workload.filter(|w| w.is_tree())?;
+        not_applicable(f.target, w)
+            .is_none()
+            .then_some((w, f.target, Row::Failed(f)))
+    }));
+    if rows.is_empty() {
+        return;
+    }
+    rows.sort_by_key(|(w, t, _)| (*w, *t));
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "{:<20} {:<13} {:<9} {:>8} {:>10} {:>12} {:>11}  {:<14}  memory",
+        "tree workloads",
+        "server",
+        "engine",
+        "entries",
+        "entries/s",
+        "srv µs/entry",
+        "max fds",
+        "listing"
+    );
+    let mut last = None;
+    for (w, t, row) in &rows {
+        let name = if last == Some(*w) { "" } else { w.name() };
+        last = Some(*w);
+        let _ = write!(
+            s,
+            "{:<20} {:<13} {:<9} ",
+            name,
+            t.server.name(),
+            t.engine.name()
+        );
+        match row {
+            Row::Ok(r) => {
+                let Some(f) = &r.tree else { continue };
+                let fds = match (f.max_fds, f.fd_limit) {
+                    (Some(n), Some(l)) => format!("{n}/{l}"),
+                    (Some(n), None) => n.to_string(),
+                    _ => "-".into(),
+                };
+                let _ = write!(
+                    s,
+                    "{:>8} {:>10} {:>12} {:>11}  {:<14}",
+                    f.entries,
+                    num(r.summary.ops_per_s),
+                    f.cpu_us_per_entry.map_or("-".into(), |c| format!("{c:.2}")),
+                    fds,
+                    f.listing.unwrap_or("-")
+                );
+                if let (Some(b), Some(n)) = (f.bytes_per_inode(), f.inodes) {
+                    let _ = write!(s, "  {b:.0} B/inode over {n} inodes");
+                    if let (Some(a), Some(h), Some(g)) = (f.rss_before, f.rss_held, f.rss_forgotten)
+                    {
+                        let _ = write!(
+                            s,
+                            " (RSS {} -> {}, {} after BATCH_FORGET)",
+                            bytes(a),
+                            bytes(h),
+                            bytes(g)
+                        );
+                    }
+                }
+            }
+            Row::Failed(f) => {
+                let _ = write!(
+                    s,
+                    "error{}: {}",
+                    if f.expected { " (expected)" } else { "" },
+                    clip(&f.reason, 140)
+                );
+            }
+        }
+        let _ = writeln!(s);
+    }
+    let _ = writeln!(
+        s,
+        "One pass per run, on a fresh server: entries/s over the pass; p50/p99 above are per request (one FUSE request, or one syscall for native)."
+    );
+    let _ = writeln!(
+        s,
+        "srv µs/entry: the server's CPU time over the pass per entry. max fds: the serving process's open fds with every lookup held, / its RLIMIT_NOFILE."
+    );
+    let _ = writeln!(
+        s,
+        "listing: READDIRPLUS where the server offers it (the daemons run with --cache auto here, and both do), else READDIR and a LOOKUP per entry, as Linux."
+    );
+    let _ = writeln!(
+        s,
+        "memory: the serving process's VmRSS growth per inode held. error (expected): a peer out of fds, not a --strict failure."
+    );
 }
 
 /// One record of the JSON file.
@@ -352,12 +582,38 @@ struct Row<'a> {
     mib_per_s: f64,
     p50_us: f64,
     p99_us: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    entries: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_cpu_us_per_op: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_fds: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fd_limit: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inodes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes_per_inode: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rss_before_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rss_held_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rss_after_forget_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listing: Option<&'a str>,
 }
 
 /// The JSON array, one record a line: one record per (server, engine,
-/// workload) with exactly the fields `server`, `engine`, `workload`,
-/// `ops_per_s`, `mib_per_s`, `p50_us`, `p99_us` (the server's CPU use is in
-/// the table), to 3 decimals (0 when not finite).
+/// workload) with the fields `server`, `engine`, `workload`, `ops_per_s`,
+/// `mib_per_s`, `p50_us`, `p99_us` (the server's CPU use is in the table),
+/// to 3 decimals (0 when not finite). Tree workloads' records add, where
+/// measured: `entries` (the pass's count; `ops_per_s` is per entry, the
+/// latencies per request), `server_cpu_us_per_op` (server CPU µs per
+/// entry), `max_fds` and `fd_limit` (the serving process's), and for
+/// `inode-memory` `inodes`, `bytes_per_inode`, `rss_before_bytes`,
+/// `rss_held_bytes`, `rss_after_forget_bytes`; and `listing` (how
+/// directories were listed: `READDIRPLUS`, `READDIR+LOOKUP`, `getdents64`).
 pub fn json(records: &[Record]) -> Result<String, ReportError> {
     let milli = |x: f64| {
         if x.is_finite() {
@@ -369,6 +625,7 @@ pub fn json(records: &[Record]) -> Result<String, ReportError> {
     let mut s = String::from("[\n");
     for (i, r) in records.iter().enumerate() {
         let m = &r.summary;
+        let t = r.tree.unwrap_or_default();
         let row = serde_json::to_string(&Row {
             server: r.target.server.name(),
             engine: r.target.engine.name(),
@@ -377,6 +634,16 @@ pub fn json(records: &[Record]) -> Result<String, ReportError> {
             mib_per_s: milli(m.mib_per_s),
             p50_us: milli(m.p50_us),
             p99_us: milli(m.p99_us),
+            entries: r.tree.map(|t| t.entries),
+            server_cpu_us_per_op: t.cpu_us_per_entry.map(milli),
+            max_fds: t.max_fds,
+            fd_limit: t.fd_limit,
+            inodes: t.inodes,
+            bytes_per_inode: t.bytes_per_inode().map(milli),
+            rss_before_bytes: t.rss_before,
+            rss_held_bytes: t.rss_held,
+            rss_after_forget_bytes: t.rss_forgotten,
+            listing: t.listing,
         })?;
         s += &format!("  {row}{}\n", if i + 1 < records.len() { "," } else { "" });
     }
@@ -388,6 +655,8 @@ fn colour(t: Target) -> &'static str {
         (Server::Native, _) => "#6b6b6b",
         (Server::VirtiofsdRs, Engine::Sync) => "#7fb3e0",
         (Server::VirtiofsdRs, _) => "#1f5fa8",
+        (Server::Virtiofsd, Engine::Prefer) => "#9c5a0c",
+        (Server::Virtiofsd, Engine::Never) => "#f2c48a",
         (Server::Virtiofsd, _) => "#e08a1f",
         (Server::P9d, _) => "#2e9e4a",
         (Server::Diod, _) => "#c43c3c",
@@ -411,7 +680,7 @@ fn short(x: f64) -> String {
 /// of that workload (linear), labelled with MiB/s, ops/s and the median and
 /// 99th percentile latencies.
 pub fn svg(out: &Outcome, title: &str, subtitle: &[String]) -> String {
-    let (w, label_x, bar_x, bar_max) = (1040.0, 12.0, 190.0, 520.0);
+    let (w, label_x, bar_x, bar_max) = (1160.0, 12.0, 190.0, 520.0);
     let (bar_h, gap, group_gap) = (15.0, 3.0, 26.0);
     let mut body = String::new();
     let mut y = 30.0;
@@ -464,7 +733,12 @@ pub fn svg(out: &Outcome, title: &str, subtitle: &[String]) -> String {
         let best = rows.iter().map(|r| metric(&r.summary)).fold(0.0, f64::max);
         y += group_gap;
         let unit = match wl {
-            Workload::Readdir10k => "entries/s",
+            Workload::Readdir10k
+            | Workload::TreeStat
+            | Workload::TreeCreate
+            | Workload::TreeRemove
+            | Workload::TreeStatRlimit1024 => "entries/s",
+            Workload::InodeMemory => "lookups/s",
             Workload::CreateStatUnlink => "(create+stat+close+unlink)/s",
             _ => "MiB/s",
         };
@@ -499,6 +773,17 @@ pub fn svg(out: &Outcome, title: &str, subtitle: &[String]) -> String {
                 short(m.p50_us),
                 short(m.p99_us)
             );
+            if let Some(t) = &r.tree {
+                if let Some(c) = t.cpu_us_per_entry {
+                    let _ = write!(label, "  srv {c:.1} µs/entry");
+                }
+                if let Some(b) = t.bytes_per_inode() {
+                    let _ = write!(label, "  {b:.0} B/inode");
+                }
+                if let (Some(n), Some(_)) = (t.max_fds, t.fd_limit) {
+                    let _ = write!(label, "  {n} fds");
+                }
+            }
             let _ = writeln!(
                 body,
                 r#"<text x="{}" y="{}" font-size="11" text-anchor="end">{}</text><rect x="{bar_x}" y="{y}" width="{len:.1}" height="{bar_h}" fill="{}"/><text x="{}" y="{}" font-size="11">{}</text>"#,
@@ -509,6 +794,32 @@ pub fn svg(out: &Outcome, title: &str, subtitle: &[String]) -> String {
                 bar_x + len + 6.0,
                 y + bar_h - 3.5,
                 xml(&label)
+            );
+            y += bar_h + gap;
+        }
+        // Tree workloads: the targets that failed, as a row each.
+        let mut failed: Vec<&Failure> = out
+            .failures
+            .iter()
+            .filter(|f| {
+                f.workload == Some(wl) && wl.is_tree() && not_applicable(f.target, wl).is_none()
+            })
+            .collect();
+        failed.sort_by_key(|f| f.target);
+        for f in failed {
+            let text = format!(
+                "error{}: {}",
+                if f.expected { " (expected)" } else { "" },
+                clip(&f.reason, 110)
+            );
+            let _ = writeln!(
+                body,
+                r##"<text x="{}" y="{}" font-size="11" text-anchor="end">{}</text><text x="{bar_x}" y="{}" font-size="11" fill="#b00">{}</text>"##,
+                bar_x - 6.0,
+                y + bar_h - 3.5,
+                xml(f.target.label()),
+                y + bar_h - 3.5,
+                xml(&text)
             );
             y += bar_h + gap;
         }
@@ -559,6 +870,7 @@ mod tests {
             capped_len: None,
             server_cpu: (server != Server::Native).then_some(0.5),
             spread: None,
+            tree: None,
         }
     }
 
@@ -609,6 +921,7 @@ mod tests {
                 },
                 workload: None,
                 reason: "no diod".into(),
+                expected: false,
             }],
             versions: vec![("virtiofsd".into(), "virtiofsd 1.14.0".into())],
             context: vec!["2 CPUs".into()],
@@ -629,7 +942,7 @@ mod tests {
 
     #[test]
     fn targets_are_checked_from_the_ratios() {
-        let c = checks(&outcome().records);
+        let c = checks(&outcome().records, &[]);
         let qd32 = &c[0];
         assert_eq!(qd32.verdict, Verdict::Met, "{qd32:?}");
         assert!(qd32.detail.starts_with("1.80x"));
@@ -666,6 +979,80 @@ mod tests {
         // The fastest bar of a workload is full length.
         assert!(s.contains("width=\"520.0\""));
         assert_eq!(s.matches('<').count(), s.matches('>').count());
+    }
+
+    #[test]
+    fn tree_records_carry_their_figures_to_the_table_json_and_chart() {
+        use crate::runner::TreeFigures;
+        let mut o = outcome();
+        let mut ours = rec(
+            Server::VirtiofsdRs,
+            Engine::IoUring,
+            Workload::InodeMemory,
+            50_000.0,
+            9.0,
+        );
+        ours.tree = Some(TreeFigures {
+            entries: 20_000,
+            cpu_us_per_entry: Some(9.5),
+            max_fds: Some(261),
+            fd_limit: Some(1024),
+            inodes: Some(20_000),
+            rss_before: Some(3 << 20),
+            rss_held: Some((3 << 20) + 4_000_000),
+            rss_forgotten: Some((3 << 20) + 1_000_000),
+            listing: None,
+        });
+        o.records = vec![ours];
+        o.failures.push(Failure {
+            target: UPSTREAM,
+            workload: Some(Workload::InodeMemory),
+            reason: "LOOKUP failed: Too many open files".into(),
+            expected: true,
+        });
+        let t = table(&o, "fsbench", "now");
+        assert!(t.contains("tree workloads"), "{t}");
+        assert!(t.contains("261/1024"), "{t}");
+        assert!(t.contains("200 B/inode over 20000 inodes"), "{t}");
+        assert!(
+            t.contains("error (expected): LOOKUP failed: Too many open files"),
+            "{t}"
+        );
+        assert!(t.contains("(expected of a peer: not a --strict failure)"));
+        let c = checks(&o.records, &o.failures);
+        let mem = c
+            .iter()
+            .find(|c| c.text.starts_with("inode-memory: < 200"))
+            .unwrap();
+        assert_eq!(mem.verdict, Verdict::Missed, "200 is not < 200");
+        let forget = c
+            .iter()
+            .find(|c| c.text.starts_with("inode-memory: BATCH_FORGET"))
+            .unwrap();
+        assert_eq!(forget.verdict, Verdict::Met, "{forget:?}");
+        let j = json(&o.records).unwrap();
+        assert!(
+            j.contains("\"entries\":20000,\"server_cpu_us_per_op\":9.5,\"max_fds\":261,\"fd_limit\":1024,\"inodes\":20000,\"bytes_per_inode\":200.0"),
+            "{j}"
+        );
+        assert!(!j.contains("listing"));
+        let svg = svg(&o, "t", &[]);
+        assert!(svg.contains("lookups/s") && svg.contains("200 B/inode"));
+        assert!(svg.contains("error (expected)"));
+        // Ours failing under the limit is a missed target, not "not measured".
+        let fail = [Failure {
+            target: OURS,
+            workload: Some(Workload::TreeStatRlimit1024),
+            reason: "READDIRPLUS failed: EMFILE".into(),
+            expected: false,
+        }];
+        let c = checks(&[], &fail);
+        let rl = c
+            .iter()
+            .find(|c| c.text.starts_with("tree-stat-rlimit1024"))
+            .unwrap();
+        assert_eq!(rl.verdict, Verdict::Missed);
+        assert!(rl.detail.contains("EMFILE"));
     }
 
     #[test]

@@ -10,14 +10,15 @@ use std::time::{Duration, Instant};
 
 use crate::affinity;
 use crate::cli::{Config, Engine, Server, Target};
-use crate::daemon::{command_line_output, Daemon, DaemonError};
-use crate::fixture::{Fixture, FixtureError};
+use crate::daemon::{command_line_output, fd_count, nofile_limit, rss_bytes, Daemon, DaemonError};
+use crate::fixture::{Fixture, FixtureError, INODES, MK_DIR, RM_DIR, SMALL_TREE, STAT_TREE};
 use crate::native::NativeSession;
 use crate::p9client::P9Session;
-use crate::session::{Session, SessionError};
-use crate::stats::{Recorder, Summary, Window};
-use crate::vfs::VfsSession;
-use crate::workload::{splitmix64, IoSpec, Kind, Offsets, Workload, READDIR_ENTRIES};
+use crate::session::{Probe, Session, SessionError, TreeSession};
+use crate::stats::{Pass, Recorder, Summary, Window};
+use crate::tree::{InodeSet, Tree};
+use crate::vfs::{VfsError, VfsSession};
+use crate::workload::{splitmix64, IoSpec, Kind, Offsets, TreeOp, Workload, READDIR_ENTRIES};
 
 /// How long a server gets to create its socket.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -56,7 +57,106 @@ pub enum RunError {
         /// Entries seen.
         got: u64,
     },
+    /// A tree pass failed part-way.
+    #[error("{source} after {entries} entries{}{}", fds.map(|n| format!("; the daemon had {n} fds open{}", limit.map(|l| format!(" (RLIMIT_NOFILE {l})")).unwrap_or_default())).unwrap_or_default(), log.as_ref().map(|l| format!("; server log ends: {l}")).unwrap_or_default())]
+    Tree {
+        /// What failed.
+        source: SessionError,
+        /// Entries finished before.
+        entries: u64,
+        /// The serving process's open fds right after.
+        fds: Option<u64>,
+        /// Its fd limit (soft `RLIMIT_NOFILE`).
+        limit: Option<u64>,
+        /// The end of the server's log, if it has one.
+        log: Option<String>,
+    },
+    /// A tree pass finished with another count than the tree's.
+    #[error("{what}: {got}, the tree has {want}")]
+    WrongCount {
+        /// What was counted.
+        what: &'static str,
+        /// Counted.
+        got: u64,
+        /// The tree's.
+        want: u64,
+    },
+    /// The daemon raised the fd limit the workload runs it under.
+    #[error("the daemon's RLIMIT_NOFILE is {got}, not the workload's {want}")]
+    LimitRaised {
+        /// What /proc/PID/limits says.
+        got: u64,
+        /// The workload's.
+        want: u64,
+    },
+    /// The tree workloads are not implemented for this server.
+    #[error("the tree workloads are virtio-fs and native only")]
+    NotForTrees,
 }
+
+impl RunError {
+    /// Whether the server ran out of file descriptors (EMFILE or ENFILE in
+    /// a reply): what a daemon holding an fd per inode does under the fd
+    /// limit of `tree-stat-rlimit1024` and `inode-memory`.
+    pub fn is_fd_exhaustion(&self) -> bool {
+        let source = match self {
+            RunError::Tree { source, .. } | RunError::Session { source, .. } => source,
+            _ => return false,
+        };
+        matches!(
+            source.inner().downcast_ref::<VfsError>(),
+            Some(VfsError::Errno { err, .. })
+                if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+        )
+    }
+}
+
+/// What a tree workload measured besides the [`Summary`] (whose ops/s are
+/// entries per second, and latencies per request).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct TreeFigures {
+    /// Entries the pass finished: stat'ed, made, removed or looked up.
+    pub entries: u64,
+    /// The server's CPU time per entry, µs; `None` for native.
+    pub cpu_us_per_entry: Option<f64>,
+    /// The most fds the serving process had open: sampled every
+    /// [`FD_SAMPLE_EVERY`] requests under an fd limit, and after the pass
+    /// with every lookup still held.
+    pub max_fds: Option<u64>,
+    /// The serving process's `RLIMIT_NOFILE` (soft): the workload's, or
+    /// what the daemon set itself.
+    pub fd_limit: Option<u64>,
+    /// Distinct inodes held at the end of the pass (`inode-memory`).
+    pub inodes: Option<u64>,
+    /// The serving process's resident memory before the pass, bytes
+    /// (`inode-memory`).
+    pub rss_before: Option<u64>,
+    /// ... at its end, every lookup held.
+    pub rss_held: Option<u64>,
+    /// ... after BATCH_FORGET of all of them.
+    pub rss_forgotten: Option<u64>,
+    /// How directories were listed ([`TreeSession::listing`]), for the
+    /// workloads that list them (`tree-stat`, `tree-remove`).
+    pub listing: Option<&'static str>,
+}
+
+impl TreeFigures {
+    /// Resident bytes per inode held: (RSS held − RSS before) / inodes.
+    pub fn bytes_per_inode(&self) -> Option<f64> {
+        let (n, a, b) = (self.inodes?, self.rss_before?, self.rss_held?);
+        (n > 0).then(|| (b as f64 - a as f64) / n as f64)
+    }
+
+    /// Resident bytes per inode still there after the forgets:
+    /// (RSS after forget − RSS before) / inodes.
+    pub fn bytes_per_inode_after_forget(&self) -> Option<f64> {
+        let (n, a, b) = (self.inodes?, self.rss_before?, self.rss_forgotten?);
+        (n > 0).then(|| (b as f64 - a as f64) / n as f64)
+    }
+}
+
+/// Requests between two samples of the daemon's fds under an fd limit.
+pub const FD_SAMPLE_EVERY: u64 = 1024;
 
 /// The figures of one (target, workload).
 #[derive(Debug, Clone)]
@@ -75,6 +175,8 @@ pub struct Record {
     /// With several rounds: the spread of ops/s over them, (max − min) /
     /// median.
     pub spread: Option<f64>,
+    /// The tree workloads' own figures.
+    pub tree: Option<TreeFigures>,
 }
 
 /// One record per (target, workload) out of records measured in several
@@ -116,6 +218,102 @@ pub struct Failure {
     pub workload: Option<Workload>,
     /// Why.
     pub reason: String,
+    /// Not a fault of fsbench or of this project's servers, so not one
+    /// that fails `--strict`: a pair that does not apply (a tree workload
+    /// on a 9P server, `inode-memory` on native), or a peer (upstream
+    /// virtiofsd, which may hold an fd per inode) out of fds in a tree
+    /// workload, under the fd limit of `tree-stat-rlimit1024` and
+    /// `inode-memory` (which exist to show it) or the machine's. Reported
+    /// all the same.
+    pub expected: bool,
+}
+
+/// Why `target` does not take part in `w` at all, if it does not.
+pub fn not_applicable(target: Target, w: Workload) -> Option<&'static str> {
+    if w.is_tree() && target.server.is_9p() {
+        return Some("skipped: the tree workloads are virtio-fs and native only");
+    }
+    if w == Workload::InodeMemory && target.server == Server::Native {
+        return Some("skipped: no daemon, so no memory per inode");
+    }
+    None
+}
+
+/// The trees of the tree workloads: generated once per fsbench run, made in
+/// the share on first use.
+pub struct Trees {
+    /// The tree `tree-stat` walks.
+    pub stat: Tree,
+    /// The tree `tree-create` makes and `tree-remove` removes.
+    pub small: Tree,
+    /// The files `inode-memory` holds.
+    pub inodes: InodeSet,
+    made: Vec<Workload>,
+}
+
+/// The seed of the stat tree.
+pub const STAT_SEED: u64 = 0x0074_7265_6573_7461;
+/// The seed of the small tree.
+pub const SMALL_SEED: u64 = 0x006e_6f64_656d_6f64;
+
+impl Trees {
+    /// The trees `cfg` asks for (none made yet).
+    pub fn new(cfg: &Config) -> Trees {
+        let any = |ws: &[Workload]| cfg.workloads.iter().any(|w| ws.contains(w));
+        Trees {
+            stat: if any(&[Workload::TreeStat, Workload::TreeStatRlimit1024]) {
+                Tree::generate(STAT_TREE, cfg.tree_files, STAT_SEED)
+            } else {
+                Tree::generate(STAT_TREE, 0, STAT_SEED)
+            },
+            small: Tree::generate(SMALL_TREE, cfg.create_files, SMALL_SEED),
+            inodes: InodeSet {
+                root: INODES,
+                count: cfg.inodes,
+            },
+            made: Vec::new(),
+        }
+    }
+
+    /// Makes in the share what `w` needs before its first run (the stat
+    /// tree, shared by both walks, or the inode set); returns a line for
+    /// the log, if it made something.
+    pub fn prepare(&mut self, fx: &Fixture, w: Workload) -> Result<Option<String>, FixtureError> {
+        let key = match w {
+            Workload::TreeStatRlimit1024 => Workload::TreeStat,
+            w => w,
+        };
+        if self.made.contains(&key) {
+            return Ok(None);
+        }
+        let t0 = Instant::now();
+        let what = match key {
+            Workload::TreeStat => {
+                fx.add_tree("", &self.stat)?;
+                format!(
+                    "the tree-stat tree: {} files ({} MiB) in {} directories, {} deep",
+                    self.stat.files.len(),
+                    self.stat.bytes() >> 20,
+                    self.stat.dirs.len(),
+                    self.stat.depth()
+                )
+            }
+            Workload::InodeMemory => {
+                fx.add_inodes(&self.inodes)?;
+                format!(
+                    "the inode-memory set: {} empty files in {} directories",
+                    self.inodes.count,
+                    self.inodes.dirs()
+                )
+            }
+            _ => return Ok(None),
+        };
+        self.made.push(key);
+        Ok(Some(format!(
+            "made {what} in {:.1} s",
+            t0.elapsed().as_secs_f64()
+        )))
+    }
 }
 
 /// Everything a run of fsbench measured and the context to read it in.
@@ -191,6 +389,24 @@ impl Progress {
         let _ = std::io::stderr().flush();
     }
 
+    /// Redraws the line with the entries a tree pass has finished (at most
+    /// five times a second).
+    pub fn tick_entries(&mut self, now: Instant, entries: u64) {
+        if !self.tty
+            || self
+                .last
+                .is_some_and(|l| now.duration_since(l) < Duration::from_millis(200))
+        {
+            return;
+        }
+        self.last = Some(now);
+        eprint!(
+            "\r\x1b[2K[{}/{}] {}: {entries} entries",
+            self.index, self.total, self.label
+        );
+        let _ = std::io::stderr().flush();
+    }
+
     fn done(&mut self, result: &str) {
         if self.tty {
             eprint!("\r\x1b[2K");
@@ -251,6 +467,11 @@ pub fn server_args(cfg: &Config, target: Target, share: &Path, socket: &Path) ->
                     a.push(format!("--poll-us={us}").into());
                 }
             } else {
+                match target.engine {
+                    Engine::Prefer => a.push("--inode-file-handles=prefer".into()),
+                    Engine::Never => a.push("--inode-file-handles=never".into()),
+                    _ => {}
+                }
                 a.extend(cfg.virtiofsd_args.iter().map(OsString::from));
             }
         }
@@ -286,6 +507,27 @@ pub fn server_args(cfg: &Config, target: Target, share: &Path, socket: &Path) ->
             a.push(socket.into());
             a.push("-e".into());
             a.push(share.into());
+        }
+    }
+    a
+}
+
+/// The command line that starts `target` for a tree workload: as
+/// [`server_args`], but with `--cache auto` (both daemons' default) instead
+/// of `never`, so that both offer READDIRPLUS, as a guest mounting with
+/// their defaults sees them (with `--cache never` neither does, and every
+/// entry costs a LOOKUP). fsbench caches nothing either way: the walk
+/// still sends a GETATTR per entry, as `find -exec lstat` on a cold cache.
+pub fn tree_server_args(
+    cfg: &Config,
+    target: Target,
+    share: &Path,
+    socket: &Path,
+) -> Vec<OsString> {
+    let mut a = server_args(cfg, target, share, socket);
+    if let Some(i) = a.iter().position(|x| x == "--cache") {
+        if let Some(v) = a.get_mut(i + 1) {
+            *v = "auto".into();
         }
     }
     a
@@ -334,20 +576,58 @@ pub fn run(cfg: &Config) -> Result<Outcome, RunSetupError> {
                     target: t,
                     workload: None,
                     reason,
+                    expected: false,
                 });
             }
         }
     }
+    for &w in &cfg.workloads {
+        for (t, _) in &programs {
+            if let Some(reason) = not_applicable(*t, w).filter(|_| cfg.runs(*t, w)) {
+                failures.push(Failure {
+                    target: *t,
+                    workload: Some(w),
+                    reason: reason.to_string(),
+                    expected: true,
+                });
+            }
+        }
+    }
+    let mut trees = Trees::new(cfg);
     let rounds = cfg.rounds.max(1) as usize;
-    let mut progress = Progress::new(rounds * programs.len() * cfg.workloads.len(), cfg.duration);
+    let runs = cfg
+        .workloads
+        .iter()
+        .flat_map(|&w| programs.iter().map(move |(t, _)| (*t, w)))
+        .filter(|&(t, w)| cfg.runs(t, w) && not_applicable(t, w).is_none())
+        .count();
+    let mut progress = Progress::new(rounds * runs, cfg.duration);
     // Workload by workload, every server in turn: the figures compared with
     // each other are measured close together.
     for round in 0..rounds {
         for &w in &cfg.workloads {
+            match trees.prepare(&fx, w) {
+                Ok(Some(line)) => eprintln!("fsbench: {line}"),
+                Ok(None) => {}
+                Err(e) => {
+                    eprintln!("fsbench: {}: {e}", w.name());
+                    for (t, _) in &programs {
+                        if cfg.runs(*t, w) && not_applicable(*t, w).is_none() {
+                            failures.push(Failure {
+                                target: *t,
+                                workload: Some(w),
+                                reason: e.to_string(),
+                                expected: false,
+                            });
+                        }
+                    }
+                }
+            }
             for (target, prog) in &programs {
-                if failures
-                    .iter()
-                    .any(|f: &Failure| f.target == *target && f.workload == Some(w))
+                if !cfg.runs(*target, w)
+                    || failures
+                        .iter()
+                        .any(|f: &Failure| f.target == *target && f.workload == Some(w))
                 {
                     continue;
                 }
@@ -368,23 +648,45 @@ pub fn run(cfg: &Config) -> Result<Outcome, RunSetupError> {
                         String::new()
                     }
                 ));
-                match run_one(cfg, &fx, *target, prog, w, &log, server_set, &mut progress) {
+                let result = match w.tree_op() {
+                    Some(op) => run_tree(
+                        cfg,
+                        &fx,
+                        &trees,
+                        (*target, prog),
+                        (w, op),
+                        &log,
+                        server_set,
+                        &mut progress,
+                    ),
+                    None => run_one(cfg, &fx, *target, prog, w, &log, server_set, &mut progress),
+                };
+                match result {
                     Ok(r) => {
-                        progress.done(&format!(
-                            "{:.0} ops/s, {:.1} MiB/s, p50 {:.1} µs, p99 {:.1} µs",
-                            r.summary.ops_per_s,
-                            r.summary.mib_per_s,
-                            r.summary.p50_us,
-                            r.summary.p99_us
-                        ));
+                        progress.done(&done_line(&r));
                         records.push(r);
                     }
                     Err(e) => {
-                        progress.done(&format!("FAILED: {e}"));
+                        // A peer holding an fd per inode runs out of them
+                        // (under tree-stat-rlimit1024's limit, or the
+                        // machine's): what these workloads show. Ours is
+                        // expected to stay under its limit.
+                        let expected = w.is_tree()
+                            && target.server == Server::Virtiofsd
+                            && e.is_fd_exhaustion();
+                        progress.done(&format!(
+                            "FAILED{}: {e}",
+                            if expected {
+                                " (expected of a peer)"
+                            } else {
+                                ""
+                            }
+                        ));
                         failures.push(Failure {
                             target: *target,
                             workload: Some(w),
                             reason: e.to_string(),
+                            expected,
                         });
                     }
                 }
@@ -403,7 +705,7 @@ pub fn run(cfg: &Config) -> Result<Outcome, RunSetupError> {
     } else {
         records
     };
-    let context = vec![
+    let mut context = vec![
         machine,
         format!(
             "scratch directory {} ({}), data files {} MiB",
@@ -444,12 +746,254 @@ pub fn run(cfg: &Config) -> Result<Outcome, RunSetupError> {
             loadavg()
         ),
     ];
+    if cfg.workloads.iter().any(|w| w.is_tree()) {
+        context.push(format!(
+            "tree workloads: one pass per run; tree-stat {} files in {} directories, tree-create/remove {} files in {} directories, inode-memory {} files; the daemon at RLIMIT_NOFILE {} in tree-stat-rlimit1024 and inode-memory",
+            trees.stat.files.len(),
+            trees.stat.dirs.len(),
+            trees.small.files.len(),
+            trees.small.dirs.len(),
+            trees.inodes.count,
+            crate::workload::FD_LIMIT
+        ));
+    }
     Ok(Outcome {
         records,
         failures,
         versions: versions(cfg),
         context,
         elapsed: started.elapsed(),
+    })
+}
+
+/// The progress line's end for a finished run.
+fn done_line(r: &Record) -> String {
+    let m = &r.summary;
+    let Some(t) = &r.tree else {
+        return format!(
+            "{:.0} ops/s, {:.1} MiB/s, p50 {:.1} µs, p99 {:.1} µs",
+            m.ops_per_s, m.mib_per_s, m.p50_us, m.p99_us
+        );
+    };
+    let mut s = format!(
+        "{} {} in {:.2} s, {:.0}/s, p50 {:.1} µs, p99 {:.1} µs",
+        t.entries,
+        r.workload.unit(),
+        m.seconds,
+        m.ops_per_s,
+        m.p50_us,
+        m.p99_us
+    );
+    if let Some(c) = t.cpu_us_per_entry {
+        s += &format!(", server {c:.1} µs CPU each");
+    }
+    if let Some(n) = t.max_fds {
+        s += &format!(", max {n} fds");
+    }
+    if let Some(b) = t.bytes_per_inode() {
+        s += &format!(", {b:.0} B/inode");
+    }
+    if let Some(b) = t.bytes_per_inode_after_forget() {
+        s += &format!(" ({b:.0} after forget)");
+    }
+    s
+}
+
+/// The [`Probe`] of a tree pass: the [`Pass`], the progress line, and
+/// under an fd limit the daemon's fds, sampled.
+struct TreeProbe<'a> {
+    pass: Pass,
+    fd_pid: Option<u32>,
+    max_fds: Option<u64>,
+    progress: &'a mut Progress,
+}
+
+impl Probe for TreeProbe<'_> {
+    fn op(&mut self, started: Instant, units: u64) {
+        self.pass.op(started, units);
+        let n = self.pass.requests();
+        if n % FD_SAMPLE_EVERY == 0 {
+            let t = Instant::now();
+            if let Some(fds) = self.fd_pid.and_then(fd_count) {
+                self.max_fds = self.max_fds.max(Some(fds));
+            }
+            self.progress.tick_entries(t, self.pass.units());
+            self.pass.pause(t.elapsed());
+        }
+    }
+}
+
+/// Entries (files and directories) under `path`, recursively, on the host.
+fn count_entries(path: &std::path::Path) -> std::io::Result<u64> {
+    let mut n = 0;
+    for e in std::fs::read_dir(path)? {
+        let e = e?;
+        n += 1;
+        if e.file_type()?.is_dir() {
+            n += count_entries(&e.path())?;
+        }
+    }
+    Ok(n)
+}
+
+/// One run of a tree workload: a fresh server (under the workload's fd
+/// limit), one timed pass, then the lookups forgotten, with the server's
+/// CPU time, fds and memory around it.
+#[allow(clippy::too_many_arguments)]
+fn run_tree(
+    cfg: &Config,
+    fx: &Fixture,
+    trees: &Trees,
+    (target, prog): (Target, &Path),
+    (w, op): (Workload, TreeOp),
+    log: &Path,
+    cpus: Option<libc::cpu_set_t>,
+    progress: &mut Progress,
+) -> Result<Record, RunError> {
+    fx.refresh()?;
+    if op == TreeOp::Remove {
+        fx.add_tree(RM_DIR, &trees.small)?;
+    }
+    let kind = w.kind(cfg.seq_qd);
+    let limit = w.fd_limit();
+    let socket = fx.socket("vfs.sock");
+    let daemon = match target.server {
+        Server::Native => None,
+        Server::VirtiofsdRs | Server::Virtiofsd => {
+            let mut args = tree_server_args(cfg, target, &fx.share, &socket);
+            if let Some(n) = limit {
+                // Explicit, so the daemon does not raise its limit (both
+                // raise it by default, and may: they run as root).
+                args.push(format!("--rlimit-nofile={n}").into());
+            }
+            let mut d = Daemon::spawn(&target.label(), prog, &args, log, true, cpus, limit)?;
+            d.wait_for_socket(&socket, START_TIMEOUT)?;
+            Some(d)
+        }
+        Server::P9d | Server::Diod => return Err(RunError::NotForTrees),
+    };
+    // Declared after the daemon, so dropped first.
+    let mut session: Box<dyn TreeSession> = match &daemon {
+        None => Box::new(
+            NativeSession::open(&fx.share, &kind, false)
+                .map_err(|e| session_err(None)(e.into()))?,
+        ),
+        Some(d) => Box::new(
+            VfsSession::connect(&socket, &kind, cfg.layout, cfg.event_idx, cfg.guest_poll)
+                .map_err(|e| session_err(Some(d))(e.into()))?,
+        ),
+    };
+    let pid = daemon.as_ref().map(|d| d.serving_pid());
+    let memory = op == TreeOp::HoldInodes;
+    let rss_before = pid.filter(|_| memory).and_then(rss_bytes);
+    let cpu_before = daemon.as_ref().and_then(|d| d.cpu_time_precise());
+    let mut probe = TreeProbe {
+        pass: Pass::start(),
+        fd_pid: pid.filter(|_| limit.is_some()),
+        max_fds: None,
+        progress,
+    };
+    let result = match op {
+        TreeOp::Stat => session.tree_stat(STAT_TREE, &mut probe),
+        TreeOp::Create => session.tree_create(MK_DIR, &trees.small, &mut probe),
+        TreeOp::Remove => session.tree_remove(RM_DIR, SMALL_TREE, &mut probe),
+        TreeOp::HoldInodes => session.hold_inodes(&trees.inodes, &mut probe),
+    };
+    let summary = probe.pass.summary();
+    let cpu_after = daemon.as_ref().and_then(|d| d.cpu_time_precise());
+    let units = probe.pass.units();
+    // Every lookup is still held.
+    let fds_now = pid.and_then(fd_count);
+    let limit = pid.and_then(nofile_limit).or(limit);
+    let max_fds = probe.max_fds.max(fds_now);
+    if let (Some(want), Some(got)) = (w.fd_limit(), limit) {
+        if got > want {
+            return Err(RunError::LimitRaised { got, want });
+        }
+    }
+    let held = match result {
+        Ok(n) => n,
+        Err(source) => {
+            return Err(RunError::Tree {
+                source,
+                entries: units,
+                fds: fds_now,
+                limit,
+                log: daemon.as_ref().map(|d| d.log_tail()),
+            })
+        }
+    };
+    let want = match op {
+        TreeOp::Stat => trees.stat.entries() - 1,
+        TreeOp::Create | TreeOp::Remove => trees.small.entries(),
+        TreeOp::HoldInodes => trees.inodes.count as u64,
+    };
+    if units != want {
+        return Err(RunError::WrongCount {
+            what: "entries finished",
+            got: units,
+            want,
+        });
+    }
+    let rss_held = pid.filter(|_| memory).and_then(rss_bytes);
+    session.forget_all().map_err(session_err(daemon.as_ref()))?;
+    let rss_forgotten = pid.filter(|_| memory).and_then(rss_bytes);
+    // What the pass left in the share.
+    match op {
+        TreeOp::Create => {
+            let root = fx.share.join(MK_DIR).join(SMALL_TREE);
+            let got = count_entries(&root).map_err(|source| FixtureError::Io {
+                what: "cannot count",
+                path: root.clone(),
+                source,
+            })? + 1;
+            if got != want {
+                return Err(RunError::WrongCount {
+                    what: "entries on the host after tree-create",
+                    got,
+                    want,
+                });
+            }
+            fx.empty(MK_DIR)?;
+        }
+        TreeOp::Remove => {
+            let root = fx.share.join(RM_DIR).join(SMALL_TREE);
+            if root.exists() {
+                let got = count_entries(&root).unwrap_or(0) + 1;
+                return Err(RunError::WrongCount {
+                    what: "entries left on the host after tree-remove",
+                    got,
+                    want: 0,
+                });
+            }
+        }
+        TreeOp::Stat | TreeOp::HoldInodes => {}
+    }
+    let listing = matches!(op, TreeOp::Stat | TreeOp::Remove).then(|| session.listing());
+    drop(session);
+    let secs = summary.seconds;
+    let cpu = match (cpu_before, cpu_after) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a).as_secs_f64()),
+        _ => None,
+    };
+    Ok(Record {
+        target,
+        workload: w,
+        summary,
+        capped_len: None,
+        server_cpu: cpu.map(|c| c / secs),
+        spread: None,
+        tree: Some(TreeFigures {
+            entries: units,
+            cpu_us_per_entry: cpu.map(|c| c * 1e6 / units.max(1) as f64),
+            max_fds,
+            fd_limit: limit,
+            inodes: memory.then_some(held),
+            rss_before,
+            rss_held,
+            rss_forgotten,
+            listing,
+        }),
     })
 }
 
@@ -489,6 +1033,7 @@ fn run_one(
                 log,
                 !target.server.is_9p(),
                 cpus,
+                None,
             )?;
             d.wait_for_socket(&socket, START_TIMEOUT)?;
             Some(d)
@@ -547,6 +1092,7 @@ fn run_one(
         capped_len,
         server_cpu,
         spread: None,
+        tree: None,
     })
 }
 
@@ -603,6 +1149,7 @@ fn measure(
             }
             Ok((rec.summary(), capped))
         }
+        Kind::Tree(_) => Err(RunError::NotForTrees),
         Kind::CreateStatUnlink | Kind::Readdir => {
             let window = Window::starting_now(cfg.duration, cfg.warmup);
             let mut rec = Recorder::new(window);
@@ -752,6 +1299,7 @@ mod tests {
             capped_len: None,
             server_cpu: None,
             spread: None,
+            tree: None,
         };
         let (a, b) = (Workload::SeqRead1m, Workload::Readdir10k);
         let all = vec![
@@ -783,7 +1331,16 @@ mod tests {
         let up = server_args(&c, crate::cli::ALL_TARGETS[3], share, sock);
         assert_eq!(&ours[..8], &up[..8]);
         assert!(ours.iter().any(|a| a == "io-uring"));
-        let diod = server_args(&c, crate::cli::ALL_TARGETS[5], share, sock);
+        let prefer = server_args(&c, crate::cli::ALL_TARGETS[4], share, sock);
+        assert_eq!(&prefer[..8], &up[..8]);
+        assert!(prefer.iter().any(|a| a == "--inode-file-handles=prefer"));
+        assert!(!up.iter().any(|a| a == "--inode-file-handles=prefer"));
+        let tree = tree_server_args(&c, crate::cli::ALL_TARGETS[1], share, sock);
+        assert!(tree.windows(2).any(|w| w[0] == "--cache" && w[1] == "auto"));
+        assert_eq!(tree.len(), ours.len());
+        let never = server_args(&c, crate::cli::ALL_TARGETS[5], share, sock);
+        assert!(never.iter().any(|a| a == "--inode-file-handles=never"));
+        let diod = server_args(&c, crate::cli::ALL_TARGETS[7], share, sock);
         assert!(diod
             .windows(2)
             .any(|w| w[0] == "-l" && w[1] == "/t/vfs.sock"));
@@ -802,15 +1359,77 @@ mod tests {
             "2",
             "--dir",
             dir,
+            "--tree-files",
+            "300",
+            "--create-files",
+            "200",
+            "--inodes",
+            "50",
+            "--workloads",
+            "all",
         ]);
         let out = run(&c).unwrap();
-        assert_eq!(out.records.len(), 7, "{:?}", out.failures);
+        assert_eq!(out.records.len(), 11, "{:?}", out.failures);
         assert!(out
             .records
             .iter()
             .all(|r| r.summary.samples > 0 && r.summary.ops_per_s > 0.0));
-        assert_eq!(out.failures.len(), 1);
+        assert_eq!(out.failures.len(), 2, "{:?}", out.failures);
         assert_eq!(out.failures[0].target.server, Server::P9d);
-        assert!(out.failures[0].workload.is_none());
+        assert!(out.failures[0].workload.is_none() && !out.failures[0].expected);
+        // inode-memory needs a daemon: skipped, not failed.
+        assert_eq!(out.failures[1].workload, Some(Workload::InodeMemory));
+        assert!(out.failures[1].expected);
+        let trees = Trees::new(&c);
+        for (w, want) in [
+            (Workload::TreeStat, trees.stat.entries() - 1),
+            (Workload::TreeStatRlimit1024, trees.stat.entries() - 1),
+            (Workload::TreeCreate, trees.small.entries()),
+            (Workload::TreeRemove, trees.small.entries()),
+        ] {
+            let r = out.records.iter().find(|r| r.workload == w).unwrap();
+            let t = r.tree.unwrap();
+            assert_eq!(t.entries, want, "{}", w.name());
+            assert_eq!((t.cpu_us_per_entry, t.max_fds), (None, None));
+        }
+    }
+
+    #[test]
+    fn only_peers_out_of_fds_are_expected_failures() {
+        let emfile = |source: SessionError| RunError::Tree {
+            source,
+            entries: 960,
+            fds: Some(1023),
+            limit: Some(1024),
+            log: None,
+        };
+        let e = emfile(SessionError::new(VfsError::Errno {
+            op: "READDIRPLUS",
+            err: std::io::Error::from_raw_os_error(libc::EMFILE),
+        }));
+        assert!(e.is_fd_exhaustion());
+        let msg = e.to_string();
+        assert!(
+            msg.contains("after 960 entries; the daemon had 1023 fds open (RLIMIT_NOFILE 1024)"),
+            "{msg}"
+        );
+        let other = emfile(SessionError::new(VfsError::Errno {
+            op: "GETATTR",
+            err: std::io::Error::from_raw_os_error(libc::EIO),
+        }));
+        assert!(!other.is_fd_exhaustion());
+        assert!(!RunError::NotForTrees.is_fd_exhaustion());
+        let p9 = Target {
+            server: Server::P9d,
+            engine: Engine::Default,
+        };
+        assert!(not_applicable(p9, Workload::TreeStat).is_some());
+        assert!(not_applicable(p9, Workload::Readdir10k).is_none());
+        let native = Target {
+            server: Server::Native,
+            engine: Engine::Default,
+        };
+        assert!(not_applicable(native, Workload::InodeMemory).is_some());
+        assert!(not_applicable(native, Workload::TreeStatRlimit1024).is_none());
     }
 }

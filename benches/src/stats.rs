@@ -108,6 +108,79 @@ impl Recorder {
     }
 }
 
+/// The latencies of one pass of a tree workload (each request, or each
+/// system call for native) and the entries it finished; the pass is timed
+/// whole, without a warm-up, less the time spent sampling the server
+/// ([`Pass::pause`]).
+#[derive(Debug, Clone)]
+pub struct Pass {
+    started: Instant,
+    lat_ns: Histogram<u64>,
+    units: u64,
+    paused: Duration,
+}
+
+impl Pass {
+    /// A pass starting now.
+    pub fn start() -> Pass {
+        Pass {
+            started: Instant::now(),
+            lat_ns: Histogram::new_with_max(u64::MAX, 3).expect("valid histogram bounds"),
+            units: 0,
+            paused: Duration::ZERO,
+        }
+    }
+
+    /// A request that started at `started` has completed now, finishing
+    /// `units` entries.
+    pub fn op(&mut self, started: Instant, units: u64) {
+        let ns = started.elapsed().as_nanos();
+        self.lat_ns
+            .saturating_record(u64::try_from(ns).unwrap_or(u64::MAX));
+        self.units += units;
+    }
+
+    /// Leaves `d` (spent on something else than the pass) out of its time.
+    pub fn pause(&mut self, d: Duration) {
+        self.paused += d;
+    }
+
+    /// Entries finished so far.
+    pub fn units(&self) -> u64 {
+        self.units
+    }
+
+    /// Requests so far.
+    pub fn requests(&self) -> u64 {
+        self.lat_ns.len()
+    }
+
+    /// The pass's time so far, less the pauses.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed().saturating_sub(self.paused)
+    }
+
+    /// The figures of the pass ending now: entries per second over its
+    /// time, latencies per request (nearest rank; 0 for none).
+    pub fn summary(&self) -> Summary {
+        let secs = self.elapsed().as_secs_f64().max(1e-9);
+        Summary {
+            ops_per_s: self.units as f64 / secs,
+            mib_per_s: 0.0,
+            p50_us: self.lat_ns.value_at_quantile(0.5) as f64 / 1000.0,
+            p99_us: self.lat_ns.value_at_quantile(0.99) as f64 / 1000.0,
+            samples: self.lat_ns.len(),
+            seconds: secs,
+        }
+    }
+}
+
+impl crate::session::Probe for Pass {
+    fn op(&mut self, started: Instant, units: u64) {
+        Pass::op(self, started, units);
+    }
+}
+
 /// The figures of one (server, engine, workload) run.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Summary {
@@ -176,6 +249,21 @@ mod tests {
         assert!((s.mib_per_s - 8192.0 / 1048576.0).abs() < 1e-9);
         // To 3 significant digits, 4000 ns is 4001 ns.
         assert_eq!((s.p50_us, s.p99_us), (2.0, 4.001));
+    }
+
+    #[test]
+    fn a_pass_counts_entries_and_requests_without_its_pauses() {
+        let mut p = Pass::start();
+        let t0 = Instant::now();
+        p.op(t0, 0);
+        p.op(t0, 1);
+        p.op(t0, 1);
+        assert_eq!((p.units(), p.requests()), (2, 3));
+        p.pause(Duration::from_secs(3600));
+        assert_eq!(p.elapsed(), Duration::ZERO, "pauses never make it negative");
+        let s = p.summary();
+        assert_eq!((s.samples, s.mib_per_s), (3, 0.0));
+        assert!(s.ops_per_s > 0.0 && s.p99_us >= s.p50_us);
     }
 
     #[test]

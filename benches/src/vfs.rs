@@ -29,6 +29,7 @@
 //! rewrites the 80-byte request and publishes the head. Synchronous
 //! metadata requests use the last descriptor of the queue.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -41,10 +42,11 @@ use virtio_driver::{
     Buf, FrontendError, GuestRam, MemoryError, SplitQueue, VhostUserDevice, F_EVENT_IDX,
     F_INDIRECT_DESC, F_VERSION_1,
 };
-use vm_memory::GuestAddress;
+use vm_memory::{ByteValued, GuestAddress};
 
 use crate::fixture::{CREATE_DIR, DATA, DIR10K, WDATA};
-use crate::session::{Session, SessionError};
+use crate::session::{Probe, Session, SessionError, TreeSession};
+use crate::tree::{contents, InodeSet, Tree};
 use crate::workload::{pattern_matches, FileRole, IoSpec, Kind, READDIR_BUF, WRITE_BYTE};
 
 /// Entries of the request queue.
@@ -69,6 +71,20 @@ const CTL_DESC: u16 = REQUEST_QUEUE_SIZE - 1;
 const CTL_REQ_LEN: u64 = 64 << 10;
 const CTL_REPLY_LEN: u32 = 128 << 10;
 const FORGET_SLOTS: u16 = 64;
+/// Hiprio descriptors for BATCH_FORGET, after the FORGET ones.
+const BATCH_SLOTS: u16 = 16;
+/// Node ids per BATCH_FORGET (4 KiB of `fuse_forget_one`).
+pub const BATCH_FORGET_MAX: usize = 256;
+const BATCH_LEN: u64 = (IN_HEADER + 8 + 16 * BATCH_FORGET_MAX) as u64;
+/// The opcodes `virtio_driver::fuse::opcode` does not name.
+mod op {
+    pub const RMDIR: u32 = 11;
+    pub const BATCH_FORGET: u32 = 42;
+    pub const READDIRPLUS: u32 = 44;
+}
+/// `FUSE_DO_READDIRPLUS`: asked for in INIT by the tree workloads (Linux
+/// asks for it always); the device may serve READDIRPLUS.
+pub const DO_READDIRPLUS: u32 = 1 << 13;
 /// How long fsbench waits for any reply before giving up on the server.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -139,6 +155,63 @@ fn bad(op: &'static str, what: &str) -> VfsError {
     }
 }
 
+/// An entry of a directory listed by a tree pass.
+struct Listed {
+    name: Vec<u8>,
+    nodeid: u64,
+    dir: bool,
+}
+
+/// The deepest directory a tree pass descends into: deeper is a server
+/// answering with a loop (a directory's own node id as its child), not
+/// one of fsbench's trees.
+const MAX_TREE_DEPTH: u32 = 64;
+
+fn too_deep(depth: u32) -> Result<(), VfsError> {
+    if depth > MAX_TREE_DEPTH {
+        return Err(VfsError::BadReply {
+            op: "READDIRPLUS",
+            detail: format!("directories nested deeper than {MAX_TREE_DEPTH} levels"),
+        });
+    }
+    Ok(())
+}
+
+fn is_dot(name: &[u8]) -> bool {
+    name == b"." || name == b".."
+}
+
+/// The `fuse_entry_out` of an entry reply.
+fn entry_of(r: &Reply, op: &'static str) -> Result<abi::EntryOut, VfsError> {
+    r.entry().ok_or_else(|| bad(op, "fuse_entry_out"))
+}
+
+/// The entries of a READDIRPLUS reply body: each a `fuse_direntplus`
+/// (`fuse_entry_out` and `fuse_dirent`) and the name, padded to 8 bytes;
+/// stops at the first truncated entry.
+pub fn direntplus(
+    body: &[u8],
+) -> impl Iterator<Item = (abi::EntryOut, fuse_wire::Dirent<'_>)> + '_ {
+    const HEAD: usize = std::mem::size_of::<abi::Direntplus>();
+    let mut rest = body;
+    std::iter::from_fn(move || {
+        let d: abi::Direntplus = fuse_wire::parse(rest)?;
+        let namelen = d.dirent.namelen as usize;
+        let name = rest.get(HEAD..HEAD + namelen)?;
+        let padded = (HEAD + namelen + 7) & !7;
+        rest = rest.get(padded..).unwrap_or_default();
+        Some((
+            d.entry_out,
+            fuse_wire::Dirent {
+                ino: d.dirent.ino,
+                off: d.dirent.off,
+                ty: d.dirent.type_,
+                name,
+            },
+        ))
+    })
+}
+
 /// An I/O request slot.
 struct IoSlot {
     head: u16,
@@ -171,6 +244,10 @@ pub struct VfsSession {
     ctl_table: GuestAddress,
     forget_bufs: GuestAddress,
     forget_free: Vec<u16>,
+    batch_bufs: GuestAddress,
+    batch_free: Vec<u16>,
+    /// Lookups the tree workloads hold: node id to count.
+    held: HashMap<u64, u64>,
     io: Vec<IoSlot>,
     file: Option<IoFile>,
     dir: u64,
@@ -234,6 +311,7 @@ impl VfsSession {
         let ctl_reply = ram.alloc(OUT_HEADER as u64 + u64::from(CTL_REPLY_LEN), 4096);
         let ctl_table = ram.alloc(16 * 8, 16);
         let forget_bufs = ram.alloc(64 * u64::from(FORGET_SLOTS), 64);
+        let batch_bufs = ram.alloc(BATCH_LEN * u64::from(BATCH_SLOTS), 64);
         let mut s = VfsSession {
             ram,
             queues,
@@ -251,16 +329,23 @@ impl VfsSession {
             ctl_table,
             forget_bufs,
             forget_free: (0..FORGET_SLOTS).rev().collect(),
+            batch_bufs,
+            batch_free: (FORGET_SLOTS..FORGET_SLOTS + BATCH_SLOTS).rev().collect(),
+            held: HashMap::new(),
             io: Vec::new(),
             file: None,
             dir: 0,
             poller: Poller::new(guest_poll),
         };
+        let flags = match kind {
+            Kind::Tree(_) => INIT_FLAGS | DO_READDIRPLUS,
+            _ => INIT_FLAGS,
+        };
         let r = s.call(
             opcode::INIT,
             "INIT",
             0,
-            &fuse_wire::init_body_flags(INIT_FLAGS),
+            &fuse_wire::init_body_flags(flags),
             256,
         )?;
         s.init = InitOut::parse(&r.body).ok_or_else(|| VfsError::BadReply {
@@ -271,6 +356,8 @@ impl VfsSession {
             Kind::Io(spec) => s.setup_io(*spec, layout)?,
             Kind::CreateStatUnlink => s.dir = s.lookup(CREATE_DIR)?,
             Kind::Readdir => s.dir = s.lookup(DIR10K)?,
+            // Each pass looks up what it needs.
+            Kind::Tree(_) => {}
         }
         Ok(s)
     }
@@ -481,9 +568,7 @@ impl VfsSession {
     /// waiting for it (a guest does not either).
     fn forget(&mut self, nodeid: u64) -> Result<(), VfsError> {
         let idx = loop {
-            while let Some((id, _)) = self.take_used(0) {
-                self.forget_free.push(id as u16);
-            }
+            self.reclaim_hiprio()?;
             if let Some(i) = self.forget_free.pop() {
                 break i;
             }
@@ -496,6 +581,249 @@ impl VfsSession {
         self.queues[0].write_desc(&self.ram, idx, at.0, req.len() as u32, 0, 0);
         self.publish(0, idx);
         self.kick(0)
+    }
+
+    /// Takes back the hiprio descriptors the device has returned.
+    fn reclaim_hiprio(&mut self) -> Result<(), VfsError> {
+        while let Some((id, _)) = self.take_used(0) {
+            match u16::try_from(id) {
+                Ok(i) if i < FORGET_SLOTS => self.forget_free.push(i),
+                Ok(i) if i < FORGET_SLOTS + BATCH_SLOTS => self.batch_free.push(i),
+                _ => {
+                    return Err(VfsError::BadReply {
+                        op: "FORGET",
+                        detail: format!(
+                            "the device returned hiprio chain {id}, which was not pending"
+                        ),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends BATCH_FORGET of `nodes` (node id, lookups), at most
+    /// [`BATCH_FORGET_MAX`], on the hiprio queue, without waiting for it.
+    fn batch_forget(&mut self, nodes: &[(u64, u64)]) -> Result<(), VfsError> {
+        let idx = loop {
+            self.reclaim_hiprio()?;
+            if let Some(i) = self.batch_free.pop() {
+                break i;
+            }
+            self.sleep(0, "BATCH_FORGET")?;
+        };
+        let mut body = abi::BatchForgetIn {
+            count: nodes.len() as u32,
+            dummy: 0,
+        }
+        .as_slice()
+        .to_vec();
+        for &(nodeid, nlookup) in nodes {
+            body.extend_from_slice(abi::ForgetOne { nodeid, nlookup }.as_slice());
+        }
+        let unique = self.next_unique();
+        let req = fuse_wire::request(op::BATCH_FORGET, unique, 0, 0, &body);
+        let at = GuestAddress(self.batch_bufs.0 + BATCH_LEN * u64::from(idx - FORGET_SLOTS));
+        self.ram.write(at, &req);
+        self.queues[0].write_desc(&self.ram, idx, at.0, req.len() as u32, 0, 0);
+        self.publish(0, idx);
+        self.kick(0)
+    }
+
+    /// Counts one more lookup of `nodeid` held.
+    fn hold(&mut self, nodeid: u64) {
+        *self.held.entry(nodeid).or_insert(0) += 1;
+    }
+
+    /// One request of a tree pass, reported to `probe` with `units`; an
+    /// entry in the reply is held.
+    fn tree_call(
+        &mut self,
+        probe: &mut dyn Probe,
+        units: u64,
+        (op, name): (u32, &'static str),
+        nodeid: u64,
+        body: &[u8],
+        reply_len: u32,
+    ) -> Result<Reply, VfsError> {
+        let t0 = Instant::now();
+        let r = self.call(op, name, nodeid, body, reply_len)?;
+        probe.op(t0, units);
+        Ok(r)
+    }
+
+    /// LOOKUP of `name` in `parent`, held; returns the entry.
+    fn tree_lookup(
+        &mut self,
+        probe: &mut dyn Probe,
+        units: u64,
+        parent: u64,
+        name: &[u8],
+    ) -> Result<abi::EntryOut, VfsError> {
+        let r = self.tree_call(
+            probe,
+            units,
+            (opcode::LOOKUP, "LOOKUP"),
+            parent,
+            &fuse_wire::name(name),
+            fuse_wire::ENTRY_OUT as u32,
+        )?;
+        let e = entry_of(&r, "LOOKUP")?;
+        self.hold(e.nodeid);
+        Ok(e)
+    }
+
+    /// Lists directory `dir` as Linux does on a cold cache: OPENDIR,
+    /// READDIRPLUS until an empty reply (each entry a lookup, held),
+    /// RELEASEDIR; READDIR and a LOOKUP per entry where the device does
+    /// not offer READDIRPLUS. `.` and `..` are left out.
+    fn tree_list(&mut self, probe: &mut dyn Probe, dir: u64) -> Result<Vec<Listed>, VfsError> {
+        let flags = (libc::O_RDONLY | libc::O_DIRECTORY) as u32;
+        let r = self.tree_call(
+            probe,
+            0,
+            (opcode::OPENDIR, "OPENDIR"),
+            dir,
+            &fuse_wire::open_in(flags),
+            fuse_wire::OPEN_OUT as u32,
+        )?;
+        let fh = r
+            .open_out()
+            .ok_or_else(|| bad("OPENDIR", "fuse_open_out"))?
+            .fh;
+        let plus = self.init.flags & DO_READDIRPLUS != 0;
+        let (code, name) = if plus {
+            (op::READDIRPLUS, "READDIRPLUS")
+        } else {
+            (opcode::READDIR, "READDIR")
+        };
+        let mut out = Vec::new();
+        let mut unresolved = Vec::new();
+        let mut off = 0u64;
+        loop {
+            let r = self.tree_call(
+                probe,
+                0,
+                (code, name),
+                dir,
+                &fuse_wire::read_in(fh, off, READDIR_BUF),
+                READDIR_BUF,
+            )?;
+            if r.body.is_empty() {
+                break;
+            }
+            let mut whole = 0;
+            if plus {
+                for (e, d) in direntplus(&r.body) {
+                    whole += 1;
+                    off = d.off;
+                    if is_dot(d.name) {
+                        continue;
+                    }
+                    if e.nodeid == 0 {
+                        // No entry information: the guest looks it up.
+                        unresolved.push(d.name.to_vec());
+                        continue;
+                    }
+                    self.hold(e.nodeid);
+                    out.push(Listed {
+                        name: d.name.to_vec(),
+                        nodeid: e.nodeid,
+                        dir: e.attr.mode & libc::S_IFMT == libc::S_IFDIR,
+                    });
+                }
+            } else {
+                for d in fuse_wire::dirents(&r.body) {
+                    whole += 1;
+                    off = d.off;
+                    if !is_dot(d.name) {
+                        unresolved.push(d.name.to_vec());
+                    }
+                }
+            }
+            if whole == 0 {
+                return Err(VfsError::BadReply {
+                    op: name,
+                    detail: format!("{} bytes without a whole entry", r.body.len()),
+                });
+            }
+        }
+        self.tree_call(
+            probe,
+            0,
+            (opcode::RELEASEDIR, "RELEASEDIR"),
+            dir,
+            &fuse_wire::release_in(fh, flags),
+            0,
+        )?;
+        for n in unresolved {
+            let e = self.tree_lookup(probe, 0, dir, &n)?;
+            out.push(Listed {
+                name: n,
+                nodeid: e.nodeid,
+                dir: e.attr.mode & libc::S_IFMT == libc::S_IFDIR,
+            });
+        }
+        Ok(out)
+    }
+
+    /// GETATTR of every entry below `dir`, `depth` levels below the root,
+    /// directory by directory, depth first (as `find` visits them).
+    fn stat_below(&mut self, probe: &mut dyn Probe, dir: u64, depth: u32) -> Result<u64, VfsError> {
+        too_deep(depth)?;
+        let mut n = 0;
+        for e in self.tree_list(probe, dir)? {
+            self.tree_call(
+                probe,
+                1,
+                (opcode::GETATTR, "GETATTR"),
+                e.nodeid,
+                &fuse_wire::getattr_in(),
+                fuse_wire::ATTR_OUT as u32,
+            )?;
+            n += 1;
+            if e.dir {
+                n += self.stat_below(probe, e.nodeid, depth + 1)?;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Removes directory `dir`, `name` in `parent`, `depth` levels below
+    /// the root, and everything below it, as `rm -rf` does: list, UNLINK
+    /// the files, recurse, RMDIR.
+    fn remove_below(
+        &mut self,
+        probe: &mut dyn Probe,
+        (parent, dir, name): (u64, u64, &[u8]),
+        depth: u32,
+    ) -> Result<u64, VfsError> {
+        too_deep(depth)?;
+        let mut n = 0;
+        for e in self.tree_list(probe, dir)? {
+            if e.dir {
+                n += self.remove_below(probe, (dir, e.nodeid, &e.name), depth + 1)?;
+            } else {
+                self.tree_call(
+                    probe,
+                    1,
+                    (opcode::UNLINK, "UNLINK"),
+                    dir,
+                    &fuse_wire::name(&e.name),
+                    0,
+                )?;
+                n += 1;
+            }
+        }
+        self.tree_call(
+            probe,
+            1,
+            (op::RMDIR, "RMDIR"),
+            parent,
+            &fuse_wire::name(name),
+            0,
+        )?;
+        Ok(n + 1)
     }
 
     /// Checks the reply in I/O slot `slot`, `used` bytes long.
@@ -712,6 +1040,150 @@ impl Session for VfsSession {
     }
 }
 
+impl TreeSession for VfsSession {
+    fn tree_stat(&mut self, root: &str, probe: &mut dyn Probe) -> Result<u64, SessionError> {
+        let root = self.tree_lookup(probe, 0, 1, root.as_bytes())?.nodeid;
+        Ok(self.stat_below(probe, root, 0)?)
+    }
+
+    fn tree_create(
+        &mut self,
+        parent: &str,
+        tree: &Tree,
+        probe: &mut dyn Probe,
+    ) -> Result<u64, SessionError> {
+        let data = contents();
+        let parent = self.tree_lookup(probe, 0, 1, parent.as_bytes())?.nodeid;
+        let mut nodes = vec![0u64; tree.dirs.len()];
+        let mut n = 0;
+        for (i, d) in tree.dirs.iter().enumerate() {
+            let at = if i == 0 { parent } else { nodes[d.parent] };
+            let mut body = abi::MkdirIn {
+                mode: 0o755,
+                umask: 0o022,
+            }
+            .as_slice()
+            .to_vec();
+            body.extend_from_slice(&fuse_wire::name(d.name.as_bytes()));
+            let r = self.tree_call(
+                probe,
+                1,
+                (opcode::MKDIR, "MKDIR"),
+                at,
+                &body,
+                fuse_wire::ENTRY_OUT as u32,
+            )?;
+            nodes[i] = entry_of(&r, "MKDIR")?.nodeid;
+            self.hold(nodes[i]);
+            n += 1;
+            for f in &tree.files[tree.files_of(i)] {
+                let flags = (libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY) as u32;
+                let body =
+                    fuse_wire::create_in(flags, libc::S_IFREG | 0o644, 0o022, f.name.as_bytes());
+                let r = self.tree_call(
+                    probe,
+                    0,
+                    (opcode::CREATE, "CREATE"),
+                    nodes[i],
+                    &body,
+                    (fuse_wire::ENTRY_OUT + fuse_wire::OPEN_OUT) as u32,
+                )?;
+                let (entry, open) = r
+                    .created()
+                    .ok_or_else(|| bad("CREATE", "fuse_entry_out and fuse_open_out"))?;
+                self.hold(entry.nodeid);
+                if f.size > 0 {
+                    if f.size > self.init.max_write {
+                        return Err(VfsError::TooBig {
+                            limit: self.init.max_write,
+                            need: f.size,
+                        }
+                        .into());
+                    }
+                    let mut body = fuse_wire::write_in(open.fh, 0, f.size);
+                    body.extend_from_slice(&data[..f.size as usize]);
+                    let r = self.tree_call(
+                        probe,
+                        0,
+                        (opcode::WRITE, "WRITE"),
+                        entry.nodeid,
+                        &body,
+                        fuse_wire::WRITE_OUT as u32,
+                    )?;
+                    let wrote = fuse_wire::parse::<abi::WriteOut>(&r.body).map_or(0, |w| w.size);
+                    if wrote != f.size {
+                        return Err(VfsError::BadReply {
+                            op: "WRITE",
+                            detail: format!("wrote {wrote} of {} bytes", f.size),
+                        }
+                        .into());
+                    }
+                }
+                self.tree_call(
+                    probe,
+                    1,
+                    (opcode::RELEASE, "RELEASE"),
+                    entry.nodeid,
+                    &fuse_wire::release_in(open.fh, flags),
+                    0,
+                )?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    fn tree_remove(
+        &mut self,
+        parent: &str,
+        name: &str,
+        probe: &mut dyn Probe,
+    ) -> Result<u64, SessionError> {
+        let parent = self.tree_lookup(probe, 0, 1, parent.as_bytes())?.nodeid;
+        // rm's lstat of its argument.
+        let root = self.tree_lookup(probe, 0, parent, name.as_bytes())?.nodeid;
+        Ok(self.remove_below(probe, (parent, root, name.as_bytes()), 0)?)
+    }
+
+    fn hold_inodes(&mut self, set: &InodeSet, probe: &mut dyn Probe) -> Result<u64, SessionError> {
+        let root = self.tree_lookup(probe, 0, 1, set.root.as_bytes())?.nodeid;
+        for d in 0..set.dirs() {
+            let dir = self
+                .tree_lookup(probe, 0, root, InodeSet::dir_name(d).as_bytes())?
+                .nodeid;
+            for i in set.files_of(d) {
+                self.tree_lookup(probe, 1, dir, InodeSet::file_name(i).as_bytes())?;
+            }
+        }
+        Ok(self.held.len() as u64)
+    }
+
+    fn forget_all(&mut self) -> Result<u64, SessionError> {
+        let held: Vec<(u64, u64)> = self.held.drain().collect();
+        for chunk in held.chunks(BATCH_FORGET_MAX) {
+            self.batch_forget(chunk)?;
+        }
+        // Until the device has returned every BATCH_FORGET (it has then
+        // served them).
+        loop {
+            self.reclaim_hiprio()?;
+            if self.batch_free.len() == usize::from(BATCH_SLOTS) {
+                break;
+            }
+            self.sleep(0, "BATCH_FORGET")?;
+        }
+        Ok(held.len() as u64)
+    }
+
+    fn listing(&self) -> &'static str {
+        if self.init.flags & DO_READDIRPLUS != 0 {
+            "READDIRPLUS"
+        } else {
+            "READDIR+LOOKUP"
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -744,5 +1216,38 @@ mod tests {
         };
         assert!(ram_size(&Kind::Io(spec)) >= (4 << 20) + 8 * (1 << 20));
         assert_eq!(ram_size(&Kind::Readdir) % (2 << 20), 0);
+    }
+
+    #[test]
+    fn readdirplus_entries_parse_with_their_lookups() {
+        let mut body = Vec::new();
+        for (i, (name, nodeid)) in [(&b"."[..], 0u64), (b"file-1.c", 42)].iter().enumerate() {
+            let d = abi::Direntplus {
+                entry_out: abi::EntryOut {
+                    nodeid: *nodeid,
+                    attr: abi::Attr {
+                        mode: libc::S_IFREG | 0o644,
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+                dirent: abi::Dirent {
+                    ino: 7,
+                    off: i as u64 + 1,
+                    namelen: name.len() as u32,
+                    type_: 8,
+                },
+            };
+            body.extend_from_slice(d.as_slice());
+            body.extend_from_slice(name);
+            body.resize((body.len() + 7) & !7, 0);
+        }
+        assert_eq!(std::mem::size_of::<abi::Direntplus>(), 152);
+        let got: Vec<_> = direntplus(&body)
+            .map(|(e, d)| (e.nodeid, d.off, d.name.to_vec()))
+            .collect();
+        assert_eq!(got, [(0, 1, b".".to_vec()), (42, 2, b"file-1.c".to_vec())]);
+        assert_eq!(direntplus(&body[..200]).count(), 1, "truncated");
+        assert!(is_dot(b"..") && !is_dot(b"...") && !is_dot(b".a"));
     }
 }

@@ -8,6 +8,10 @@
 /// Entries of the directory `readdir-10k` lists.
 pub const READDIR_ENTRIES: usize = 10_000;
 
+/// The daemon's `RLIMIT_NOFILE` in `tree-stat-rlimit1024` and
+/// `inode-memory`.
+pub const FD_LIMIT: u64 = 1024;
+
 /// A workload, named as on the command line and in the JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Workload {
@@ -25,6 +29,33 @@ pub enum Workload {
     CreateStatUnlink,
     /// List a directory of 10,000 entries; counted in entries.
     Readdir10k,
+    /// Walk a large Linux-source-like tree and lstat every entry, as
+    /// `find -exec lstat` on a cold guest cache; counted in entries.
+    TreeStat,
+    /// Create a tree of small files (`npm ci`); counted in entries.
+    TreeCreate,
+    /// `rm -rf` of such a tree; counted in entries.
+    TreeRemove,
+    /// [`Workload::TreeStat`] with the daemon under `RLIMIT_NOFILE` 1024.
+    TreeStatRlimit1024,
+    /// Look up many files and hold them: the daemon's memory per inode, and
+    /// what forgetting them returns; the daemon under `RLIMIT_NOFILE` 1024.
+    /// Counted in inodes.
+    InodeMemory,
+}
+
+/// What a tree workload does (see [`crate::tree`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TreeOp {
+    /// Walk the stat tree: list every directory, lstat every entry.
+    Stat,
+    /// Create the small tree: a directory or a file with its bytes per
+    /// entry.
+    Create,
+    /// Remove the small tree, as `rm -rf`.
+    Remove,
+    /// Look up every file of the inode set and keep the lookups.
+    HoldInodes,
 }
 
 /// Which file an I/O workload uses.
@@ -75,11 +106,13 @@ pub enum Kind {
     CreateStatUnlink,
     /// OPENDIR + READDIR until the end + RELEASEDIR, counted per entry.
     Readdir,
+    /// One pass over a tree, counted per entry (see [`TreeOp`]).
+    Tree(TreeOp),
 }
 
 impl Workload {
     /// Every workload, in report order.
-    pub const ALL: [Workload; 7] = [
+    pub const ALL: [Workload; 12] = [
         Workload::RandRead4kQd1,
         Workload::RandRead4kQd32,
         Workload::SeqRead1m,
@@ -87,6 +120,28 @@ impl Workload {
         Workload::RandWrite4kQd32,
         Workload::CreateStatUnlink,
         Workload::Readdir10k,
+        Workload::TreeStat,
+        Workload::TreeCreate,
+        Workload::TreeRemove,
+        Workload::TreeStatRlimit1024,
+        Workload::InodeMemory,
+    ];
+
+    /// The workloads a run without `--workloads` runs (with `--quick`:
+    /// [`Workload::ALL`]): all but `inode-memory`, whose 1,000,000 lookups
+    /// take minutes per server.
+    pub const DEFAULT: [Workload; 11] = [
+        Workload::RandRead4kQd1,
+        Workload::RandRead4kQd32,
+        Workload::SeqRead1m,
+        Workload::SeqWrite1m,
+        Workload::RandWrite4kQd32,
+        Workload::CreateStatUnlink,
+        Workload::Readdir10k,
+        Workload::TreeStat,
+        Workload::TreeCreate,
+        Workload::TreeRemove,
+        Workload::TreeStatRlimit1024,
     ];
 
     /// The workload's fixed name.
@@ -99,6 +154,11 @@ impl Workload {
             Workload::RandWrite4kQd32 => "randwrite-4k-qd32",
             Workload::CreateStatUnlink => "create-stat-unlink",
             Workload::Readdir10k => "readdir-10k",
+            Workload::TreeStat => "tree-stat",
+            Workload::TreeCreate => "tree-create",
+            Workload::TreeRemove => "tree-remove",
+            Workload::TreeStatRlimit1024 => "tree-stat-rlimit1024",
+            Workload::InodeMemory => "inode-memory",
         }
     }
 
@@ -126,7 +186,31 @@ impl Workload {
             Workload::RandWrite4kQd32 => io(FileRole::Write, 4096, 32, Pattern::Random),
             Workload::CreateStatUnlink => Kind::CreateStatUnlink,
             Workload::Readdir10k => Kind::Readdir,
+            Workload::TreeStat | Workload::TreeStatRlimit1024 => Kind::Tree(TreeOp::Stat),
+            Workload::TreeCreate => Kind::Tree(TreeOp::Create),
+            Workload::TreeRemove => Kind::Tree(TreeOp::Remove),
+            Workload::InodeMemory => Kind::Tree(TreeOp::HoldInodes),
         }
+    }
+
+    /// The tree workload's operation, `None` for the other workloads.
+    pub fn tree_op(self) -> Option<TreeOp> {
+        match self.kind(1) {
+            Kind::Tree(op) => Some(op),
+            _ => None,
+        }
+    }
+
+    /// Whether this is one of the tree workloads (virtio-fs and native
+    /// only, one pass per run instead of a timed loop).
+    pub fn is_tree(self) -> bool {
+        self.tree_op().is_some()
+    }
+
+    /// The `RLIMIT_NOFILE` (soft and hard) the daemon runs under, for the
+    /// workloads that hold more inodes than that.
+    pub fn fd_limit(self) -> Option<u64> {
+        matches!(self, Workload::TreeStatRlimit1024 | Workload::InodeMemory).then_some(FD_LIMIT)
     }
 
     /// Whether MiB/s means anything for this workload (I/O workloads only;
@@ -140,6 +224,11 @@ impl Workload {
         match self {
             Workload::CreateStatUnlink => "create+stat+close+unlink",
             Workload::Readdir10k => "directory entries",
+            Workload::TreeStat
+            | Workload::TreeCreate
+            | Workload::TreeRemove
+            | Workload::TreeStatRlimit1024 => "entries",
+            Workload::InodeMemory => "inodes",
             _ => "requests",
         }
     }
@@ -234,13 +323,29 @@ mod tests {
                 "seqwrite-1m",
                 "randwrite-4k-qd32",
                 "create-stat-unlink",
-                "readdir-10k"
+                "readdir-10k",
+                "tree-stat",
+                "tree-create",
+                "tree-remove",
+                "tree-stat-rlimit1024",
+                "inode-memory"
             ]
         );
         for w in Workload::ALL {
             assert_eq!(Workload::from_name(w.name()), Some(w));
         }
         assert_eq!(Workload::from_name("randread"), None);
+        let trees: Vec<_> = Workload::ALL.into_iter().filter(|w| w.is_tree()).collect();
+        assert_eq!(trees.len(), 5);
+        assert!(trees.iter().all(|w| !w.moves_data()));
+        let limited: Vec<_> = Workload::ALL
+            .into_iter()
+            .filter(|w| w.fd_limit().is_some())
+            .collect();
+        assert_eq!(
+            limited,
+            [Workload::TreeStatRlimit1024, Workload::InodeMemory]
+        );
     }
 
     #[test]
