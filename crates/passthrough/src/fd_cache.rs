@@ -19,6 +19,8 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
+use arc_swap::ArcSwapOption;
+
 use crate::inode_store::InodeData;
 
 /// The most fds the cache holds unless configured otherwise.
@@ -48,22 +50,19 @@ impl AsRawFd for CachedFd {
     }
 }
 
-/// The cache slot of one handle-held inode.
+/// The cache slot of one handle-held inode: one pointer (arc-swap's
+/// lock-free `ArcSwapOption`) and a bit, as every handle-held node has one.
 #[derive(Default)]
 pub struct Slot {
-    cached: Mutex<Option<Arc<CachedFd>>>,
+    cached: ArcSwapOption<CachedFd>,
     /// Used since the clock hand last passed.
     referenced: std::sync::atomic::AtomicBool,
 }
 
 impl Slot {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Arc<CachedFd>>> {
-        self.cached.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// The cached fd, if any, marking the slot as used.
     pub fn get(&self) -> Option<Arc<CachedFd>> {
-        let fd = self.lock().clone();
+        let fd = self.cached.load_full();
         if fd.is_some() {
             self.referenced.store(true, Ordering::Relaxed);
         }
@@ -72,7 +71,12 @@ impl Slot {
 
     /// Whether an fd is cached (for tests and diagnostics).
     pub fn is_filled(&self) -> bool {
-        self.lock().is_some()
+        self.cached.load().is_some()
+    }
+
+    /// Empties the slot; whether it held an fd.
+    fn take(&self) -> bool {
+        self.cached.swap(None).is_some()
     }
 }
 
@@ -116,13 +120,14 @@ impl FdCache {
         if capacity == 0 {
             return fd;
         }
-        {
-            let mut cached = slot.lock();
-            if let Some(c) = cached.as_ref() {
-                return c.clone();
-            }
-            *cached = Some(fd.clone());
+        // Fill the slot only if it is empty; else use what is there.
+        let prev = slot
+            .cached
+            .compare_and_swap(&None::<Arc<CachedFd>>, Some(fd.clone()));
+        if let Some(existing) = prev.as_ref() {
+            return existing.clone();
         }
+        drop(prev);
         let mut clock = self.clock.lock().unwrap_or_else(|e| e.into_inner());
         clock.push_back(Arc::downgrade(data));
         let over = self.len().saturating_sub(capacity);
@@ -171,7 +176,7 @@ impl FdCache {
                 }
                 continue;
             }
-            if slot.lock().take().is_some() {
+            if slot.take() {
                 emptied += 1;
             }
         }

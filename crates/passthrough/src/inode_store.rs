@@ -149,9 +149,123 @@ impl InodeData {
     }
 }
 
+/// Nodes by id. A node id is `generation << 32 | slot`: looking one up is
+/// an index, not a hash, and costs 8 bytes per slot. A freed slot is used
+/// again with the next generation, so no id is handed out twice while a
+/// slot lasts; slots cut off the end start above every generation they
+/// had. Slot 0 is never used (node id 0 means "none" in FUSE); slot 1,
+/// generation 0, is the root.
+struct NodeSlab {
+    slots: Vec<Option<Arc<InodeData>>>,
+    /// Free slots below `slots.len()`, with the generation each gets next.
+    free: Vec<(u32, u32)>,
+    /// The generation a new slot at the end starts with.
+    floor: u32,
+    len: usize,
+}
+
+impl Default for NodeSlab {
+    fn default() -> Self {
+        NodeSlab {
+            slots: vec![None, None],
+            free: Vec::new(),
+            floor: 0,
+            len: 0,
+        }
+    }
+}
+
+impl NodeSlab {
+    fn split(nodeid: u64) -> (usize, u32) {
+        ((nodeid & 0xffff_ffff) as usize, (nodeid >> 32) as u32)
+    }
+
+    fn get(&self, nodeid: u64) -> Option<&Arc<InodeData>> {
+        let (slot, _) = Self::split(nodeid);
+        self.slots
+            .get(slot)?
+            .as_ref()
+            .filter(|d| d.nodeid == nodeid)
+    }
+
+    /// Puts the node `make` builds, given its id, in a free slot.
+    fn insert(&mut self, make: impl FnOnce(u64) -> Arc<InodeData>) -> Arc<InodeData> {
+        let (slot, generation) = match self.free.pop() {
+            Some(free) => free,
+            None if self.slots.len() < u32::MAX as usize => {
+                self.slots.push(None);
+                ((self.slots.len() - 1) as u32, self.floor)
+            }
+            // 2^32 nodes held at once: memory runs out long before.
+            None => (0, 0),
+        };
+        let nodeid = u64::from(generation) << 32 | u64::from(slot);
+        let data = make(nodeid);
+        self.slots[slot as usize] = Some(data.clone());
+        self.len += 1;
+        data
+    }
+
+    /// Installs the root in slot 1.
+    fn insert_root(&mut self, data: Arc<InodeData>) {
+        if self.slots[ROOT_ID as usize].replace(data).is_none() {
+            self.len += 1;
+        }
+    }
+
+    fn remove(&mut self, nodeid: u64) -> Option<Arc<InodeData>> {
+        self.get(nodeid)?;
+        let (slot, generation) = Self::split(nodeid);
+        let data = self.slots[slot].take();
+        self.len -= 1;
+        // A slot whose generations are spent is not used again.
+        if let Some(next) = generation.checked_add(1) {
+            self.free.push((slot as u32, next));
+        }
+        data
+    }
+
+    /// Gives back the free slots at the end and the room of the vectors.
+    fn compact(&mut self) {
+        let mut end = self.slots.len();
+        while end > 2 && self.slots[end - 1].is_none() {
+            end -= 1;
+        }
+        // Nothing but (perhaps) the root: every slot is free, and new ones
+        // start above every generation any had.
+        if self.slots[2..].iter().all(Option::is_none) {
+            end = 2;
+        }
+        for &(slot, next) in &self.free {
+            if slot as usize >= end {
+                self.floor = self.floor.max(next);
+            }
+        }
+        self.free.retain(|&(slot, _)| (slot as usize) < end);
+        self.slots.truncate(end);
+        self.slots.shrink_to_fit();
+        self.free.shrink_to_fit();
+    }
+
+    /// Drops every node but the root.
+    fn clear_except_root(&mut self) {
+        let ids: Vec<u64> = self
+            .slots
+            .iter()
+            .flatten()
+            .map(|d| d.nodeid)
+            .filter(|&id| id != ROOT_ID)
+            .collect();
+        for id in ids {
+            self.remove(id);
+        }
+        self.compact();
+    }
+}
+
 #[derive(Default)]
 struct Maps {
-    by_id: HashMap<u64, Arc<InodeData>>,
+    by_id: NodeSlab,
     by_key: HashMap<InodeKey, u64>,
 }
 
@@ -162,21 +276,11 @@ struct Maps {
 const SHRINK_MIN: usize = 4096;
 
 /// All inodes the guest currently holds a reference to.
+#[derive(Default)]
 pub struct InodeStore {
     maps: RwLock<Maps>,
-    next_id: AtomicU64,
     /// The most nodes held since the maps were last compacted.
     high_water: AtomicUsize,
-}
-
-impl Default for InodeStore {
-    fn default() -> Self {
-        InodeStore {
-            maps: RwLock::new(Maps::default()),
-            next_id: AtomicU64::new(ROOT_ID + 1),
-            high_water: AtomicUsize::new(0),
-        }
-    }
 }
 
 impl InodeStore {
@@ -199,14 +303,14 @@ impl InodeStore {
         });
         let mut maps = self.write();
         maps.by_key.insert(key, ROOT_ID);
-        maps.by_id.insert(ROOT_ID, data);
+        maps.by_id.insert_root(data);
     }
 
     /// The inode with node id `nodeid`; `EBADF` if the guest does not hold it.
     pub fn get(&self, nodeid: u64) -> io::Result<Arc<InodeData>> {
         self.read()
             .by_id
-            .get(&nodeid)
+            .get(nodeid)
             .cloned()
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))
     }
@@ -224,7 +328,7 @@ impl InodeStore {
         handle: Option<&FileHandle>,
     ) -> Option<Arc<InodeData>> {
         let maps = self.read();
-        let data = maps.by_id.get(maps.by_key.get(key)?)?;
+        let data = maps.by_id.get(*maps.by_key.get(key)?)?;
         if !data.is_object(handle) {
             return None;
         }
@@ -256,24 +360,23 @@ impl InodeStore {
             InodeSource::Handle(h, _) => Some(h),
             InodeSource::Fd(_) => None,
         };
-        if let Some(existing) = maps.by_key.get(&key).and_then(|id| maps.by_id.get(id)) {
+        if let Some(existing) = maps.by_key.get(&key).and_then(|&id| maps.by_id.get(id)) {
             if existing.is_object(handle) && existing.file_type == file_type {
                 existing.refcount.fetch_add(1, Ordering::AcqRel);
                 return existing.clone();
             }
         }
-        let nodeid = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let data = Arc::new(InodeData {
-            nodeid,
-            key,
-            file_type,
-            source,
-            refcount: AtomicU64::new(1),
+        let data = maps.by_id.insert(|nodeid| {
+            Arc::new(InodeData {
+                nodeid,
+                key,
+                file_type,
+                source,
+                refcount: AtomicU64::new(1),
+            })
         });
-        maps.by_key.insert(key, nodeid);
-        maps.by_id.insert(nodeid, data.clone());
-        self.high_water
-            .fetch_max(maps.by_id.len(), Ordering::Relaxed);
+        maps.by_key.insert(key, data.nodeid);
+        self.high_water.fetch_max(maps.by_id.len, Ordering::Relaxed);
         data
     }
 
@@ -287,7 +390,7 @@ impl InodeStore {
     /// memory back to the system.
     pub fn forget(&self, nodeid: u64, count: u64) -> bool {
         let mut maps = self.write();
-        let Some(data) = maps.by_id.get(&nodeid) else {
+        let Some(data) = maps.by_id.get(nodeid) else {
             return false;
         };
         let old = data.refcount.load(Ordering::Acquire);
@@ -295,15 +398,17 @@ impl InodeStore {
         data.refcount.store(new, Ordering::Release);
         if new == 0 && nodeid != ROOT_ID {
             let key = data.key;
-            maps.by_id.remove(&nodeid);
+            let dropped = maps.by_id.remove(nodeid);
             if maps.by_key.get(&key) == Some(&nodeid) {
                 maps.by_key.remove(&key);
             }
-            let len = maps.by_id.len();
+            let len = maps.by_id.len;
             let high = self.high_water.load(Ordering::Relaxed);
             if high >= 2 * len && high - len >= SHRINK_MIN {
-                maps.by_id.shrink_to_fit();
+                maps.by_id.compact();
                 maps.by_key.shrink_to_fit();
+                drop(maps);
+                drop(dropped);
                 self.high_water.store(len, Ordering::Relaxed);
                 return true;
             }
@@ -314,19 +419,18 @@ impl InodeStore {
     /// Drops every inode but the root (session end).
     pub fn clear_except_root(&self) {
         let mut maps = self.write();
-        maps.by_id.retain(|id, _| *id == ROOT_ID);
+        maps.by_id.clear_except_root();
         maps.by_key.retain(|_, id| *id == ROOT_ID);
-        maps.by_id.shrink_to_fit();
         maps.by_key.shrink_to_fit();
-        self.high_water.store(maps.by_id.len(), Ordering::Relaxed);
-        if let Some(root) = maps.by_id.get(&ROOT_ID) {
+        self.high_water.store(maps.by_id.len, Ordering::Relaxed);
+        if let Some(root) = maps.by_id.get(ROOT_ID) {
             root.refcount.store(2, Ordering::Release);
         }
     }
 
     /// How many inodes are held (root included).
     pub fn len(&self) -> usize {
-        self.read().by_id.len()
+        self.read().by_id.len
     }
 
     /// Whether no inode is held (not even the root).
@@ -369,9 +473,71 @@ mod tests {
         assert_eq!(compactions[0] as u64 + 1, n / 2, "when half is forgotten");
         let maps = store.read();
         assert!(
-            maps.by_id.capacity() < 2 * SHRINK_MIN,
+            maps.by_key.capacity() < 2 * SHRINK_MIN,
             "{}",
-            maps.by_id.capacity()
+            maps.by_key.capacity()
         );
+    }
+
+    #[test]
+    fn forgetting_the_newest_nodes_gives_back_their_slots() {
+        let store = InodeStore::default();
+        let n = 3 * SHRINK_MIN as u64;
+        let ids: Vec<u64> = (0..n).map(|i| node(&store, i).nodeid).collect();
+        let compacted = ids.iter().rev().filter(|&&id| store.forget(id, 1)).count();
+        assert_eq!(compacted, 2);
+        let slots = store.read().by_id.slots.len();
+        assert!(slots < n as usize / 2, "{slots} slots kept for nothing");
+    }
+
+    fn node(store: &InodeStore, i: u64) -> Arc<InodeData> {
+        let key = InodeKey { ino: i, dev: 9 };
+        store.insert_or_ref(key, libc::S_IFREG, InodeSource::handle(FileHandle::fake(i)))
+    }
+
+    #[test]
+    fn node_ids_are_never_handed_out_twice_and_stale_ids_find_nothing() {
+        let store = InodeStore::default();
+        let mut seen = std::collections::HashSet::new();
+        let mut live = Vec::new();
+        for round in 0..50u64 {
+            for i in 0..20 {
+                let d = node(&store, round * 100 + i);
+                assert!(d.nodeid > ROOT_ID, "{}", d.nodeid);
+                assert!(seen.insert(d.nodeid), "id {:#x} handed out twice", d.nodeid);
+                live.push(d.nodeid);
+            }
+            // Forget most; the stale ids must find nothing from now on.
+            for id in live.drain(..15) {
+                store.forget(id, 1);
+                assert!(store.get(id).is_err());
+            }
+        }
+        for id in &live {
+            assert_eq!(store.get(*id).unwrap().nodeid, *id);
+        }
+        for &id in &seen {
+            if !live.contains(&id) {
+                assert!(store.get(id).is_err(), "stale {id:#x} found a node");
+            }
+        }
+        // Ids no slot ever had, and the reserved ones.
+        for id in [0, u64::MAX, 1 << 40, 0xffff_ffff] {
+            assert!(store.get(id).is_err(), "{id:#x}");
+        }
+    }
+
+    #[test]
+    fn slots_cut_off_the_end_come_back_with_new_generations() {
+        let store = InodeStore::default();
+        let n = 3 * SHRINK_MIN as u64;
+        let first: Vec<u64> = (0..n).map(|i| node(&store, i).nodeid).collect();
+        for &id in &first {
+            store.forget(id, 1);
+        }
+        let again: Vec<u64> = (0..n).map(|i| node(&store, n + i).nodeid).collect();
+        let old: std::collections::HashSet<_> = first.iter().collect();
+        assert!(again.iter().all(|id| !old.contains(id)), "an id came back");
+        assert!(again.iter().all(|&id| store.get(id).is_ok()));
     }
 }
