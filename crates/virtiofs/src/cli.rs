@@ -140,7 +140,7 @@ pub struct Cli {
 
     /// Worker threads. With vhost-user, each queue is served by its own
     /// thread and this is accepted for compatibility; with --fuse-mount it is
-    /// the number of /dev/fuse readers (0 = 1).
+    /// the number of /dev/fuse readers (0 = one per CPU, at most 4).
     #[arg(long, default_value_t = 0)]
     pub thread_pool_size: usize,
 

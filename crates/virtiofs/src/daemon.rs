@@ -58,7 +58,7 @@ pub struct DaemonConfig {
     /// How long a request queue's worker polls before it sleeps (zero:
     /// never).
     pub poll: std::time::Duration,
-    /// Worker threads (FUSE-mount mode); 0 means one.
+    /// Worker threads (FUSE-mount mode); 0 means one per CPU, at most 4.
     pub thread_pool_size: usize,
     /// The walls to put up before serving: namespace sandbox, capabilities,
     /// Landlock, seccomp (see the `sandbox` crate).
