@@ -410,7 +410,10 @@ pub fn run(cfg: P9Config) -> Result<(), P9Error> {
     let users = Arc::new(crate::user_db::UserDb::snapshot());
     // Every socket exists: now the walls, and the share opened inside them.
     let mut walls = cfg.sandbox.clone();
-    walls.file_handles = cfg.fs.inode_file_handles != passthrough::InodeFileHandles::Never;
+    // Handles only where they will work: the walls keep CAP_DAC_READ_SEARCH
+    // and open_by_handle_at for a daemon that uses them, and no other.
+    let handles = cfg.fs.resolve_file_handles(walls.keeps_read_search())?;
+    walls.file_handles = handles != passthrough::InodeFileHandles::Never;
     // The supervisor removes the vhost-user socket, which the walled-in
     // daemon can no longer reach (or would reach inside the share).
     let vhost_socket = cfg.vhost_user.as_ref().map(|v| v.socket.clone());
@@ -425,6 +428,7 @@ pub fn run(cfg: P9Config) -> Result<(), P9Error> {
         |root, proc_fd| {
             let fs = passthrough::Config {
                 root_dir: root.to_path_buf(),
+                inode_file_handles: handles,
                 ..cfg.fs.clone()
             };
             let fs = Arc::new(match proc_fd {

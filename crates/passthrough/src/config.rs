@@ -131,6 +131,45 @@ impl Config {
 }
 
 impl Config {
+    /// The inode mode a daemon will really serve `root_dir` with, decided
+    /// before it puts up its walls (which keep CAP_DAC_READ_SEARCH and
+    /// `open_by_handle_at` only for a daemon that uses handles):
+    /// `Prefer` becomes `Never` where the share's file system gives no
+    /// lasting handles or the daemon may not reopen them (`may_reopen`:
+    /// the walls keep CAP_DAC_READ_SEARCH; the probe tries it now), and
+    /// `Mandatory` then fails.
+    pub fn resolve_file_handles(&self, may_reopen: bool) -> Result<InodeFileHandles, crate::Error> {
+        if self.inode_file_handles == InodeFileHandles::Never {
+            return Ok(InodeFileHandles::Never);
+        }
+        let usable = if may_reopen {
+            std::fs::File::open(&self.root_dir)
+                .and_then(|dir| crate::file_handle::probe(std::os::fd::AsRawFd::as_raw_fd(&dir)))
+                .map(drop)
+        } else {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "--modcaps drops CAP_DAC_READ_SEARCH, which reopening a handle needs",
+            ))
+        };
+        match (usable, self.inode_file_handles) {
+            (Ok(()), mode) => Ok(mode),
+            (Err(source), InodeFileHandles::Mandatory) => {
+                Err(crate::Error::FileHandlesUnsupported {
+                    path: self.root_dir.clone(),
+                    source,
+                })
+            }
+            (Err(e), _) => {
+                log::info!(
+                    "{}: inodes held by O_PATH fds, not file handles ({e})",
+                    self.root_dir.display()
+                );
+                Ok(InodeFileHandles::Never)
+            }
+        }
+    }
+
     /// Checks that `root_dir` is a directory that can be opened, without
     /// keeping it open: for a daemon to refuse a bad share before it binds
     /// a socket or enters a sandbox (which then opens the share for real).

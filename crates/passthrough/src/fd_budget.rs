@@ -11,7 +11,7 @@
 //! many files the guest keeps open or looked up.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::sys::errno;
@@ -71,16 +71,22 @@ impl FdBudget {
     ///
     /// [`refresh`]: FdBudget::refresh
     pub fn admit<T: AsRawFd>(&self, fd: T) -> io::Result<T> {
-        let n = fd.as_raw_fd() as u64;
-        if n < self.ceiling() {
-            return Ok(fd);
-        }
-        self.refresh();
-        if n < self.ceiling() {
+        if self.fits(fd.as_raw_fd()) {
             return Ok(fd);
         }
         drop(fd);
         Err(errno(libc::EMFILE))
+    }
+
+    /// Whether the fd numbered `fd` lies below the ceiling (the soft limit
+    /// read again before saying no).
+    pub fn fits(&self, fd: RawFd) -> bool {
+        let n = fd as u64;
+        if n < self.ceiling() {
+            return true;
+        }
+        self.refresh();
+        n < self.ceiling()
     }
 
     /// Counts a guest request refused for want of fds (after the fd cache
@@ -88,10 +94,11 @@ impl FdBudget {
     pub fn note_refusal(&self) {
         if self.refused.fetch_add(1, Ordering::Relaxed) == 0 {
             log::warn!(
-                "the guest holds {} fds, all it may (RLIMIT_NOFILE {} less a reserve of {}): \
-                 its lookups and opens get EMFILE until it closes files or forgets inodes; \
-                 inodes held by file handles (--inode-file-handles=prefer, where the \
-                 file system supports them) or a higher --rlimit-nofile lift this",
+                "the guest's open files and inodes use all {} fds it may (RLIMIT_NOFILE {} \
+                 less a reserve of {}): its lookups and opens get EMFILE until it closes \
+                 files or forgets inodes. Inodes held by file handles \
+                 (--inode-file-handles=prefer, where the file system supports them) or a \
+                 higher --rlimit-nofile lift this",
                 self.ceiling(),
                 self.limit.load(Ordering::Relaxed),
                 self.reserve

@@ -138,7 +138,7 @@ impl FdCache {
         // when they make up half the clock, so it stays within twice the
         // capacity however many inodes come and go (amortised: a sweep
         // leaves at most `capacity` entries).
-        if clock.len() > 2 * capacity {
+        if clock.len() > capacity.saturating_mul(2) {
             clock.retain(|w| {
                 w.upgrade()
                     .is_some_and(|d| d.slot().is_some_and(Slot::is_filled))
@@ -211,11 +211,13 @@ mod tests {
                 return None;
             };
             let st = crate::sys::fstat(fd.as_raw_fd()).unwrap();
-            let data = store.insert_or_ref(
-                InodeKey::from_stat(&st),
-                libc::S_IFREG,
-                InodeSource::handle(handle),
-            );
+            let data = store
+                .insert_or_ref(
+                    InodeKey::from_stat(&st),
+                    libc::S_IFREG,
+                    InodeSource::handle(handle),
+                )
+                .unwrap();
             out.push((data, fd));
         }
         Some((dir, store, out))

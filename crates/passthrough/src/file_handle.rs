@@ -148,13 +148,68 @@ impl FileHandle {
     }
 }
 
+/// `FUSE_SUPER_MAGIC` from `linux/magic.h`.
+const FUSE_SUPER_MAGIC: libc::c_long = 0x6573_5546;
+
+/// Whether handles of the file system of `fd` stay valid when the inode
+/// leaves the host's inode cache. A FUSE file system (sshfs, rclone...)
+/// may hand out handles and decode them only while the inode is cached,
+/// unless it exports them properly, which cannot be told from here: its
+/// inodes are held by fds.
+pub fn handles_last(fd: RawFd) -> bool {
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: `st` is a valid out-pointer of the right type.
+    if unsafe { libc::fstatfs(fd, st.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: fstatfs succeeded and filled it.
+    let st = unsafe { st.assume_init() };
+    #[allow(clippy::unnecessary_cast)] // f_type's type differs by architecture
+    let magic = st.f_type as libc::c_long;
+    magic != FUSE_SUPER_MAGIC
+}
+
+/// Whether inodes on the file system of the directory `dir` (a real fd,
+/// not `O_PATH`) can be held by handle: the file system gives handles that
+/// last, and this process may open them again (CAP_DAC_READ_SEARCH).
+/// Returns the directory's handle.
+pub fn probe(dir: RawFd) -> io::Result<FileHandle> {
+    if !handles_last(dir) {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "a FUSE file system, whose handles may not outlive its inode cache",
+        ));
+    }
+    let h = FileHandle::from_fd(dir)?;
+    h.open(dir, libc::O_PATH)?;
+    Ok(h)
+}
+
 /// One fd per host mount, to resolve file handles against.
 #[derive(Default)]
 pub struct MountFds {
     fds: RwLock<HashMap<libc::c_int, Arc<OwnedFd>>>,
+    /// Mounts whose inodes are held by fds (see [`handles_last`]).
+    fd_only: RwLock<std::collections::HashSet<libc::c_int>>,
 }
 
 impl MountFds {
+    /// Whether inodes on `mount_id` are held by fds.
+    pub fn fd_only(&self, mount_id: libc::c_int) -> bool {
+        self.fd_only
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&mount_id)
+    }
+
+    /// Holds inodes on `mount_id` by fds from now on.
+    pub fn hold_by_fd(&self, mount_id: libc::c_int) {
+        self.fd_only
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(mount_id);
+    }
+
     /// Whether a resolver for `mount_id` is known.
     pub fn knows(&self, mount_id: libc::c_int) -> bool {
         self.fds

@@ -26,7 +26,7 @@ use crate::credentials::CredGuard;
 use crate::error::Error;
 use crate::fd_budget::FdBudget;
 use crate::fd_cache::{self, FdCache};
-use crate::file_handle::{FileHandle, MountFds};
+use crate::file_handle::{self, FileHandle, MountFds};
 use crate::handle_table::{HandleData, HandleTable};
 use crate::inode_store::{InodeData, InodeFd, InodeKey, InodeSource, InodeStore, ROOT_ID};
 use crate::name::{check_name, check_name_for_removal, classify, NameKind};
@@ -90,6 +90,8 @@ pub struct PassthroughFs {
     fds: FdBudget,
     /// Open `O_PATH` fds of the handle-held inodes in use.
     fd_cache: FdCache,
+    /// Names lookups opened (diagnostics).
+    names_opened: std::sync::atomic::AtomicU64,
 }
 
 fn fd_name(fd: RawFd) -> CString {
@@ -276,13 +278,9 @@ impl PassthroughFs {
         let mounts = MountFds::default();
         let mut root_mount = None;
         if cfg.inode_file_handles != InodeFileHandles::Never {
-            // Handles are only useful if the daemon may open them again
-            // (CAP_DAC_READ_SEARCH): try it on the root.
-            let usable = FileHandle::from_fd(root.as_raw_fd()).and_then(|h| {
-                h.open(root_dir.as_raw_fd(), libc::O_PATH)?;
-                Ok(h)
-            });
-            match usable {
+            // Handles are only useful if they last and the daemon may open
+            // them again (CAP_DAC_READ_SEARCH): try it on the root.
+            match file_handle::probe(root_dir.as_raw_fd()) {
                 Ok(h) => {
                     mounts.remember(h.mount_id(), root_dir);
                     root_mount = Some(h.mount_id());
@@ -318,6 +316,7 @@ impl PassthroughFs {
             dont_mask: AtomicBool::new(false),
             fds,
             fd_cache: FdCache::default(),
+            names_opened: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -521,25 +520,56 @@ impl PassthroughFs {
         &self.fd_cache
     }
 
+    /// How many names lookups have opened (for tests and diagnostics: a
+    /// lookup of a node the guest holds opens none).
+    pub fn names_opened(&self) -> u64 {
+        self.names_opened.load(Ordering::Relaxed)
+    }
+
     /// Opens an fd for the guest with `open` (which must be safe to call
     /// twice), held to the fd budget. When the budget or the kernel refuses
     /// it, the fd cache gives up a quarter of its fds and `open` is tried
     /// once more: cached fds are a convenience, the guest's own work is not.
-    fn guest_fd<T: AsRawFd>(&self, mut open: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    fn guest_fd(&self, mut open: impl FnMut() -> io::Result<OwnedFd>) -> io::Result<OwnedFd> {
         let out_of_fds =
             |e: &io::Error| matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
-        let r = match open().and_then(|fd| self.fds.admit(fd)) {
-            Err(e) if out_of_fds(&e) && self.fd_cache.shrink(self.fd_cache.len() / 4 + 1) > 0 => {
-                open().and_then(|fd| self.fds.admit(fd))
-            }
+        // An open the kernel refused did nothing: it may be tried again.
+        let fd = match open() {
+            Err(e) if out_of_fds(&e) && self.shrink_fd_cache() > 0 => open(),
             r => r,
-        };
-        if let Err(e) = &r {
+        }
+        .inspect_err(|e| {
             if out_of_fds(e) {
                 self.fds.note_refusal();
             }
+        })?;
+        self.admit_guest_fd(fd)
+    }
+
+    /// Empties a quarter of the fd cache (at least one fd) for the guest.
+    fn shrink_fd_cache(&self) -> usize {
+        self.fd_cache.shrink(self.fd_cache.len() / 4 + 1)
+    }
+
+    /// Holds `fd`, just opened for the guest (whatever the open did, such
+    /// as creating or truncating, is done), to the fd budget: above the
+    /// line, the fd cache gives up fds and `fd` moves down to a freed
+    /// number; if none is free, it is closed and the request answers
+    /// `EMFILE`.
+    fn admit_guest_fd(&self, fd: OwnedFd) -> io::Result<OwnedFd> {
+        if self.fds.fits(fd.as_raw_fd()) {
+            return Ok(fd);
         }
-        r
+        if self.shrink_fd_cache() > 0 {
+            if let Ok(low) = sys::dup_lowest(fd.as_fd()) {
+                drop(fd);
+                if self.fds.fits(low.as_raw_fd()) {
+                    return Ok(low);
+                }
+            }
+        }
+        self.fds.note_refusal();
+        Err(errno(libc::EMFILE))
     }
 
     /// Reopens an `O_PATH` fd with real access `flags` through `/proc/self/fd`.
@@ -578,6 +608,7 @@ impl PassthroughFs {
     /// leaving `dir`.
     fn open_child(&self, dir: RawFd, name: &CStr) -> io::Result<OwnedFd> {
         let flags = libc::O_PATH | libc::O_NOFOLLOW;
+        self.names_opened.fetch_add(1, Ordering::Relaxed);
         self.guest_fd(|| match sys::openat2_beneath(dir, name, flags) {
             Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
                 // Pre-5.6 kernels: `name` is a single validated component and
@@ -659,20 +690,30 @@ impl PassthroughFs {
                 let mandatory = self.cfg.inode_file_handles == InodeFileHandles::Mandatory;
                 match handle {
                     Ok(h) if self.mounts.knows(h.mount_id()) => (InodeSource::handle(h), Some(fd)),
+                    // On a mount whose handles do not last.
+                    Ok(h) if !mandatory && self.mounts.fd_only(h.mount_id()) => {
+                        (InodeSource::Fd(fd), None)
+                    }
+                    Ok(h) if !mandatory && !file_handle::handles_last(fd.as_raw_fd()) => {
+                        self.mounts.hold_by_fd(h.mount_id());
+                        (InodeSource::Fd(fd), None)
+                    }
                     // A submount's root: its directory fd resolves its
                     // handles. The daemon's, opened with its ids: the
                     // requester may look the directory up without being
                     // allowed to read it, and never sees this fd.
                     Ok(h) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
                         let name = fd_name(fd.as_raw_fd());
-                        let dirfd = self.fds.admit(crate::credentials::as_daemon(|| {
-                            sys::openat(
-                                self.proc_self_fd.as_raw_fd(),
-                                &name,
-                                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NONBLOCK,
-                                0,
-                            )
-                        })?)?;
+                        let dirfd = self.guest_fd(|| {
+                            crate::credentials::as_daemon(|| {
+                                sys::openat(
+                                    self.proc_self_fd.as_raw_fd(),
+                                    &name,
+                                    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NONBLOCK,
+                                    0,
+                                )
+                            })
+                        })?;
                         self.mounts.remember(h.mount_id(), dirfd);
                         (InodeSource::handle(h), Some(fd))
                     }
@@ -685,7 +726,7 @@ impl PassthroughFs {
         };
         let data = self
             .inodes
-            .insert_or_ref(key, st.st_mode & libc::S_IFMT, source);
+            .insert_or_ref(key, st.st_mode & libc::S_IFMT, source)?;
         if let Some(fd) = fd {
             self.keep_fd(&data, fd);
         }
@@ -710,37 +751,47 @@ impl PassthroughFs {
     /// from a new one that got a freed inode's number (a node held by fd
     /// keeps its inode, and so its number, alive). What the kernel sends
     /// when a cached entry times out is such a lookup. `d_ino` (from
-    /// getdents) skips the stat when it names no known inode. `None`: not
-    /// known, or not sure; the caller opens the name.
+    /// getdents) skips the stat when it names no known inode. `Ok(None)`:
+    /// not known, or not sure; the caller opens the name. A name that does
+    /// not exist is `ENOENT` at once.
     fn lookup_known(
         &self,
         dir: RawFd,
         name: &CStr,
         d_ino: Option<u64>,
         parent_dev: Option<u64>,
-    ) -> Option<Entry> {
+    ) -> io::Result<Option<Entry>> {
         if let (Some(ino), Some(dev)) = (d_ino, parent_dev) {
             if !self.inodes.knows(&InodeKey { ino, dev }) {
-                return None;
+                return Ok(None);
             }
         }
-        let st = sys::stat_at(dir, name, 0).ok()?;
+        let st = match sys::stat_at(dir, name, 0) {
+            Ok(st) => st,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Err(e),
+            Err(_) => return Ok(None),
+        };
         let key = InodeKey::from_stat(&st);
         if d_ino.is_none() && !self.inodes.knows(&key) {
-            return None;
+            return Ok(None);
         }
         let handle = match self.cfg.inode_file_handles {
             InodeFileHandles::Never => None,
             InodeFileHandles::Prefer | InodeFileHandles::Mandatory => {
-                Some(FileHandle::at(dir, name, 0).ok()?)
+                match FileHandle::at(dir, name, 0) {
+                    Ok(h) => Some(h),
+                    Err(_) => return Ok(None),
+                }
             }
         };
-        let data = self.inodes.get_by_key_and_ref(&key, handle.as_ref())?;
+        let Some(data) = self.inodes.get_by_key_and_ref(&key, handle.as_ref()) else {
+            return Ok(None);
+        };
         if data.file_type != st.st_mode & libc::S_IFMT {
             self.inodes.forget(data.nodeid, 1);
-            return None;
+            return Ok(None);
         }
-        Some(self.entry_for(&data, st, parent_dev))
+        Ok(Some(self.entry_for(&data, st, parent_dev)))
     }
 
     /// Looks up `name` in `parent`, whose fd `pfd` the caller resolved
@@ -760,9 +811,9 @@ impl PassthroughFs {
         match classify(name)? {
             NameKind::Normal => {
                 let known = match hint {
-                    Hint::Name => self.lookup_known(pfd.as_raw_fd(), name, None, parent_dev),
+                    Hint::Name => self.lookup_known(pfd.as_raw_fd(), name, None, parent_dev)?,
                     Hint::Dirent(ino) => {
-                        self.lookup_known(pfd.as_raw_fd(), name, Some(ino), parent_dev)
+                        self.lookup_known(pfd.as_raw_fd(), name, Some(ino), parent_dev)?
                     }
                     Hint::Created => None,
                 };
@@ -1509,9 +1560,7 @@ impl FileSystem for PassthroughFs {
                 loop {
                     match sys::openat(pfd.as_raw_fd(), name, create, mode) {
                         Ok(fd) => {
-                            let file = File::from(self.fds.admit(fd).inspect_err(|_| {
-                                self.fds.note_refusal();
-                            })?);
+                            let file = File::from(self.admit_guest_fd(fd)?);
                             break (self.do_lookup(&parent, &pfd, name, Hint::Created)?, file);
                         }
                         Err(e)

@@ -161,6 +161,8 @@ struct NodeSlab {
     free: Vec<(u32, u32)>,
     /// The generation a new slot at the end starts with.
     floor: u32,
+    /// Slots whose every generation was used: never used again.
+    spent: Vec<u32>,
     len: usize,
 }
 
@@ -170,6 +172,7 @@ impl Default for NodeSlab {
             slots: vec![None, None],
             free: Vec::new(),
             floor: 0,
+            spent: Vec::new(),
             len: 0,
         }
     }
@@ -188,22 +191,22 @@ impl NodeSlab {
             .filter(|d| d.nodeid == nodeid)
     }
 
-    /// Puts the node `make` builds, given its id, in a free slot.
-    fn insert(&mut self, make: impl FnOnce(u64) -> Arc<InodeData>) -> Arc<InodeData> {
+    /// Puts the node `make` builds, given its id, in a free slot; `None`
+    /// with 2^32 slots in use (memory runs out long before).
+    fn insert(&mut self, make: impl FnOnce(u64) -> Arc<InodeData>) -> Option<Arc<InodeData>> {
         let (slot, generation) = match self.free.pop() {
             Some(free) => free,
             None if self.slots.len() < u32::MAX as usize => {
                 self.slots.push(None);
                 ((self.slots.len() - 1) as u32, self.floor)
             }
-            // 2^32 nodes held at once: memory runs out long before.
-            None => (0, 0),
+            None => return None,
         };
         let nodeid = u64::from(generation) << 32 | u64::from(slot);
         let data = make(nodeid);
         self.slots[slot as usize] = Some(data.clone());
         self.len += 1;
-        data
+        Some(data)
     }
 
     /// Installs the root in slot 1.
@@ -218,9 +221,12 @@ impl NodeSlab {
         let (slot, generation) = Self::split(nodeid);
         let data = self.slots[slot].take();
         self.len -= 1;
-        // A slot whose generations are spent is not used again.
+        // A slot whose generations are spent is not used again (and
+        // `compact` never cuts it off: it stays, empty).
         if let Some(next) = generation.checked_add(1) {
             self.free.push((slot as u32, next));
+        } else {
+            self.spent.push(slot as u32);
         }
         data
     }
@@ -228,12 +234,18 @@ impl NodeSlab {
     /// Gives back the free slots at the end and the room of the vectors.
     fn compact(&mut self) {
         let mut end = self.slots.len();
-        while end > 2 && self.slots[end - 1].is_none() {
+        let last_spent = self
+            .spent
+            .iter()
+            .map(|&s| s as usize + 1)
+            .max()
+            .unwrap_or(2);
+        while end > last_spent.max(2) && self.slots[end - 1].is_none() {
             end -= 1;
         }
         // Nothing but (perhaps) the root: every slot is free, and new ones
         // start above every generation any had.
-        if self.slots[2..].iter().all(Option::is_none) {
+        if self.spent.is_empty() && self.slots[2..].iter().all(Option::is_none) {
             end = 2;
         }
         for &(slot, next) in &self.free {
@@ -354,7 +366,7 @@ impl InodeStore {
         key: InodeKey,
         file_type: libc::mode_t,
         source: InodeSource,
-    ) -> Arc<InodeData> {
+    ) -> io::Result<Arc<InodeData>> {
         let mut maps = self.write();
         let handle = match &source {
             InodeSource::Handle(h, _) => Some(h),
@@ -363,21 +375,24 @@ impl InodeStore {
         if let Some(existing) = maps.by_key.get(&key).and_then(|&id| maps.by_id.get(id)) {
             if existing.is_object(handle) && existing.file_type == file_type {
                 existing.refcount.fetch_add(1, Ordering::AcqRel);
-                return existing.clone();
+                return Ok(existing.clone());
             }
         }
-        let data = maps.by_id.insert(|nodeid| {
-            Arc::new(InodeData {
-                nodeid,
-                key,
-                file_type,
-                source,
-                refcount: AtomicU64::new(1),
+        let data = maps
+            .by_id
+            .insert(|nodeid| {
+                Arc::new(InodeData {
+                    nodeid,
+                    key,
+                    file_type,
+                    source,
+                    refcount: AtomicU64::new(1),
+                })
             })
-        });
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENFILE))?;
         maps.by_key.insert(key, data.nodeid);
         self.high_water.fetch_max(maps.by_id.len, Ordering::Relaxed);
-        data
+        Ok(data)
     }
 
     /// Subtracts `count` lookups from `nodeid`, dropping it at zero.
@@ -407,9 +422,9 @@ impl InodeStore {
             if high >= 2 * len && high - len >= SHRINK_MIN {
                 maps.by_id.compact();
                 maps.by_key.shrink_to_fit();
+                self.high_water.store(len, Ordering::Relaxed);
                 drop(maps);
                 drop(dropped);
-                self.high_water.store(len, Ordering::Relaxed);
                 return true;
             }
         }
@@ -456,6 +471,7 @@ mod tests {
                 let h = FileHandle::fake(i);
                 store
                     .insert_or_ref(key, libc::S_IFREG, InodeSource::handle(h))
+                    .unwrap()
                     .nodeid
             })
             .collect();
@@ -492,7 +508,9 @@ mod tests {
 
     fn node(store: &InodeStore, i: u64) -> Arc<InodeData> {
         let key = InodeKey { ino: i, dev: 9 };
-        store.insert_or_ref(key, libc::S_IFREG, InodeSource::handle(FileHandle::fake(i)))
+        store
+            .insert_or_ref(key, libc::S_IFREG, InodeSource::handle(FileHandle::fake(i)))
+            .unwrap()
     }
 
     #[test]
@@ -532,12 +550,20 @@ mod tests {
         let store = InodeStore::default();
         let n = 3 * SHRINK_MIN as u64;
         let first: Vec<u64> = (0..n).map(|i| node(&store, i).nodeid).collect();
-        for &id in &first {
+        // Newest first: the compactions cut the slots off the end.
+        for &id in first.iter().rev() {
             store.forget(id, 1);
         }
+        let kept = store.read().by_id.slots.len();
+        assert!(kept < n as usize / 2, "{kept} slots kept");
+        assert!(
+            store.read().by_id.floor > 0,
+            "the cut slots' generations are remembered"
+        );
         let again: Vec<u64> = (0..n).map(|i| node(&store, n + i).nodeid).collect();
         let old: std::collections::HashSet<_> = first.iter().collect();
         assert!(again.iter().all(|id| !old.contains(id)), "an id came back");
         assert!(again.iter().all(|&id| store.get(id).is_ok()));
+        assert!(first.iter().all(|&id| store.get(id).is_err()));
     }
 }

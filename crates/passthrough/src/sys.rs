@@ -187,6 +187,14 @@ pub fn clear_umask() -> libc::mode_t {
     unsafe { libc::umask(0) }
 }
 
+/// A duplicate of `fd` at the lowest free number (close-on-exec).
+pub fn dup_lowest(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC on a valid fd; the kernel returns a new fd.
+    let n = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) })?;
+    // SAFETY: the kernel just returned this fd to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
 /// Gives the allocator's free memory back to the system (glibc's
 /// `malloc_trim`), after the guest forgot many inodes: glibc keeps freed
 /// memory for reuse otherwise. A no-op with other C libraries.

@@ -1869,3 +1869,78 @@ fn missing_names_are_negative_entries_for_fuse_clients_that_cache() {
         assert_eq!(errno(fs.lookup(&root(), f.inode, &cs("x"))), libc::ENOTDIR);
     }
 }
+
+const KNOWN_CHILD: &str = "a_known_name_is_looked_up_again_without_opening_it";
+
+/// A lookup of a name the guest already holds (what the kernel sends when
+/// a cached entry times out) finds its node with a stat, in both modes: one
+/// more lookup counted, no fd opened, the same attributes.
+#[test]
+fn a_known_name_is_looked_up_again_without_opening_it() {
+    if !is_child(KNOWN_CHILD) {
+        return run_in_child(KNOWN_CHILD);
+    }
+    let open_fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    for mode in [InodeFileHandles::Never, InodeFileHandles::Prefer] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"abc").unwrap();
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        let mut cfg = Config::new(dir.path());
+        cfg.inode_file_handles = mode;
+        let fs = PassthroughFs::new(cfg).unwrap();
+        for name in ["f", "d"] {
+            let first = fs.lookup(&root(), ROOT_ID, &cs(name)).unwrap();
+            let fds = open_fds();
+            let opened = fs.names_opened();
+            for _ in 0..50 {
+                let again = fs.lookup(&root(), ROOT_ID, &cs(name)).unwrap();
+                assert_eq!(again.inode, first.inode, "{mode:?} {name}");
+                assert_eq!(again.attr.st_ino, first.attr.st_ino);
+                assert_eq!(again.attr.st_size, first.attr.st_size);
+            }
+            assert_eq!(open_fds(), fds, "{mode:?} {name}: fds left open");
+            assert_eq!(fs.names_opened(), opened, "{mode:?} {name}: names opened");
+            let data = fs.inodes().get(first.inode).unwrap();
+            assert_eq!(data.lookup_count(), 51, "{mode:?} {name}");
+        }
+        // Replaced on the host by another object: a new node, not the old.
+        let f = fs.lookup(&root(), ROOT_ID, &cs("f")).unwrap();
+        std::fs::remove_file(dir.path().join("f")).unwrap();
+        std::fs::create_dir(dir.path().join("f")).unwrap();
+        let now = fs.lookup(&root(), ROOT_ID, &cs("f")).unwrap();
+        assert_ne!(now.inode, f.inode, "{mode:?}: the old file's node");
+        assert_eq!(now.attr.st_mode & libc::S_IFMT, libc::S_IFDIR);
+        // Gone: ENOENT.
+        std::fs::remove_dir(dir.path().join("f")).unwrap();
+        assert_eq!(errno(fs.lookup(&root(), ROOT_ID, &cs("f"))), libc::ENOENT);
+    }
+}
+
+/// The inode mode a daemon settles on before its walls go up: handles
+/// where they work and may be reopened, else fds for `prefer` and an error
+/// for `mandatory`.
+#[test]
+fn file_handles_are_resolved_before_the_walls() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::new(dir.path());
+    assert_eq!(
+        cfg.resolve_file_handles(false).unwrap(),
+        InodeFileHandles::Never
+    );
+    cfg.inode_file_handles = InodeFileHandles::Never;
+    assert_eq!(
+        cfg.resolve_file_handles(true).unwrap(),
+        InodeFileHandles::Never
+    );
+    cfg.inode_file_handles = InodeFileHandles::Mandatory;
+    assert!(cfg.resolve_file_handles(false).is_err());
+    cfg.inode_file_handles = InodeFileHandles::Prefer;
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        assert_eq!(
+            cfg.resolve_file_handles(true).unwrap(),
+            InodeFileHandles::Prefer,
+            "root on the temporary directory's file system"
+        );
+    }
+}

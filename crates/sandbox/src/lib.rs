@@ -73,6 +73,17 @@ pub struct SandboxConfig {
 }
 
 impl SandboxConfig {
+    /// Whether a daemon behind these walls may reopen file handles
+    /// (`open_by_handle_at` needs CAP_DAC_READ_SEARCH): false when
+    /// `--modcaps` removes it from the set kept. (A daemon without the
+    /// capability in the first place finds out when it tries.)
+    pub fn keeps_read_search(&self) -> bool {
+        !self.drop_caps
+            || caps::kept_set(true, self.modcaps.as_deref()).map_or(true, |s| {
+                s.contains(&::caps::Capability::CAP_DAC_READ_SEARCH)
+            })
+    }
+
     /// Every wall up, as the daemons' defaults.
     pub fn new(profile: Profile) -> Self {
         SandboxConfig {
@@ -222,5 +233,25 @@ pub fn root_after(mode: SandboxMode, share: &Path) -> PathBuf {
     match mode {
         SandboxMode::None => share.to_path_buf(),
         SandboxMode::Namespace | SandboxMode::Chroot => PathBuf::from("/"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_search_is_kept_unless_modcaps_drops_it() {
+        let mut walls = SandboxConfig::new(Profile::VirtioFs);
+        assert!(walls.keeps_read_search());
+        walls.modcaps = Some("-dac_read_search".into());
+        assert!(!walls.keeps_read_search());
+        walls.modcaps = Some("-dac_read_search:+dac_read_search".into());
+        assert!(walls.keeps_read_search());
+        walls.modcaps = Some("-DAC_READ_SEARCH".into());
+        assert!(!walls.keeps_read_search());
+        // A daemon that cuts no capabilities keeps what it has.
+        walls.drop_caps = false;
+        assert!(walls.keeps_read_search());
     }
 }

@@ -171,10 +171,14 @@ fn open_share_walled<T>(
     then: impl FnOnce(Arc<PassthroughFs>) -> Result<T, DaemonError>,
 ) -> Result<T, DaemonError> {
     let mut walls = cfg.sandbox.clone();
-    walls.file_handles = cfg.fs.inode_file_handles != passthrough::InodeFileHandles::Never;
+    // Handles only where they will work: the walls keep CAP_DAC_READ_SEARCH
+    // and open_by_handle_at for a daemon that uses them, and no other.
+    let handles = cfg.fs.resolve_file_handles(walls.keeps_read_search())?;
+    walls.file_handles = handles != passthrough::InodeFileHandles::Never;
     sandbox::wall_in(&walls, &cfg.fs.root_dir, after_child, |root, proc_fd| {
         let fs = passthrough::Config {
             root_dir: root.to_path_buf(),
+            inode_file_handles: handles,
             ..cfg.fs.clone()
         };
         then(Arc::new(match proc_fd {
