@@ -950,3 +950,38 @@ fn a_tree_larger_than_the_fd_limit_is_walked_without_emfile() {
     drop(walk);
     assert!(m.stop().success(), "never: clean exit");
 }
+
+/// Directory listings are cached in the guest (CACHE_DIR + KEEP_CACHE)
+/// where metadata is, yet a listing changed on the host shows once the
+/// directory's attributes time out (cache=auto: 1 s), and at once after
+/// the guest's own change (the kernel compares the directory's mtime and
+/// change counter).
+#[test]
+fn a_cached_listing_shows_host_changes_after_the_timeout() {
+    let Some(m) = FuseMount::start(&["--cache", "auto"]) else {
+        return;
+    };
+    let names = |p: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    std::fs::create_dir(m.share.join("d")).unwrap();
+    std::fs::write(m.share.join("d/a"), b"").unwrap();
+    let d = m.mnt.join("d");
+    assert_eq!(names(&d), ["a"]);
+    assert_eq!(names(&d), ["a"], "listed again (from the cache)");
+    // The guest's own change: at once.
+    std::fs::write(d.join("b"), b"").unwrap();
+    assert_eq!(names(&d), ["a", "b"]);
+    // The host's: within the attribute timeout.
+    std::fs::write(m.share.join("d/c"), b"").unwrap();
+    std::fs::remove_file(m.share.join("d/a")).unwrap();
+    std::thread::sleep(Duration::from_millis(1300));
+    assert_eq!(names(&d), ["b", "c"], "a host change past the timeout");
+    let status = m.stop();
+    assert!(status.success(), "{status:?}");
+}
