@@ -150,7 +150,7 @@ pub enum CliError {
     #[error("unknown server '{0}' (native, virtiofsd-rs, virtiofsd-rs:io-uring, virtiofsd-rs:sync, virtiofsd, virtiofsd:default, virtiofsd:prefer, virtiofsd:never, p9d, diod)")]
     UnknownServer(String),
     /// `--workloads` names an unknown workload.
-    #[error("unknown workload '{0}' (randread-4k-qd1, randread-4k-qd32, seqread-1m, seqwrite-1m, randwrite-4k-qd32, create-stat-unlink, readdir-10k, tree-stat, tree-create, tree-remove, tree-stat-rlimit1024, inode-memory, all)")]
+    #[error("unknown workload '{0}' (randread-4k-qd1, randread-4k-qd32, seqread-1m, seqwrite-1m, randwrite-4k-qd32, create-stat-unlink, readdir-10k, tree-stat, tree-create, tree-remove, tree-stat-rlimit1024, inode-memory, git-status, all)")]
     UnknownWorkload(String),
     /// A number is out of range.
     #[error("{0}")]
@@ -193,7 +193,9 @@ pub struct Cli {
     pub servers: Vec<String>,
     /// Workloads to run, comma separated, or `all` [default: all but
     /// inode-memory (1,000,000 lookups per server, minutes); all with
-    /// --quick].
+    /// --quick]. git-status (the real `git status` through virtiofsd-rs's
+    /// host FUSE mount) runs once, after the others, when virtiofsd-rs is
+    /// among the servers and fsbench runs as root.
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub workloads: Vec<String>,
     /// Files of the tree tree-stat and tree-stat-rlimit1024 walk
@@ -296,6 +298,8 @@ pub struct Config {
     pub targets: Vec<Target>,
     /// Workloads, in report order.
     pub workloads: Vec<Workload>,
+    /// Whether `git-status` runs (once, after the workloads).
+    pub git_status: bool,
     /// The upstream file-handle modes (`virtiofsd prefer`, `virtiofsd
     /// never`) `--servers` named, which then run every workload, not only
     /// the metadata ones.
@@ -408,7 +412,7 @@ pub fn parse_servers(items: &[String]) -> Result<Vec<Target>, CliError> {
 
 /// Parses `--workloads` items, in report order: without any, every
 /// workload with `quick`, else [`Workload::DEFAULT`]; `all` names every
-/// workload.
+/// workload. `git-status` is not one of them ([`wants_git_status`]).
 pub fn parse_workloads(items: &[String], quick: bool) -> Result<Vec<Workload>, CliError> {
     if items.is_empty() {
         return Ok(if quick {
@@ -423,12 +427,21 @@ pub fn parse_workloads(items: &[String], quick: bool) -> Result<Vec<Workload>, C
     let mut out = items
         .iter()
         .map(|s| s.trim())
-        .filter(|s| !s.is_empty())
+        .filter(|s| !s.is_empty() && *s != crate::gitstatus::NAME)
         .map(|s| Workload::from_name(s).ok_or_else(|| CliError::UnknownWorkload(s.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
     out.sort();
     out.dedup();
     Ok(out)
+}
+
+/// Whether `--workloads` selects `git-status`: without any (the default
+/// set and `--quick` both have it), with `all`, or when named.
+pub fn wants_git_status(items: &[String]) -> bool {
+    items.is_empty()
+        || items
+            .iter()
+            .any(|s| s.trim() == "all" || s.trim() == crate::gitstatus::NAME)
 }
 
 impl Config {
@@ -533,6 +546,7 @@ impl Cli {
             diod,
             targets: parse_servers(&self.servers)?,
             workloads: parse_workloads(&self.workloads, self.quick)?,
+            git_status: wants_git_status(&self.workloads),
             named_modes,
             tree_files: tree_files?,
             create_files: create_files?,
@@ -654,6 +668,15 @@ mod tests {
             cfg(&["--workloads", "all"]).unwrap().workloads,
             Workload::ALL
         );
+        // git-status: in both default sets, with all, or when named.
+        assert!(q.git_status && full.git_status);
+        assert!(cfg(&["--workloads", "all"]).unwrap().git_status);
+        let git = cfg(&["--workloads", "git-status"]).unwrap();
+        assert!(git.git_status && git.workloads.is_empty());
+        let both = cfg(&["--quick", "--workloads", "tree-stat,git-status"]).unwrap();
+        assert!(both.git_status);
+        assert_eq!(both.workloads, [Workload::TreeStat]);
+        assert!(!cfg(&["--workloads", "tree-stat"]).unwrap().git_status);
         let extra = cfg(&["--virtiofsd-arg", "--thread-pool-size=2"]).unwrap();
         assert_eq!(extra.virtiofsd_args, ["--thread-pool-size=2"]);
     }

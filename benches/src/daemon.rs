@@ -169,6 +169,12 @@ impl Daemon {
         (hz > 0).then(|| Duration::from_secs_f64(ticks as f64 / hz as f64))
     }
 
+    /// The daemon's own process id (the process fsbench started; a
+    /// daemon that supervises a child serves from [`Daemon::serving_pid`]).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The process that serves: the daemon's first child if it has one
     /// (virtiofsd-rs serves from a child it supervises), else the daemon.
     pub fn serving_pid(&self) -> u32 {

@@ -11,6 +11,8 @@
 //!
 //! - [`workload`]: the twelve workloads and their offsets;
 //! - [`tree`]: the trees of the tree workloads, generated from a seed;
+//! - [`gitstatus`]: `git-status`, the real `git status` through
+//!   virtiofsd-rs's host FUSE mount, once per run;
 //! - [`fixture`]: the scratch directory all servers share;
 //! - [`daemon`]: server processes and their logs;
 //! - [`session`]: what the measuring loops need from a server;
@@ -29,6 +31,7 @@ pub mod affinity;
 pub mod cli;
 pub mod daemon;
 pub mod fixture;
+pub mod gitstatus;
 pub mod native;
 pub mod p9client;
 pub mod report;

@@ -50,9 +50,9 @@ fn main() -> ExitCode {
         }
     };
     if let Some(j) = &cfg.json {
-        write(j, report::json(&out.records), "JSON");
+        write(j, report::json_outcome(&out), "JSON");
     }
-    if !out.records.is_empty() {
+    if out.has_figures() {
         let title = format!("fsbench, {date}: {}", cfg.command);
         let mut sub = out.context.clone();
         sub.push(format!(
@@ -65,13 +65,15 @@ fn main() -> ExitCode {
         ));
         write(&cfg.svg, Ok(report::svg(&out, &title, &sub)), "chart");
     }
-    if out.records.is_empty() {
-        eprintln!("fsbench: nothing could be measured");
-        return ExitCode::from(1);
-    }
     // Skipped pairs and peers out of fds under the fd limit are reported,
-    // not failures of the run.
-    if cfg.strict && out.failures.iter().any(|f| !f.expected) {
+    // not failures of the run; so is a skipped git-status, not a failed one.
+    let git_errors = out.git_status.as_ref().map_or(&[][..], |g| &g.errors[..]);
+    let strict_failed =
+        cfg.strict && (out.failures.iter().any(|f| !f.expected) || !git_errors.is_empty());
+    if strict_failed {
+        for e in git_errors {
+            eprintln!("fsbench: --strict: {}: {e}", fsbench::gitstatus::NAME);
+        }
         for f in out.failures.iter().filter(|f| !f.expected) {
             let what = f.workload.map(|w| w.name()).unwrap_or("every workload");
             eprintln!(
@@ -80,6 +82,12 @@ fn main() -> ExitCode {
                 f.reason
             );
         }
+    }
+    if out.measured_nothing() {
+        eprintln!("fsbench: nothing could be measured");
+        return ExitCode::from(1);
+    }
+    if strict_failed {
         return ExitCode::from(1);
     }
     status

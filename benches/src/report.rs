@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use quick_xml::escape::escape as xml;
 
 use crate::cli::{Engine, Server, Target};
+use crate::gitstatus::{self, GitStatusOutcome, GitStatusRecord};
 use crate::runner::{not_applicable, Failure, Outcome, Record};
 use crate::stats::Summary;
 use crate::workload::Workload;
@@ -294,6 +295,51 @@ pub fn checks(records: &[Record], failures: &[Failure]) -> Vec<Check> {
     v
 }
 
+/// The issue's `git-status` targets: the warm median through the FUSE
+/// mount within 3x native's with `cache=auto`, within 1.5x with
+/// `cache=always`.
+pub fn git_checks(g: Option<&GitStatusOutcome>) -> Vec<Check> {
+    [
+        ("auto", 3.0, "git-status: cache=auto warm <= 3x native"),
+        (
+            "always",
+            1.5,
+            "git-status: cache=always warm <= 1.5x native",
+        ),
+    ]
+    .into_iter()
+    .map(|(cache, limit, text)| {
+        let (verdict, detail) = match g {
+            None => (Verdict::NotMeasured, "not measured".to_string()),
+            Some(g) => match (
+                g.row(Some(cache)).and_then(|r| g.ratio_to_native(r)),
+                g.error_of(cache),
+            ) {
+                (_, Some(e)) => (Verdict::Missed, format!("failed: {}", clip(e, 90))),
+                (Some(r), None) => (
+                    if r <= limit {
+                        Verdict::Met
+                    } else {
+                        Verdict::Missed
+                    },
+                    format!("{r:.2}x native's warm time"),
+                ),
+                (None, None) => match (&g.skipped, g.errors.first()) {
+                    (Some(why), _) => (Verdict::NotMeasured, format!("skipped: {}", clip(why, 90))),
+                    (None, Some(e)) => (Verdict::Missed, format!("failed: {}", clip(e, 90))),
+                    (None, None) => (Verdict::NotMeasured, "not measured".to_string()),
+                },
+            },
+        };
+        Check {
+            text,
+            verdict,
+            detail,
+        }
+    })
+    .collect()
+}
+
 fn num(x: f64) -> String {
     if x >= 100.0 {
         format!("{x:.0}")
@@ -325,6 +371,61 @@ pub fn table(out: &Outcome, command: &str, date: &str) -> String {
     let v: Vec<String> = out.versions.iter().map(|(_, v)| v.clone()).collect();
     let _ = writeln!(s, "  servers: {}", v.join("; "));
     let _ = writeln!(s);
+    // Only git-status selected: no per-target table.
+    if !out.records.is_empty() || !out.failures.is_empty() {
+        records_table(&mut s, out);
+    }
+    tree_table(&mut s, out);
+    if let Some(g) = &out.git_status {
+        git_table(&mut s, g);
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(s, "targets (measured in this run; reported, not asserted):");
+    let mut all = if out.records.is_empty() && out.failures.is_empty() {
+        Vec::new()
+    } else {
+        checks(&out.records, &out.failures)
+    };
+    if out.git_status.is_some() {
+        all.extend(git_checks(out.git_status.as_ref()));
+    }
+    for c in all {
+        let v = match c.verdict {
+            Verdict::Met => "met",
+            Verdict::Missed => "MISSED",
+            Verdict::NotMeasured => "n/a",
+        };
+        let _ = writeln!(s, "  {v:<7} {:<50} {}", c.text, c.detail);
+    }
+    if !out.failures.is_empty() {
+        let _ = writeln!(s);
+        let _ = writeln!(s, "not measured:");
+        for f in &out.failures {
+            let w = f.workload.map_or("all workloads", |w| w.name());
+            let _ = writeln!(
+                s,
+                "  {} {}: {}{}",
+                f.target.label(),
+                w,
+                f.reason,
+                if f.expected
+                    && f.workload
+                        .is_some_and(|w| not_applicable(f.target, w).is_none())
+                {
+                    " (expected of a peer: not a --strict failure)"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(s, "wall time {:.0} s", out.elapsed.as_secs_f64());
+    s
+}
+
+/// One row per (workload, target), then the ratios.
+fn records_table(s: &mut String, out: &Outcome) {
     let spreads = out.records.iter().any(|r| r.spread.is_some());
     let _ = write!(
         s,
@@ -418,42 +519,6 @@ pub fn table(out: &Outcome, command: &str, date: &str) -> String {
             x(ratio(&out.records, OURS, UPSTREAM_PREFER, w, ops)),
         );
     }
-    tree_table(&mut s, out);
-    let _ = writeln!(s);
-    let _ = writeln!(s, "targets (measured in this run; reported, not asserted):");
-    for c in checks(&out.records, &out.failures) {
-        let v = match c.verdict {
-            Verdict::Met => "met",
-            Verdict::Missed => "MISSED",
-            Verdict::NotMeasured => "n/a",
-        };
-        let _ = writeln!(s, "  {v:<7} {:<50} {}", c.text, c.detail);
-    }
-    if !out.failures.is_empty() {
-        let _ = writeln!(s);
-        let _ = writeln!(s, "not measured:");
-        for f in &out.failures {
-            let w = f.workload.map_or("all workloads", |w| w.name());
-            let _ = writeln!(
-                s,
-                "  {} {}: {}{}",
-                f.target.label(),
-                w,
-                f.reason,
-                if f.expected
-                    && f.workload
-                        .is_some_and(|w| not_applicable(f.target, w).is_none())
-                {
-                    " (expected of a peer: not a --strict failure)"
-                } else {
-                    ""
-                }
-            );
-        }
-    }
-    let _ = writeln!(s);
-    let _ = writeln!(s, "wall time {:.0} s", out.elapsed.as_secs_f64());
-    s
 }
 
 /// A count of bytes, in KiB or MiB.
@@ -572,6 +637,81 @@ fn tree_table(s: &mut String, out: &Outcome) {
     );
 }
 
+/// The `git-status` table: one row per means (native, each cache policy),
+/// or why the step was skipped, and what failed.
+fn git_table(s: &mut String, g: &GitStatusOutcome) {
+    let _ = writeln!(s);
+    if let Some(why) = &g.skipped {
+        let _ = writeln!(s, "git status: skipped: {why}");
+        return;
+    }
+    let tree = g.tree.as_ref().map_or("-".to_string(), |t| {
+        format!("{}, {} files", t.source, t.files)
+    });
+    let _ = writeln!(
+        s,
+        "{:<26} {:<30} {:>8} {:>8} {:>12} {:>14}",
+        "git status", "tree", "cold s", "warm s", "warm/native", "srv CPU s/run"
+    );
+    let mut rows: Vec<(String, Result<&GitStatusRecord, &str>)> = Vec::new();
+    if let Some(r) = g.row(None) {
+        rows.push((r.label(), Ok(r)));
+    }
+    for cache in gitstatus::CACHES {
+        let label = format!("virtiofsd-rs cache={cache}");
+        match (g.row(Some(cache)), g.error_of(cache)) {
+            (Some(r), _) => rows.push((label, Ok(r))),
+            (None, Some(e)) => rows.push((
+                label.clone(),
+                Err(e.trim_start_matches(&format!("{label}: "))),
+            )),
+            (None, None) => {}
+        }
+    }
+    for (label, row) in rows {
+        match row {
+            Ok(r) => {
+                let _ = writeln!(
+                    s,
+                    "{:<26} {:<30} {:>8.3} {:>8.3} {:>12} {:>14}",
+                    label,
+                    tree,
+                    r.cold_s,
+                    r.warm_s,
+                    x(g.ratio_to_native(r)),
+                    r.server_cpu_s.map_or("-".into(), |c| format!("{c:.3}"))
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(s, "{label:<26} {tree:<30} error: {}", clip(e, 140));
+            }
+        }
+    }
+    for e in g.errors.iter().filter(|e| {
+        !gitstatus::CACHES
+            .iter()
+            .any(|c| g.error_of(c) == Some(e.as_str()))
+    }) {
+        let _ = writeln!(s, "{:<26} error: {}", "", clip(e, 160));
+    }
+    let runs = g.rows.first().map_or(0, |r| r.runs);
+    let _ = writeln!(
+        s,
+        "virtiofsd (upstream): no row, it has no FUSE-mount mode (virtio-fs over vhost-user only)."
+    );
+    let _ = writeln!(
+        s,
+        "`git status --porcelain` (optional locks off, no user or system git config) in a committed tree with one changed and one untracked file; virtiofsd-rs --fuse-mount --sandbox none --cache POLICY."
+    );
+    let _ = writeln!(
+        s,
+        "cold: the first run (on a fresh mount; native's tree is in the host's caches); warm: the median of {runs} more; srv CPU: virtiofsd-rs's CPU time (all processes and threads) per warm run."
+    );
+    if g.prepare_s >= 1.0 {
+        let _ = writeln!(s, "The tree was ready in {:.1} s.", g.prepare_s);
+    }
+}
+
 /// One record of the JSON file.
 #[derive(serde::Serialize)]
 struct Row<'a> {
@@ -615,15 +755,85 @@ struct Row<'a> {
 /// `rss_held_bytes`, `rss_after_forget_bytes`; and `listing` (how
 /// directories were listed: `READDIRPLUS`, `READDIR+LOOKUP`, `getdents64`).
 pub fn json(records: &[Record]) -> Result<String, ReportError> {
-    let milli = |x: f64| {
-        if x.is_finite() {
-            (x * 1e3).round_ties_even() / 1e3
-        } else {
-            0.0
-        }
-    };
+    Ok(json_array(&json_rows(records)?))
+}
+
+/// Every record of `out`: [`json`]'s, then one per `git-status` row with
+/// the fields `server` (`native` or `virtiofsd-rs`), `workload`
+/// (`git-status`), `cache` (`auto`, `always`, null for native), `cold_s`,
+/// `warm_s`, `ratio_to_native` (of the warm medians), `server_cpu_s` (per
+/// warm run, null for native), `files`, `tree_source` and `runs` (warm
+/// runs), seconds to the microsecond.
+pub fn json_outcome(out: &Outcome) -> Result<String, ReportError> {
+    let mut rows = json_rows(&out.records)?;
+    if let Some(g) = &out.git_status {
+        rows.extend(git_json_rows(g)?);
+    }
+    Ok(json_array(&rows))
+}
+
+/// `rows`, one a line, as a JSON array.
+fn json_array(rows: &[String]) -> String {
     let mut s = String::from("[\n");
-    for (i, r) in records.iter().enumerate() {
+    for (i, row) in rows.iter().enumerate() {
+        s += &format!("  {row}{}\n", if i + 1 < rows.len() { "," } else { "" });
+    }
+    s + "]\n"
+}
+
+/// `x` rounded to `1/scale` (0 when not finite).
+fn round_to(x: f64, scale: f64) -> f64 {
+    if x.is_finite() {
+        (x * scale).round_ties_even() / scale
+    } else {
+        0.0
+    }
+}
+
+/// One `git-status` record of the JSON file.
+#[derive(serde::Serialize)]
+struct GitRow<'a> {
+    server: &'a str,
+    workload: &'a str,
+    cache: Option<&'a str>,
+    cold_s: f64,
+    warm_s: f64,
+    ratio_to_native: Option<f64>,
+    server_cpu_s: Option<f64>,
+    files: u64,
+    tree_source: &'a str,
+    runs: usize,
+}
+
+fn git_json_rows(g: &GitStatusOutcome) -> Result<Vec<String>, ReportError> {
+    let micro = |x: f64| round_to(x, 1e6);
+    let (files, source) = g
+        .tree
+        .as_ref()
+        .map_or((0, ""), |t| (t.files, t.source.as_str()));
+    g.rows
+        .iter()
+        .map(|r| {
+            Ok(serde_json::to_string(&GitRow {
+                server: r.server,
+                workload: gitstatus::NAME,
+                cache: r.cache,
+                cold_s: micro(r.cold_s),
+                warm_s: micro(r.warm_s),
+                ratio_to_native: g.ratio_to_native(r).map(|x| round_to(x, 1e3)),
+                server_cpu_s: r.server_cpu_s.map(micro),
+                files,
+                tree_source: source,
+                runs: r.runs,
+            })?)
+        })
+        .collect()
+}
+
+fn json_rows(records: &[Record]) -> Result<Vec<String>, ReportError> {
+    let milli = |x: f64| round_to(x, 1e3);
+    let mut rows = Vec::with_capacity(records.len());
+    for r in records {
         let m = &r.summary;
         let t = r.tree.unwrap_or_default();
         let row = serde_json::to_string(&Row {
@@ -645,9 +855,9 @@ pub fn json(records: &[Record]) -> Result<String, ReportError> {
             rss_after_forget_bytes: t.rss_forgotten,
             listing: t.listing,
         })?;
-        s += &format!("  {row}{}\n", if i + 1 < records.len() { "," } else { "" });
+        rows.push(row);
     }
-    Ok(s + "]\n")
+    Ok(rows)
 }
 
 fn colour(t: Target) -> &'static str {
@@ -824,6 +1034,71 @@ pub fn svg(out: &Outcome, title: &str, subtitle: &[String]) -> String {
             y += bar_h + gap;
         }
     }
+    if let Some(g) = &out.git_status {
+        y += group_gap;
+        let tree = g.tree.as_ref().map_or(String::new(), |t| {
+            format!("; tree {}, {} files", t.source, t.files)
+        });
+        let _ = writeln!(
+            body,
+            r##"<text x="{label_x}" y="{y}" font-size="13" font-weight="bold">{}</text><text x="{bar_x}" y="{y}" font-size="11" fill="#444">{}</text>"##,
+            gitstatus::NAME,
+            xml(format!(
+                "bar: git status runs/s (1 / warm median), relative to the fastest{tree}; upstream virtiofsd has no FUSE-mount mode"
+            ))
+        );
+        y += 6.0;
+        let best = g
+            .rows
+            .iter()
+            .filter(|r| r.warm_s > 0.0)
+            .map(|r| 1.0 / r.warm_s)
+            .fold(0.0, f64::max);
+        for r in &g.rows {
+            let len = if best > 0.0 && r.warm_s > 0.0 {
+                (1.0 / r.warm_s / best * bar_max).max(1.0)
+            } else {
+                1.0
+            };
+            let mut label = format!("warm {:.3} s  cold {:.3} s", r.warm_s, r.cold_s);
+            if let Some(q) = g.ratio_to_native(r).filter(|_| r.cache.is_some()) {
+                let _ = write!(label, "  {q:.2}x native");
+            }
+            if let Some(c) = r.server_cpu_s {
+                let _ = write!(label, "  srv {c:.3} s CPU/run");
+            }
+            let colour = match r.cache {
+                None => "#6b6b6b",
+                Some("auto") => "#1f5fa8",
+                Some(_) => "#5b3fa8",
+            };
+            let _ = writeln!(
+                body,
+                r#"<text x="{}" y="{}" font-size="11" text-anchor="end">{}</text><rect x="{bar_x}" y="{y}" width="{len:.1}" height="{bar_h}" fill="{colour}"/><text x="{}" y="{}" font-size="11">{}</text>"#,
+                bar_x - 6.0,
+                y + bar_h - 3.5,
+                xml(r.label()),
+                bar_x + len + 6.0,
+                y + bar_h - 3.5,
+                xml(&label)
+            );
+            y += bar_h + gap;
+        }
+        let notes = g
+            .skipped
+            .iter()
+            .map(|w| format!("skipped: {w}"))
+            .chain(g.errors.iter().map(|e| format!("error: {e}")));
+        for text in notes {
+            let _ = writeln!(
+                body,
+                r##"<text x="{bar_x}" y="{}" font-size="11" fill="#b00">{}</text>"##,
+                y + bar_h - 3.5,
+                xml(clip(&text, 140))
+            );
+            y += bar_h + gap;
+        }
+    }
     y += 20.0;
     format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{y}\" viewBox=\"0 0 {w} {y}\" font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n{body}</svg>\n"
@@ -926,6 +1201,7 @@ mod tests {
             versions: vec![("virtiofsd".into(), "virtiofsd 1.14.0".into())],
             context: vec!["2 CPUs".into()],
             elapsed: Duration::from_secs(3),
+            git_status: None,
         }
     }
 
@@ -1053,6 +1329,77 @@ mod tests {
             .unwrap();
         assert_eq!(rl.verdict, Verdict::Missed);
         assert!(rl.detail.contains("EMFILE"));
+    }
+
+    #[test]
+    fn git_status_has_its_table_records_chart_and_targets() {
+        use crate::gitstatus::{GitTree, CACHES};
+        let row = |cache: Option<&'static str>, warm: f64| GitStatusRecord {
+            server: if cache.is_some() {
+                "virtiofsd-rs"
+            } else {
+                "native"
+            },
+            cache,
+            cold_s: warm * 4.0,
+            warm_s: warm,
+            server_cpu_s: cache.map(|_| 0.25),
+            runs: 5,
+        };
+        let mut o = outcome();
+        o.git_status = Some(GitStatusOutcome {
+            tree: Some(GitTree {
+                dir: "/c/linux-source-6.1".into(),
+                files: 78_614,
+                source: "linux-source-6.1".into(),
+            }),
+            rows: vec![row(None, 0.2), row(Some(CACHES[0]), 0.5)],
+            errors: vec!["virtiofsd-rs cache=always: git status failed".into()],
+            ..GitStatusOutcome::default()
+        });
+        let t = table(&o, "fsbench", "now");
+        let line = |start: &str| {
+            t.lines()
+                .find(|l| l.starts_with(start))
+                .unwrap_or_else(|| panic!("no {start} in {t}"))
+                .to_string()
+        };
+        assert!(line("git status").contains("warm/native"));
+        let native = line("native   ");
+        assert!(native.contains("linux-source-6.1, 78614 files"), "{native}");
+        assert!(
+            native.contains("0.800") && native.contains("1.00x"),
+            "{native}"
+        );
+        let auto = line("virtiofsd-rs cache=auto");
+        assert!(auto.contains("2.50x") && auto.contains("0.250"), "{auto}");
+        assert!(line("virtiofsd-rs cache=always").contains("error: git status failed"));
+        assert!(t.contains("no FUSE-mount mode"));
+        assert!(
+            t.contains("met     git-status: cache=auto warm <= 3x native"),
+            "{t}"
+        );
+        assert!(
+            t.contains("MISSED  git-status: cache=always warm <= 1.5x native"),
+            "{t}"
+        );
+        let j = json_outcome(&o).unwrap();
+        assert!(j.contains("{\"server\":\"native\",\"workload\":\"git-status\",\"cache\":null,\"cold_s\":0.8,\"warm_s\":0.2,\"ratio_to_native\":1.0,\"server_cpu_s\":null,\"files\":78614,\"tree_source\":\"linux-source-6.1\",\"runs\":5}"), "{j}");
+        assert!(j.contains("\"cache\":\"auto\",\"cold_s\":2.0,\"warm_s\":0.5,\"ratio_to_native\":2.5,\"server_cpu_s\":0.25"), "{j}");
+        // The other records are unchanged.
+        assert!(j.starts_with(&json(&o.records).unwrap()[..json(&o.records).unwrap().len() - 3]));
+        let svg = svg(&o, "t", &[]);
+        assert!(svg.contains(">git-status<") && svg.contains("2.50x native"));
+        assert!(svg.contains("error: virtiofsd-rs cache=always"));
+        assert_eq!(svg.matches('<').count(), svg.matches('>').count());
+        // Skipped: one line, the targets not measured.
+        o.git_status = Some(GitStatusOutcome::skipped("not root"));
+        let t = table(&o, "fsbench", "now");
+        assert!(t.contains("git status: skipped: not root"), "{t}");
+        assert!(t.contains("n/a     git-status: cache=auto"), "{t}");
+        // Not selected: no table, no targets.
+        o.git_status = None;
+        assert!(!table(&o, "fsbench", "now").contains("git"));
     }
 
     #[test]

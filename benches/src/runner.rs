@@ -12,6 +12,7 @@ use crate::affinity;
 use crate::cli::{Config, Engine, Server, Target};
 use crate::daemon::{command_line_output, fd_count, nofile_limit, rss_bytes, Daemon, DaemonError};
 use crate::fixture::{Fixture, FixtureError, INODES, MK_DIR, RM_DIR, SMALL_TREE, STAT_TREE};
+use crate::gitstatus::{self, GitStatusOutcome, Prerequisites};
 use crate::native::NativeSession;
 use crate::p9client::P9Session;
 use crate::session::{Probe, Session, SessionError, TreeSession};
@@ -329,6 +330,28 @@ pub struct Outcome {
     pub context: Vec<String>,
     /// Wall time of the whole run.
     pub elapsed: Duration,
+    /// The `git-status` step, when selected.
+    pub git_status: Option<GitStatusOutcome>,
+}
+
+impl Outcome {
+    /// Whether anything was measured: a record or a `git-status` row.
+    pub fn has_figures(&self) -> bool {
+        !self.records.is_empty() || self.git_status.as_ref().is_some_and(|g| !g.rows.is_empty())
+    }
+
+    /// Whether nothing was measured though something should have been:
+    /// no figures, unless all that was asked is `git-status` and it was
+    /// skipped (no root, no /dev/fuse, ...), which is no failure.
+    pub fn measured_nothing(&self) -> bool {
+        let skipped_alone = self.records.is_empty()
+            && self.failures.is_empty()
+            && self
+                .git_status
+                .as_ref()
+                .is_some_and(|g| g.skipped.is_some());
+        !self.has_figures() && !skipped_alone
+    }
 }
 
 /// The progress line: `\r`-updated on a terminal, one line per finished run
@@ -567,7 +590,14 @@ pub fn run(cfg: &Config) -> Result<Outcome, RunSetupError> {
     let mut records = Vec::new();
     let mut failures = Vec::new();
     let mut programs = Vec::new();
-    for &t in &cfg.targets {
+    // Only git-status selected: no target runs (git-status looks for
+    // virtiofsd-rs itself).
+    let targets = if cfg.workloads.is_empty() {
+        &[][..]
+    } else {
+        &cfg.targets[..]
+    };
+    for &t in targets {
         match program(cfg, t.server) {
             Ok(p) => programs.push((t, p)),
             Err(reason) => {
@@ -693,6 +723,24 @@ pub fn run(cfg: &Config) -> Result<Outcome, RunSetupError> {
             }
         }
     }
+    // git-status: once, after the workloads, on its own mount.
+    let git_status = cfg.git_status.then(|| {
+        let pre = Prerequisites::probe(
+            cfg.targets.iter().any(|t| t.server == Server::VirtiofsdRs),
+            program(cfg, Server::VirtiofsdRs),
+        );
+        let xdg = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from);
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let cache = gitstatus::cache_dir(xdg.as_deref(), home.as_deref());
+        gitstatus::step(
+            &pre,
+            cache.as_deref(),
+            cfg.quick,
+            fx.scratch(),
+            &logs,
+            server_set,
+        )
+    });
     // A pair that failed in any round is reported as failed, not as the
     // median of the rounds that worked.
     records.retain(|r| {
@@ -763,6 +811,7 @@ pub fn run(cfg: &Config) -> Result<Outcome, RunSetupError> {
         versions: versions(cfg),
         context,
         elapsed: started.elapsed(),
+        git_status,
     })
 }
 

@@ -96,3 +96,119 @@ fn a_peer_that_cannot_start_fails_strict_even_under_the_fd_limit() {
         "{stderr}"
     );
 }
+
+/// fsbench `--quick --strict` with `args`, only git-status, and `env`.
+fn fsbench_git(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_fsbench"))
+        .args(["--quick", "--strict", "--svg", "/dev/null"])
+        .args(["--workloads", "git-status"])
+        .args(args)
+        .env_remove("CI")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+/// Why this machine cannot mount virtiofsd-rs over /dev/fuse and run git,
+/// if it cannot.
+fn cannot_mount() -> Option<&'static str> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        Some("not root")
+    } else if !std::path::Path::new("/dev/fuse").exists() {
+        Some("no /dev/fuse")
+    } else if Command::new("git").arg("--version").output().is_err() {
+        Some("no git")
+    } else {
+        None
+    }
+}
+
+#[test]
+fn git_status_skipped_is_no_strict_failure_but_missing_git_under_ci_is() {
+    let out = fsbench_git(&["--servers", "native"], &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("git status: skipped: virtiofsd-rs is not among --servers"),
+        "{stdout}"
+    );
+    // No git on the PATH: skipped, except under CI.
+    let no_git = ["--servers", "virtiofsd-rs", "--virtiofsd-rs", "/bin/false"];
+    let out = fsbench_git(&no_git, &[("PATH", "/nonexistent")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("git status: skipped: git is not"),
+        "{stdout}"
+    );
+    let out = fsbench_git(&no_git, &[("PATH", "/nonexistent"), ("CI", "true")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--strict: git-status: git is not"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_git_status_server_that_fails_fails_a_strict_run() {
+    if let Some(why) = cannot_mount() {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let out = fsbench_git(
+        &["--servers", "virtiofsd-rs", "--virtiofsd-rs", "/bin/false"],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--strict: git-status: virtiofsd-rs cache=auto: virtiofsd-rs exited"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn git_status_measures_native_and_both_policies() {
+    let ours = std::path::Path::new(env!("CARGO_BIN_EXE_fsbench")).with_file_name("virtiofsd-rs");
+    if let Some(why) = cannot_mount().or((!ours.exists()).then_some("no virtiofsd-rs built")) {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("out.json");
+    let out = fsbench_git(
+        &[
+            "--servers",
+            "virtiofsd-rs",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for row in [
+        "native ",
+        "virtiofsd-rs cache=auto ",
+        "virtiofsd-rs cache=always ",
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(row) && l.contains("generated, 1000 files")),
+            "{row}: {stdout}"
+        );
+    }
+    let json = std::fs::read_to_string(&json).unwrap();
+    assert_eq!(
+        json.matches("\"workload\":\"git-status\"").count(),
+        3,
+        "{json}"
+    );
+    assert!(!std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .contains("gitstatus-mnt"));
+}
