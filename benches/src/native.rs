@@ -618,20 +618,7 @@ impl Session for NativeSession {
     }
 
     fn list_dir(&mut self) -> Result<u64, SessionError> {
-        let path = &self.dir10k;
-        let c = cstring(path.as_os_str().as_bytes(), path)?;
-        // SAFETY: a NUL-terminated path; the fd returned is owned below.
-        let fd = unsafe {
-            libc::open(
-                c.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(last_err("open", path).into());
-        }
-        // SAFETY: `fd` was just opened and nothing else owns it.
-        let dir = unsafe { OwnedFd::from_raw_fd(fd) };
+        let dir = open_dir(&self.dir10k)?;
         let mut buf = vec![0u8; READDIR_BUF as usize];
         let mut n = 0u64;
         loop {
@@ -645,7 +632,7 @@ impl Session for NativeSession {
                 )
             };
             if got < 0 {
-                return Err(last_err("getdents64", path).into());
+                return Err(last_err("getdents64", &self.dir10k).into());
             }
             if got == 0 {
                 break;
