@@ -287,6 +287,10 @@ struct Maps {
 /// nothing, rarely enough that the rehash is amortised.
 const SHRINK_MIN: usize = 4096;
 
+/// A table that held at least this many nodes and is then emptied (but
+/// for the root) is compacted too.
+const EMPTIED_MIN: usize = 1024;
+
 /// All inodes the guest currently holds a reference to.
 #[derive(Default)]
 pub struct InodeStore {
@@ -419,7 +423,10 @@ impl InodeStore {
             }
             let len = maps.by_id.len;
             let high = self.high_water.load(Ordering::Relaxed);
-            if high >= 2 * len && high - len >= SHRINK_MIN {
+            // Also when the guest has forgotten all (but the root) of a
+            // table of some size: what it held goes back in full.
+            let emptied = len <= 1 && high >= EMPTIED_MIN;
+            if high >= 2 * len && (high - len >= SHRINK_MIN || emptied) {
                 maps.by_id.compact();
                 maps.by_key.shrink_to_fit();
                 self.high_water.store(len, Ordering::Relaxed);
@@ -484,8 +491,11 @@ mod tests {
             .collect();
         assert!(store.is_empty());
         // Once on falling below half of the high-water mark, once more on
-        // falling below half of that (both at least SHRINK_MIN below).
-        assert_eq!(compactions.len(), 2, "{compactions:?}");
+        // falling below half of that (both at least SHRINK_MIN below), and
+        // once emptied.
+        assert_eq!(compactions.len(), 3, "{compactions:?}");
+        // (One node left stands for the root these tests do not have.)
+        assert_eq!(compactions[2] as u64 + 2, n, "when emptied");
         assert_eq!(compactions[0] as u64 + 1, n / 2, "when half is forgotten");
         let maps = store.read();
         assert!(
@@ -501,9 +511,13 @@ mod tests {
         let n = 3 * SHRINK_MIN as u64;
         let ids: Vec<u64> = (0..n).map(|i| node(&store, i).nodeid).collect();
         let compacted = ids.iter().rev().filter(|&&id| store.forget(id, 1)).count();
-        assert_eq!(compacted, 2);
+        assert_eq!(compacted, 3);
         let slots = store.read().by_id.slots.len();
-        assert!(slots < n as usize / 2, "{slots} slots kept for nothing");
+        // The reserved two and the last node's (the root's, in real use).
+        assert_eq!(
+            slots, 3,
+            "only the reserved slots and the last node's are kept"
+        );
     }
 
     fn node(store: &InodeStore, i: u64) -> Arc<InodeData> {
