@@ -727,6 +727,8 @@ struct Row<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     server_cpu_us_per_op: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    driver_cpu_us_per_op: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_fds: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     fd_limit: Option<u64>,
@@ -750,7 +752,7 @@ struct Row<'a> {
 /// to 3 decimals (0 when not finite). Tree workloads' records add, where
 /// measured: `entries` (the pass's count; `ops_per_s` is per entry, the
 /// latencies per request), `server_cpu_us_per_op` (server CPU µs per
-/// entry), `max_fds` and `fd_limit` (the serving process's), and for
+/// entry), `driver_cpu_us_per_op` (the measuring thread's), `max_fds` and `fd_limit` (the serving process's), and for
 /// `inode-memory` `inodes`, `bytes_per_inode`, `rss_before_bytes`,
 /// `rss_held_bytes`, `rss_after_forget_bytes`; and `listing` (how
 /// directories were listed: `READDIRPLUS`, `READDIR+LOOKUP`, `getdents64`).
@@ -846,6 +848,7 @@ fn json_rows(records: &[Record]) -> Result<Vec<String>, ReportError> {
             p99_us: milli(m.p99_us),
             entries: r.tree.map(|t| t.entries),
             server_cpu_us_per_op: t.cpu_us_per_entry.map(milli),
+            driver_cpu_us_per_op: t.driver_cpu_us_per_entry.map(milli),
             max_fds: t.max_fds,
             fd_limit: t.fd_limit,
             inodes: t.inodes,
@@ -1271,6 +1274,7 @@ mod tests {
         ours.tree = Some(TreeFigures {
             entries: 20_000,
             cpu_us_per_entry: Some(9.5),
+            driver_cpu_us_per_entry: Some(4.25),
             max_fds: Some(261),
             fd_limit: Some(1024),
             inodes: Some(20_000),
@@ -1308,7 +1312,7 @@ mod tests {
         assert_eq!(forget.verdict, Verdict::Met, "{forget:?}");
         let j = json(&o.records).unwrap();
         assert!(
-            j.contains("\"entries\":20000,\"server_cpu_us_per_op\":9.5,\"max_fds\":261,\"fd_limit\":1024,\"inodes\":20000,\"bytes_per_inode\":200.0"),
+            j.contains("\"entries\":20000,\"server_cpu_us_per_op\":9.5,\"driver_cpu_us_per_op\":4.25,\"max_fds\":261,\"fd_limit\":1024,\"inodes\":20000,\"bytes_per_inode\":200.0"),
             "{j}"
         );
         assert!(!j.contains("listing"));

@@ -120,6 +120,11 @@ pub struct TreeFigures {
     pub entries: u64,
     /// The server's CPU time per entry, µs; `None` for native.
     pub cpu_us_per_entry: Option<f64>,
+    /// The driver's CPU time per entry, µs: the measuring thread's own
+    /// (building requests, kicking, waiting for and parsing replies; for
+    /// native, the syscalls themselves). On one CPU (`--pin shared`) the
+    /// pass's time per entry is about this plus the server's.
+    pub driver_cpu_us_per_entry: Option<f64>,
     /// The most fds the serving process had open: sampled every
     /// [`FD_SAMPLE_EVERY`] requests under an fd limit, and after the pass
     /// with every lookup still held.
@@ -836,6 +841,9 @@ fn done_line(r: &Record) -> String {
     if let Some(c) = t.cpu_us_per_entry {
         s += &format!(", server {c:.1} µs CPU each");
     }
+    if let Some(c) = t.driver_cpu_us_per_entry {
+        s += &format!(", driver {c:.1} µs");
+    }
     if let Some(n) = t.max_fds {
         s += &format!(", max {n} fds");
     }
@@ -936,6 +944,7 @@ fn run_tree(
     let memory = op == TreeOp::HoldInodes;
     let rss_before = pid.filter(|_| memory).and_then(rss_bytes);
     let cpu_before = daemon.as_ref().and_then(|d| d.cpu_time_precise());
+    let driver_before = thread_cpu_time();
     let mut probe = TreeProbe {
         pass: Pass::start(),
         fd_pid: pid.filter(|_| limit.is_some()),
@@ -949,6 +958,7 @@ fn run_tree(
         TreeOp::HoldInodes => session.hold_inodes(&trees.inodes, &mut probe),
     };
     let summary = probe.pass.summary();
+    let driver_after = thread_cpu_time();
     let cpu_after = daemon.as_ref().and_then(|d| d.cpu_time_precise());
     let units = probe.pass.units();
     // Every lookup is still held.
@@ -1035,6 +1045,12 @@ fn run_tree(
         tree: Some(TreeFigures {
             entries: units,
             cpu_us_per_entry: cpu.map(|c| c * 1e6 / units.max(1) as f64),
+            driver_cpu_us_per_entry: match (driver_before, driver_after) {
+                (Some(a), Some(b)) => {
+                    Some(b.saturating_sub(a).as_secs_f64() * 1e6 / units.max(1) as f64)
+                }
+                _ => None,
+            },
             max_fds,
             fd_limit: limit,
             inodes: memory.then_some(held),
@@ -1044,6 +1060,17 @@ fn run_tree(
             listing,
         }),
     })
+}
+
+/// The calling thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`).
+fn thread_cpu_time() -> Option<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec to the valid pointer given.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (rc == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
 }
 
 fn session_err(d: Option<&Daemon>) -> impl FnOnce(SessionError) -> RunError + '_ {
