@@ -245,7 +245,7 @@ pub struct Cli {
     #[arg(long, value_enum, default_value = "info")]
     pub log_level: LogLevelArg,
 
-    /// Log to syslog (accepted; logs go to stderr).
+    /// Log to the system log (/dev/log, facility daemon) instead of stderr.
     #[arg(long)]
     pub syslog: bool,
 
@@ -409,7 +409,20 @@ impl Cli {
                 ("announce_submounts", None) => self.announce_submounts = true,
                 ("allow_direct_io", None) => self.allow_direct_io = true,
                 ("no_allow_direct_io", None) => self.allow_direct_io = false,
-                ("flock" | "no_flock" | "posix_lock" | "no_posix_lock", None) => {}
+                // Locks shared with the host are not served yet: refused, as
+                // upstream virtiofsd refuses them, never silently kept local
+                // to the guest.
+                ("no_flock" | "no_posix_lock", None) => {}
+                ("flock", None) => {
+                    return Err(CliError::Unsupported(
+                        "-o flock (flock locks shared with the host)",
+                    ))
+                }
+                ("posix_lock", None) => {
+                    return Err(CliError::Unsupported(
+                        "-o posix_lock (POSIX locks shared with the host)",
+                    ))
+                }
                 ("killpriv_v2" | "no_killpriv_v2", None) => {}
                 _ => return Err(CliError::UnknownCompatOption(opt.clone())),
             }
@@ -582,6 +595,21 @@ mod tests {
             parse(&["-o", "bogus", "--shared-dir", "/", "--fd", "3"]).unwrap_err(),
             CliError::UnknownCompatOption("bogus".into())
         );
+    }
+
+    #[test]
+    fn host_shared_locks_are_refused_not_kept_local_to_the_guest() {
+        // libvirt's default (<lock> off) is accepted ...
+        let o = "source=/srv,cache=auto,sandbox=chroot,xattr,no_flock,no_posix_lock";
+        assert!(parse(&["--fd=31", "-o", o]).is_ok());
+        // ... and <lock posix='on' flock='on'/> is refused, as upstream does.
+        for lock in ["flock", "posix_lock"] {
+            let err = parse(&["--fd=31", "-o", &format!("source=/srv,{lock}")]).unwrap_err();
+            assert!(
+                matches!(err, CliError::Unsupported(what) if what.starts_with(&format!("-o {lock} "))),
+                "{lock}: {err:?}"
+            );
+        }
     }
 
     #[test]

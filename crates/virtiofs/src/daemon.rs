@@ -18,6 +18,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use crate::device::{DeviceError, VirtioFsBackend};
 use crate::fuse_mount::{self, FuseMountError};
 use crate::mount_helper::Readiness;
+use crate::pid_file::{PidFile, PidFileError};
 use crate::record::FuseRecorder;
 use sandbox::{SandboxConfig, SandboxError, SocketError};
 
@@ -114,6 +115,9 @@ pub enum DaemonError {
         /// What the host said.
         source: io::Error,
     },
+    /// The socket's pid file is locked by another daemon, or unusable.
+    #[error(transparent)]
+    PidFile(#[from] PidFileError),
     /// `--record-requests` with `--fuse-mount`: only the virtio-fs device
     /// records requests.
     #[error("--record-requests records the virtio-fs device's queues; --fuse-mount has none")]
@@ -188,6 +192,11 @@ fn open_share_walled<T>(
     })
 }
 
+/// The line logged (at info) when the daemon is ready for its frontend:
+/// upstream virtiofsd's words, which management stacks wait for on stderr
+/// (Kata's runtime-rs starts the VM only once it has read it).
+pub const READY_LINE: &str = "Waiting for vhost-user socket connection...";
+
 /// Serves `cfg` until the frontend disconnects (vhost-user) or the mount goes
 /// away (FUSE mode).
 pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
@@ -209,18 +218,33 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         return Ok(mounted.serve(fs, false)?);
     }
 
-    let mut listener = listener(&cfg.listen)?;
-    // The supervisor removes the socket when the daemon is done: the
-    // daemon itself no longer reaches it.
+    // With a socket path, its pid file first: a second daemon on the same
+    // path stops here, before it could replace the first one's socket.
     let socket = match &cfg.listen {
         Listen::SocketPath { path, .. } => Some(path.clone()),
         _ => None,
     };
+    let pid_file = socket
+        .as_deref()
+        .map(PidFile::acquire)
+        .transpose()?
+        .map(Arc::new);
+    // Held here too: without a supervisor the closure below is dropped
+    // unrun, and the lock must last as long as the daemon.
+    let _pid_lock = pid_file.clone();
+    let mut listener = listener(&cfg.listen)?;
+    // The supervisor removes the socket and the pid file when the daemon is
+    // done: the daemon itself no longer reaches them. Without a supervisor
+    // (--sandbox none or chroot) the file stays, unlocked, and the next
+    // daemon takes it over.
     let backend = open_share_walled(
         &cfg,
         move || {
             if let Some(p) = socket {
                 sandbox::socket::remove_socket(&p);
+            }
+            if let Some(p) = pid_file {
+                p.remove();
             }
         },
         |fs| {
@@ -244,7 +268,7 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         GuestMemoryAtomic::new(GuestMemoryMmap::new()),
     )
     .map_err(DaemonError::VhostUser)?;
-    info!("waiting for a vhost-user frontend");
+    info!("{READY_LINE}");
     daemon
         .start(&mut listener)
         .map_err(DaemonError::VhostUser)?;

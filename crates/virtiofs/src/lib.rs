@@ -46,15 +46,19 @@ mod daemon;
 mod device;
 mod fast_path;
 mod fuse_mount;
+#[cfg(feature = "cli")]
+pub mod logging;
 pub mod mount_helper;
+mod pid_file;
 pub mod record;
 mod uring;
 
-pub use daemon::{run, DaemonConfig, DaemonError, Listen};
+pub use daemon::{run, DaemonConfig, DaemonError, Listen, READY_LINE};
 pub use device::{
     serve_caught, ChainError, DeviceError, GuestMem, IoEngine, QueueDevice, VirtioFsBackend,
     HIPRIO_QUEUE, MAX_QUEUE_SIZE, TAG_LEN,
 };
 pub use fast_path::names_well_formed;
+pub use pid_file::{PidFile, PidFileError};
 pub use record::FuseRecorder;
 pub use sandbox::{SandboxConfig, SandboxMode, SeccompMode};

@@ -3,7 +3,6 @@
 //! (`virtiofs::mount_helper`).
 
 use std::ffi::OsString;
-use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -60,10 +59,9 @@ fn main() -> ExitCode {
         println!("{CAPABILITIES_JSON}");
         return ExitCode::SUCCESS;
     }
-    env_logger::Builder::new()
-        .filter_level(cli.log_filter())
-        .format(|buf, record| writeln!(buf, "[virtiofsd-rs {}] {}", record.level(), record.args()))
-        .init();
+    if let Err(e) = virtiofs::logging::init(cli.log_filter(), cli.syslog) {
+        return fail(e.to_string());
+    }
     let mut config = match cli.into_config() {
         Ok(c) => c,
         Err(e) => return fail(e.to_string()),

@@ -194,6 +194,102 @@ fn exits_cleanly_on_disconnect_in_chroot_sandbox() {
     exits_cleanly_when_the_frontend_disconnects("chroot");
 }
 
+/// Reads `child`'s stderr lines until one contains `needle` (returned with
+/// every line before it), or panics after 10 s or at end of stream.
+fn stderr_until(child: &mut Child, needle: &str) -> Vec<String> {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let done = line.contains(needle);
+                seen.push(line);
+                if done {
+                    return seen;
+                }
+            }
+            Err(e) => panic!("no {needle:?} on stderr ({e}); got {seen:#?}"),
+        }
+    }
+}
+
+#[test]
+fn says_it_is_ready_as_upstream_does_and_a_second_daemon_on_its_socket_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let share = t.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    let sock = t.path().join("vfs.sock");
+    let args = [
+        "--shared-dir",
+        share.to_str().unwrap(),
+        "--socket-path",
+        sock.to_str().unwrap(),
+        "--sandbox",
+        "none",
+    ];
+    let mut first = Command::new(BIN)
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kata's runtime-rs starts the VM once it reads upstream's words.
+    let lines = stderr_until(&mut first, "Waiting for vhost-user socket connection...");
+    for l in &lines {
+        // `[2026-12-06T21:30:00.123Z INFO  virtiofsd-rs] text`: one line
+        // per event, each with a UTC timestamp.
+        let (ts, rest) = l
+            .strip_prefix('[')
+            .and_then(|l| l.split_once(' '))
+            .unwrap_or_else(|| panic!("no timestamp: {l:?}"));
+        assert!(
+            ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
+            "{l:?}"
+        );
+        assert!(rest.contains("virtiofsd-rs] "), "{l:?}");
+    }
+    assert!(sock.exists(), "socket made before the readiness line");
+    let pid_file = t.path().join("vfs.sock.pid");
+    let text = std::fs::read_to_string(&pid_file).unwrap();
+    assert_eq!(
+        text.trim(),
+        first.id().to_string(),
+        "the pid file names the daemon"
+    );
+
+    let second = run(&args);
+    assert_one_line_error(&second, "already served by another daemon");
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains(&format!("pid {}", first.id())),
+        "names the first daemon"
+    );
+    // The first one is untouched and still serves its socket.
+    assert!(first.try_wait().unwrap().is_none(), "first daemon still up");
+    let conn = UnixStream::connect(&sock).expect("the first daemon's socket still answers");
+    drop(conn);
+    let status = wait_timeout(&mut first, Duration::from_secs(10)).expect("exits on disconnect");
+    assert!(status.success(), "{status:?}");
+    // The lock died with it: the next daemon on the path starts.
+    let mut third = Command::new(BIN)
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    stderr_until(&mut third, "Waiting for vhost-user socket connection...");
+    third.kill().unwrap();
+    let _ = third.wait();
+}
+
 #[test]
 fn inherited_listening_fd_is_served() {
     use std::os::fd::AsRawFd;
