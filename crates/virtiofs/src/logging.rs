@@ -7,12 +7,16 @@
 //! is folded into one, its line breaks shown as ` | `, so a management
 //! stack's per-domain log gets one prefixed line per event.
 //!
-//! With `--syslog` each event is one datagram to `/dev/log`, connected
-//! before the sandbox goes up (the socket is then reached through the open
-//! fd, never by path again; a reconnect would need `socket` and `connect`,
-//! which seccomp refuses): `<PRI>virtiofsd-rs[PID]: text`, facility
-//! daemon. A datagram the system log refuses (its daemon restarted, its
-//! queue full) is written to stderr instead, so nothing is lost silently.
+//! With `--syslog` each event is one datagram to the system log's socket
+//! (the first of [`SYSLOG_SOCKETS`] that answers, as upstream tries them),
+//! connected before the sandbox goes up (the socket is then reached
+//! through the open fd, never by path again; a reconnect would need
+//! `socket` and `connect`, which seccomp refuses): `<PRI>virtiofsd-rs[PID]:
+//! text`, facility user as upstream's. A datagram the system log refuses
+//! (its daemon restarted, its queue full) is written to stderr instead, so
+//! nothing is lost silently. Where there is no system log at all, the
+//! logger falls back to stderr and says so in its first line, as upstream
+//! does (Kata's Go runtime always passes `--syslog`).
 
 use std::fmt::Write as _;
 use std::io::{self, Write};
@@ -21,57 +25,64 @@ use std::path::Path;
 
 use log::{Level, LevelFilter};
 
-/// Where the system log listens.
-pub const SYSLOG_SOCKET: &str = "/dev/log";
+/// Where the system log may listen, tried in this order.
+pub const SYSLOG_SOCKETS: [&str; 3] = ["/dev/log", "/var/run/syslog", "/var/run/log"];
 
 /// Why the logger could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum LoggingError {
-    /// `--syslog`, and the system log's socket cannot be reached.
-    #[error("--syslog: cannot connect to the system log at {path}: {source}")]
-    Syslog {
-        /// The socket path.
-        path: &'static str,
-        /// What the host said.
-        source: io::Error,
-    },
     /// A logger was already installed in this process.
     #[error("a logger is already set up: {0}")]
     AlreadySet(#[from] log::SetLoggerError),
 }
 
 /// Installs the process's logger: events up to `filter`, to the system log
-/// when `syslog`, else to stderr. Call it before the sandbox.
+/// when `syslog` (stderr where there is none, said in a warning), else to
+/// stderr. Call it before the sandbox.
 pub fn init(filter: LevelFilter, syslog: bool) -> Result<(), LoggingError> {
     let mut builder = env_logger::Builder::new();
     builder.filter_level(filter);
-    if syslog {
-        let sock =
-            connect_syslog(Path::new(SYSLOG_SOCKET)).map_err(|source| LoggingError::Syslog {
-                path: SYSLOG_SOCKET,
-                source,
-            })?;
-        builder
-            .format(|buf, record| {
-                write!(
-                    buf,
-                    "{}",
-                    syslog_line(record.level(), std::process::id(), record.args())
-                )
-            })
-            .target(env_logger::Target::Pipe(Box::new(SyslogWriter(sock))));
+    let mut no_syslog = None;
+    let sock = if syslog {
+        let sock = SYSLOG_SOCKETS
+            .iter()
+            .map(|p| connect_syslog(Path::new(p)))
+            .find_map(Result::ok);
+        if sock.is_none() {
+            no_syslog = Some(SYSLOG_SOCKETS.join(", "));
+        }
+        sock
     } else {
-        builder.format(|buf, record| {
-            let ts = buf.timestamp_millis();
-            writeln!(
-                buf,
-                "[{ts} {:<5} virtiofsd-rs] {}",
-                record.level(),
-                one_line(record.args())
-            )
-        });
+        None
+    };
+    match sock {
+        Some(sock) => {
+            builder
+                .format(|buf, record| {
+                    write!(
+                        buf,
+                        "{}",
+                        syslog_line(record.level(), std::process::id(), record.args())
+                    )
+                })
+                .target(env_logger::Target::Pipe(Box::new(SyslogWriter(sock))));
+        }
+        None => {
+            builder.format(|buf, record| {
+                let ts = buf.timestamp_millis();
+                writeln!(
+                    buf,
+                    "[{ts} {:<5} virtiofsd-rs] {}",
+                    record.level(),
+                    one_line(record.args())
+                )
+            });
+        }
     }
     builder.try_init()?;
+    if let Some(tried) = no_syslog {
+        log::warn!("--syslog: no system log answers at {tried}; logging to stderr");
+    }
     Ok(())
 }
 
@@ -109,8 +120,8 @@ fn severity(level: Level) -> u8 {
     }
 }
 
-/// Facility `daemon` (3), shifted as the priority field wants it.
-const FACILITY_DAEMON: u8 = 3 << 3;
+/// Facility `user` (1), upstream's, shifted as the priority field wants it.
+const FACILITY_USER: u8 = 1 << 3;
 
 /// One system-log datagram: `<PRI>virtiofsd-rs[PID]: text` (the system log
 /// adds the time and host).
@@ -119,7 +130,7 @@ pub fn syslog_line(level: Level, pid: u32, args: &std::fmt::Arguments<'_>) -> St
     let _ = write!(
         s,
         "<{}>virtiofsd-rs[{pid}]: {}",
-        FACILITY_DAEMON | severity(level),
+        FACILITY_USER | severity(level),
         one_line(args)
     );
     s
@@ -162,13 +173,13 @@ mod tests {
     }
 
     #[test]
-    fn syslog_lines_carry_facility_daemon_and_the_severity() {
+    fn syslog_lines_carry_facility_user_and_the_severity() {
         let line = syslog_line(Level::Warn, 42, &format_args!("two\nlines"));
-        assert_eq!(line, "<28>virtiofsd-rs[42]: two | lines");
+        assert_eq!(line, "<12>virtiofsd-rs[42]: two | lines");
         let line = syslog_line(Level::Info, 1, &format_args!("x"));
-        assert!(line.starts_with("<30>"), "{line}");
+        assert!(line.starts_with("<14>"), "{line}");
         let line = syslog_line(Level::Error, 1, &format_args!("x"));
-        assert!(line.starts_with("<27>"), "{line}");
+        assert!(line.starts_with("<11>"), "{line}");
     }
 
     #[test]
@@ -187,7 +198,7 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_system_log_is_an_error_naming_it() {
+    fn a_missing_system_log_is_not_found() {
         let dir = tempfile::tempdir().unwrap();
         let err = connect_syslog(&dir.path().join("absent")).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);

@@ -9,8 +9,8 @@
 //! by a daemon that was killed is taken over by the next one.
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::io::{self, Read, Seek, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -70,7 +70,7 @@ impl PidFile {
             .write(true)
             .create(true)
             .truncate(false)
-            .mode(0o644)
+            .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
             .open(&path)
             .map_err(|e| match e.raw_os_error() {
