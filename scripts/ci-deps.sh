@@ -11,7 +11,10 @@
 #   - cargo-fuzz 0.13.2 (cargo install, only if missing) for fuzz/run.sh,
 #     which needs the nightly toolchain (rustup's; checked, not installed:
 #     static.rust-lang.org is out of reach here)
-#   - users/groups: nobody/nogroup and tests/tests (pjdfstest switches to them)
+#   - users/groups: nobody/nogroup and tests/tests (pjdfstest switches to them),
+#     and vfs-session with subordinate ids 400000-465535 (uidmap's
+#     newuidmap/newgidmap map them: the unprivileged daemon of libvirt's
+#     session mode, crates/virtiofs/tests/userns.rs)
 #   - the guest kernels: Debian's stock 6.1 (the "old guest") and 6.12 (the
 #     multi-queue guest; with the KVM modules, the nested L1 guest of
 #     tests/e2e/nested-kvm.sh), cached by guest/stock-kernel.sh
@@ -59,7 +62,7 @@ apt_update_once() {
     fi
 }
 
-packages=(qemu-system-x86 busybox-static cpio fuse3 attr acl diod)
+packages=(qemu-system-x86 busybox-static cpio fuse3 attr acl diod uidmap)
 if $want_virtiofsd; then
     # What upstream virtiofsd links against (cargo install below).
     packages+=(pkg-config libseccomp-dev libcap-ng-dev)
@@ -128,7 +131,16 @@ if [[ $(id -gn tests) != tests ]]; then usermod --gid tests tests; fi
 if [[ $(id -gn nobody) != nogroup ]]; then
     echo "ci-deps: warning: nobody's primary group is $(id -gn nobody), pjdfstest.toml expects nogroup" >&2
 fi
-log "users: $(id nobody); $(id tests)"
+# An unprivileged user with subordinate ids, as libvirt's session mode
+# runs the daemon (--uid-map/--gid-map through newuidmap/newgidmap).
+getent group vfs-session >/dev/null || groupadd --system vfs-session
+if ! getent passwd vfs-session >/dev/null; then
+    useradd --system --gid vfs-session --no-create-home --home-dir / \
+        --shell /usr/sbin/nologin --comment "virtiofsd-rs session-mode tests" vfs-session
+fi
+grep -q '^vfs-session:400000:65536$' /etc/subuid 2>/dev/null || usermod --add-subuids 400000-465535 vfs-session
+grep -q '^vfs-session:400000:65536$' /etc/subgid 2>/dev/null || usermod --add-subgids 400000-465535 vfs-session
+log "users: $(id nobody); $(id tests); $(id vfs-session) with subordinate ids 400000-465535"
 
 if $want_kernel; then
     stock_kernels() {

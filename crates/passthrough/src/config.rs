@@ -1,7 +1,11 @@
 //! Configuration of the passthrough core.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::idmap::IdMap;
+use crate::xattrmap::XattrMap;
 
 /// How the guest may cache data and metadata (virtiofsd's `--cache`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -55,6 +59,10 @@ pub struct Config {
     pub cache: CachePolicy,
     /// Whether extended attributes are passed through.
     pub xattr: bool,
+    /// Translation of xattr names between guest and host (`--xattrmap`),
+    /// applied by getxattr, setxattr, removexattr and listxattr when
+    /// `xattr` is on. `None` (the default): names pass unchanged.
+    pub xattrmap: Option<Arc<XattrMap>>,
     /// Whether POSIX ACLs are supported (implies `xattr`).
     pub posix_acl: bool,
     /// Refuse every operation that would modify the share.
@@ -76,8 +84,27 @@ pub struct Config {
     /// Perform each request with the requester's uid/gid. Only effective when
     /// the process has the capabilities to do so (runs as root).
     pub switch_credentials: bool,
+    /// Translation of uids between guest and host (`--translate-uid`; not
+    /// the user namespace of `--uid-map`): the requester's uid and a
+    /// chown's guest to host, the owner in every attribute sent to the
+    /// guest host to guest; a request from, or a chown to, a forbidden
+    /// guest uid is `EPERM`. Ids inside xattr values (POSIX ACLs,
+    /// `security.capability`) are not translated. Default: the identity.
+    /// See [`idmap`](crate::idmap).
+    pub translate_uid: IdMap,
+    /// As [`translate_uid`](Self::translate_uid), for gids
+    /// (`--translate-gid`).
+    pub translate_gid: IdMap,
     /// Advertise POSIX byte-range locks to the guest (served with OFD locks).
     pub posix_locks: bool,
+    /// Offer FUSE_HANDLE_KILLPRIV_V2 (virtiofsd's `--killpriv-v2`): the
+    /// guest kernel then leaves clearing set-id bits and file capabilities
+    /// to the server, and flags the WRITE, SETATTR (truncate, chown) and
+    /// OPEN/CREATE (`O_TRUNC`) requests made without CAP_FSETID. For those
+    /// the core drops `S_ISUID`, `S_ISGID` (where `S_IXGRP` is set) and
+    /// `security.capability` itself, as the host kernel would for an
+    /// unprivileged writer. Off by default, as upstream.
+    pub killpriv_v2: bool,
     /// Offer READDIRPLUS (directory listing with attributes).
     pub readdirplus: bool,
     /// Pass `O_NOATIME` from the guest through (it fails with EPERM for
@@ -112,6 +139,7 @@ impl Config {
             root_dir: root_dir.into(),
             cache: CachePolicy::default(),
             xattr: false,
+            xattrmap: None,
             posix_acl: false,
             readonly: false,
             inode_file_handles: InodeFileHandles::default(),
@@ -120,9 +148,12 @@ impl Config {
             allow_direct_io: false,
             announce_submounts: true,
             switch_credentials: true,
+            translate_uid: IdMap::identity(),
+            translate_gid: IdMap::identity(),
             client_checks_permissions: false,
             negative_entries: false,
             posix_locks: false,
+            killpriv_v2: false,
             readdirplus: true,
             preserve_noatime: false,
             fd_reserve: 64,

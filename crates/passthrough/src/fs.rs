@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fuse_backend_rs::abi::fuse_abi::{
-    stat64, statvfs64, CreateIn, FsOptions, OpenOptions, SetattrValid,
+    stat64, statvfs64, CreateIn, FsOptions, OpenOptions, SetattrValid, FOPEN_IN_KILL_SUIDGID,
+    WRITE_KILL_PRIV,
 };
 use fuse_backend_rs::api::filesystem::{
     Context, DirEntry, Entry, FileLock, FileSystem, GetxattrReply, ListxattrReply, ZeroCopyReader,
@@ -31,6 +32,7 @@ use crate::handle_table::{HandleData, HandleTable};
 use crate::inode_store::{InodeData, InodeFd, InodeKey, InodeSource, InodeStore, ROOT_ID};
 use crate::name::{check_name, check_name_for_removal, classify, NameKind};
 use crate::sys::{self, cvt, errno, BorrowedFile, EMPTY};
+use crate::xattrmap::XattrOp;
 
 /// What a lookup knows of the name beforehand.
 #[derive(Debug, Clone, Copy)]
@@ -86,6 +88,9 @@ pub struct PassthroughFs {
     /// has a default ACL, which then decides instead, as on a local
     /// filesystem.
     dont_mask: AtomicBool,
+    /// FUSE_HANDLE_KILLPRIV_V2 was negotiated ([`Config::killpriv_v2`]):
+    /// the kill flags of WRITE, SETATTR, OPEN and CREATE are honoured.
+    killpriv_v2: AtomicBool,
     /// The fds kept free for the daemon, whatever the guest holds open.
     fds: FdBudget,
     /// Open `O_PATH` fds of the handle-held inodes in use.
@@ -314,6 +319,7 @@ impl PassthroughFs {
             root_key,
             switch_creds,
             dont_mask: AtomicBool::new(false),
+            killpriv_v2: AtomicBool::new(false),
             fds,
             fd_cache: FdCache::default(),
             names_opened: std::sync::atomic::AtomicU64::new(0),
@@ -371,8 +377,50 @@ impl PassthroughFs {
         self.handles.len()
     }
 
+    /// The host uid and gid the requester of `ctx` acts as: its guest ids
+    /// translated by [`Config::translate_uid`] and
+    /// [`Config::translate_gid`]; `EPERM` for a guest id a `forbid-guest`
+    /// rule covers.
+    fn host_ids(&self, ctx: &Context) -> io::Result<(libc::uid_t, libc::gid_t)> {
+        Ok((self.host_uid(ctx.uid)?, self.host_gid(ctx.gid)?))
+    }
+
+    /// The host uid that the guest's `uid` (a requester's, or a chown's)
+    /// stands for; `EPERM` if it is forbidden.
+    fn host_uid(&self, uid: libc::uid_t) -> io::Result<libc::uid_t> {
+        self.cfg
+            .translate_uid
+            .guest_to_host(uid)
+            .map_err(|_| errno(libc::EPERM))
+    }
+
+    /// As [`host_uid`](Self::host_uid), for a gid.
+    fn host_gid(&self, gid: libc::gid_t) -> io::Result<libc::gid_t> {
+        self.cfg
+            .translate_gid
+            .guest_to_host(gid)
+            .map_err(|_| errno(libc::EPERM))
+    }
+
+    /// `st` as the guest is shown it: the owner and group translated from
+    /// the host's ids to the guest's ([`Config::translate_uid`],
+    /// [`Config::translate_gid`]). Every attribute a reply carries passes
+    /// here.
+    fn guest_stat(&self, mut st: stat64) -> stat64 {
+        st.st_uid = self.cfg.translate_uid.host_to_guest(st.st_uid);
+        st.st_gid = self.cfg.translate_gid.host_to_guest(st.st_gid);
+        st
+    }
+
+    /// Whether the requester of `ctx` acts as someone other than the
+    /// host's root.
+    fn acts_as_non_root(&self, ctx: &Context) -> bool {
+        self.host_ids(ctx).is_ok_and(|(uid, _)| uid != 0)
+    }
+
     fn creds(&self, ctx: &Context) -> io::Result<CredGuard> {
-        CredGuard::new(self.switch_creds, ctx.uid, ctx.gid)
+        let (uid, gid) = self.host_ids(ctx)?;
+        CredGuard::new(self.switch_creds, uid, gid)
     }
 
     /// Runs the request `op`. Where the client kernel has checked
@@ -381,7 +429,9 @@ impl PassthroughFs {
     /// (see [`Config::client_checks_permissions`]): the request carries no
     /// supplementary groups, through which the client may have granted it.
     /// A guest could send uid 0 as easily, so this lets it do nothing it
-    /// could not do already.
+    /// could not do already; where the uid translation
+    /// ([`Config::translate_uid`]) lets no guest uid act as the host's
+    /// root, it could not, and there is no second run.
     fn client_checked<T>(
         &self,
         ctx: &Context,
@@ -392,7 +442,8 @@ impl PassthroughFs {
                 if e.raw_os_error() == Some(libc::EACCES)
                     && self.cfg.client_checks_permissions
                     && self.switch_creds
-                    && ctx.uid != 0 =>
+                    && self.acts_as_non_root(ctx)
+                    && self.cfg.translate_uid.guest_can_become(0) =>
             {
                 crate::credentials::with_dac_override(op)
             }
@@ -442,7 +493,13 @@ impl PassthroughFs {
     /// kernel's privilege for anyone who may write the file; so: write
     /// permission checked with the requester's ids, the removal done with
     /// the daemon's (xfstests generic/688). Nothing else is removed.
+    /// Under an xattr map the capabilities the guest sees are held under
+    /// their mapped name, which is the one removed; a map that refuses
+    /// the name leaves the guest no capabilities to remove.
     fn kill_file_caps(&self, ctx: &Context, inode: u64) -> io::Result<()> {
+        let Ok(caps) = self.host_xattr_name(c"security.capability", XattrOp::Remove) else {
+            return Ok(());
+        };
         let data = self.inodes.get(inode)?;
         if !data.is_reg() {
             return Err(errno(libc::EPERM));
@@ -458,8 +515,85 @@ impl PassthroughFs {
         let file = self.reopen(&data, &fd, libc::O_RDONLY | libc::O_NONBLOCK)?;
         crate::credentials::as_daemon(|| {
             // SAFETY: NUL-terminated name.
-            cvt(unsafe { libc::fremovexattr(file.as_raw_fd(), c"security.capability".as_ptr()) })
-                .map(drop)
+            cvt(unsafe { libc::fremovexattr(file.as_raw_fd(), caps.as_ptr()) }).map(drop)
+        })
+    }
+
+    /// Whether a request's FUSE_HANDLE_KILLPRIV_V2 kill flag (`flagged`)
+    /// is acted on: only once that was negotiated. Without it the guest
+    /// kernel clears set-id bits itself (with a SETATTR of the mode), and
+    /// the flags mean nothing.
+    fn killpriv(&self, flagged: bool) -> bool {
+        flagged && self.killpriv_v2.load(Ordering::Relaxed)
+    }
+
+    /// For a request with a FUSE_HANDLE_KILLPRIV_V2 kill flag: drops what
+    /// the host kernel drops when someone without CAP_FSETID writes to or
+    /// truncates the regular file open as `fd` ([`setid_bits_to_kill`],
+    /// and the file capabilities: `security.capability`, and the name an
+    /// xattr map keeps the guest's under).
+    ///
+    /// Done explicitly, with the daemon's privilege, rather than as
+    /// upstream virtiofsd does it (CAP_FSETID dropped from the thread's
+    /// effective set for the request, the host kernel doing the rest):
+    /// - WRITE runs with the daemon's ids, so the host kernel would judge
+    ///   `S_ISGID` by the daemon's groups (6.x kernels also drop a
+    ///   non-executable `S_ISGID` for a writer outside the file's group)
+    ///   instead of by the rule the protocol states;
+    /// - the effective set does not stay as set across the credential
+    ///   switches of a request ([`as_daemon`](crate::credentials::as_daemon)
+    ///   regaining euid 0 restores all of it), so the drop's scope would
+    ///   be easy to get wrong;
+    /// - it does not depend on the host filesystem's kernel side dropping
+    ///   privileges, and covers a mapped capability name the host kernel
+    ///   does not know.
+    ///
+    /// WRITE and SETATTR call this before the data changes, as the kernel
+    /// does, so no one can run a changed program with the bits (a change
+    /// that then fails leaves them dropped, as with the kernel); an
+    /// `O_TRUNC` open, once the file is empty. The mode is read
+    /// and written in two steps, so a chmod racing with the request can be
+    /// undone (the kernel holds the inode lock).
+    ///
+    /// `may_write` says whether the requester may change the file; it is
+    /// asked only when there is something to drop, so the usual flagged
+    /// write (nothing to drop) costs an fstat and an fgetxattr.
+    fn kill_privs(&self, fd: RawFd, may_write: impl FnOnce() -> bool) -> io::Result<()> {
+        let mapped = self
+            .host_xattr_name(SECURITY_CAPABILITY, XattrOp::Remove)
+            .ok()
+            .filter(|n| n.as_ref() != SECURITY_CAPABILITY);
+        // All with the daemon's ids (free where the request has not
+        // switched): the requester may be unable to read a mapped
+        // capability name (user.*) of a file it may write.
+        crate::credentials::as_daemon(|| {
+            let st = sys::fstat(fd)?;
+            if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+                return Ok(());
+            }
+            let mode = st.st_mode & 0o7777;
+            let kill = setid_bits_to_kill(mode);
+            let mut caps = Vec::new();
+            for name in std::iter::once(SECURITY_CAPABILITY).chain(mapped.as_deref()) {
+                if has_xattr(fd, name)? {
+                    caps.push(name);
+                }
+            }
+            if (kill == 0 && caps.is_empty()) || !may_write() {
+                return Ok(());
+            }
+            if kill != 0 {
+                // SAFETY: plain syscall on an fd the caller holds open.
+                cvt(unsafe { libc::fchmod(fd, mode & !kill) })?;
+            }
+            for name in caps {
+                // SAFETY: NUL-terminated name; an fd the caller holds open.
+                match cvt(unsafe { libc::fremovexattr(fd, name.as_ptr()) }) {
+                    Err(e) if e.raw_os_error() != Some(libc::ENODATA) => return Err(e),
+                    _ => {}
+                }
+            }
+            Ok(())
         })
     }
 
@@ -650,7 +784,7 @@ impl PassthroughFs {
         Entry {
             inode: data.nodeid,
             generation: 0,
-            attr: st,
+            attr: self.guest_stat(st),
             attr_flags,
             attr_timeout: self.timeout(),
             entry_timeout: self.timeout(),
@@ -890,6 +1024,10 @@ impl PassthroughFs {
         }
     }
 
+    /// Opens `inode` for the requester of `ctx` and returns the new
+    /// handle. `kill_on_trunc`: the OPEN carries FUSE_OPEN_KILL_SUIDGID
+    /// under FUSE_HANDLE_KILLPRIV_V2, so an `O_TRUNC` open also drops the
+    /// file's privileges ([`kill_privs`](Self::kill_privs)).
     fn do_open(
         &self,
         ctx: &Context,
@@ -897,6 +1035,7 @@ impl PassthroughFs {
         flags: libc::c_int,
         want_dir: bool,
         exec: bool,
+        kill_on_trunc: bool,
     ) -> io::Result<u64> {
         let data = self.inodes.get(inode)?;
         if want_dir && !data.is_dir() {
@@ -919,7 +1058,14 @@ impl PassthroughFs {
                 }
                 crate::credentials::as_daemon(|| self.reopen(&data, &fd, flags | libc::O_CLOEXEC))?
             } else {
-                self.reopen(&data, &fd, flags | libc::O_CLOEXEC)?
+                let file = self.reopen(&data, &fd, flags | libc::O_CLOEXEC)?;
+                if kill_on_trunc && flags & libc::O_TRUNC != 0 {
+                    // The open, with the requester's ids, truncated the
+                    // file (so they may write it), and it is now empty:
+                    // there is nothing to run with the bits in between.
+                    self.kill_privs(file.as_raw_fd(), || true)?;
+                }
+                file
             }
         };
         Ok(self.handles.insert(inode, file))
@@ -995,6 +1141,20 @@ impl PassthroughFs {
             Ok(())
         } else {
             Err(errno(libc::ENOSYS))
+        }
+    }
+
+    /// The host name of the xattr `name` the guest sent with `op`: mapped
+    /// by [`Config::xattrmap`], or `name` itself without a map; or the
+    /// errno the map answers for it.
+    fn host_xattr_name<'a>(
+        &self,
+        name: &'a CStr,
+        op: XattrOp,
+    ) -> io::Result<std::borrow::Cow<'a, CStr>> {
+        match &self.cfg.xattrmap {
+            Some(map) => map.host_name(name, op),
+            None => Ok(std::borrow::Cow::Borrowed(name)),
         }
     }
 
@@ -1126,6 +1286,46 @@ fn only_drops_setid(cur: u32, new: u32) -> bool {
 /// execute it (it checked the execute permission already).
 const FMODE_EXEC: u32 = 0x20;
 
+/// The xattr holding a file's capabilities, which Linux drops with the
+/// set-id bits.
+const SECURITY_CAPABILITY: &CStr = c"security.capability";
+
+/// The mode bits an unprivileged change of a regular file of mode `mode`
+/// drops (Linux's `setattr_should_drop_suidgid`, and the rule
+/// FUSE_HANDLE_KILLPRIV_V2 states): `S_ISUID`, and `S_ISGID` where
+/// `S_IXGRP` is set too (without it the bit marks mandatory locking, not a
+/// set-group-id program).
+fn setid_bits_to_kill(mode: u32) -> u32 {
+    let mut kill = mode & libc::S_ISUID;
+    if mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP {
+        kill |= libc::S_ISGID;
+    }
+    kill
+}
+
+/// Whether the file open as `fd` has the xattr `name` (`ENODATA`, or a
+/// filesystem without xattrs: no).
+fn has_xattr(fd: RawFd, name: &CStr) -> io::Result<bool> {
+    // SAFETY: NUL-terminated name; a size of 0 asks for the value's length
+    // and writes nothing.
+    let n = unsafe { libc::fgetxattr(fd, name.as_ptr(), std::ptr::null_mut(), 0) };
+    if n >= 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENODATA | libc::ENOTSUP) => Ok(false),
+        _ => Err(e),
+    }
+}
+
+/// Whether `fd` is open for writing.
+fn open_for_writing(fd: RawFd) -> bool {
+    // SAFETY: F_GETFL only reads the fd's flags.
+    let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    fl >= 0 && fl & libc::O_ACCMODE != libc::O_RDONLY
+}
+
 fn flock_from(lock: &FileLock) -> libc::flock {
     // SAFETY: flock is plain data; all-zero is a valid value.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
@@ -1168,9 +1368,22 @@ impl FileSystem for PassthroughFs {
         if self.cfg.posix_locks {
             want |= FsOptions::POSIX_LOCKS;
         }
+        if self.cfg.killpriv_v2 {
+            want |= FsOptions::HANDLE_KILLPRIV_V2;
+            if !capable.contains(FsOptions::HANDLE_KILLPRIV_V2) {
+                log::warn!(
+                    "--killpriv-v2: the guest does not offer HANDLE_KILLPRIV_V2; \
+                     it clears set-id bits itself"
+                );
+            }
+        }
         let got = want & capable;
         self.dont_mask
             .store(got.contains(FsOptions::DONT_MASK), Ordering::Relaxed);
+        self.killpriv_v2.store(
+            got.contains(FsOptions::HANDLE_KILLPRIV_V2),
+            Ordering::Relaxed,
+        );
         Ok(got)
     }
 
@@ -1238,7 +1451,7 @@ impl FileSystem for PassthroughFs {
             },
             None => self.stat_inode(&self.inodes.get(inode)?)?,
         };
-        Ok((st, self.timeout()))
+        Ok((self.guest_stat(st), self.timeout()))
     }
 
     fn setattr(
@@ -1288,16 +1501,22 @@ impl FileSystem for PassthroughFs {
                 }
             }
             if valid.intersects(SetattrValid::UID | SetattrValid::GID) {
+                // The guest's ids, translated to the host's (a forbidden
+                // one is EPERM); u32::MAX, (uid_t)-1, is never translated.
                 let uid = if valid.contains(SetattrValid::UID) {
-                    attr.st_uid
+                    self.host_uid(attr.st_uid)?
                 } else {
                     u32::MAX
                 };
                 let gid = if valid.contains(SetattrValid::GID) {
-                    attr.st_gid
+                    self.host_gid(attr.st_gid)?
                 } else {
                     u32::MAX
                 };
+                // With FATTR_KILL_SUIDGID (which the guest sends with every
+                // chown of a non-directory) there is nothing to add: the
+                // host's chown drops S_ISUID, an executable S_ISGID and the
+                // file capabilities of a non-directory, whoever asks.
                 // SAFETY: AT_EMPTY_PATH on an fd we hold; EMPTY is NUL-terminated.
                 cvt(unsafe {
                     libc::fchownat(
@@ -1311,11 +1530,24 @@ impl FileSystem for PassthroughFs {
             }
             if valid.contains(SetattrValid::SIZE) {
                 let size = attr.st_size;
+                // With FATTR_KILL_SUIDGID the privileges go before the size
+                // changes, through the fd that is truncated, once it is
+                // known that the requester may write the file: a handle
+                // open for writing, or the file opened with their ids.
+                let kill = size >= 0 && self.killpriv(valid.contains(SetattrValid::KILL_SUIDGID));
                 match &h {
-                    // SAFETY: ftruncate on an fd held open by the handle Arc.
-                    Some(h) => cvt(unsafe { libc::ftruncate64(h.as_raw_fd(), size) })?,
+                    Some(h) => {
+                        if kill {
+                            self.kill_privs(h.as_raw_fd(), || open_for_writing(h.as_raw_fd()))?;
+                        }
+                        // SAFETY: ftruncate on an fd held open by the handle Arc.
+                        cvt(unsafe { libc::ftruncate64(h.as_raw_fd(), size) })?
+                    }
                     None => {
                         let f = self.reopen(&data, &fd, libc::O_WRONLY | libc::O_NONBLOCK)?;
+                        if kill {
+                            self.kill_privs(f.as_raw_fd(), || true)?;
+                        }
                         // SAFETY: ftruncate on the file we just opened.
                         cvt(unsafe { libc::ftruncate64(f.as_raw_fd(), size) })?
                     }
@@ -1358,7 +1590,7 @@ impl FileSystem for PassthroughFs {
                 Some(h) => sys::fstat(h.as_raw_fd())?,
                 None => sys::fstat(fd.as_raw_fd())?,
             };
-            Ok((st, self.timeout()))
+            Ok((self.guest_stat(st), self.timeout()))
         })
     }
 
@@ -1537,12 +1769,14 @@ impl FileSystem for PassthroughFs {
         ctx: &Context,
         inode: u64,
         flags: u32,
-        _fuse_flags: u32,
+        fuse_flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
+        // fuse_open_in.open_flags (fuse-backend-rs: fuse_flags).
+        let kill = self.killpriv(fuse_flags & FOPEN_IN_KILL_SUIDGID != 0);
         self.client_checked(ctx, || {
             let exec = flags & FMODE_EXEC != 0;
             let flags = self.open_flags(flags);
-            let handle = self.do_open(ctx, inode, flags, false, exec)?;
+            let handle = self.do_open(ctx, inode, flags, false, exec, kill)?;
             Ok((Some(handle), self.open_options(false), None))
         })
     }
@@ -1560,6 +1794,9 @@ impl FileSystem for PassthroughFs {
             let parent = self.inodes.get(parent)?;
             let pfd = self.path_fd(&parent)?;
             let flags = self.open_flags(args.flags);
+            // fuse_create_in.open_flags (fuse-backend-rs: fuse_flags).
+            let kill = self.killpriv(args.fuse_flags & FOPEN_IN_KILL_SUIDGID != 0)
+                && flags & libc::O_TRUNC != 0;
             let mode = self.creation_mode(&parent, &pfd, args.mode, args.umask);
             let (entry, file) = {
                 let _c = self.creds(ctx)?;
@@ -1582,6 +1819,15 @@ impl FileSystem for PassthroughFs {
                                 // Removed since: create it after all.
                                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) && retries > 0 => {
                                     retries -= 1;
+                                }
+                                // An existing file the open truncated, as
+                                // in OPEN (a new one is not truncated).
+                                Ok((entry, file)) if kill => {
+                                    if let Err(e) = self.kill_privs(file.as_raw_fd(), || true) {
+                                        self.inodes.forget(entry.inode, 1);
+                                        return Err(e);
+                                    }
+                                    break (entry, file);
                                 }
                                 r => break r?,
                             }
@@ -1622,9 +1868,16 @@ impl FileSystem for PassthroughFs {
         _lock_owner: Option<u64>,
         _delayed_write: bool,
         _flags: u32,
-        _fuse_flags: u32,
+        fuse_flags: u32,
     ) -> io::Result<usize> {
         let h = self.data_handle(inode, handle, Access::Write)?;
+        // fuse_write_in.write_flags (fuse-backend-rs: fuse_flags) with
+        // FUSE_WRITE_KILL_SUIDGID (fuse-backend-rs: WRITE_KILL_PRIV): the
+        // bits go before the data changes. The write runs with the daemon's
+        // CAP_FSETID, so the host would keep them.
+        if size > 0 && self.killpriv(fuse_flags & WRITE_KILL_PRIV != 0) {
+            self.kill_privs(h.as_raw_fd(), || open_for_writing(h.as_raw_fd()))?;
+        }
         let mut f = BorrowedFile::new(&*h);
         r.read_to(f.file(), size as usize, offset)
     }
@@ -1703,7 +1956,8 @@ impl FileSystem for PassthroughFs {
             if value.len() > XATTR_SIZE_MAX as usize {
                 return Err(errno(libc::E2BIG));
             }
-            self.with_xattr_file(ctx, inode, |t| t.set(name, value, flags as libc::c_int))
+            let name = self.host_xattr_name(name, XattrOp::Set)?;
+            self.with_xattr_file(ctx, inode, |t| t.set(&name, value, flags as libc::c_int))
         })
     }
 
@@ -1717,13 +1971,14 @@ impl FileSystem for PassthroughFs {
         self.client_checked(ctx, || {
             self.check_xattr_enabled()?;
             check_xattr_name(name)?;
+            let name = self.host_xattr_name(name, XattrOp::Get)?;
             self.with_xattr_file(ctx, inode, |t| {
                 // No value is larger than XATTR_SIZE_MAX, so neither is the
                 // buffer, whatever the guest offers; a larger value would be
                 // ERANGE from the host as for a short buffer.
                 let len = size.min(XATTR_SIZE_MAX) as usize;
                 let mut buf = vec![0u8; len];
-                let n = t.get(name, &mut buf)?;
+                let n = t.get(&name, &mut buf)?;
                 if size == 0 {
                     Ok(GetxattrReply::Count(n as u32))
                 } else {
@@ -1737,6 +1992,15 @@ impl FileSystem for PassthroughFs {
     fn listxattr(&self, ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
         self.client_checked(ctx, || {
             self.with_xattr_file(ctx, inode, |t| {
+                if let Some(map) = &self.cfg.xattrmap {
+                    // The guest's size is that of the mapped list, so the
+                    // host's whole list is read and mapped first (the host
+                    // lists at most XATTR_LIST_MAX bytes; beyond, E2BIG).
+                    let mut buf = vec![0u8; XATTR_LIST_MAX as usize];
+                    let n = t.list(&mut buf)?;
+                    buf.truncate(n);
+                    return map.list_reply(&buf, size);
+                }
                 // Capped at XATTR_LIST_MAX like the value in getxattr.
                 let len = size.min(XATTR_LIST_MAX) as usize;
                 let mut buf = vec![0u8; len];
@@ -1756,11 +2020,12 @@ impl FileSystem for PassthroughFs {
             self.check_writable()?;
             self.check_xattr_enabled()?;
             check_xattr_name(name)?;
-            match self.with_xattr_file(ctx, inode, |t| t.remove(name)) {
+            let host_name = self.host_xattr_name(name, XattrOp::Remove)?;
+            match self.with_xattr_file(ctx, inode, |t| t.remove(&host_name)) {
                 Err(e)
                     if e.raw_os_error() == Some(libc::EPERM)
                         && name == c"security.capability"
-                        && ctx.uid != 0 =>
+                        && self.acts_as_non_root(ctx) =>
                 {
                     self.kill_file_caps(ctx, inode)
                 }
@@ -1776,8 +2041,14 @@ impl FileSystem for PassthroughFs {
         _flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions)> {
         self.client_checked(ctx, || {
-            let handle =
-                self.do_open(ctx, inode, libc::O_RDONLY | libc::O_DIRECTORY, true, false)?;
+            let handle = self.do_open(
+                ctx,
+                inode,
+                libc::O_RDONLY | libc::O_DIRECTORY,
+                true,
+                false,
+                false,
+            )?;
             Ok((Some(handle), self.open_options(true)))
         })
     }

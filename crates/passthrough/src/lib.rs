@@ -12,7 +12,8 @@
 //! - confinement (`name`, and `openat2(RESOLVE_BENEATH)` in `fs`): every name
 //!   is one component, symlinks are never followed on the host, `..` at the
 //!   root is the root, and special files are never opened;
-//! - credentials (`credentials`): requests run with the requester's uid/gid;
+//! - credentials (`credentials`): requests run with the requester's uid/gid,
+//!   translated between guest and host ids by `idmap` where configured;
 //! - a reserve of fds (`fd_budget`) that no number of guest lookups and
 //!   opens can use up, and a bounded cache of fds (`fd_cache`) for the
 //!   inodes in use among those held by file handle.
@@ -38,13 +39,17 @@ pub mod fd_cache;
 mod file_handle;
 pub mod fs;
 mod handle_table;
+pub mod idmap;
 mod inode_store;
 pub mod io_buf;
 pub mod name;
 mod sys;
+pub mod xattrmap;
 
 pub use config::{CachePolicy, Config, InodeFileHandles};
 pub use error::Error;
 pub use fs::{Access, PassthroughFs};
 pub use handle_table::HandleData;
+pub use idmap::{IdMap, IdMapError};
 pub use inode_store::ROOT_ID;
+pub use xattrmap::{XattrMap, XattrMapError};

@@ -665,6 +665,241 @@ fn xattr_values_over_64_kib_are_e2big_and_names_over_255_bytes_erange() {
     );
 }
 
+/// The host's value of the xattr `name` of `path`, or its errno.
+fn host_xattr(path: &std::path::Path, name: &str) -> Result<Vec<u8>, i32> {
+    let p = cs(path.to_str().unwrap());
+    let n = cs(name);
+    let mut buf = vec![0u8; 256];
+    // SAFETY: NUL-terminated strings; `buf` is writable for its length.
+    let r = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(-1));
+    }
+    buf.truncate(r as usize);
+    Ok(buf)
+}
+
+/// Sets the host xattr `name` of `path`; false (and a printed reason) where
+/// the temporary directory's filesystem has no user xattrs.
+fn set_host_xattr(path: &std::path::Path, name: &str, value: &[u8]) -> bool {
+    let p = cs(path.to_str().unwrap());
+    let n = cs(name);
+    // SAFETY: NUL-terminated strings; `value` is valid for its length.
+    let r = unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r == 0 {
+        return true;
+    }
+    let e = std::io::Error::last_os_error();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTSUP), "setting {name}: {e}");
+    eprintln!("SKIP: the temporary directory's filesystem has no user xattrs");
+    false
+}
+
+/// A core over `dir` with xattrs and the map `map`.
+fn mapped_fs(dir: &std::path::Path, map: &str) -> PassthroughFs {
+    let mut cfg = Config::new(dir);
+    cfg.xattr = true;
+    cfg.xattrmap = Some(Arc::new(passthrough::XattrMap::parse(map).unwrap()));
+    PassthroughFs::new(cfg).unwrap()
+}
+
+fn names(r: std::io::Result<ListxattrReply>) -> Vec<u8> {
+    match r.unwrap() {
+        ListxattrReply::Names(v) => v,
+        ListxattrReply::Count(n) => panic!("a count ({n}) for a sized request"),
+    }
+}
+
+fn count(r: std::io::Result<ListxattrReply>) -> u32 {
+    match r.unwrap() {
+        ListxattrReply::Count(n) => n,
+        ListxattrReply::Names(v) => panic!("names ({v:?}) for a size request"),
+    }
+}
+
+/// `--xattrmap` keeping the guest's security.* names in the host's
+/// user.virtiofs.security.* (so an unprivileged host can hold a guest's
+/// SELinux labels, and the host's own labels never reach the guest): the
+/// guest sets, reads, lists and removes `security.selinux`, and only the
+/// mapped name exists on the host; host names outside the map are hidden
+/// from the guest's list and out of its reach.
+#[test]
+fn an_xattr_map_keeps_guest_security_names_under_a_user_prefix_on_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    std::fs::write(&path, b"x").unwrap();
+    if !set_host_xattr(&path, "user.hostonly", b"host") {
+        return;
+    }
+    let host_label_before = host_xattr(&path, "security.selinux");
+    let fs = mapped_fs(
+        dir.path(),
+        ":prefix:all:security.:user.virtiofs.::bad:all:::",
+    );
+    let f = fs.lookup(&root(), ROOT_ID, &cs("f")).unwrap();
+    let label = b"system_u:object_r:guest_t:s0";
+
+    fs.setxattr(&root(), f.inode, &cs("security.selinux"), label, 0)
+        .unwrap();
+    assert_eq!(
+        host_xattr(&path, "user.virtiofs.security.selinux").as_deref(),
+        Ok(&label[..]),
+        "stored under the mapped name on the host"
+    );
+    assert_eq!(
+        host_xattr(&path, "security.selinux"),
+        host_label_before,
+        "the host's own security.selinux is untouched"
+    );
+
+    match fs
+        .getxattr(&root(), f.inode, &cs("security.selinux"), 64)
+        .unwrap()
+    {
+        GetxattrReply::Value(v) => assert_eq!(v, label),
+        GetxattrReply::Count(n) => panic!("a count ({n}) for a sized request"),
+    }
+    match fs
+        .getxattr(&root(), f.inode, &cs("security.selinux"), 0)
+        .unwrap()
+    {
+        GetxattrReply::Count(n) => assert_eq!(n as usize, label.len()),
+        GetxattrReply::Value(v) => panic!("a value ({v:?}) for a size request"),
+    }
+
+    // The guest's list: the mapped name only, sized as mapped.
+    let want = b"security.selinux\0";
+    assert_eq!(
+        count(fs.listxattr(&root(), f.inode, 0)) as usize,
+        want.len()
+    );
+    assert_eq!(names(fs.listxattr(&root(), f.inode, 4096)), want);
+    assert_eq!(
+        names(fs.listxattr(&root(), f.inode, want.len() as u32)),
+        want
+    );
+    assert_eq!(
+        errno(fs.listxattr(&root(), f.inode, want.len() as u32 - 1)),
+        libc::ERANGE
+    );
+
+    // A host name outside the map: hidden above, absent to getxattr,
+    // and the guest can neither set nor remove it.
+    assert_eq!(
+        errno(fs.getxattr(&root(), f.inode, &cs("user.hostonly"), 64)),
+        libc::ENODATA
+    );
+    assert_eq!(
+        errno(fs.setxattr(&root(), f.inode, &cs("user.hostonly"), b"guest", 0)),
+        libc::EPERM
+    );
+    assert_eq!(
+        errno(fs.removexattr(&root(), f.inode, &cs("user.hostonly"))),
+        libc::EPERM
+    );
+    assert_eq!(
+        host_xattr(&path, "user.hostonly").as_deref(),
+        Ok(&b"host"[..])
+    );
+
+    fs.removexattr(&root(), f.inode, &cs("security.selinux"))
+        .unwrap();
+    assert_eq!(
+        host_xattr(&path, "user.virtiofs.security.selinux"),
+        Err(libc::ENODATA)
+    );
+    assert_eq!(count(fs.listxattr(&root(), f.inode, 0)), 0);
+    assert_eq!(
+        errno(fs.getxattr(&root(), f.inode, &cs("security.selinux"), 64)),
+        libc::ENODATA
+    );
+}
+
+/// Under a map that keeps the guest's security.* in the host's trusted.vm.*
+/// (which no guest user may change on the host), the file capabilities a
+/// writer has removed (killpriv) are the mapped ones; a non-writer's
+/// request is still refused.
+#[test]
+fn a_writer_has_mapped_file_capabilities_removed() {
+    if !common::can_switch_credentials() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fs = mapped_fs(dir.path(), ":prefix:all:security.:trusted.vm.::ok:all:::");
+    for (mode, writer_may) in [(0o666, true), (0o644, false)] {
+        let name = format!("f{mode:o}");
+        let path = dir.path().join(&name);
+        std::fs::write(&path, b"x").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        if !set_host_xattr(&path, "trusted.vm.security.capability", b"caps") {
+            return;
+        }
+        let f = fs.lookup(&root(), ROOT_ID, &cs(&name)).unwrap();
+        let r = fs.removexattr(&ctx(4242, 4242), f.inode, &cs("security.capability"));
+        let left = host_xattr(&path, "trusted.vm.security.capability");
+        if writer_may {
+            r.expect("a writer has the capabilities removed");
+            assert_eq!(left, Err(libc::ENODATA), "the mapped name is removed");
+        } else {
+            assert_eq!(errno(r), libc::EPERM, "not a writer");
+            assert!(left.is_ok(), "still there");
+        }
+    }
+}
+
+/// The `map` shorthand with a key: the guest's trusted.* names live under
+/// user.virtiofs.* on the host, the guest cannot reach user.virtiofs.*
+/// directly, and other host names pass both ways.
+#[test]
+fn an_xattr_map_rule_remaps_one_namespace_and_passes_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    std::fs::write(&path, b"x").unwrap();
+    if !set_host_xattr(&path, "user.mine", b"m") {
+        return;
+    }
+    let fs = mapped_fs(dir.path(), "/map/trusted./user.virtiofs./");
+    let f = fs.lookup(&root(), ROOT_ID, &cs("f")).unwrap();
+    fs.setxattr(&root(), f.inode, &cs("trusted.overlay.opaque"), b"y", 0)
+        .unwrap();
+    assert_eq!(
+        host_xattr(&path, "user.virtiofs.trusted.overlay.opaque").as_deref(),
+        Ok(&b"y"[..])
+    );
+    assert_eq!(
+        errno(fs.setxattr(&root(), f.inode, &cs("user.virtiofs.x"), b"v", 0)),
+        libc::EPERM
+    );
+    fs.setxattr(&root(), f.inode, &cs("user.guest"), b"g", 0)
+        .unwrap();
+    assert_eq!(host_xattr(&path, "user.guest").as_deref(), Ok(&b"g"[..]));
+    let mut listed: Vec<Vec<u8>> = names(fs.listxattr(&root(), f.inode, 4096))
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect();
+    listed.sort();
+    // (No host security.* or trusted.* names here: the host's own trusted.*
+    // would be hidden, its security.* passed.)
+    listed.retain(|n| !n.starts_with(b"security."));
+    assert_eq!(
+        listed,
+        [
+            b"trusted.overlay.opaque".to_vec(),
+            b"user.guest".to_vec(),
+            b"user.mine".to_vec()
+        ]
+    );
+}
+
 #[test]
 fn lock_requests_answer_enosys_at_once_when_posix_locks_are_not_offered() {
     let (dir, fs) = new_fs();
@@ -1942,5 +2177,666 @@ fn file_handles_are_resolved_before_the_walls() {
             InodeFileHandles::Prefer,
             "root on the temporary directory's file system"
         );
+    }
+}
+
+/// A core over a fresh directory (searchable by guest users) with
+/// `--killpriv-v2` as `killpriv_v2`, initialised by a guest that offers
+/// FUSE_HANDLE_KILLPRIV_V2 or not (`guest_offers`).
+fn killpriv_fs(killpriv_v2: bool, guest_offers: bool) -> (tempfile::TempDir, PassthroughFs) {
+    use fuse_backend_rs::abi::fuse_abi::FsOptions;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), PermissionsExt::from_mode(0o755)).unwrap();
+    let mut cfg = Config::new(dir.path());
+    cfg.killpriv_v2 = killpriv_v2;
+    let fs = PassthroughFs::new(cfg).unwrap();
+    let mut offered = FsOptions::all();
+    offered.set(FsOptions::HANDLE_KILLPRIV_V2, guest_offers);
+    let got = fs.init(offered).unwrap();
+    assert_eq!(
+        got.contains(FsOptions::HANDLE_KILLPRIV_V2),
+        killpriv_v2 && guest_offers,
+        "negotiated only when both want it"
+    );
+    (dir, fs)
+}
+
+/// Makes `dir/name` with some data, owned by `uid` (and group `uid`),
+/// with `mode` (set after the chown, which would drop set-id bits).
+fn setid_file(dir: &std::path::Path, name: &str, uid: u32, mode: u32) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, b"old data").unwrap();
+    std::os::unix::fs::chown(&path, Some(uid), Some(uid)).unwrap();
+    std::fs::set_permissions(&path, PermissionsExt::from_mode(mode)).unwrap();
+    path
+}
+
+fn mode_of(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).unwrap().mode() & 0o7777
+}
+
+/// Gives `path` file capabilities on the host (a v2 `vfs_cap_data`:
+/// effective, permitted = CAP_SETUID); false, saying why, where the file
+/// system refuses them.
+fn set_file_caps(path: &std::path::Path) -> bool {
+    let mut caps = Vec::new();
+    for word in [0x0200_0001u32, 1 << 7, 0, 0, 0] {
+        caps.extend_from_slice(&word.to_le_bytes());
+    }
+    let p = cs(path.to_str().unwrap());
+    // SAFETY: NUL-terminated strings; `caps` is valid for its length.
+    let rc = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            c"security.capability".as_ptr(),
+            caps.as_ptr().cast(),
+            caps.len(),
+            0,
+        )
+    };
+    if rc != 0 {
+        eprintln!(
+            "SKIP (file capabilities part): the host refuses security.capability: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    rc == 0
+}
+
+fn has_file_caps(path: &std::path::Path) -> bool {
+    let p = cs(path.to_str().unwrap());
+    // SAFETY: NUL-terminated strings; a size query writes nothing.
+    let n = unsafe {
+        libc::getxattr(
+            p.as_ptr(),
+            c"security.capability".as_ptr(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    n > 0
+}
+
+/// WRITE of `data` at 0 through `handle` with `write_flags`.
+fn write_flagged(
+    fs: &PassthroughFs,
+    node: u64,
+    handle: u64,
+    data: &[u8],
+    write_flags: u32,
+) -> std::io::Result<usize> {
+    let mut r = SliceReader::new(data);
+    fs.write(
+        &ctx(4242, 4242),
+        node,
+        handle,
+        &mut r,
+        data.len() as u32,
+        0,
+        None,
+        false,
+        0,
+        write_flags,
+    )
+}
+
+/// SETATTR of the size to 2 with `valid` added, by `who`.
+fn truncate_flagged(
+    fs: &PassthroughFs,
+    who: &fuse_backend_rs::api::filesystem::Context,
+    node: u64,
+    handle: Option<u64>,
+    valid: SetattrValid,
+) -> std::io::Result<()> {
+    // SAFETY: stat64 is plain data.
+    let mut attr: libc::stat64 = unsafe { std::mem::zeroed() };
+    attr.st_size = 2;
+    fs.setattr(who, node, attr, handle, SetattrValid::SIZE | valid)
+        .map(drop)
+}
+
+/// The core offers FUSE_HANDLE_KILLPRIV_V2 only with `--killpriv-v2`, and
+/// it is in force only when the guest offers it too.
+#[test]
+fn killpriv_v2_is_negotiated_only_when_configured_and_offered() {
+    for (configured, offered) in [(false, false), (false, true), (true, false), (true, true)] {
+        // killpriv_fs asserts the outcome of INIT.
+        drop(killpriv_fs(configured, offered));
+    }
+}
+
+/// HANDLE_KILLPRIV_V2: a WRITE with FUSE_WRITE_KILL_SUIDGID (a guest
+/// writer without CAP_FSETID) drops S_ISUID, S_ISGID where S_IXGRP is set
+/// (not the mandatory-locking S_ISGID), and the file capabilities: the
+/// daemon writes with CAP_FSETID, so the host would keep the bits. A WRITE
+/// without the flag (a privileged writer) keeps them.
+#[test]
+fn killpriv_v2_write_with_the_kill_flag_drops_set_id_bits_and_capabilities() {
+    use fuse_backend_rs::abi::fuse_abi::WRITE_KILL_PRIV;
+    if !can_switch_credentials() {
+        return;
+    }
+    let (dir, fs) = killpriv_fs(true, true);
+    let user = ctx(4242, 4242);
+    for (name, mode, flags, after) in [
+        ("prog", 0o6755, WRITE_KILL_PRIV, 0o755),
+        ("lockmark", 0o6745, WRITE_KILL_PRIV, 0o2745),
+        ("privileged", 0o6755, 0, 0o6755),
+    ] {
+        let path = setid_file(dir.path(), name, 4242, mode);
+        let caps = set_file_caps(&path);
+        let node = fs.lookup(&user, ROOT_ID, &cs(name)).unwrap().inode;
+        let (h, _, _) = fs.open(&user, node, libc::O_RDWR as u32, 0).unwrap();
+        let h = h.unwrap();
+        assert_eq!(write_flagged(&fs, node, h, b"new", flags).unwrap(), 3);
+        assert_eq!(mode_of(&path), after, "{name}: mode after the write");
+        if caps && flags != 0 {
+            assert!(!has_file_caps(&path), "{name}: capabilities removed");
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), b"new data", "{name}");
+        fs.release(&user, node, 0, h, false, false, None).unwrap();
+    }
+    // Through a handle that cannot write, a flagged WRITE fails and drops
+    // nothing.
+    let path = setid_file(dir.path(), "readonly", 4242, 0o6755);
+    let node = fs.lookup(&user, ROOT_ID, &cs("readonly")).unwrap().inode;
+    let (h, _, _) = fs.open(&user, node, libc::O_RDONLY as u32, 0).unwrap();
+    assert_eq!(
+        errno(write_flagged(
+            &fs,
+            node,
+            h.unwrap(),
+            b"new",
+            WRITE_KILL_PRIV
+        )),
+        libc::EBADF
+    );
+    assert_eq!(mode_of(&path), 0o6755, "nothing dropped");
+}
+
+/// HANDLE_KILLPRIV_V2: a SETATTR of the size with FATTR_KILL_SUIDGID
+/// drops the set-id bits and capabilities, with or without a handle, also
+/// for a requester whose ids leave it CAP_FSETID on the host (a guest
+/// root without CAP_FSETID, uid 0); through a read-only handle the
+/// truncate fails and nothing is dropped. Without the flag they stay.
+#[test]
+fn killpriv_v2_setattr_size_with_kill_suidgid_drops_set_id_bits() {
+    if !can_switch_credentials() {
+        return;
+    }
+    let (dir, fs) = killpriv_fs(true, true);
+    let kill = SetattrValid::KILL_SUIDGID;
+    for (who, uid) in [(root(), 0), (ctx(4242, 4242), 4242)] {
+        for (name, open, valid, after) in [
+            ("path", None, kill, 0o755),
+            ("handle", Some(libc::O_RDWR), kill, 0o755),
+            ("privileged", None, SetattrValid::empty(), 0o6755),
+        ] {
+            let name = format!("{name}{uid}");
+            let path = setid_file(dir.path(), &name, uid, 0o6755);
+            let caps = set_file_caps(&path);
+            let node = fs.lookup(&who, ROOT_ID, &cs(&name)).unwrap().inode;
+            let h = open.map(|f| fs.open(&who, node, f as u32, 0).unwrap().0.unwrap());
+            truncate_flagged(&fs, &who, node, h, valid).unwrap();
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), 2, "{name}");
+            if uid == 0 || !valid.is_empty() {
+                // (A guest user's truncate drops S_ISUID on the host anyway.)
+                assert_eq!(mode_of(&path), after, "{name}: mode after the truncate");
+            }
+            if caps && !valid.is_empty() {
+                assert!(!has_file_caps(&path), "{name}: capabilities removed");
+            }
+            if let Some(h) = h {
+                fs.release(&who, node, 0, h, false, false, None).unwrap();
+            }
+        }
+    }
+    let path = setid_file(dir.path(), "readonly", 0, 0o6755);
+    let node = fs.lookup(&root(), ROOT_ID, &cs("readonly")).unwrap().inode;
+    let (h, _, _) = fs.open(&root(), node, libc::O_RDONLY as u32, 0).unwrap();
+    assert!(truncate_flagged(&fs, &root(), node, h, kill).is_err());
+    assert_eq!(mode_of(&path), 0o6755, "nothing dropped");
+}
+
+/// HANDLE_KILLPRIV_V2: an OPEN, or a CREATE of an existing file, with
+/// O_TRUNC and FUSE_OPEN_KILL_SUIDGID drops the set-id bits and
+/// capabilities (also for a guest root without CAP_FSETID, uid 0); without
+/// O_TRUNC or without the flag they stay, and a CREATE that makes the file
+/// keeps the mode it asked for.
+#[test]
+fn killpriv_v2_open_with_o_trunc_and_kill_suidgid_drops_set_id_bits() {
+    use fuse_backend_rs::abi::fuse_abi::FOPEN_IN_KILL_SUIDGID;
+    if !can_switch_credentials() {
+        return;
+    }
+    let (dir, fs) = killpriv_fs(true, true);
+    let trunc = libc::O_RDWR | libc::O_TRUNC;
+    for (who, uid) in [(root(), 0), (ctx(4242, 4242), 4242)] {
+        for (name, flags, fuse_flags, after) in [
+            ("trunc", trunc, FOPEN_IN_KILL_SUIDGID, 0o755),
+            ("notrunc", libc::O_RDWR, FOPEN_IN_KILL_SUIDGID, 0o6755),
+            ("privileged", trunc, 0, 0o6755),
+        ] {
+            let name = format!("{name}{uid}");
+            let path = setid_file(dir.path(), &name, uid, 0o6755);
+            let caps = set_file_caps(&path);
+            let node = fs.lookup(&who, ROOT_ID, &cs(&name)).unwrap().inode;
+            let (h, _, _) = fs.open(&who, node, flags as u32, fuse_flags).unwrap();
+            // (A guest user's O_TRUNC drops the bits on the host anyway.)
+            let host_drops = uid != 0 && flags & libc::O_TRUNC != 0;
+            if !host_drops || fuse_flags != 0 {
+                assert_eq!(mode_of(&path), after, "{name}: mode after the open");
+            }
+            if caps && after == 0o755 {
+                assert!(!has_file_caps(&path), "{name}: capabilities removed");
+            }
+            fs.release(&who, node, 0, h.unwrap(), false, false, None)
+                .unwrap();
+        }
+        // CREATE of an existing file.
+        let name = format!("existing{uid}");
+        let path = setid_file(dir.path(), &name, uid, 0o6755);
+        let caps = set_file_caps(&path);
+        let mut args = create_args(trunc);
+        args.fuse_flags = FOPEN_IN_KILL_SUIDGID;
+        let (e, h, _, _) = fs.create(&who, ROOT_ID, &cs(&name), args).unwrap();
+        assert_eq!(mode_of(&path), 0o755, "{name}: mode after the create");
+        if caps {
+            assert!(!has_file_caps(&path), "{name}: capabilities removed");
+        }
+        fs.release(&who, e.inode, 0, h.unwrap(), false, false, None)
+            .unwrap();
+        fs.forget(&who, e.inode, 1);
+    }
+    // CREATE that makes the file: nothing is truncated, the mode stays.
+    let mut args = create_args(trunc);
+    args.mode = libc::S_IFREG | 0o6755;
+    args.fuse_flags = FOPEN_IN_KILL_SUIDGID;
+    let (e, h, _, _) = fs.create(&root(), ROOT_ID, &cs("new"), args).unwrap();
+    assert_eq!(mode_of(&dir.path().join("new")), 0o6755, "a new file");
+    fs.release(&root(), e.inode, 0, h.unwrap(), false, false, None)
+        .unwrap();
+}
+
+/// Unless HANDLE_KILLPRIV_V2 was negotiated (not configured, or not
+/// offered by the guest), the kill flags mean nothing, as before: WRITE,
+/// SETATTR and OPEN by a guest root keep the set-id bits.
+#[test]
+fn killpriv_v2_kill_flags_are_ignored_unless_negotiated() {
+    use fuse_backend_rs::abi::fuse_abi::{FOPEN_IN_KILL_SUIDGID, WRITE_KILL_PRIV};
+    if !can_switch_credentials() {
+        return;
+    }
+    for (configured, offered) in [(false, true), (true, false)] {
+        let (dir, fs) = killpriv_fs(configured, offered);
+        let path = setid_file(dir.path(), "w", 0, 0o6755);
+        let node = fs.lookup(&root(), ROOT_ID, &cs("w")).unwrap().inode;
+        let (h, _, _) = fs.open(&root(), node, libc::O_RDWR as u32, 0).unwrap();
+        write_flagged(&fs, node, h.unwrap(), b"new", WRITE_KILL_PRIV).unwrap();
+        assert_eq!(mode_of(&path), 0o6755, "write ({configured}, {offered})");
+        truncate_flagged(&fs, &root(), node, h, SetattrValid::KILL_SUIDGID).unwrap();
+        assert_eq!(mode_of(&path), 0o6755, "setattr ({configured}, {offered})");
+        let trunc = (libc::O_RDWR | libc::O_TRUNC) as u32;
+        let (h2, _, _) = fs
+            .open(&root(), node, trunc, FOPEN_IN_KILL_SUIDGID)
+            .unwrap();
+        assert_eq!(mode_of(&path), 0o6755, "open ({configured}, {offered})");
+        for h in [h, h2] {
+            fs.release(&root(), node, 0, h.unwrap(), false, false, None)
+                .unwrap();
+        }
+    }
+}
+
+/// Where the map of [`killpriv_mapped_fs`] keeps the guest's file
+/// capabilities on the host.
+const MAPPED_CAPS: &std::ffi::CStr = c"user.virtiofs.security.capability";
+
+/// Gives `path` guest file capabilities under [`MAPPED_CAPS`]; false,
+/// saying why, where the file system has no user xattrs.
+fn set_mapped_caps(path: &std::path::Path) -> bool {
+    let mut caps = Vec::new();
+    for word in [0x0200_0001u32, 1 << 7, 0, 0, 0] {
+        caps.extend_from_slice(&word.to_le_bytes());
+    }
+    let p = cs(path.to_str().unwrap());
+    // SAFETY: NUL-terminated strings; `caps` is valid for its length.
+    let rc = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            MAPPED_CAPS.as_ptr(),
+            caps.as_ptr().cast(),
+            caps.len(),
+            0,
+        )
+    };
+    if rc == 0 {
+        return true;
+    }
+    let e = std::io::Error::last_os_error();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTSUP), "{e}");
+    eprintln!("SKIP: the temporary directory's filesystem has no user xattrs");
+    false
+}
+
+fn has_mapped_caps(path: &std::path::Path) -> bool {
+    let p = cs(path.to_str().unwrap());
+    // SAFETY: NUL-terminated strings; a size query writes nothing.
+    let n = unsafe { libc::getxattr(p.as_ptr(), MAPPED_CAPS.as_ptr(), std::ptr::null_mut(), 0) };
+    n > 0
+}
+
+/// A core over `dir` with `--killpriv-v2` negotiated and an xattr map
+/// that keeps the guest's security.* names under user.virtiofs.*.
+fn killpriv_mapped_fs(dir: &std::path::Path) -> PassthroughFs {
+    use fuse_backend_rs::abi::fuse_abi::FsOptions;
+    let mut cfg = Config::new(dir);
+    cfg.xattr = true;
+    cfg.killpriv_v2 = true;
+    cfg.xattrmap = Some(Arc::new(
+        passthrough::XattrMap::parse(":prefix:all:security.:user.virtiofs.::bad:all:::").unwrap(),
+    ));
+    let fs = PassthroughFs::new(cfg).unwrap();
+    assert!(fs
+        .init(FsOptions::all())
+        .unwrap()
+        .contains(FsOptions::HANDLE_KILLPRIV_V2));
+    fs
+}
+
+/// Under an xattr map that keeps the guest's security.* names under
+/// user.virtiofs.*, the guest's file capabilities are a host xattr the
+/// host kernel knows nothing of: a WRITE with FUSE_WRITE_KILL_SUIDGID
+/// removes it, as it would the guest's `security.capability` (a WRITE
+/// without the flag leaves it).
+#[test]
+fn killpriv_v2_write_removes_the_mapped_capabilities_of_an_xattr_map() {
+    use fuse_backend_rs::abi::fuse_abi::WRITE_KILL_PRIV;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    std::fs::write(&path, b"old data").unwrap();
+    if !set_mapped_caps(&path) {
+        return;
+    }
+    let fs = killpriv_mapped_fs(dir.path());
+    let node = fs.lookup(&root(), ROOT_ID, &cs("f")).unwrap().inode;
+    let (h, _, _) = fs.open(&root(), node, libc::O_RDWR as u32, 0).unwrap();
+    let h = h.unwrap();
+    write_flagged(&fs, node, h, b"new", 0).unwrap();
+    assert!(has_mapped_caps(&path), "kept by a write without the flag");
+    write_flagged(&fs, node, h, b"new", WRITE_KILL_PRIV).unwrap();
+    assert!(!has_mapped_caps(&path), "removed by the flagged write");
+    fs.release(&root(), node, 0, h, false, false, None).unwrap();
+}
+
+/// A guest user who may write a file but not read it has its mapped
+/// capabilities removed by an OPEN with O_TRUNC and
+/// FUSE_OPEN_KILL_SUIDGID: the daemon, not the requester, reads them
+/// (reading a user.* xattr needs read permission).
+#[test]
+fn killpriv_v2_open_of_a_file_the_requester_cannot_read_removes_mapped_capabilities() {
+    use fuse_backend_rs::abi::fuse_abi::FOPEN_IN_KILL_SUIDGID;
+    if !can_switch_credentials() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), PermissionsExt::from_mode(0o755)).unwrap();
+    let path = setid_file(dir.path(), "f", 0, 0o4622);
+    if !set_mapped_caps(&path) {
+        return;
+    }
+    let fs = killpriv_mapped_fs(dir.path());
+    let user = ctx(4242, 4242);
+    let node = fs.lookup(&user, ROOT_ID, &cs("f")).unwrap().inode;
+    let flags = (libc::O_WRONLY | libc::O_TRUNC) as u32;
+    let (h, _, _) = fs
+        .open(&user, node, flags, FOPEN_IN_KILL_SUIDGID)
+        .expect("a writer's O_TRUNC open");
+    assert!(!has_mapped_caps(&path), "removed by the flagged open");
+    fs.release(&user, node, 0, h.unwrap(), false, false, None)
+        .unwrap();
+}
+
+/// A core over `dir` whose uids and gids are translated by these
+/// `--translate-uid` and `--translate-gid` rules.
+fn translating_fs(dir: &std::path::Path, uids: &[&str], gids: &[&str]) -> PassthroughFs {
+    let mut cfg = Config::new(dir);
+    cfg.translate_uid = passthrough::IdMap::parse_rules(uids).unwrap();
+    cfg.translate_gid = passthrough::IdMap::parse_rules(gids).unwrap();
+    PassthroughFs::new(cfg).unwrap()
+}
+
+/// The owner and group READDIRPLUS shows the guest for each name in the
+/// directory `dir` (`.` and `..` left out).
+fn readdirplus_owners(fs: &PassthroughFs, dir: u64) -> Vec<(String, u32, u32)> {
+    let (h, _) = fs.opendir(&root(), dir, 0).unwrap();
+    let h = h.unwrap();
+    let mut seen = Vec::new();
+    fs.readdirplus(&root(), dir, h, 65536, 0, &mut |d, e| {
+        if e.inode != 0 {
+            let name = String::from_utf8_lossy(d.name).into_owned();
+            seen.push((name, e.attr.st_uid, e.attr.st_gid));
+        }
+        Ok(1)
+    })
+    .unwrap();
+    fs.releasedir(&root(), dir, 0, h).unwrap();
+    seen.sort();
+    seen
+}
+
+/// `--translate-uid map:1000:2000:10`: the guest's uid 1005 creates files
+/// the host sees as 2005's, and the guest sees them as its own; a chown to
+/// guest uid 1001 gives the file to host uid 2001. Without the option the
+/// ids pass unchanged.
+#[test]
+fn translated_uids_own_host_files_and_show_as_the_guests() {
+    if !can_switch_credentials() {
+        return;
+    }
+    for translate in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let rules: &[&str] = if translate {
+            &["map:1000:2000:10"]
+        } else {
+            &[]
+        };
+        let fs = translating_fs(dir.path(), rules, &[]);
+        let host = |guest: u32| if translate { guest + 1000 } else { guest };
+        let user = ctx(1005, 1005);
+
+        let (e, h, _, _) = fs
+            .create(&user, ROOT_ID, &cs("f"), create_args(libc::O_RDWR))
+            .unwrap();
+        fs.release(&user, e.inode, 0, h.unwrap(), false, false, None)
+            .unwrap();
+        let md = std::fs::metadata(dir.path().join("f")).unwrap();
+        assert_eq!((md.uid(), md.gid()), (host(1005), 1005), "{translate}");
+        assert_eq!((e.attr.st_uid, e.attr.st_gid), (1005, 1005), "{translate}");
+        let (st, _) = fs.getattr(&user, e.inode, None).unwrap();
+        assert_eq!(st.st_uid, 1005, "GETATTR, {translate}");
+
+        let d = fs.mkdir(&user, ROOT_ID, &cs("d"), 0o755, 0).unwrap();
+        let md = std::fs::metadata(dir.path().join("d")).unwrap();
+        assert_eq!(md.uid(), host(1005), "{translate}");
+        assert_eq!(d.attr.st_uid, 1005, "{translate}");
+        // The requester acts as its host uid: the directory is its own.
+        let sub = fs.mkdir(&user, d.inode, &cs("sub"), 0o700, 0).unwrap();
+        assert_eq!(sub.attr.st_uid, 1005);
+
+        let mut attr = e.attr;
+        attr.st_uid = 1001;
+        let (st, _) = fs
+            .setattr(&root(), e.inode, attr, None, SetattrValid::UID)
+            .unwrap();
+        let md = std::fs::metadata(dir.path().join("f")).unwrap();
+        assert_eq!(md.uid(), host(1001), "chown, {translate}");
+        assert_eq!(st.st_uid, 1001, "SETATTR's reply, {translate}");
+        assert_eq!(
+            fs.lookup(&user, ROOT_ID, &cs("f")).unwrap().attr.st_uid,
+            1001
+        );
+
+        assert_eq!(
+            readdirplus_owners(&fs, ROOT_ID),
+            [("d".into(), 1005, 1005), ("f".into(), 1001, 1005)]
+        );
+        // A host file of an unmapped uid shows as it is.
+        std::fs::write(dir.path().join("other"), b"").unwrap();
+        std::os::unix::fs::chown(dir.path().join("other"), Some(3000), Some(3000)).unwrap();
+        let other = fs.lookup(&root(), ROOT_ID, &cs("other")).unwrap();
+        assert_eq!((other.attr.st_uid, other.attr.st_gid), (3000, 3000));
+    }
+}
+
+/// `squash-host`: a range of host ids is shown to the guest as one id, in
+/// every reply; `--translate-gid` does the same for groups. Without the
+/// option the host ids show.
+#[test]
+fn squash_host_shows_a_range_of_host_ids_as_one_guest_id() {
+    if !can_switch_credentials() {
+        return;
+    }
+    for translate in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, id) in [("a", 100000), ("b", 123456), ("c", 165535), ("d", 165536)] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+            std::os::unix::fs::chown(dir.path().join(name), Some(id), Some(id)).unwrap();
+        }
+        let rules: &[&str] = if translate {
+            &["squash-host:100000:65534:65536"]
+        } else {
+            &[]
+        };
+        let fs = translating_fs(dir.path(), rules, rules);
+        let shown = |host: u32| {
+            if translate && (100000..165536).contains(&host) {
+                65534
+            } else {
+                host
+            }
+        };
+        assert_eq!(
+            readdirplus_owners(&fs, ROOT_ID),
+            [("a", 100000), ("b", 123456), ("c", 165535), ("d", 165536)].map(|(n, id)| (
+                n.to_owned(),
+                shown(id),
+                shown(id)
+            ))
+        );
+        for (name, id) in [("b", 123456), ("d", 165536)] {
+            let e = fs.lookup(&root(), ROOT_ID, &cs(name)).unwrap();
+            assert_eq!((e.attr.st_uid, e.attr.st_gid), (shown(id), shown(id)));
+            let (st, _) = fs.getattr(&root(), e.inode, None).unwrap();
+            assert_eq!((st.st_uid, st.st_gid), (shown(id), shown(id)));
+        }
+        // One-directional: guest 65534 is host 65534, not the range.
+        let b = fs.lookup(&root(), ROOT_ID, &cs("b")).unwrap();
+        let mut attr = b.attr;
+        attr.st_uid = 65534;
+        fs.setattr(&root(), b.inode, attr, None, SetattrValid::UID)
+            .unwrap();
+        assert_eq!(
+            std::fs::metadata(dir.path().join("b")).unwrap().uid(),
+            65534
+        );
+    }
+}
+
+/// `forbid-guest`: a request from a forbidden guest uid or gid, and a chown
+/// to one, are `EPERM`; other ids work. Without the option they all work.
+#[test]
+fn forbidden_guest_ids_get_eperm() {
+    if !can_switch_credentials() {
+        return;
+    }
+    for translate in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::write(dir.path().join("f"), b"").unwrap();
+        let (uids, gids): (&[&str], &[&str]) = if translate {
+            (&["forbid-guest:500:100"], &["forbid-guest:7000:1"])
+        } else {
+            (&[], &[])
+        };
+        let fs = translating_fs(dir.path(), uids, gids);
+        let expect = |errno: i32, what: &str| {
+            let want = if translate { libc::EPERM } else { 0 };
+            assert_eq!(errno, want, "{what}, {translate}");
+        };
+        let forbidden = ctx(550, 550);
+        expect(
+            errno(fs.create(&forbidden, ROOT_ID, &cs("new"), create_args(libc::O_RDWR))),
+            "create",
+        );
+        expect(
+            errno(fs.mkdir(&forbidden, ROOT_ID, &cs("dir"), 0o755, 0)),
+            "mkdir",
+        );
+        expect(errno(fs.lookup(&forbidden, ROOT_ID, &cs("f"))), "lookup");
+        expect(
+            errno(fs.mkdir(&ctx(1000, 7000), ROOT_ID, &cs("g"), 0o755, 0)),
+            "gid",
+        );
+        let f = fs.lookup(&root(), ROOT_ID, &cs("f")).unwrap();
+        let mut attr = f.attr;
+        attr.st_uid = 599;
+        expect(
+            errno(fs.setattr(&root(), f.inode, attr, None, SetattrValid::UID)),
+            "chown to a forbidden uid",
+        );
+        attr.st_gid = 7000;
+        expect(
+            errno(fs.setattr(&root(), f.inode, attr, None, SetattrValid::GID)),
+            "chown to a forbidden gid",
+        );
+        // Ids outside the rules are served.
+        fs.mkdir(&ctx(600, 600), ROOT_ID, &cs("ok"), 0o755, 0)
+            .unwrap();
+        assert_eq!(std::fs::metadata(dir.path().join("ok")).unwrap().uid(), 600);
+    }
+}
+
+/// Where the uid translation lets no guest act as the host's root, a
+/// request the host refuses is not run again with the DAC override
+/// capabilities (`client_checks_permissions`): that would give a squashed
+/// guest root what only the host's root may read. Without translation the
+/// second run happens, as a guest could send uid 0 anyway.
+#[test]
+fn a_guest_that_cannot_be_host_root_gets_no_dac_override() {
+    if !can_switch_credentials() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), b"host root's").unwrap();
+    std::fs::set_permissions(
+        dir.path().join("secret"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    for translate in [false, true] {
+        let squash: &[&str] = if translate {
+            &["squash-guest:0:1001:4294967295"]
+        } else {
+            &[]
+        };
+        let mut cfg = Config::new(dir.path());
+        cfg.client_checks_permissions = true;
+        cfg.translate_uid = passthrough::IdMap::parse_rules(squash).unwrap();
+        cfg.translate_gid = passthrough::IdMap::parse_rules(squash).unwrap();
+        let fs = PassthroughFs::new(cfg).unwrap();
+        // Guest root, or without translation a plain user (1001 either way
+        // on the host, as far as the file's mode is concerned).
+        let guest = if translate { root() } else { ctx(1001, 1001) };
+        let f = fs.lookup(&guest, ROOT_ID, &cs("secret")).unwrap();
+        let opened = fs.open(&guest, f.inode, libc::O_RDONLY as u32, 0);
+        if translate {
+            assert_eq!(errno(opened), libc::EACCES, "no second run");
+        } else {
+            let (h, _, _) = opened.expect("the client checked: second run");
+            fs.release(&guest, f.inode, 0, h.unwrap(), false, false, None)
+                .unwrap();
+        }
     }
 }

@@ -43,6 +43,7 @@ pub mod seccomp;
 pub mod signals;
 pub mod socket;
 pub mod status;
+pub mod userns;
 
 use std::path::{Path, PathBuf};
 
@@ -51,6 +52,7 @@ pub use crate::landlock::{LandlockError, LandlockState};
 pub use namespace::{NamespaceError, SandboxMode};
 pub use seccomp::{Profile, SeccompError, SeccompMode};
 pub use socket::{bind_private_unix, SocketError};
+pub use userns::{IdMapError, IdRange, UserNamespace, UsernsError};
 
 /// Which walls to put up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,14 +72,21 @@ pub struct SandboxConfig {
     /// Cut the capability sets (a daemon that holds none has nothing to
     /// cut, and skips this).
     pub drop_caps: bool,
+    /// Enter a user namespace with these maps first (`--uid-map` and
+    /// `--gid-map`; see [`userns`]).
+    pub userns: Option<UserNamespace>,
 }
 
 impl SandboxConfig {
     /// Whether a daemon behind these walls may reopen file handles
     /// (`open_by_handle_at` needs CAP_DAC_READ_SEARCH): false when
     /// `--modcaps` removes it from the set kept. (A daemon without the
-    /// capability in the first place finds out when it tries.)
+    /// capability in the first place finds out when it tries.) Never in a
+    /// user namespace: its capabilities do not reach the host's.
     pub fn keeps_read_search(&self) -> bool {
+        if self.userns.is_some() {
+            return false;
+        }
         !self.drop_caps
             || caps::kept_set(true, self.modcaps.as_deref()).map_or(true, |s| {
                 s.contains(&::caps::Capability::CAP_DAC_READ_SEARCH)
@@ -94,6 +103,7 @@ impl SandboxConfig {
             file_handles: false,
             landlock: true,
             drop_caps: true,
+            userns: None,
         }
     }
 }
@@ -113,6 +123,9 @@ pub enum SandboxError {
     /// The seccomp filter.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
+    /// The user namespace.
+    #[error(transparent)]
+    Userns(#[from] UsernsError),
     /// `no_new_privs` could not be set.
     #[error("cannot set no_new_privs: {0}")]
     NoNewPrivs(std::io::Error),
@@ -129,7 +142,12 @@ pub fn enter(
     share: &Path,
     after_child: impl FnOnce(),
 ) -> Result<Entered, SandboxError> {
-    Ok(namespace::enter(cfg.mode, share, after_child)?)
+    if let Some(ns) = &cfg.userns {
+        userns::enter(ns)?;
+    }
+    let mut entered = namespace::enter(cfg.mode, share, after_child)?;
+    entered.userns = cfg.userns.is_some();
+    Ok(entered)
 }
 
 /// Puts every wall of `cfg` up around opening the share: [`enter`] (with
@@ -158,6 +176,8 @@ pub struct Walls {
     pub mode: SandboxMode,
     /// Whether the process is alone in its PID namespace.
     pub pid_namespace: bool,
+    /// Whether it runs in a user namespace of its own.
+    pub userns: bool,
     /// The capabilities kept (names), or `None` when not cut.
     pub caps: Option<String>,
     /// Landlock's state.
@@ -168,6 +188,9 @@ pub struct Walls {
 
 impl std::fmt::Display for Walls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.userns {
+            f.write_str("user namespace (--uid-map, --gid-map); ")?;
+        }
         match self.mode {
             SandboxMode::Namespace => f.write_str(
                 "namespace sandbox (pid, mount, net; private /proc; pivot_root into the share)",
@@ -221,6 +244,7 @@ impl Entered {
         Ok(Walls {
             mode: cfg.mode,
             pid_namespace: self.pid_namespace,
+            userns: self.userns,
             caps,
             landlock,
             seccomp: cfg.seccomp,

@@ -80,6 +80,7 @@ pub struct Entered {
     pub(crate) root: PathBuf,
     pub(crate) proc_self_fd: Option<OwnedFd>,
     pub(crate) pid_namespace: bool,
+    pub(crate) userns: bool,
 }
 
 impl Entered {
@@ -327,6 +328,7 @@ pub fn enter(
             root: dir.to_path_buf(),
             proc_self_fd: Some(open_proc_self_fd().map_err(fail("open /proc/self/fd"))?),
             pid_namespace: false,
+            userns: false,
         }),
         SandboxMode::Chroot => {
             let proc_self_fd = open_proc_self_fd().map_err(fail("open /proc/self/fd"))?;
@@ -340,6 +342,7 @@ pub fn enter(
                 root: PathBuf::from("/"),
                 proc_self_fd: Some(proc_self_fd),
                 pid_namespace: false,
+                userns: false,
             })
         }
         SandboxMode::Namespace => {
@@ -392,6 +395,7 @@ pub fn enter(
                     root: PathBuf::from("/"),
                     proc_self_fd: Some(proc_self_fd),
                     pid_namespace: true,
+                    userns: false,
                 });
             }
             // pivot_root needs the new root to be a mount point.
@@ -425,6 +429,7 @@ pub fn enter(
                 root: PathBuf::from("/"),
                 proc_self_fd: Some(proc_self_fd),
                 pid_namespace: true,
+                userns: false,
             })
         }
     }

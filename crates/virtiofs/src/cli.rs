@@ -2,9 +2,10 @@
 //! [`DaemonConfig`]. See `docs/virtiofsd-compat.md` for the status of each.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::{Parser, ValueEnum};
-use passthrough::{CachePolicy, Config, InodeFileHandles};
+use passthrough::{CachePolicy, Config, IdMap, InodeFileHandles, XattrMap};
 
 use crate::daemon::{DaemonConfig, Listen};
 use sandbox::{Profile, SandboxConfig, SandboxMode, SeccompMode};
@@ -169,7 +170,10 @@ pub struct Cli {
     #[arg(long)]
     pub xattr: bool,
 
-    /// Extended attribute name mapping (not supported: refused).
+    /// Extended attribute name mapping (implies --xattr): rules
+    /// `:type:scope:key:prepend:` or `:map:key:prepend:`, any first
+    /// character as the separator; see passthrough's `xattrmap` module and
+    /// upstream's doc/xattr-mapping.md.
     #[arg(long)]
     pub xattrmap: Option<String>,
 
@@ -245,7 +249,8 @@ pub struct Cli {
     #[arg(long, value_enum, default_value = "info")]
     pub log_level: LogLevelArg,
 
-    /// Log to the system log (/dev/log, facility daemon) instead of stderr.
+    /// Log to the system log (/dev/log, facility user) instead of stderr;
+    /// stderr, with a warning, where there is no system log.
     #[arg(long)]
     pub syslog: bool,
 
@@ -253,12 +258,16 @@ pub struct Cli {
     #[arg(long)]
     pub print_capabilities: bool,
 
-    /// Enable FUSE_HANDLE_KILLPRIV_V2 (accepted; the guest clears suid/sgid itself).
-    #[arg(long)]
+    /// Offer FUSE_HANDLE_KILLPRIV_V2: the daemon, not the guest, then
+    /// clears set-id bits and file capabilities on writes, truncates and
+    /// chowns by guest processes without CAP_FSETID. The last of
+    /// --killpriv-v2 and --no-killpriv-v2 wins.
+    #[arg(long, overrides_with = "no_killpriv_v2")]
     pub killpriv_v2: bool,
 
-    /// Disable FUSE_HANDLE_KILLPRIV_V2 (the default).
-    #[arg(long)]
+    /// Do not offer FUSE_HANDLE_KILLPRIV_V2 (the default): the guest kernel
+    /// clears set-id bits itself.
+    #[arg(long, overrides_with = "killpriv_v2")]
     pub no_killpriv_v2: bool,
 
     /// Security label support; only `never` is supported, other values are refused.
@@ -275,21 +284,30 @@ pub struct Cli {
     #[arg(long)]
     pub preserve_noatime: bool,
 
-    /// uid translation (not supported: refused).
-    #[arg(long, num_args = 1)]
+    /// Translate uids between guest and host in the daemon (no user
+    /// namespace, unlike --uid-map): `TYPE:SOURCE_BASE:TARGET_BASE:COUNT`
+    /// (repeatable), TYPE one of guest, host, map (both ways),
+    /// squash-guest, squash-host, or `forbid-guest:GUEST_BASE:COUNT`;
+    /// see passthrough's `idmap` module. Not with --posix-acl.
+    #[arg(long, num_args = 1, value_name = "TYPE:SOURCE:TARGET:COUNT")]
     pub translate_uid: Vec<String>,
 
-    /// gid translation (not supported: refused).
-    #[arg(long, num_args = 1)]
+    /// As --translate-uid, for gids.
+    #[arg(long, num_args = 1, value_name = "TYPE:SOURCE:TARGET:COUNT")]
     pub translate_gid: Vec<String>,
 
-    /// Deprecated uid map (not supported: refused).
-    #[arg(long)]
-    pub uid_map: Option<String>,
+    /// Run in a user namespace of its own (for a daemon started without
+    /// root, as libvirt's session mode does), with this range of uids
+    /// mapped into it: `:NAMESPACE_UID:HOST_UID:COUNT:` (repeatable; with
+    /// --gid-map, each mapping id 0). Unprivileged, the maps are written by
+    /// newuidmap (package uidmap) within /etc/subuid's ranges.
+    #[arg(long, value_name = ":NS_UID:HOST_UID:COUNT:")]
+    pub uid_map: Vec<String>,
 
-    /// Deprecated gid map (not supported: refused).
-    #[arg(long)]
-    pub gid_map: Option<String>,
+    /// The gid ranges of --uid-map's user namespace:
+    /// `:NAMESPACE_GID:HOST_GID:COUNT:` (repeatable).
+    #[arg(long, value_name = ":NS_GID:HOST_GID:COUNT:")]
+    pub gid_map: Vec<String>,
 
     /// Migration mode (accepted; migration is not offered to the frontend).
     #[arg(long)]
@@ -309,8 +327,10 @@ pub struct Cli {
 
     /// Legacy options, comma separated (source=DIR, cache=, xattr, no_xattr,
     /// flock, no_flock, posix_lock, no_posix_lock, readdirplus, no_readdirplus,
-    /// writeback, no_writeback, announce_submounts, log_level=, sandbox=;
-    /// also seccomp=, inode_file_handles=, thread_pool_size=).
+    /// writeback, no_writeback, announce_submounts, killpriv_v2,
+    /// no_killpriv_v2, log_level=, sandbox=; also seccomp=,
+    /// inode_file_handles=, thread_pool_size=). They apply after the long
+    /// flags, in order, as upstream's.
     #[arg(short = 'o')]
     pub compat_options: Vec<String>,
 
@@ -351,6 +371,29 @@ pub enum CliError {
     /// `--modcaps` does not parse.
     #[error("{0}")]
     Modcaps(String),
+    /// `--uid-map` / `--gid-map` do not parse or do not fit together.
+    #[error(transparent)]
+    IdMap(#[from] sandbox::IdMapError),
+    /// `--uid-map` with `--fuse-mount`: the mount is the host's, which a
+    /// daemon in a user namespace can neither serve as root nor unmount.
+    #[error("--uid-map/--gid-map cannot be used with --fuse-mount")]
+    UsernsFuseMount,
+    /// `--xattrmap` (or `-o xattrmap=`) does not parse.
+    #[error("--xattrmap: {0}")]
+    XattrMap(passthrough::XattrMapError),
+    /// `--translate-uid` or `--translate-gid` rules do not parse or
+    /// overlap.
+    #[error("{flag}: {error}")]
+    TranslateIds {
+        /// The flag whose rules are wrong.
+        flag: &'static str,
+        /// What is wrong with them.
+        error: passthrough::IdMapError,
+    },
+    /// `--translate-uid`/`--translate-gid` with POSIX ACLs, whose entries
+    /// name ids that are not translated (refused as upstream refuses it).
+    #[error("--translate-uid/--translate-gid cannot be used with --posix-acl (ACL entries are not translated)")]
+    TranslateIdsWithPosixAcl,
 }
 
 /// The JSON `--print-capabilities` prints, as libvirt expects.
@@ -423,7 +466,14 @@ impl Cli {
                         "-o posix_lock (POSIX locks shared with the host)",
                     ))
                 }
-                ("killpriv_v2" | "no_killpriv_v2", None) => {}
+                ("killpriv_v2", None) => {
+                    self.killpriv_v2 = true;
+                    self.no_killpriv_v2 = false;
+                }
+                ("no_killpriv_v2", None) => {
+                    self.killpriv_v2 = false;
+                    self.no_killpriv_v2 = true;
+                }
                 _ => return Err(CliError::UnknownCompatOption(opt.clone())),
             }
         }
@@ -442,21 +492,35 @@ impl Cli {
     /// Checks the flags and builds the daemon configuration.
     pub fn into_config(mut self) -> Result<DaemonConfig, CliError> {
         self.apply_compat_options()?;
-        if self.xattrmap.is_some() {
-            return Err(CliError::Unsupported("--xattrmap"));
-        }
+        let xattrmap = match self.xattrmap.as_deref().map(XattrMap::parse) {
+            Some(Ok(map)) => {
+                if !map.has_catch_all() {
+                    log::warn!(
+                        "--xattrmap has no catch-all rule for both directions: names no rule \
+                         matches are refused to the guest and hidden from its lists"
+                    );
+                }
+                Some(Arc::new(map))
+            }
+            Some(Err(e)) => return Err(CliError::XattrMap(e)),
+            None => None,
+        };
         if self.security_label != NegotiationArg::Never {
             return Err(CliError::Unsupported("--security-label"));
         }
-        if !self.translate_uid.is_empty() || self.uid_map.is_some() {
-            return Err(CliError::Unsupported(
-                "uid translation (--translate-uid/--uid-map)",
-            ));
+        let translate = |flag, rules: &[String]| {
+            IdMap::parse_rules(rules).map_err(|error| CliError::TranslateIds { flag, error })
+        };
+        let translate_uid = translate("--translate-uid", &self.translate_uid)?;
+        let translate_gid = translate("--translate-gid", &self.translate_gid)?;
+        if !(translate_uid.is_identity() && translate_gid.is_identity())
+            && self.posix_acl != NegotiationArg::Never
+        {
+            return Err(CliError::TranslateIdsWithPosixAcl);
         }
-        if !self.translate_gid.is_empty() || self.gid_map.is_some() {
-            return Err(CliError::Unsupported(
-                "gid translation (--translate-gid/--gid-map)",
-            ));
+        let userns = sandbox::UserNamespace::from_flags(&self.uid_map, &self.gid_map)?;
+        if userns.is_some() && self.fuse_mount.is_some() {
+            return Err(CliError::UsernsFuseMount);
         }
         if let Err(e) = sandbox::caps::kept_set(false, self.modcaps.as_deref()) {
             return Err(CliError::Modcaps(e.to_string()));
@@ -494,8 +558,12 @@ impl Cli {
             CacheArg::Metadata => CachePolicy::Metadata,
         };
         let posix_acl = self.posix_acl != NegotiationArg::Never;
-        fs.xattr = self.xattr || posix_acl;
+        // As upstream, a map implies --xattr.
+        fs.xattr = self.xattr || posix_acl || xattrmap.is_some();
+        fs.xattrmap = xattrmap;
         fs.posix_acl = posix_acl;
+        fs.translate_uid = translate_uid;
+        fs.translate_gid = translate_gid;
         fs.readonly = self.readonly;
         fs.inode_file_handles = match self.inode_file_handles {
             FileHandlesArg::Never => InodeFileHandles::Never,
@@ -508,6 +576,7 @@ impl Cli {
         // Without caching, READDIRPLUS only fills a cache that is never used.
         fs.readdirplus = !self.no_readdirplus && fs.cache != CachePolicy::Never;
         fs.preserve_noatime = self.preserve_noatime;
+        fs.killpriv_v2 = self.killpriv_v2 && !self.no_killpriv_v2;
         // virtio-fs guests and the FUSE mount always check permissions
         // (default_permissions) before a request is sent.
         fs.client_checks_permissions = true;
@@ -534,6 +603,7 @@ impl Cli {
                 },
                 modcaps: self.modcaps,
                 landlock: !self.no_landlock,
+                userns,
                 ..SandboxConfig::new(Profile::VirtioFs)
             },
             rlimit_nofile: self.rlimit_nofile,
@@ -613,6 +683,56 @@ mod tests {
     }
 
     #[test]
+    fn libvirt_session_mode_id_maps_make_a_user_namespace() {
+        // What libvirt's session mode passes (qemu_virtiofs.c).
+        let cfg = parse(&[
+            "--fd=3",
+            "--shared-dir",
+            "/srv",
+            "--uid-map=:0:1000:1:",
+            "--uid-map=:1:100000:65536:",
+            "--gid-map=:0:1000:1:",
+            "--gid-map=:1:100000:65536:",
+        ])
+        .unwrap();
+        let ns = cfg.sandbox.userns.expect("a user namespace");
+        assert_eq!(ns.uid_map.len(), 2);
+        assert_eq!(ns.gid_map[1].outside, 100000);
+        // Handles cannot be reopened from a user namespace.
+        assert!(!SandboxConfig {
+            userns: Some(ns),
+            ..SandboxConfig::new(Profile::VirtioFs)
+        }
+        .keeps_read_search());
+        assert_eq!(
+            parse(&["--fd=3", "--shared-dir", "/srv", "--uid-map=:0:1000:1:"]).unwrap_err(),
+            CliError::IdMap(sandbox::IdMapError::NoRoot)
+        );
+        assert!(matches!(
+            parse(&[
+                "--fd=3",
+                "--shared-dir",
+                "/srv",
+                "--uid-map=0:1000:1",
+                "--gid-map=:0:1:1:"
+            ])
+            .unwrap_err(),
+            CliError::IdMap(sandbox::IdMapError::Syntax { .. })
+        ));
+        let err = parse(&[
+            "--fuse-mount=/mnt",
+            "--shared-dir",
+            "/srv",
+            "--uid-map=:0:1000:1:",
+            "--gid-map=:0:1000:1:",
+        ])
+        .unwrap_err();
+        assert_eq!(err, CliError::UsernsFuseMount);
+        let plain = parse(&["--fd=3", "--shared-dir", "/srv"]).unwrap();
+        assert_eq!(plain.sandbox.userns, None);
+    }
+
+    #[test]
     fn missing_or_conflicting_listeners_are_errors() {
         assert_eq!(
             parse(&["--shared-dir", "/tmp"]).unwrap_err(),
@@ -650,6 +770,36 @@ mod tests {
         assert!(cfg.fs.posix_acl && cfg.fs.xattr);
         let cfg = parse(&["--shared-dir", "/", "--fd", "3", "--posix-acl=never"]).unwrap();
         assert!(!cfg.fs.posix_acl && !cfg.fs.xattr);
+    }
+
+    #[test]
+    fn killpriv_v2_is_off_by_default_and_the_last_flag_wins() {
+        let killpriv = |args: &[&str]| {
+            let mut v = vec!["--shared-dir", "/", "--fd", "3"];
+            v.extend_from_slice(args);
+            parse(&v).unwrap().fs.killpriv_v2
+        };
+        assert!(!killpriv(&[]));
+        assert!(killpriv(&["--killpriv-v2"]));
+        assert!(!killpriv(&["--no-killpriv-v2"]));
+        assert!(!killpriv(&["--killpriv-v2", "--no-killpriv-v2"]));
+        assert!(killpriv(&["--no-killpriv-v2", "--killpriv-v2"]));
+    }
+
+    #[test]
+    fn killpriv_v2_compat_options_set_and_clear_it_after_the_long_flags() {
+        let killpriv = |args: &[&str]| {
+            let mut v = vec!["--shared-dir", "/", "--fd", "3"];
+            v.extend_from_slice(args);
+            parse(&v).unwrap().fs.killpriv_v2
+        };
+        assert!(killpriv(&["-o", "killpriv_v2"]));
+        assert!(!killpriv(&["-o", "no_killpriv_v2"]));
+        assert!(!killpriv(&["-o", "killpriv_v2,no_killpriv_v2"]));
+        assert!(killpriv(&["-o", "no_killpriv_v2", "-o", "killpriv_v2"]));
+        // As upstream: -o applies after the long flags, wherever it is.
+        assert!(!killpriv(&["-o", "no_killpriv_v2", "--killpriv-v2"]));
+        assert!(killpriv(&["--no-killpriv-v2", "-o", "killpriv_v2"]));
     }
 
     #[test]
@@ -714,16 +864,187 @@ mod tests {
 
     #[test]
     fn semantics_changing_flags_are_refused_not_ignored() {
+        let err = parse(&["--shared-dir", "/", "--fd", "3", "--security-label"]).unwrap_err();
+        assert_eq!(err, CliError::Unsupported("--security-label"));
+    }
+
+    #[test]
+    fn an_xattrmap_reaches_the_config_and_implies_xattr() {
+        for args in [
+            &["--xattrmap", ":map::user.virtiofs.:"][..],
+            &["-o", "xattrmap=:map::user.virtiofs.:"][..],
+        ] {
+            let mut v = vec!["--shared-dir", "/", "--fd", "3"];
+            v.extend_from_slice(args);
+            let cfg = parse(&v).unwrap();
+            assert!(cfg.fs.xattr, "{args:?}");
+            let map = cfg.fs.xattrmap.expect("a map");
+            assert_eq!(
+                *map,
+                XattrMap::parse(":prefix:all::user.virtiofs.::bad:all:::").unwrap()
+            );
+            assert_eq!(
+                map.host_name(c"security.selinux", passthrough::xattrmap::XattrOp::Set)
+                    .unwrap()
+                    .as_ref(),
+                c"user.virtiofs.security.selinux"
+            );
+        }
+        let cfg = parse(&["--shared-dir", "/", "--fd", "3"]).unwrap();
+        assert!(cfg.fs.xattrmap.is_none() && !cfg.fs.xattr);
+    }
+
+    #[test]
+    fn a_bad_xattrmap_is_a_one_line_error_naming_the_rule() {
         let err = parse(&[
             "--shared-dir",
             "/",
             "--fd",
             "3",
             "--xattrmap",
-            ":map::user.:",
+            ":ok:client:user.:: :prefix:everywhere:a:b:",
         ])
         .unwrap_err();
-        assert_eq!(err, CliError::Unsupported("--xattrmap"));
+        assert_eq!(
+            err,
+            CliError::XattrMap(passthrough::XattrMapError::UnknownScope {
+                rule: 2,
+                found: "everywhere".into()
+            })
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("--xattrmap: xattr map rule 2:") && !msg.contains('\n'),
+            "{msg}"
+        );
+        assert!(matches!(
+            parse(&["-o", "source=/,xattrmap=:prefix:all:a", "--fd", "3"]),
+            Err(CliError::XattrMap(_))
+        ));
+        assert_eq!(
+            parse(&["--shared-dir", "/", "--fd", "3", "--xattrmap", " "]).unwrap_err(),
+            CliError::XattrMap(passthrough::XattrMapError::Empty)
+        );
+    }
+
+    #[test]
+    fn translate_uid_and_gid_rules_reach_the_config() {
+        let cfg = parse(&[
+            "--shared-dir",
+            "/",
+            "--fd",
+            "3",
+            "--translate-uid",
+            "map:1000:2000:10",
+            "--translate-uid=squash-host:100000:65534:65536",
+            "--translate-uid=forbid-guest:0:1",
+            "--translate-gid",
+            "squash-guest:0:100:4294967295",
+        ])
+        .unwrap();
+        let (uids, gids) = (&cfg.fs.translate_uid, &cfg.fs.translate_gid);
+        assert_eq!(uids.rules().len(), 3);
+        assert_eq!(uids.guest_to_host(1005), Ok(2005));
+        assert_eq!(uids.host_to_guest(2009), 1009);
+        assert_eq!(uids.host_to_guest(123456), 65534);
+        assert!(uids.guest_to_host(0).is_err());
+        assert_eq!(gids.guest_to_host(0), Ok(100));
+        assert_eq!(gids.guest_to_host(54321), Ok(100));
+        assert_eq!(gids.host_to_guest(100), 100);
+        let cfg = parse(&["--shared-dir", "/", "--fd", "3"]).unwrap();
+        assert!(cfg.fs.translate_uid.is_identity() && cfg.fs.translate_gid.is_identity());
+    }
+
+    #[test]
+    fn bad_translate_rules_are_one_line_errors_naming_flag_and_rule() {
+        let base = ["--shared-dir", "/", "--fd", "3"];
+        let with = |extra: &[&str]| {
+            let mut v = base.to_vec();
+            v.extend_from_slice(extra);
+            parse(&v).unwrap_err()
+        };
+        let err = with(&[
+            "--translate-uid=map:1000:2000:10",
+            "--translate-uid=guest:1005:0:1",
+        ]);
+        assert!(
+            matches!(
+                &err,
+                CliError::TranslateIds {
+                    flag: "--translate-uid",
+                    error: passthrough::IdMapError::Overlap {
+                        first: 1005,
+                        last: 1005,
+                        ..
+                    },
+                }
+            ),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("--translate-uid: ")
+                && msg.contains("guest:1005:0:1")
+                && msg.contains("map:1000:2000:10")
+                && !msg.contains('\n'),
+            "{msg}"
+        );
+        let err = with(&["--translate-gid", "swap:1:2:3"]);
+        assert_eq!(
+            err,
+            CliError::TranslateIds {
+                flag: "--translate-gid",
+                error: passthrough::IdMapError::UnknownType {
+                    rule: "swap:1:2:3".into(),
+                    found: "swap".into()
+                }
+            }
+        );
+        assert!(err.to_string().starts_with("--translate-gid: "), "{err}");
+        assert!(matches!(
+            with(&["--translate-uid", "forbid-guest:0:1:2"]),
+            CliError::TranslateIds {
+                error: passthrough::IdMapError::FieldCount {
+                    expected: 2,
+                    found: 3,
+                    ..
+                },
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn translate_ids_are_refused_with_posix_acls_as_upstream() {
+        for acl in [
+            &["--posix-acl"][..],
+            &["--posix-acl=auto"],
+            &["-o", "posix_acl"],
+        ] {
+            let mut v = vec![
+                "--shared-dir",
+                "/",
+                "--fd",
+                "3",
+                "--translate-gid=map:0:1:1",
+            ];
+            v.extend_from_slice(acl);
+            assert_eq!(
+                parse(&v).unwrap_err(),
+                CliError::TranslateIdsWithPosixAcl,
+                "{acl:?}"
+            );
+        }
+        let cfg = parse(&[
+            "--shared-dir",
+            "/",
+            "--fd",
+            "3",
+            "--posix-acl=never",
+            "--translate-uid=map:0:1:1",
+        ])
+        .unwrap();
+        assert!(!cfg.fs.posix_acl && !cfg.fs.translate_uid.is_identity());
     }
 
     #[test]
