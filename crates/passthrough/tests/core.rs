@@ -2490,7 +2490,7 @@ fn killpriv_v2_kill_flags_are_ignored_unless_negotiated() {
 
 /// Where the map of [`killpriv_mapped_fs`] keeps the guest's file
 /// capabilities on the host.
-const MAPPED_CAPS: &std::ffi::CStr = c"user.virtiofs.security.capability";
+const MAPPED_CAPS: &str = "user.virtiofs.security.capability";
 
 /// Gives `path` guest file capabilities under [`MAPPED_CAPS`]; false,
 /// saying why, where the file system has no user xattrs.
@@ -2499,31 +2499,11 @@ fn set_mapped_caps(path: &std::path::Path) -> bool {
     for word in [0x0200_0001u32, 1 << 7, 0, 0, 0] {
         caps.extend_from_slice(&word.to_le_bytes());
     }
-    let p = cs(path.to_str().unwrap());
-    // SAFETY: NUL-terminated strings; `caps` is valid for its length.
-    let rc = unsafe {
-        libc::setxattr(
-            p.as_ptr(),
-            MAPPED_CAPS.as_ptr(),
-            caps.as_ptr().cast(),
-            caps.len(),
-            0,
-        )
-    };
-    if rc == 0 {
-        return true;
-    }
-    let e = std::io::Error::last_os_error();
-    assert_eq!(e.raw_os_error(), Some(libc::ENOTSUP), "{e}");
-    eprintln!("SKIP: the temporary directory's filesystem has no user xattrs");
-    false
+    set_host_xattr(path, MAPPED_CAPS, &caps)
 }
 
 fn has_mapped_caps(path: &std::path::Path) -> bool {
-    let p = cs(path.to_str().unwrap());
-    // SAFETY: NUL-terminated strings; a size query writes nothing.
-    let n = unsafe { libc::getxattr(p.as_ptr(), MAPPED_CAPS.as_ptr(), std::ptr::null_mut(), 0) };
-    n > 0
+    host_xattr(path, MAPPED_CAPS).is_ok_and(|v| !v.is_empty())
 }
 
 /// A core over `dir` with `--killpriv-v2` negotiated and an xattr map

@@ -225,18 +225,7 @@ pub fn supervise(after_child: impl FnOnce()) -> io::Result<()> {
     CHILD.store(pid, Ordering::Relaxed);
     set_handlers(forward_signal);
     restore(&old);
-    let mut status = 0;
-    loop {
-        // SAFETY: valid out-pointer.
-        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if r == pid {
-            break;
-        }
-        if r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            status = 1 << 8;
-            break;
-        }
-    }
+    let status = wait_for(pid);
     // The pid may be reused from now on: forward nothing more.
     CHILD.store(0, Ordering::Relaxed);
     after_child();
@@ -257,6 +246,22 @@ pub fn supervise(after_child: impl FnOnce()) -> io::Result<()> {
         1
     };
     std::process::exit(code)
+}
+
+/// Waits for the child `pid` through interruptions; its wait status, or
+/// that of an exit with status 1 when it cannot be waited for.
+pub(crate) fn wait_for(pid: libc::pid_t) -> libc::c_int {
+    let mut status = 0;
+    loop {
+        // SAFETY: valid out-pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            return status;
+        }
+        if r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return 1 << 8;
+        }
+    }
 }
 
 /// Makes every mount beneath `dir` (the share's bind mount) `nodev` and

@@ -267,18 +267,7 @@ pub fn enter(ns: &UserNamespace) -> Result<(), UsernsError> {
         let _ = tx.write_all(b"m");
     }
     drop(tx);
-    let mut status = 0;
-    loop {
-        // SAFETY: valid out-pointer, our own child.
-        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if r == pid {
-            break;
-        }
-        if r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            status = 1 << 8;
-            break;
-        }
-    }
+    let status = crate::namespace::wait_for(pid);
     unshared?;
     if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
         return Err(UsernsError::Maps);
