@@ -84,6 +84,13 @@ impl DeviceCore {
         self.mem.set(mem);
     }
 
+    /// The guest memory as the frontend last set it (the shared handle:
+    /// its `memory()` is always the current table), for answering a chain
+    /// kept past its kick ([`DEFERRED`](crate::DEFERRED)).
+    pub fn guest_memory(&self) -> Option<GuestMem> {
+        self.mem.get()
+    }
+
     /// `VhostUserBackend::exit_event`: worker `thread`'s exit event.
     pub fn exit_event(&self, thread: usize) -> Option<(EventConsumer, EventNotifier)> {
         let (consumer, notifier) = self.exits.get(thread)?;
@@ -195,6 +202,11 @@ impl MemorySlot {
     /// Replaces the memory (the frontend's SET_MEM_TABLE).
     pub fn set(&self, mem: GuestMem) {
         *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(mem);
+    }
+
+    /// The memory handle, if any was set.
+    pub fn get(&self) -> Option<GuestMem> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// A snapshot of the current memory, if any was set.

@@ -307,8 +307,18 @@ fn serve_locked<E: Display>(
         warn!("{queue}: dropping request in chain {head}: {e}");
         0
     });
+    if used == DEFERRED {
+        // The device keeps the chain and answers it later itself.
+        return;
+    }
     put_used(state, queue, head, used);
 }
+
+/// What a device's synchronous path returns for a chain it keeps, to
+/// answer later itself with [`return_chain`] and [`notify`] (a request
+/// that waits, such as a blocking lock, must not hold its queue): the
+/// chain is not put on the used ring now. No reply is that long.
+pub const DEFERRED: u32 = u32::MAX;
 
 /// Puts chain `head` on the used ring with `used` bytes written.
 pub fn return_chain(vring: &VringRwLock, queue: &str, head: u16, used: u32) {

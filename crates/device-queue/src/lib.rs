@@ -41,8 +41,8 @@ pub use device::{
 };
 pub use drain::{
     available, is_started, notify, return_chain, serve_chain, serve_kick, serve_kick_with,
-    DataPath, IoEngine, MemSource, QueueEngine, QueueError, UnknownEngine, MAX_DRAINS_PER_KICK,
-    MAX_PASSES, NOTIFY_EVERY,
+    DataPath, IoEngine, MemSource, QueueEngine, QueueError, UnknownEngine, DEFERRED,
+    MAX_DRAINS_PER_KICK, MAX_PASSES, NOTIFY_EVERY,
 };
 pub use io::{rw_nowait, try_inline, DataOp, Kind, OpenFile};
 pub use poll::{readable, Poller, QueuePollers, DEFAULT_POLL};

@@ -95,8 +95,13 @@ pub struct Config {
     /// As [`translate_uid`](Self::translate_uid), for gids
     /// (`--translate-gid`).
     pub translate_gid: IdMap,
-    /// Advertise POSIX byte-range locks to the guest (served with OFD locks).
+    /// Advertise POSIX byte-range locks to the guest (`-o posix_lock`),
+    /// served with open file description locks on the host, so host
+    /// processes and other guests sharing the directory see them.
     pub posix_locks: bool,
+    /// Advertise flock(2) locks to the guest (`-o flock`), served with
+    /// flock(2) on the host.
+    pub flock_locks: bool,
     /// Offer FUSE_HANDLE_KILLPRIV_V2 (virtiofsd's `--killpriv-v2`): the
     /// guest kernel then leaves clearing set-id bits and file capabilities
     /// to the server, and flags the WRITE, SETATTR (truncate, chown) and
@@ -153,6 +158,7 @@ impl Config {
             client_checks_permissions: false,
             negative_entries: false,
             posix_locks: false,
+            flock_locks: false,
             killpriv_v2: false,
             readdirplus: true,
             preserve_noatime: false,

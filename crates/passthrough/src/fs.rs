@@ -1272,7 +1272,49 @@ impl PassthroughFs {
         // SAFETY: `fl` is a valid flock; the fd is held by the handle Arc.
         cvt(unsafe { libc::fcntl(h.as_raw_fd(), libc::F_OFD_SETLK, &fl) }).map(drop)
     }
+
+    /// Whether lock requests of either kind were offered to the guest
+    /// ([`Config::posix_locks`], [`Config::flock_locks`]).
+    pub fn locks_offered(&self) -> bool {
+        self.cfg.posix_locks || self.cfg.flock_locks
+    }
+
+    /// A FUSE SETLK, or one attempt of a SETLKW, without waiting: with
+    /// [`LK_FLOCK`] in `lk_flags` a whole-file flock(2) lock on the
+    /// handle's open file (as the guest's flock is on its open file), else
+    /// a byte-range lock of the handle's open file description
+    /// (`F_OFD_SETLK`). `EAGAIN` when another holder (a host process,
+    /// another guest, another open of this guest) conflicts; `ENOSYS` for
+    /// a kind that was not offered.
+    pub fn try_setlk(
+        &self,
+        inode: u64,
+        handle: u64,
+        lock: FileLock,
+        lk_flags: u32,
+    ) -> io::Result<()> {
+        if lk_flags & LK_FLOCK == 0 {
+            self.check_posix_locks()?;
+            return self.try_lock(inode, handle, lock);
+        }
+        if !self.cfg.flock_locks {
+            return Err(errno(libc::ENOSYS));
+        }
+        let op = match lock.lock_type as libc::c_int {
+            libc::F_RDLCK => libc::LOCK_SH,
+            libc::F_WRLCK => libc::LOCK_EX,
+            libc::F_UNLCK => libc::LOCK_UN,
+            _ => return Err(errno(libc::EINVAL)),
+        };
+        let h = self.handles.get(inode, handle)?;
+        // SAFETY: plain syscall on an fd held open by the handle Arc.
+        cvt(unsafe { libc::flock(h.as_raw_fd(), op | libc::LOCK_NB) }).map(drop)
+    }
 }
+
+/// `FUSE_LK_FLOCK` in a lock request's `lk_flags`: a flock(2) lock, not a
+/// POSIX byte-range lock.
+pub const LK_FLOCK: u32 = 1;
 
 /// Whether `new` (permission bits) is `cur`'s mode with only set-user-ID
 /// and/or set-group-ID bits removed (and at least one removed).
@@ -1367,6 +1409,9 @@ impl FileSystem for PassthroughFs {
         }
         if self.cfg.posix_locks {
             want |= FsOptions::POSIX_LOCKS;
+        }
+        if self.cfg.flock_locks {
+            want |= FsOptions::FLOCK_LOCKS;
         }
         if self.cfg.killpriv_v2 {
             want |= FsOptions::HANDLE_KILLPRIV_V2;
@@ -2190,10 +2235,9 @@ impl FileSystem for PassthroughFs {
         handle: u64,
         _owner: u64,
         lock: FileLock,
-        _flags: u32,
+        flags: u32,
     ) -> io::Result<()> {
-        self.check_posix_locks()?;
-        self.try_lock(inode, handle, lock)
+        self.try_setlk(inode, handle, lock, flags)
     }
 
     fn setlkw(
@@ -2203,10 +2247,25 @@ impl FileSystem for PassthroughFs {
         handle: u64,
         _owner: u64,
         lock: FileLock,
-        _flags: u32,
+        flags: u32,
     ) -> io::Result<()> {
-        self.check_posix_locks()?;
+        // Waits in the calling thread: a transport whose threads serve
+        // queues must not come here, and the virtio-fs device does not (it
+        // keeps the request and retries [`try_setlk`] off its queues).
+        match self.try_setlk(inode, handle, lock, flags) {
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
+            r => return r,
+        }
         let h = self.handles.get(inode, handle)?;
+        if flags & LK_FLOCK != 0 {
+            let op = if lock.lock_type as libc::c_int == libc::F_RDLCK {
+                libc::LOCK_SH
+            } else {
+                libc::LOCK_EX
+            };
+            // SAFETY: plain syscall on an fd held open by the handle Arc.
+            return cvt(unsafe { libc::flock(h.as_raw_fd(), op) }).map(drop);
+        }
         let fl = flock_from(&lock);
         // SAFETY: `fl` is a valid flock; the fd is held by the handle Arc.
         cvt(unsafe { libc::fcntl(h.as_raw_fd(), libc::F_OFD_SETLKW, &fl) }).map(drop)

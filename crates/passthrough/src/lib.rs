@@ -48,7 +48,7 @@ pub mod xattrmap;
 
 pub use config::{CachePolicy, Config, InodeFileHandles};
 pub use error::Error;
-pub use fs::{Access, PassthroughFs};
+pub use fs::{Access, PassthroughFs, LK_FLOCK};
 pub use handle_table::HandleData;
 pub use idmap::{IdMap, IdMapError};
 pub use inode_store::ROOT_ID;

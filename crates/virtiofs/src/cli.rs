@@ -170,6 +170,18 @@ pub struct Cli {
     #[arg(long)]
     pub xattr: bool,
 
+    /// Serve the guest's POSIX byte-range locks (fcntl) on the host, with
+    /// open file description locks, so host processes and other guests
+    /// see them (also `-o posix_lock`; upstream refuses it). A blocking
+    /// request waits off the queues. Not with --fuse-mount.
+    #[arg(long)]
+    pub posix_lock: bool,
+
+    /// Serve the guest's flock(2) locks on the host, with flock(2) (also
+    /// `-o flock`; upstream refuses it). Not with --fuse-mount.
+    #[arg(long)]
+    pub flock: bool,
+
     /// Extended attribute name mapping (implies --xattr): rules
     /// `:type:scope:key:prepend:` or `:map:key:prepend:`, any first
     /// character as the separator; see passthrough's `xattrmap` module and
@@ -374,6 +386,10 @@ pub enum CliError {
     /// `--uid-map` / `--gid-map` do not parse or do not fit together.
     #[error(transparent)]
     IdMap(#[from] sandbox::IdMapError),
+    /// Host-shared locks with `--fuse-mount`: a blocking lock would hold one
+    /// of its few `/dev/fuse` readers.
+    #[error("--posix-lock/--flock (-o posix_lock, -o flock) are served over vhost-user only, not with --fuse-mount")]
+    LocksFuseMount,
     /// `--uid-map` with `--fuse-mount`: the mount is the host's, which a
     /// daemon in a user namespace can neither serve as root nor unmount.
     #[error("--uid-map/--gid-map cannot be used with --fuse-mount")]
@@ -452,20 +468,11 @@ impl Cli {
                 ("announce_submounts", None) => self.announce_submounts = true,
                 ("allow_direct_io", None) => self.allow_direct_io = true,
                 ("no_allow_direct_io", None) => self.allow_direct_io = false,
-                // Locks shared with the host are not served yet: refused, as
-                // upstream virtiofsd refuses them, never silently kept local
-                // to the guest.
-                ("no_flock" | "no_posix_lock", None) => {}
-                ("flock", None) => {
-                    return Err(CliError::Unsupported(
-                        "-o flock (flock locks shared with the host)",
-                    ))
-                }
-                ("posix_lock", None) => {
-                    return Err(CliError::Unsupported(
-                        "-o posix_lock (POSIX locks shared with the host)",
-                    ))
-                }
+                // Locks shared with the host (upstream refuses both).
+                ("flock", None) => self.flock = true,
+                ("no_flock", None) => self.flock = false,
+                ("posix_lock", None) => self.posix_lock = true,
+                ("no_posix_lock", None) => self.posix_lock = false,
                 ("killpriv_v2", None) => {
                     self.killpriv_v2 = true;
                     self.no_killpriv_v2 = false;
@@ -517,6 +524,9 @@ impl Cli {
             && self.posix_acl != NegotiationArg::Never
         {
             return Err(CliError::TranslateIdsWithPosixAcl);
+        }
+        if (self.posix_lock || self.flock) && self.fuse_mount.is_some() {
+            return Err(CliError::LocksFuseMount);
         }
         let userns = sandbox::UserNamespace::from_flags(&self.uid_map, &self.gid_map)?;
         if userns.is_some() && self.fuse_mount.is_some() {
@@ -576,6 +586,8 @@ impl Cli {
         // Without caching, READDIRPLUS only fills a cache that is never used.
         fs.readdirplus = !self.no_readdirplus && fs.cache != CachePolicy::Never;
         fs.preserve_noatime = self.preserve_noatime;
+        fs.posix_locks = self.posix_lock;
+        fs.flock_locks = self.flock;
         fs.killpriv_v2 = self.killpriv_v2 && !self.no_killpriv_v2;
         // virtio-fs guests and the FUSE mount always check permissions
         // (default_permissions) before a request is sent.
@@ -668,18 +680,22 @@ mod tests {
     }
 
     #[test]
-    fn host_shared_locks_are_refused_not_kept_local_to_the_guest() {
-        // libvirt's default (<lock> off) is accepted ...
+    fn host_shared_locks_are_served_where_asked_for() {
+        // libvirt's default (<lock> off): no locks offered.
         let o = "source=/srv,cache=auto,sandbox=chroot,xattr,no_flock,no_posix_lock";
-        assert!(parse(&["--fd=31", "-o", o]).is_ok());
-        // ... and <lock posix='on' flock='on'/> is refused, as upstream does.
-        for lock in ["flock", "posix_lock"] {
-            let err = parse(&["--fd=31", "-o", &format!("source=/srv,{lock}")]).unwrap_err();
-            assert!(
-                matches!(err, CliError::Unsupported(what) if what.starts_with(&format!("-o {lock} "))),
-                "{lock}: {err:?}"
-            );
-        }
+        let cfg = parse(&["--fd=31", "-o", o]).unwrap();
+        assert!(!cfg.fs.posix_locks && !cfg.fs.flock_locks);
+        // <lock posix='on' flock='on'/>: both, as asked (upstream refuses).
+        let cfg = parse(&["--fd=31", "-o", "source=/srv,flock,posix_lock"]).unwrap();
+        assert!(cfg.fs.posix_locks && cfg.fs.flock_locks);
+        let cfg = parse(&["--fd=31", "--shared-dir=/srv", "--posix-lock"]).unwrap();
+        assert!(cfg.fs.posix_locks && !cfg.fs.flock_locks);
+        let cfg = parse(&["--fd=31", "--shared-dir=/srv", "--flock", "-o", "no_flock"]).unwrap();
+        assert!(!cfg.fs.flock_locks, "-o applies after the long flags");
+        assert_eq!(
+            parse(&["--fuse-mount=/m", "--shared-dir=/srv", "-o", "posix_lock"]).unwrap_err(),
+            CliError::LocksFuseMount
+        );
     }
 
     #[test]

@@ -17,10 +17,11 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use device_queue::{
-    device_protocol_features, peek, scatter, segs_len, split_chain, Chain, DataPath, DeviceCore,
-    MemGuard, DEVICE_FEATURES,
+    device_protocol_features, gather_obj, peek, scatter, segs_len, split_chain, Chain, DataPath,
+    DeviceCore, MemGuard, DEFERRED, DEVICE_FEATURES,
 };
-use fuse_backend_rs::abi::fuse_abi::OutHeader;
+use fuse_backend_rs::abi::fuse_abi::{InHeader, InterruptIn, LkIn, Opcode, OutHeader};
+use fuse_backend_rs::api::filesystem::FileLock;
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
 use log::{debug, error};
@@ -32,6 +33,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::fast_path;
+use crate::locks::{LockWaiter, PendingLock};
 use crate::uring::FuseData;
 
 pub use device_queue::{IoEngine, QueueDevice};
@@ -76,6 +78,8 @@ pub struct VirtioFsBackend {
     /// per queue (index = queue number) its io_uring ring and polling;
     /// hiprio uses neither.
     core: DeviceCore,
+    /// Contended SETLKWs, answered off the queues ([`crate::locks`]).
+    locks: LockWaiter,
 }
 
 impl VirtioFsBackend {
@@ -97,6 +101,7 @@ impl VirtioFsBackend {
         }
         Ok(VirtioFsBackend {
             server: Arc::new(Server::new(fs.clone())),
+            locks: LockWaiter::new(fs.clone()),
             fs,
             request_queues,
             tag,
@@ -146,8 +151,89 @@ impl VirtioFsBackend {
         &self.fs
     }
 
-    /// Serves one descriptor chain; returns the number of reply bytes written.
-    fn handle_chain(&self, mem: &MemGuard, chain: Chain) -> Result<usize, ChainError> {
+    /// A SETLKW in `chain` (from queue `vring`, named `queue`), where locks
+    /// were offered: tried at once; if another holder conflicts, kept for
+    /// the lock waiter and [`DEFERRED`] returned. `None` for any other
+    /// request, or one too short to be a lock request (the server answers
+    /// it). A FUSE_INTERRUPT is passed on to the waiter, then served as
+    /// usual.
+    fn lock_request(
+        &self,
+        mem: &MemGuard,
+        chain: &Chain,
+        vring: &VringRwLock,
+        queue: &str,
+    ) -> Option<usize> {
+        const IN: usize = std::mem::size_of::<InHeader>();
+        let (readable, writable) = split_chain(chain)?;
+        let header: InHeader = gather_obj(mem, &readable, 0)?;
+        if header.opcode == Opcode::Interrupt as u32 {
+            if let Some(i) = gather_obj::<InterruptIn>(mem, &readable, IN) {
+                self.locks.interrupt(i.unique);
+            }
+            return None;
+        }
+        if header.opcode != Opcode::Setlkw as u32 || segs_len(&writable) < OUT_HEADER {
+            return None;
+        }
+        let lk: LkIn = gather_obj(mem, &readable, IN)?;
+        let lock = FileLock {
+            start: lk.lk.start,
+            end: lk.lk.end,
+            lock_type: lk.lk.type_,
+            pid: lk.lk.pid,
+        };
+        let result = match self.fs.try_setlk(header.nodeid, lk.fh, lock, lk.lk_flags) {
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                let pending = PendingLock {
+                    vring: vring.clone(),
+                    queue: queue.to_owned(),
+                    head: chain.head_index(),
+                    writable: writable.clone(),
+                    unique: header.unique,
+                    inode: header.nodeid,
+                    handle: lk.fh,
+                    lock,
+                    lk_flags: lk.lk_flags,
+                };
+                let kept = self
+                    .core
+                    .guest_memory()
+                    .is_some_and(|m| self.locks.wait(pending, m));
+                if kept {
+                    return Some(DEFERRED as usize);
+                }
+                drop(e);
+                Err(io::Error::from_raw_os_error(libc::ENOLCK))
+            }
+            r => r,
+        };
+        let reply = OutHeader {
+            len: OUT_HEADER as u32,
+            error: result
+                .err()
+                .map_or(0, |e| -e.raw_os_error().unwrap_or(libc::EIO)),
+            unique: header.unique,
+        };
+        scatter(mem, &writable, reply.as_slice()).ok()?;
+        Some(OUT_HEADER)
+    }
+
+    /// Serves one descriptor chain of queue `vring` (named `queue`);
+    /// returns the number of reply bytes written, or [`DEFERRED`] for a
+    /// chain kept to be answered later.
+    fn handle_chain(
+        &self,
+        mem: &MemGuard,
+        chain: Chain,
+        vring: &VringRwLock,
+        queue: &str,
+    ) -> Result<usize, ChainError> {
+        if self.fs.locks_offered() {
+            if let Some(n) = self.lock_request(mem, &chain, vring, queue) {
+                return Ok(n);
+            }
+        }
         let reader =
             Reader::from_descriptor_chain(&**mem, chain.clone()).map_err(ChainError::Reader)?;
         let writer = VirtioFsWriter::new(&**mem, chain).map_err(ChainError::Writer)?;
@@ -263,6 +349,10 @@ impl VhostUserBackend for VirtioFsBackend {
         self.core.set_event_idx(enabled);
     }
 
+    fn reset_device(&self) {
+        self.locks.reset();
+    }
+
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         // struct virtio_fs_config { u8 tag[36]; le32 num_request_queues; }
         let mut config = [0u8; TAG_LEN + 4];
@@ -313,8 +403,10 @@ impl VhostUserBackend for VirtioFsBackend {
         let data: Option<&dyn DataPath> = (queue != HIPRIO_QUEUE as usize).then_some(&fuse);
         self.core
             .serve_kick(queue, vring, &name, data, |mem, chain| {
-                serve_caught(mem, chain, |mem, chain| self.handle_chain(mem, chain))
-                    .map(|n| n as u32)
+                serve_caught(mem, chain, |mem, chain| {
+                    self.handle_chain(mem, chain, vring, &name)
+                })
+                .map(|n| n as u32)
             });
         Ok(())
     }

@@ -46,6 +46,7 @@ mod daemon;
 mod device;
 mod fast_path;
 mod fuse_mount;
+mod locks;
 #[cfg(feature = "cli")]
 pub mod logging;
 pub mod mount_helper;

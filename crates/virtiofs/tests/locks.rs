@@ -1,0 +1,277 @@
+//! Locks shared with the host (`--posix-lock`, `--flock`), driven over
+//! vhost-user as a guest kernel sends them: a lock a host process holds is
+//! seen by the guest and the other way round, and a SETLKW that must wait
+//! leaves its queue serving until the host lets go, or until it is
+//! interrupted.
+
+use std::fs::OpenOptions;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use virtio_driver::fs::FsDriver;
+use virtio_driver::fuse::{self as fuse_wire, opcode, InitOut, Reply, OUT_HEADER};
+use virtio_driver::process::Backend;
+use virtio_driver::{Buf, VhostUserDevice, F_VERSION_1};
+use vm_memory::GuestAddress;
+
+const OURS: &str = env!("CARGO_BIN_EXE_virtiofsd-rs");
+const GETLK: u32 = 31;
+const SETLK: u32 = 32;
+const SETLKW: u32 = 33;
+const INTERRUPT: u32 = 36;
+/// `FUSE_POSIX_LOCKS` and `FUSE_FLOCK_LOCKS` in INIT's flags.
+const POSIX_LOCKS: u32 = 1 << 1;
+const FLOCK_LOCKS: u32 = 1 << 10;
+/// `FUSE_LK_FLOCK`.
+const LK_FLOCK: u32 = 1;
+/// A range's end meaning "to the end of the file" (OFFSET_MAX).
+const TO_END: u64 = i64::MAX as u64;
+
+type Driver = FsDriver<VhostUserDevice>;
+
+/// `struct fuse_lk_in`.
+fn lk_in(fh: u64, owner: u64, ty: i32, lk_flags: u32) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(&fh.to_le_bytes());
+    b.extend_from_slice(&owner.to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes());
+    b.extend_from_slice(&TO_END.to_le_bytes());
+    b.extend_from_slice(&(ty as u32).to_le_bytes());
+    b.extend_from_slice(&1234u32.to_le_bytes());
+    b.extend_from_slice(&lk_flags.to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes());
+    b
+}
+
+/// A request sent on queue `qi` in chain `head` with its own buffers, not
+/// waited for; returns its unique and where its reply goes.
+fn submit(
+    g: &mut Driver,
+    qi: usize,
+    head: u16,
+    op: u32,
+    node: u64,
+    body: &[u8],
+) -> (u64, GuestAddress) {
+    g.unique += 1;
+    let unique = g.unique;
+    let req = fuse_wire::request(op, unique, node, 0, body);
+    let at = g.ram.alloc(req.len() as u64, 8);
+    let reply = g.ram.alloc(4096, 8);
+    g.ram.write(at, &req);
+    let bufs = Buf::request_reply(at, req.len() as u32, reply, 4096);
+    let q = &mut g.queues[qi];
+    q.write_chain_at(&g.ram, head, &bufs);
+    q.publish(&g.ram, head);
+    g.notify(qi);
+    (unique, reply)
+}
+
+/// Waits up to `limit` for queue `qi`'s next used entry.
+fn used_within(g: &mut Driver, qi: usize, limit: Duration) -> Option<(u32, u32)> {
+    let start = Instant::now();
+    loop {
+        if let Some(u) = g.queues[qi].take_used(&g.ram) {
+            return Some(u);
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn host_ofd_lock(f: &std::fs::File, ty: i32) -> std::io::Result<()> {
+    // SAFETY: flock is plain data; all-zero is valid.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = ty as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: a valid flock for an fd the caller holds.
+    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn host_flock(f: &std::fs::File, op: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: plain syscall on an fd the caller holds.
+    if unsafe { libc::flock(f.as_raw_fd(), op) } < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn open_rw(p: &Path) -> std::fs::File {
+    OpenOptions::new().read(true).write(true).open(p).unwrap()
+}
+
+/// The daemon on a fresh share with `extra`, INIT done with the lock
+/// flags offered; the flags it accepted.
+fn start(extra: &[&str]) -> (tempfile::TempDir, Backend, Driver, u32) {
+    let t = tempfile::tempdir().unwrap();
+    let share = t.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    for name in ["f", "g"] {
+        std::fs::write(share.join(name), b"data").unwrap();
+    }
+    let sock = t.path().join("vfs.sock");
+    let log = t.path().join("daemon.log");
+    let mut args = vec!["--sandbox", "none"];
+    args.extend_from_slice(extra);
+    let daemon = Backend::start_logged(&[OURS.to_string()], &share, &sock, &args, &log);
+    let mut g = FsDriver::new(2, |ram, queues| {
+        VhostUserDevice::connect_within(
+            &daemon.socket,
+            ram,
+            queues,
+            F_VERSION_1,
+            Duration::from_secs(10),
+        )
+        .expect("vhost-user setup")
+    });
+    let r = g.request(
+        opcode::INIT,
+        0,
+        &fuse_wire::init_body_flags(POSIX_LOCKS | FLOCK_LOCKS),
+    );
+    assert_eq!(r.error, 0, "INIT");
+    let flags = InitOut::parse(&r.body).expect("INIT reply").flags;
+    (t, daemon, g, flags)
+}
+
+#[test]
+fn posix_locks_are_shared_with_the_host_and_a_waiting_setlkw_leaves_its_queue_serving() {
+    let (t, _daemon, mut g, flags) = start(&["--posix-lock"]);
+    assert_ne!(flags & POSIX_LOCKS, 0, "POSIX_LOCKS negotiated");
+    assert_eq!(flags & FLOCK_LOCKS, 0, "FLOCK_LOCKS only with --flock");
+    let path = t.path().join("share/f");
+    let node = g.lookup(1, b"f");
+    let fh = g.open(node, libc::O_RDWR);
+
+    // A host process holds a write lock: the guest sees it and cannot take
+    // the lock without waiting.
+    let host = open_rw(&path);
+    host_ofd_lock(&host, libc::F_WRLCK).unwrap();
+    let r = g.request(GETLK, node, &lk_in(fh, 7, libc::F_WRLCK, 0));
+    assert_eq!(r.error, 0, "GETLK");
+    let conflict = u32::from_le_bytes(r.body[16..20].try_into().unwrap());
+    assert_eq!(
+        conflict,
+        libc::F_WRLCK as u32,
+        "GETLK reports the host's lock"
+    );
+    let r = g.request(SETLK, node, &lk_in(fh, 7, libc::F_WRLCK, 0));
+    assert_eq!(
+        r.error,
+        -libc::EAGAIN,
+        "SETLK conflicts with the host's lock"
+    );
+
+    // SETLKW waits; the queue it came on goes on serving.
+    let (_, reply) = submit(&mut g, 1, 10, SETLKW, node, &lk_in(fh, 7, libc::F_WRLCK, 0));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !g.queues[1].has_used(&g.ram),
+        "SETLKW waits while the host holds the lock"
+    );
+    let r = g.request(opcode::GETATTR, node, &fuse_wire::getattr_in());
+    assert_eq!(r.error, 0, "the queue serves while a SETLKW waits on it");
+
+    // The host lets go: the guest's lock is granted, and the host sees it.
+    host_ofd_lock(&host, libc::F_UNLCK).unwrap();
+    let (id, len) = used_within(&mut g, 1, Duration::from_secs(5)).expect("SETLKW answered");
+    assert_eq!(id, 10, "the SETLKW's chain");
+    let r = Reply::parse(len, &g.ram.read(reply, len as usize));
+    assert_eq!((r.error, len as usize), (0, OUT_HEADER), "SETLKW granted");
+    let other = open_rw(&path);
+    let e = host_ofd_lock(&other, libc::F_RDLCK).unwrap_err();
+    assert_eq!(
+        e.raw_os_error(),
+        Some(libc::EAGAIN),
+        "the host sees the guest's lock"
+    );
+    let r = g.request(SETLK, node, &lk_in(fh, 7, libc::F_UNLCK, 0));
+    assert_eq!(r.error, 0, "unlock");
+    host_ofd_lock(&other, libc::F_RDLCK).unwrap();
+    host_ofd_lock(&other, libc::F_UNLCK).unwrap();
+
+    // flock was not offered: refused, not kept local to the guest.
+    let r = g.request(SETLK, node, &lk_in(fh, 7, libc::F_WRLCK, LK_FLOCK));
+    assert_eq!(r.error, -libc::ENOSYS);
+
+    // An interrupted SETLKW is answered EINTR.
+    let gnode = g.lookup(1, b"g");
+    let gfh = g.open(gnode, libc::O_RDWR);
+    let ghost = open_rw(&t.path().join("share/g"));
+    host_ofd_lock(&ghost, libc::F_WRLCK).unwrap();
+    let (unique, reply) = submit(
+        &mut g,
+        1,
+        20,
+        SETLKW,
+        gnode,
+        &lk_in(gfh, 8, libc::F_WRLCK, 0),
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!g.queues[1].has_used(&g.ram));
+    submit(&mut g, 0, 0, INTERRUPT, 0, &unique.to_le_bytes());
+    let (id, len) =
+        used_within(&mut g, 1, Duration::from_secs(5)).expect("interrupted SETLKW answered");
+    assert_eq!(id, 20);
+    let r = Reply::parse(len, &g.ram.read(reply, len as usize));
+    assert_eq!(r.error, -libc::EINTR, "interrupted");
+}
+
+#[test]
+fn flock_locks_are_shared_with_the_host() {
+    let (t, _daemon, mut g, flags) = start(&["--flock"]);
+    assert_ne!(flags & FLOCK_LOCKS, 0, "FLOCK_LOCKS negotiated");
+    assert_eq!(flags & POSIX_LOCKS, 0);
+    let path = t.path().join("share/f");
+    let node = g.lookup(1, b"f");
+    let fh = g.open(node, libc::O_RDWR);
+    let host = open_rw(&path);
+    host_flock(&host, libc::LOCK_EX).unwrap();
+    let r = g.request(SETLK, node, &lk_in(fh, 7, libc::F_WRLCK, LK_FLOCK));
+    assert_eq!(r.error, -libc::EAGAIN, "the host's flock conflicts");
+    // A waiting one is granted once the host unlocks.
+    let (_, reply) = submit(
+        &mut g,
+        1,
+        10,
+        SETLKW,
+        node,
+        &lk_in(fh, 7, libc::F_WRLCK, LK_FLOCK),
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!g.queues[1].has_used(&g.ram));
+    host_flock(&host, libc::LOCK_UN).unwrap();
+    let (id, len) = used_within(&mut g, 1, Duration::from_secs(5)).expect("SETLKW answered");
+    assert_eq!(id, 10);
+    assert_eq!(Reply::parse(len, &g.ram.read(reply, len as usize)).error, 0);
+    let e = host_flock(&open_rw(&path), libc::LOCK_EX | libc::LOCK_NB).unwrap_err();
+    assert_eq!(
+        e.raw_os_error(),
+        Some(libc::EWOULDBLOCK),
+        "the host sees the guest's flock"
+    );
+    // POSIX locks were not offered.
+    let r = g.request(SETLK, node, &lk_in(fh, 7, libc::F_WRLCK, 0));
+    assert_eq!(r.error, -libc::ENOSYS);
+}
+
+#[test]
+fn without_the_options_no_locks_are_offered_or_served() {
+    let (_t, _daemon, mut g, flags) = start(&[]);
+    assert_eq!(flags & (POSIX_LOCKS | FLOCK_LOCKS), 0);
+    let node = g.lookup(1, b"f");
+    let fh = g.open(node, libc::O_RDWR);
+    for lk_flags in [0, LK_FLOCK] {
+        let r = g.request(SETLKW, node, &lk_in(fh, 7, libc::F_WRLCK, lk_flags));
+        assert_eq!(r.error, -libc::ENOSYS, "answered at once, never parked");
+    }
+}
