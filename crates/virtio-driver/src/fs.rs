@@ -70,6 +70,27 @@ pub struct FsDriver<L> {
     pub queue: usize,
 }
 
+impl FsDriver<VhostUserDevice> {
+    /// [`FsDriver::new`] with `nqueues` queues, connected to the vhost-user
+    /// backend at `socket` (VIRTIO_F_VERSION_1 only; the socket may take up
+    /// to 10 s to appear, as a backend starts).
+    ///
+    /// # Panics
+    /// When the backend cannot be connected to: the test cannot go on.
+    pub fn over_vhost_user(socket: &Path, nqueues: usize) -> Self {
+        Self::new(nqueues, |ram, queues| {
+            VhostUserDevice::connect_within(
+                socket,
+                ram,
+                queues,
+                crate::F_VERSION_1,
+                Duration::from_secs(10),
+            )
+            .unwrap_or_else(|e| panic!("vhost-user setup with {}: {e}", socket.display()))
+        })
+    }
+}
+
 impl<L: Link> FsDriver<L> {
     /// 8 MiB of guest memory with `nqueues` queues (hiprio and
     /// `nqueues - 1` request queues) and the request and reply buffers;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use virtio_driver::fs::FsDriver;
 use virtio_driver::fuse::{self as fuse_wire, opcode, InitOut, Reply, OUT_HEADER};
 use virtio_driver::process::Backend;
-use virtio_driver::{Buf, VhostUserDevice, F_VERSION_1};
+use virtio_driver::{Buf, VhostUserDevice};
 use vm_memory::GuestAddress;
 
 const OURS: &str = env!("CARGO_BIN_EXE_virtiofsd-rs");
@@ -123,16 +123,7 @@ fn start(extra: &[&str]) -> (tempfile::TempDir, Backend, Driver, u32) {
     let mut args = vec!["--sandbox", "none"];
     args.extend_from_slice(extra);
     let daemon = Backend::start_logged(&[OURS.to_string()], &share, &sock, &args, &log);
-    let mut g = FsDriver::new(2, |ram, queues| {
-        VhostUserDevice::connect_within(
-            &daemon.socket,
-            ram,
-            queues,
-            F_VERSION_1,
-            Duration::from_secs(10),
-        )
-        .expect("vhost-user setup")
-    });
+    let mut g = FsDriver::over_vhost_user(&daemon.socket, 2);
     let r = g.request(
         opcode::INIT,
         0,

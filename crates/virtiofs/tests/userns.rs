@@ -49,16 +49,7 @@ fn ids_are_the_user_namespaces_and_files_land_with_the_mapped_host_ids() {
     let map = format!("--uid-map=:0:{BASE}:65536:");
     let gmap = format!("--gid-map=:0:{BASE}:65536:");
     let daemon = Backend::start_logged(&[OURS.to_string()], &share, &sock, &[&map, &gmap], &log);
-    let mut g = FsDriver::new(2, |ram, queues| {
-        VhostUserDevice::connect_within(
-            &daemon.socket,
-            ram,
-            queues,
-            F_VERSION_1,
-            Duration::from_secs(10),
-        )
-        .expect("vhost-user setup")
-    });
+    let mut g = FsDriver::over_vhost_user(&daemon.socket, 2);
     let init = g.request(opcode::INIT, 0, &fuse_wire::init_body());
     let logged = || std::fs::read_to_string(&log).unwrap_or_default();
     assert_eq!(init.error, 0, "INIT; daemon log: {}", logged());
