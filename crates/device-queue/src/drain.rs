@@ -320,6 +320,30 @@ fn serve_locked<E: Display>(
 /// chain is not put on the used ring now. No reply is that long.
 pub const DEFERRED: u32 = u32::MAX;
 
+/// Answers a chain kept with [`DEFERRED`], all under the vring's lock: if
+/// the queue is still started, `write` writes the reply into guest memory
+/// (returning its length), the chain goes to the used ring and the guest
+/// is notified as the ring asks. False, with `write` not called, when the
+/// queue was stopped since (by its driver, which may be resetting it, or
+/// by the frontend): the chain is no longer the device's to answer.
+pub fn answer_deferred(
+    vring: &VringRwLock,
+    queue: &str,
+    head: u16,
+    write: impl FnOnce() -> u32,
+) -> bool {
+    let mut state = vring.get_mut();
+    if !state.get_queue().ready() {
+        return false;
+    }
+    let used = write();
+    put_used(&mut state, queue, head, used);
+    if let Err(e) = notify_locked(&mut state) {
+        warn!("{queue}: cannot notify the guest of a deferred reply: {e}");
+    }
+    true
+}
+
 /// Puts chain `head` on the used ring with `used` bytes written.
 pub fn return_chain(vring: &VringRwLock, queue: &str, head: u16, used: u32) {
     put_used(&mut vring.get_mut(), queue, head, used);

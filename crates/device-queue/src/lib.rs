@@ -40,9 +40,9 @@ pub use device::{
     DeviceCore, MemorySlot, QueueDevice, DEVICE_FEATURES,
 };
 pub use drain::{
-    available, is_started, notify, return_chain, serve_chain, serve_kick, serve_kick_with,
-    DataPath, IoEngine, MemSource, QueueEngine, QueueError, UnknownEngine, DEFERRED,
-    MAX_DRAINS_PER_KICK, MAX_PASSES, NOTIFY_EVERY,
+    answer_deferred, available, is_started, notify, return_chain, serve_chain, serve_kick,
+    serve_kick_with, DataPath, IoEngine, MemSource, QueueEngine, QueueError, UnknownEngine,
+    DEFERRED, MAX_DRAINS_PER_KICK, MAX_PASSES, NOTIFY_EVERY,
 };
 pub use io::{rw_nowait, try_inline, DataOp, Kind, OpenFile};
 pub use poll::{readable, Poller, QueuePollers, DEFAULT_POLL};

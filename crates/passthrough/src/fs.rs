@@ -91,6 +91,9 @@ pub struct PassthroughFs {
     /// FUSE_HANDLE_KILLPRIV_V2 was negotiated ([`Config::killpriv_v2`]):
     /// the kill flags of WRITE, SETATTR, OPEN and CREATE are honoured.
     killpriv_v2: AtomicBool,
+    /// A FUSE_INIT was served: a second one starts a new session (a guest
+    /// rebooted, its driver reloaded) and ends the last one first.
+    initialized: AtomicBool,
     /// The fds kept free for the daemon, whatever the guest holds open.
     fds: FdBudget,
     /// Open `O_PATH` fds of the handle-held inodes in use.
@@ -320,6 +323,7 @@ impl PassthroughFs {
             switch_creds,
             dont_mask: AtomicBool::new(false),
             killpriv_v2: AtomicBool::new(false),
+            initialized: AtomicBool::new(false),
             fds,
             fd_cache: FdCache::default(),
             names_opened: std::sync::atomic::AtomicU64::new(0),
@@ -525,6 +529,20 @@ impl PassthroughFs {
     /// the flags mean nothing.
     fn killpriv(&self, flagged: bool) -> bool {
         flagged && self.killpriv_v2.load(Ordering::Relaxed)
+    }
+
+    /// For a change of a file's data that carries no kill flag under
+    /// FUSE_HANDLE_KILLPRIV_V2 (FALLOCATE, COPY_FILE_RANGE): once that is
+    /// negotiated the guest kernel no longer drops the set-id bits for
+    /// them, and the daemon's CAP_FSETID keeps the host's kernel from doing
+    /// it, so they are dropped here, as for a flagged WRITE, when the
+    /// requester is not the guest's root (the guest's own rule asks
+    /// CAP_FSETID, which only its root holds here).
+    fn kill_privs_unflagged(&self, ctx: &Context, fd: RawFd) -> io::Result<()> {
+        if ctx.uid == 0 || !self.killpriv_v2.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        self.kill_privs(fd, || open_for_writing(fd))
     }
 
     /// For a request with a FUSE_HANDLE_KILLPRIV_V2 kill flag: drops what
@@ -1195,7 +1213,7 @@ impl PassthroughFs {
     #[allow(clippy::too_many_arguments)]
     pub fn copy_file_range(
         &self,
-        _ctx: &Context,
+        ctx: &Context,
         inode_in: u64,
         handle_in: u64,
         offset_in: u64,
@@ -1213,6 +1231,7 @@ impl PassthroughFs {
         let hout = self.handles.get(inode_out, handle_out)?;
         let mut off_in = i64::try_from(offset_in).map_err(|_| errno(libc::EINVAL))?;
         let mut off_out = i64::try_from(offset_out).map_err(|_| errno(libc::EINVAL))?;
+        self.kill_privs_unflagged(ctx, hout.as_raw_fd())?;
         // SAFETY: both fds are held open by the handle Arcs; the offsets are
         // valid out-pointers.
         let ret = unsafe {
@@ -1388,6 +1407,13 @@ impl FileSystem for PassthroughFs {
     type Handle = u64;
 
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
+        if self.initialized.swap(true, Ordering::AcqRel) {
+            // A new session without a DESTROY (a guest that crashed or
+            // rebooted sends none): what the last one held goes now, its
+            // open files and with them the locks they hold on the host.
+            log::info!("FUSE_INIT again: ending the previous session");
+            self.destroy();
+        }
         let mut want = FsOptions::ASYNC_READ
             | FsOptions::PARALLEL_DIROPS
             | FsOptions::BIG_WRITES
@@ -1948,7 +1974,7 @@ impl FileSystem for PassthroughFs {
 
     fn fallocate(
         &self,
-        _ctx: &Context,
+        ctx: &Context,
         inode: u64,
         handle: u64,
         mode: u32,
@@ -1959,6 +1985,7 @@ impl FileSystem for PassthroughFs {
         let h = self.handles.get(inode, handle)?;
         let off = i64::try_from(offset).map_err(|_| errno(libc::EINVAL))?;
         let len = i64::try_from(length).map_err(|_| errno(libc::EINVAL))?;
+        self.kill_privs_unflagged(ctx, h.as_raw_fd())?;
         // SAFETY: plain syscall on an fd held open by the handle Arc.
         cvt(unsafe { libc::fallocate64(h.as_raw_fd(), mode as libc::c_int, off, len) }).map(drop)
     }

@@ -290,10 +290,22 @@ fn map_for(target: libc::pid_t, rx: OwnedFd, ns: &UserNamespace) -> io::Result<(
     if rx.read(&mut byte)? != 1 {
         return Err(io::Error::other("the daemon did not create its namespace"));
     }
+    // The daemon is our parent until it dies; once it has, its pid may be
+    // another process's, whose maps are not ours to write.
+    let alive = || {
+        // SAFETY: getppid cannot fail.
+        if unsafe { libc::getppid() } == target {
+            Ok(())
+        } else {
+            Err(io::Error::other("the daemon is gone"))
+        }
+    };
+    alive()?;
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } == 0 {
         // Root may write any map itself (CAP_SETUID and CAP_SETGID here).
         for (file, map) in [("uid_map", &ns.uid_map), ("gid_map", &ns.gid_map)] {
+            alive()?;
             let path = format!("/proc/{target}/{file}");
             std::fs::write(&path, UserNamespace::proc_text(map))
                 .map_err(|e| io::Error::new(e.kind(), format!("write {path}: {e}")))?;
@@ -301,6 +313,7 @@ fn map_for(target: libc::pid_t, rx: OwnedFd, ns: &UserNamespace) -> io::Result<(
         return Ok(());
     }
     for (helper, map) in [("newuidmap", &ns.uid_map), ("newgidmap", &ns.gid_map)] {
+        alive()?;
         let mut cmd = Command::new(helper);
         cmd.arg(target.to_string());
         for r in map {

@@ -406,6 +406,9 @@ pub enum CliError {
         /// What is wrong with them.
         error: passthrough::IdMapError,
     },
+    /// `--xattrmap` renaming or refusing an ACL's name, with `--posix-acl`.
+    #[error("--xattrmap maps the POSIX ACL names, which the host would then not enforce: it cannot be used with --posix-acl")]
+    XattrMapWithPosixAcl,
     /// `--translate-uid`/`--translate-gid` with POSIX ACLs, whose entries
     /// name ids that are not translated (refused as upstream refuses it).
     #[error("--translate-uid/--translate-gid cannot be used with --posix-acl (ACL entries are not translated)")]
@@ -512,6 +515,18 @@ impl Cli {
             Some(Err(e)) => return Err(CliError::XattrMap(e)),
             None => None,
         };
+        // ACLs the host does not enforce would be ACLs in name only: a map
+        // that renames an ACL's name cannot go with --posix-acl.
+        if let (Some(map), true) = (&xattrmap, self.posix_acl != NegotiationArg::Never) {
+            for acl in [c"system.posix_acl_access", c"system.posix_acl_default"] {
+                let kept = map
+                    .host_name(acl, passthrough::xattrmap::XattrOp::Set)
+                    .is_ok_and(|n| n.as_ref() == acl);
+                if !kept {
+                    return Err(CliError::XattrMapWithPosixAcl);
+                }
+            }
+        }
         if self.security_label != NegotiationArg::Never {
             return Err(CliError::Unsupported("--security-label"));
         }
@@ -677,6 +692,18 @@ mod tests {
             parse(&["-o", "bogus", "--shared-dir", "/", "--fd", "3"]).unwrap_err(),
             CliError::UnknownCompatOption("bogus".into())
         );
+    }
+
+    #[test]
+    fn an_xattrmap_that_renames_acl_names_is_refused_with_posix_acl() {
+        let all = ":prefix:all::user.virtiofs.::bad:all:::";
+        let err =
+            parse(&["--fd=3", "--shared-dir=/", "--posix-acl", "--xattrmap", all]).unwrap_err();
+        assert_eq!(err, CliError::XattrMapWithPosixAcl);
+        // A map that leaves system.* alone goes with ACLs.
+        let sec = ":prefix:all:security.:user.virtiofs.::ok:all:::";
+        let cfg = parse(&["--fd=3", "--shared-dir=/", "--posix-acl", "--xattrmap", sec]).unwrap();
+        assert!(cfg.fs.posix_acl && cfg.fs.xattrmap.is_some());
     }
 
     #[test]

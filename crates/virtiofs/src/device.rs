@@ -156,7 +156,8 @@ impl VirtioFsBackend {
     /// the lock waiter and [`DEFERRED`] returned. `None` for any other
     /// request, or one too short to be a lock request (the server answers
     /// it). A FUSE_INTERRUPT is passed on to the waiter, then served as
-    /// usual.
+    /// usual, and a FUSE_INIT drops what the waiter kept from the last
+    /// session before it is served.
     fn lock_request(
         &self,
         mem: &MemGuard,
@@ -167,6 +168,12 @@ impl VirtioFsBackend {
         const IN: usize = std::mem::size_of::<InHeader>();
         let (readable, writable) = split_chain(chain)?;
         let header: InHeader = gather_obj(mem, &readable, 0)?;
+        if header.opcode == Opcode::Init as u32 {
+            // A new session (a driver reloaded, a guest rebooted): what was
+            // kept from the last one is no longer anyone's to answer.
+            self.locks.reset();
+            return None;
+        }
         if header.opcode == Opcode::Interrupt as u32 {
             if let Some(i) = gather_obj::<InterruptIn>(mem, &readable, IN) {
                 self.locks.interrupt(i.unique);

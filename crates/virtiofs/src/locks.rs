@@ -7,20 +7,25 @@
 //! could deadlock the guest. So the device tries the lock once
 //! (`try_setlk`, never blocking) and, when it conflicts, keeps the chain:
 //! [`LockWaiter`]'s thread tries again, every millisecond at first and
-//! then backing off to every 20 ms, and answers the chain itself (the
-//! reply written into the chain, the chain returned to the used ring, the
-//! guest notified) once the lock is granted or fails otherwise. Meanwhile
+//! then backing off to every 20 ms, and answers the chain itself once the
+//! lock is granted or fails otherwise (reply, used ring and notification
+//! under the queue's lock, and only while the queue is started). Meanwhile
 //! the queue goes on.
 //!
-//! A FUSE_INTERRUPT naming a waiting request (on the hiprio queue; Linux's
-//! virtio-fs driver does not send them today, other frontends may) answers
-//! it with `EINTR`. A device reset drops every waiting request unanswered:
-//! the driver has abandoned its rings.
+//! A kept request is dropped, unanswered, when its queue is found stopped
+//! (the frontend's GET_VRING_BASE: a pause, or a reset that may hand the
+//! ring to a new driver, so the chain is no longer the device's; the guest
+//! gets no reply, as for any request in flight across such a stop without
+//! inflight tracking), and when the guest sends FUSE_INIT again (a new
+//! driver). A lock granted just as its queue stopped is released again, so
+//! no one waits on a lock nobody will use. A FUSE_INTERRUPT naming a kept
+//! request (on the hiprio queue; Linux's virtio-fs driver does not send
+//! them today, other frontends may) answers it with `EINTR`.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use device_queue::{scatter, GuestMem, Seg};
 use fuse_backend_rs::abi::fuse_abi::OutHeader;
@@ -64,6 +69,7 @@ pub(crate) struct PendingLock {
 enum Msg {
     Wait(Box<PendingLock>, u64),
     Interrupt(u64),
+    Reset,
 }
 
 /// The thread that waits for the device's contended locks (started with
@@ -71,9 +77,11 @@ enum Msg {
 pub(crate) struct LockWaiter {
     fs: Arc<PassthroughFs>,
     tx: Mutex<Option<Sender<Msg>>>,
-    /// Device resets so far: a request kept from before one is dropped.
+    /// Sessions so far (FUSE_INIT, device reset): a request kept from an
+    /// earlier one is dropped.
     epoch: Arc<AtomicU64>,
-    /// Requests kept and not yet answered or dropped.
+    /// Requests kept and not yet answered or dropped (slots reserved
+    /// before a request is handed over).
     waiting: Arc<AtomicUsize>,
 }
 
@@ -93,7 +101,13 @@ impl LockWaiter {
     /// [`MAX_WAITING`] requests already wait or the waiter thread cannot be
     /// started (the caller then answers at once, `ENOLCK`).
     pub(crate) fn wait(&self, p: PendingLock, mem: GuestMem) -> bool {
-        if self.waiting.load(Ordering::Acquire) >= MAX_WAITING {
+        let reserved = self
+            .waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_WAITING).then_some(n + 1)
+            })
+            .is_ok();
+        if !reserved {
             return false;
         }
         let mut tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
@@ -105,18 +119,21 @@ impl LockWaiter {
             let spawned = std::thread::Builder::new()
                 .name("lock_waiter".into())
                 .spawn(move || run(fs, r, mem, epoch, waiting));
-            if let Err(e) = spawned {
-                warn!("cannot start the lock waiter: {e}; a contended SETLKW gets ENOLCK");
-                return false;
+            match spawned {
+                Ok(_) => *tx = Some(s),
+                Err(e) => {
+                    warn!("cannot start the lock waiter: {e}; a contended SETLKW gets ENOLCK");
+                    self.waiting.fetch_sub(1, Ordering::AcqRel);
+                    return false;
+                }
             }
-            *tx = Some(s);
         }
         let epoch = self.epoch.load(Ordering::Acquire);
         let sent = tx
             .as_ref()
             .is_some_and(|s| s.send(Msg::Wait(Box::new(p), epoch)).is_ok());
-        if sent {
-            self.waiting.fetch_add(1, Ordering::AcqRel);
+        if !sent {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
         }
         sent
     }
@@ -124,22 +141,37 @@ impl LockWaiter {
     /// A FUSE_INTERRUPT for request `unique`: a waiting lock request with
     /// that unique is answered with `EINTR`.
     pub(crate) fn interrupt(&self, unique: u64) {
-        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = tx.as_ref() {
-            let _ = s.send(Msg::Interrupt(unique));
-        }
+        self.send(Msg::Interrupt(unique));
     }
 
-    /// The device was reset: requests kept from before are dropped.
+    /// A new session (FUSE_INIT) or a device reset: requests kept from
+    /// before are dropped.
     pub(crate) fn reset(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        // Wake the thread so it drops them now.
-        self.interrupt(0);
+        self.send(Msg::Reset);
+    }
+
+    fn send(&self, m: Msg) {
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = tx.as_ref() {
+            let _ = s.send(m);
+        }
     }
 }
 
-/// The waiter thread: takes new requests, tries each waiting lock, answers
-/// those that are done, and sleeps between rounds (backing off).
+/// The waiter's state: the kept requests, when to try them next.
+struct Waiter {
+    fs: Arc<PassthroughFs>,
+    mem: GuestMem,
+    epoch: Arc<AtomicU64>,
+    count: Arc<AtomicUsize>,
+    kept: Vec<(Box<PendingLock>, u64)>,
+    tick: Duration,
+    next: Instant,
+}
+
+/// The waiter thread: takes new requests and interrupts as they come, and
+/// tries the kept locks in rounds, backing off between rounds.
 fn run(
     fs: Arc<PassthroughFs>,
     rx: Receiver<Msg>,
@@ -147,95 +179,141 @@ fn run(
     epoch: Arc<AtomicU64>,
     count: Arc<AtomicUsize>,
 ) {
-    let mut waiting: Vec<(Box<PendingLock>, u64)> = Vec::new();
-    let mut tick = FIRST_TICK;
+    let mut w = Waiter {
+        fs,
+        mem,
+        epoch,
+        count,
+        kept: Vec::new(),
+        tick: FIRST_TICK,
+        next: Instant::now(),
+    };
     loop {
-        let msg = if waiting.is_empty() {
+        let msg = if w.kept.is_empty() {
             match rx.recv() {
                 Ok(m) => Some(m),
                 Err(_) => return,
             }
         } else {
-            match rx.recv_timeout(tick) {
+            match rx.recv_timeout(w.next.saturating_duration_since(Instant::now())) {
                 Ok(m) => Some(m),
                 Err(mpsc::RecvTimeoutError::Timeout) => None,
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
         };
-        let mut interrupted = Vec::new();
-        let mut take = |m: Msg| match m {
-            Msg::Wait(p, e) => {
-                waiting.push((p, e));
-                tick = FIRST_TICK;
-            }
-            Msg::Interrupt(u) => interrupted.push(u),
-        };
         if let Some(m) = msg {
-            take(m);
+            w.take(m);
         }
         while let Ok(m) = rx.try_recv() {
-            take(m);
+            w.take(m);
         }
-        let now = epoch.load(Ordering::Acquire);
-        let before = waiting.len();
-        waiting.retain(|(p, e)| {
-            if *e != now {
-                debug!(
-                    "{}: dropping the lock request of chain {} after a reset",
-                    p.queue, p.head
-                );
-                return false;
-            }
-            let result = if interrupted.contains(&p.unique) {
-                Err(std::io::Error::from_raw_os_error(libc::EINTR))
-            } else {
-                match fs.try_setlk(p.inode, p.handle, p.lock, p.lk_flags) {
-                    Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return true,
-                    r => r,
-                }
-            };
-            answer(p, &mem, result);
-            false
-        });
-        count.fetch_sub(before - waiting.len(), Ordering::AcqRel);
-        tick = (tick * 2).min(MAX_TICK);
+        w.drop_old_sessions();
+        if Instant::now() >= w.next {
+            w.round();
+        }
     }
 }
 
-/// Writes the reply to `p` (a bare header: 0 or the errno), returns its
-/// chain and notifies the guest.
-fn answer(p: &PendingLock, mem: &GuestMem, result: std::io::Result<()>) {
-    let reply = OutHeader {
-        len: std::mem::size_of::<OutHeader>() as u32,
-        error: match result {
-            Ok(()) => 0,
-            Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
-        },
-        unique: p.unique,
-    };
-    let memory = mem.memory();
-    let used = match scatter(&memory, &p.writable, reply.as_slice()) {
-        Ok(()) => reply.len,
-        Err(_) => {
-            warn!(
-                "{}: the reply to chain {} no longer fits guest memory",
+impl Waiter {
+    fn take(&mut self, m: Msg) {
+        match m {
+            Msg::Wait(p, e) => {
+                self.kept.push((p, e));
+                // A new request is tried again soon, then backs off.
+                self.tick = FIRST_TICK;
+                self.next = self.next.min(Instant::now() + FIRST_TICK);
+            }
+            Msg::Interrupt(unique) => {
+                let mut i = 0;
+                while i < self.kept.len() {
+                    if self.kept[i].0.unique == unique {
+                        let (p, _) = self.kept.swap_remove(i);
+                        self.finish(&p, Err(std::io::Error::from_raw_os_error(libc::EINTR)));
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            Msg::Reset => {}
+        }
+    }
+
+    /// Drops the requests of an earlier session, unanswered.
+    fn drop_old_sessions(&mut self) {
+        let now = self.epoch.load(Ordering::Acquire);
+        let before = self.kept.len();
+        self.kept.retain(|(p, e)| {
+            let keep = *e == now;
+            if !keep {
+                debug!(
+                    "{}: dropping the lock request of chain {}: a new session",
+                    p.queue, p.head
+                );
+            }
+            keep
+        });
+        self.count
+            .fetch_sub(before - self.kept.len(), Ordering::AcqRel);
+    }
+
+    /// Tries every kept lock once; answers those that are done, drops
+    /// those whose queue stopped.
+    fn round(&mut self) {
+        let kept = std::mem::take(&mut self.kept);
+        for (p, e) in kept {
+            if !device_queue::is_started(&p.vring) {
+                debug!(
+                    "{}: stopped; the lock request of chain {} is dropped",
+                    p.queue, p.head
+                );
+                self.count.fetch_sub(1, Ordering::AcqRel);
+                continue;
+            }
+            match self.fs.try_setlk(p.inode, p.handle, p.lock, p.lk_flags) {
+                Err(err) if err.raw_os_error() == Some(libc::EAGAIN) => self.kept.push((p, e)),
+                r => self.finish(&p, r),
+            }
+        }
+        self.next = Instant::now() + self.tick;
+        self.tick = (self.tick * 2).min(MAX_TICK);
+    }
+
+    /// Answers `p` with `result` (a bare header: 0 or the errno), if its
+    /// queue is still started; otherwise a granted lock is released again.
+    fn finish(&self, p: &PendingLock, result: std::io::Result<()>) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        let granted = result.is_ok();
+        let reply = OutHeader {
+            len: std::mem::size_of::<OutHeader>() as u32,
+            error: match result {
+                Ok(()) => 0,
+                Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
+            },
+            unique: p.unique,
+        };
+        let answered = device_queue::answer_deferred(&p.vring, &p.queue, p.head, || {
+            let memory = self.mem.memory();
+            match scatter(&memory, &p.writable, reply.as_slice()) {
+                Ok(()) => reply.len,
+                Err(_) => {
+                    warn!(
+                        "{}: the reply to chain {} no longer fits guest memory",
+                        p.queue, p.head
+                    );
+                    0
+                }
+            }
+        });
+        if !answered && granted {
+            debug!(
+                "{}: stopped; releasing the lock granted to chain {}",
                 p.queue, p.head
             );
-            0
+            let unlock = FileLock {
+                lock_type: libc::F_UNLCK as u32,
+                ..p.lock
+            };
+            let _ = self.fs.try_setlk(p.inode, p.handle, unlock, p.lk_flags);
         }
-    };
-    if !device_queue::is_started(&p.vring) {
-        debug!(
-            "{}: stopped; the lock reply of chain {} is dropped",
-            p.queue, p.head
-        );
-        return;
-    }
-    device_queue::return_chain(&p.vring, &p.queue, p.head, used);
-    if let Err(e) = device_queue::notify(&p.vring) {
-        warn!(
-            "{}: cannot notify the guest of a granted lock: {e}",
-            p.queue
-        );
     }
 }

@@ -86,9 +86,13 @@ pub fn init(filter: LevelFilter, syslog: bool) -> Result<(), LoggingError> {
     Ok(())
 }
 
+/// A datagram socket connected to `path`, non-blocking: a system log whose
+/// queue is full makes a send fail (the line then goes to stderr) instead
+/// of stalling the thread that logs, which may be serving a queue.
 fn connect_syslog(path: &Path) -> io::Result<UnixDatagram> {
     let sock = UnixDatagram::unbound()?;
     sock.connect(path)?;
+    sock.set_nonblocking(true)?;
     Ok(sock)
 }
 

@@ -11,7 +11,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// Why the pid file could not be taken.
@@ -30,6 +30,16 @@ pub enum PidFileError {
     /// The pid file exists and is not a regular file.
     #[error("pid file {0} exists and is not a regular file")]
     NotAFile(String),
+    /// The pid file exists, owned by another user or with other names.
+    #[error("pid file {path} belongs to uid {uid} and has {links} link(s): not this daemon's to take over")]
+    NotOurs {
+        /// The pid file.
+        path: String,
+        /// Its owner.
+        uid: u32,
+        /// Its hard link count.
+        links: u64,
+    },
     /// The pid file could not be opened, locked or written.
     #[error("pid file {path}: {source}")]
     Io {
@@ -80,6 +90,18 @@ impl PidFile {
         let meta = file.metadata().map_err(io_err)?;
         if !meta.file_type().is_file() {
             return Err(PidFileError::NotAFile(shown));
+        }
+        // In a directory others may write to, a file someone else made (a
+        // hard link to a file of ours, which O_NOFOLLOW does not stop, or
+        // a decoy whose lock they hold) is not ours to truncate or wait on.
+        // SAFETY: geteuid cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if meta.uid() != me || meta.nlink() != 1 {
+            return Err(PidFileError::NotOurs {
+                path: shown,
+                uid: meta.uid(),
+                links: meta.nlink(),
+            });
         }
         // SAFETY: flock on an fd this function owns; no memory is passed.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
@@ -151,6 +173,20 @@ mod tests {
         let p = PidFile::acquire(&sock).unwrap();
         let text = std::fs::read_to_string(p.path()).unwrap();
         assert_eq!(text, format!("{}\n", std::process::id()));
+    }
+
+    #[test]
+    fn a_hard_link_at_the_pid_file_name_is_not_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        std::fs::hard_link(&victim, dir.path().join("h.pid")).unwrap();
+        let err = PidFile::acquire(&dir.path().join("h")).unwrap_err();
+        assert!(
+            matches!(err, PidFileError::NotOurs { links: 2, .. }),
+            "{err:?}"
+        );
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
     }
 
     #[test]

@@ -266,3 +266,60 @@ fn without_the_options_no_locks_are_offered_or_served() {
         assert_eq!(r.error, -libc::ENOSYS, "answered at once, never parked");
     }
 }
+
+#[test]
+fn a_waiting_setlkw_is_dropped_when_its_queue_stops_and_takes_no_lock() {
+    let (t, _daemon, mut g, _) = start(&["--posix-lock"]);
+    let path = t.path().join("share/f");
+    let node = g.lookup(1, b"f");
+    let fh = g.open(node, libc::O_RDWR);
+    let host = open_rw(&path);
+    host_ofd_lock(&host, libc::F_WRLCK).unwrap();
+    submit(&mut g, 1, 10, SETLKW, node, &lk_in(fh, 7, libc::F_WRLCK, 0));
+    std::thread::sleep(Duration::from_millis(100));
+    let used_before = g.queues[1].used_idx(&g.ram);
+    // The frontend stops the queue (a pause, or a reset that hands the
+    // ring to a new driver): the kept request is no longer the device's.
+    g.link.stop_queue(1).expect("GET_VRING_BASE");
+    host_ofd_lock(&host, libc::F_UNLCK).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        g.queues[1].used_idx(&g.ram),
+        used_before,
+        "nothing is written to a stopped queue's used ring"
+    );
+    let other = open_rw(&path);
+    host_ofd_lock(&other, libc::F_WRLCK).expect("no lock is left held for a dropped request");
+}
+
+#[test]
+fn a_new_session_releases_the_locks_of_the_last_one() {
+    let (t, _daemon, mut g, _) = start(&["--posix-lock", "--flock"]);
+    let path = t.path().join("share/f");
+    let node = g.lookup(1, b"f");
+    let fh = g.open(node, libc::O_RDWR);
+    let r = g.request(SETLK, node, &lk_in(fh, 7, libc::F_WRLCK, 0));
+    assert_eq!(r.error, 0);
+    let gnode = g.lookup(1, b"g");
+    let gfh = g.open(gnode, libc::O_RDWR);
+    let r = g.request(SETLK, gnode, &lk_in(gfh, 7, libc::F_WRLCK, LK_FLOCK));
+    assert_eq!(r.error, 0);
+    let host = open_rw(&path);
+    assert!(
+        host_ofd_lock(&host, libc::F_WRLCK).is_err(),
+        "the guest holds it"
+    );
+    // The guest reboots: its new driver sends INIT, no DESTROY came.
+    let r = g.request(
+        opcode::INIT,
+        0,
+        &fuse_wire::init_body_flags(POSIX_LOCKS | FLOCK_LOCKS),
+    );
+    assert_eq!(r.error, 0);
+    host_ofd_lock(&host, libc::F_WRLCK).expect("the old session's POSIX lock is gone");
+    host_flock(
+        &open_rw(&t.path().join("share/g")),
+        libc::LOCK_EX | libc::LOCK_NB,
+    )
+    .expect("the old session's flock is gone");
+}
