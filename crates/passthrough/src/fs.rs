@@ -94,6 +94,9 @@ pub struct PassthroughFs {
     /// A FUSE_INIT was served: a second one starts a new session (a guest
     /// rebooted, its driver reloaded) and ends the last one first.
     initialized: AtomicBool,
+    /// Per (inode, FUSE lock owner): the open file description that holds
+    /// that owner's POSIX locks on the host (see [`owner_file`](Self::owner_file)).
+    plocks: std::sync::Mutex<std::collections::HashMap<(u64, u64), Arc<File>>>,
     /// The fds kept free for the daemon, whatever the guest holds open.
     fds: FdBudget,
     /// Open `O_PATH` fds of the handle-held inodes in use.
@@ -324,6 +327,7 @@ impl PassthroughFs {
             dont_mask: AtomicBool::new(false),
             killpriv_v2: AtomicBool::new(false),
             initialized: AtomicBool::new(false),
+            plocks: std::sync::Mutex::new(std::collections::HashMap::new()),
             fds,
             fd_cache: FdCache::default(),
             names_opened: std::sync::atomic::AtomicU64::new(0),
@@ -1266,20 +1270,7 @@ impl PassthroughFs {
     /// protocol (9P's Tgetlock); never blocks.
     pub fn test_lock(&self, inode: u64, handle: u64, lock: FileLock) -> io::Result<FileLock> {
         let h = self.handles.get(inode, handle)?;
-        let mut fl = flock_from(&lock);
-        // SAFETY: `fl` is a valid flock; the fd is held by the handle Arc.
-        cvt(unsafe { libc::fcntl(h.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) })?;
-        let start = fl.l_start as u64;
-        Ok(FileLock {
-            start,
-            end: if fl.l_len == 0 {
-                i64::MAX as u64
-            } else {
-                start + fl.l_len as u64 - 1
-            },
-            lock_type: fl.l_type as u32,
-            pid: 0,
-        })
+        getlk_on(h.as_raw_fd(), &lock)
     }
 
     /// Takes or releases a byte-range lock on an open handle without
@@ -1301,20 +1292,31 @@ impl PassthroughFs {
     /// A FUSE SETLK, or one attempt of a SETLKW, without waiting: with
     /// [`LK_FLOCK`] in `lk_flags` a whole-file flock(2) lock on the
     /// handle's open file (as the guest's flock is on its open file), else
-    /// a byte-range lock of the handle's open file description
-    /// (`F_OFD_SETLK`). `EAGAIN` when another holder (a host process,
+    /// a POSIX byte-range lock of lock `owner` (a guest process), held by
+    /// the owner's own open file description ([`owner_file`](Self::owner_file),
+    /// `F_OFD_SETLK`), so that, as POSIX locks locally, one process's
+    /// locks through any of its opens are one set, and two processes
+    /// sharing an open (after fork) do not share them. `EAGAIN` when another holder (a host process,
     /// another guest, another open of this guest) conflicts; `ENOSYS` for
     /// a kind that was not offered.
     pub fn try_setlk(
         &self,
         inode: u64,
         handle: u64,
+        owner: u64,
         lock: FileLock,
         lk_flags: u32,
     ) -> io::Result<()> {
         if lk_flags & LK_FLOCK == 0 {
             self.check_posix_locks()?;
-            return self.try_lock(inode, handle, lock);
+            let unlock = lock.lock_type == libc::F_UNLCK as u32;
+            let Some(f) = self.owner_file(inode, handle, owner, lock.lock_type, !unlock)? else {
+                // The owner holds nothing here: nothing to unlock.
+                return Ok(());
+            };
+            let fl = flock_from(&lock);
+            // SAFETY: `fl` is a valid flock; the fd is held by the Arc.
+            return cvt(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &fl) }).map(drop);
         }
         if !self.cfg.flock_locks {
             return Err(errno(libc::ENOSYS));
@@ -1329,6 +1331,95 @@ impl PassthroughFs {
         // SAFETY: plain syscall on an fd held open by the handle Arc.
         cvt(unsafe { libc::flock(h.as_raw_fd(), op | libc::LOCK_NB) }).map(drop)
     }
+}
+
+impl PassthroughFs {
+    fn lock_owners(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<(u64, u64), Arc<File>>> {
+        self.plocks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The open file description holding lock owner `owner`'s POSIX locks
+    /// on `inode`: made on first use (`create`; `None` without it) by
+    /// reopening the file as the daemon, read-write where the host allows
+    /// it, else read-only, and kept until that owner's FLUSH (its close in
+    /// the guest), a new session, or forever if neither comes: at most
+    /// [`MAX_LOCK_OWNERS`] at once (then `ENOLCK`), each held to the
+    /// guest's fd budget. The guest's own open `handle` must allow the
+    /// lock (`lock_type`): a read lock needs it open for reading, a write
+    /// lock for writing (`EBADF` otherwise, as locally).
+    fn owner_file(
+        &self,
+        inode: u64,
+        handle: u64,
+        owner: u64,
+        lock_type: u32,
+        create: bool,
+    ) -> io::Result<Option<Arc<File>>> {
+        let h = self.handles.get(inode, handle)?;
+        // SAFETY: F_GETFL only reads the flags of an fd the Arc holds.
+        let fl = cvt(unsafe { libc::fcntl(h.as_raw_fd(), libc::F_GETFL) })?;
+        let acc = fl & libc::O_ACCMODE;
+        match lock_type as libc::c_int {
+            libc::F_RDLCK if acc == libc::O_WRONLY => return Err(errno(libc::EBADF)),
+            libc::F_WRLCK if acc == libc::O_RDONLY => return Err(errno(libc::EBADF)),
+            libc::F_RDLCK | libc::F_WRLCK | libc::F_UNLCK => {}
+            _ => return Err(errno(libc::EINVAL)),
+        }
+        drop(h);
+        let mut owners = self.lock_owners();
+        if let Some(f) = owners.get(&(inode, owner)) {
+            return Ok(Some(f.clone()));
+        }
+        if !create {
+            return Ok(None);
+        }
+        if owners.len() >= MAX_LOCK_OWNERS {
+            return Err(errno(libc::ENOLCK));
+        }
+        let data = self.inodes.get(inode)?;
+        let fd = self.path_fd(&data)?;
+        let file = crate::credentials::as_daemon(|| {
+            self.reopen(&data, &fd, libc::O_RDWR | libc::O_CLOEXEC)
+                .or_else(|_| self.reopen(&data, &fd, libc::O_RDONLY | libc::O_CLOEXEC))
+        })?;
+        let file = File::from(self.admit_guest_fd(OwnedFd::from(file))?);
+        let file = Arc::new(file);
+        owners.insert((inode, owner), file.clone());
+        Ok(Some(file))
+    }
+}
+
+/// The most (inode, lock owner) open files kept for POSIX locks at once.
+pub const MAX_LOCK_OWNERS: usize = 1024;
+
+/// `F_OFD_GETLK` of `lock` on `fd`: the conflicting lock, or `lock` with
+/// type `F_UNLCK`.
+fn getlk_on(fd: RawFd, lock: &FileLock) -> io::Result<FileLock> {
+    let mut fl = flock_from(lock);
+    // SAFETY: `fl` is a valid flock; the caller holds `fd` open.
+    cvt(unsafe { libc::fcntl(fd, libc::F_OFD_GETLK, &mut fl) })?;
+    if fl.l_type == libc::F_UNLCK as libc::c_short {
+        // No conflict: the kernel changed only the type (the range is the
+        // guest's own, which may be one the arithmetic below cannot take).
+        return Ok(FileLock {
+            lock_type: libc::F_UNLCK as u32,
+            ..*lock
+        });
+    }
+    // A conflicting lock, as the kernel reports it: start >= 0, len >= 0.
+    let start = fl.l_start.max(0) as u64;
+    Ok(FileLock {
+        start,
+        end: if fl.l_len <= 0 {
+            i64::MAX as u64
+        } else {
+            start.saturating_add(fl.l_len as u64 - 1)
+        },
+        lock_type: fl.l_type as u32,
+        pid: 0,
+    })
 }
 
 /// `FUSE_LK_FLOCK` in a lock request's `lk_flags`: a flock(2) lock, not a
@@ -1459,6 +1550,7 @@ impl FileSystem for PassthroughFs {
     }
 
     fn destroy(&self) {
+        self.lock_owners().clear();
         self.handles.clear();
         self.inodes.clear_except_root();
         self.mounts.retain_only(self.root_mount);
@@ -1953,10 +2045,14 @@ impl FileSystem for PassthroughFs {
         r.read_to(f.file(), size as usize, offset)
     }
 
-    fn flush(&self, _ctx: &Context, inode: u64, handle: u64, _lock_owner: u64) -> io::Result<()> {
-        // Nothing is buffered in the daemon; POSIX locks are OFD locks that
-        // live until release. Only validate the handle.
-        self.handles.get(inode, handle).map(drop)
+    fn flush(&self, _ctx: &Context, inode: u64, handle: u64, lock_owner: u64) -> io::Result<()> {
+        // Nothing is buffered in the daemon. A close in the guest (FLUSH
+        // carries its lock owner) ends that owner's POSIX locks on the
+        // file, as a close does locally: closing the owner's open file
+        // description releases them on the host.
+        self.handles.get(inode, handle)?;
+        self.lock_owners().remove(&(inode, lock_owner));
+        Ok(())
     }
 
     fn fsync(&self, _ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
@@ -2247,12 +2343,16 @@ impl FileSystem for PassthroughFs {
         _ctx: &Context,
         inode: u64,
         handle: u64,
-        _owner: u64,
+        owner: u64,
         lock: FileLock,
         _flags: u32,
     ) -> io::Result<FileLock> {
         self.check_posix_locks()?;
-        self.test_lock(inode, handle, lock)
+        match self.owner_file(inode, handle, owner, libc::F_UNLCK as u32, false)? {
+            // The owner's own locks never conflict with it.
+            Some(f) => getlk_on(f.as_raw_fd(), &lock),
+            None => self.test_lock(inode, handle, lock),
+        }
     }
 
     fn setlk(
@@ -2260,11 +2360,11 @@ impl FileSystem for PassthroughFs {
         _ctx: &Context,
         inode: u64,
         handle: u64,
-        _owner: u64,
+        owner: u64,
         lock: FileLock,
         flags: u32,
     ) -> io::Result<()> {
-        self.try_setlk(inode, handle, lock, flags)
+        self.try_setlk(inode, handle, owner, lock, flags)
     }
 
     fn setlkw(
@@ -2272,14 +2372,14 @@ impl FileSystem for PassthroughFs {
         _ctx: &Context,
         inode: u64,
         handle: u64,
-        _owner: u64,
+        owner: u64,
         lock: FileLock,
         flags: u32,
     ) -> io::Result<()> {
         // Waits in the calling thread: a transport whose threads serve
         // queues must not come here, and the virtio-fs device does not (it
         // keeps the request and retries [`try_setlk`] off its queues).
-        match self.try_setlk(inode, handle, lock, flags) {
+        match self.try_setlk(inode, handle, owner, lock, flags) {
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
             r => return r,
         }
@@ -2293,8 +2393,12 @@ impl FileSystem for PassthroughFs {
             // SAFETY: plain syscall on an fd held open by the handle Arc.
             return cvt(unsafe { libc::flock(h.as_raw_fd(), op) }).map(drop);
         }
+        let f = self
+            .owner_file(inode, handle, owner, lock.lock_type, true)?
+            .ok_or_else(|| errno(libc::ENOLCK))?;
+        drop(h);
         let fl = flock_from(&lock);
-        // SAFETY: `fl` is a valid flock; the fd is held by the handle Arc.
-        cvt(unsafe { libc::fcntl(h.as_raw_fd(), libc::F_OFD_SETLKW, &fl) }).map(drop)
+        // SAFETY: `fl` is a valid flock; the fd is held by the Arc.
+        cvt(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLKW, &fl) }).map(drop)
     }
 }

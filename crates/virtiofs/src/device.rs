@@ -190,7 +190,10 @@ impl VirtioFsBackend {
             lock_type: lk.lk.type_,
             pid: lk.lk.pid,
         };
-        let result = match self.fs.try_setlk(header.nodeid, lk.fh, lock, lk.lk_flags) {
+        let result = match self
+            .fs
+            .try_setlk(header.nodeid, lk.fh, lk.owner, lock, lk.lk_flags)
+        {
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
                 let pending = PendingLock {
                     vring: vring.clone(),
@@ -200,6 +203,7 @@ impl VirtioFsBackend {
                     unique: header.unique,
                     inode: header.nodeid,
                     handle: lk.fh,
+                    owner: lk.owner,
                     lock,
                     lk_flags: lk.lk_flags,
                 };

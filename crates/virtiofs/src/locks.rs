@@ -60,6 +60,8 @@ pub(crate) struct PendingLock {
     pub inode: u64,
     /// The open file it is on.
     pub handle: u64,
+    /// The FUSE lock owner (a guest process).
+    pub owner: u64,
     /// The lock.
     pub lock: FileLock,
     /// `lk_flags` (`FUSE_LK_FLOCK`).
@@ -269,7 +271,10 @@ impl Waiter {
                 self.count.fetch_sub(1, Ordering::AcqRel);
                 continue;
             }
-            match self.fs.try_setlk(p.inode, p.handle, p.lock, p.lk_flags) {
+            match self
+                .fs
+                .try_setlk(p.inode, p.handle, p.owner, p.lock, p.lk_flags)
+            {
                 Err(err) if err.raw_os_error() == Some(libc::EAGAIN) => self.kept.push((p, e)),
                 r => self.finish(&p, r),
             }
@@ -313,7 +318,9 @@ impl Waiter {
                 lock_type: libc::F_UNLCK as u32,
                 ..p.lock
             };
-            let _ = self.fs.try_setlk(p.inode, p.handle, unlock, p.lk_flags);
+            let _ = self
+                .fs
+                .try_setlk(p.inode, p.handle, p.owner, unlock, p.lk_flags);
         }
     }
 }

@@ -323,3 +323,72 @@ fn a_new_session_releases_the_locks_of_the_last_one() {
     )
     .expect("the old session's flock is gone");
 }
+
+/// `struct fuse_flush_in`.
+fn flush_in(fh: u64, owner: u64) -> Vec<u8> {
+    let mut b = fh.to_le_bytes().to_vec();
+    b.extend_from_slice(&[0u8; 8]);
+    b.extend_from_slice(&owner.to_le_bytes());
+    b
+}
+
+#[test]
+fn posix_locks_belong_to_their_owner_across_opens_and_go_with_its_close() {
+    const FLUSH: u32 = 25;
+    let (t, _daemon, mut g, _) = start(&["--posix-lock"]);
+    let path = t.path().join("share/f");
+    let node = g.lookup(1, b"f");
+    let fh1 = g.open(node, libc::O_RDWR);
+    let fh2 = g.open(node, libc::O_RDWR);
+    // One process (owner 7) locks through two opens: one set of locks.
+    assert_eq!(
+        g.request(SETLK, node, &lk_in(fh1, 7, libc::F_WRLCK, 0))
+            .error,
+        0
+    );
+    assert_eq!(
+        g.request(SETLK, node, &lk_in(fh2, 7, libc::F_WRLCK, 0))
+            .error,
+        0,
+        "an owner's locks never conflict with each other"
+    );
+    // Another process (owner 8), even through the same open, conflicts.
+    assert_eq!(
+        g.request(SETLK, node, &lk_in(fh1, 8, libc::F_WRLCK, 0))
+            .error,
+        -libc::EAGAIN
+    );
+    let held = |g: &mut Driver, owner| {
+        let r = g.request(GETLK, node, &lk_in(fh1, owner, libc::F_WRLCK, 0));
+        assert_eq!(r.error, 0);
+        u32::from_le_bytes(r.body[16..20].try_into().unwrap())
+    };
+    assert_eq!(
+        held(&mut g, 8),
+        libc::F_WRLCK as u32,
+        "owner 8 sees owner 7's lock"
+    );
+    assert_eq!(
+        held(&mut g, 7),
+        libc::F_UNLCK as u32,
+        "owner 7 does not see its own"
+    );
+    // Owner 7 closes either open (FLUSH): its locks go, as locally.
+    let host = open_rw(&path);
+    assert!(host_ofd_lock(&host, libc::F_WRLCK).is_err());
+    assert_eq!(g.request(FLUSH, node, &flush_in(fh2, 7)).error, 0);
+    host_ofd_lock(&host, libc::F_WRLCK).expect("released by the owner's close");
+    host_ofd_lock(&host, libc::F_UNLCK).unwrap();
+    // A write lock needs an open for writing, as locally.
+    let ro = g.open(node, libc::O_RDONLY);
+    assert_eq!(
+        g.request(SETLK, node, &lk_in(ro, 9, libc::F_WRLCK, 0))
+            .error,
+        -libc::EBADF
+    );
+    assert_eq!(
+        g.request(SETLK, node, &lk_in(ro, 9, libc::F_RDLCK, 0))
+            .error,
+        0
+    );
+}
