@@ -228,6 +228,9 @@ fn daemon_option(o: &str) -> bool {
             | "no_allow_direct_io"
             | "thread_pool_size"
             | "modcaps"
+            | "xattrmap"
+            | "killpriv_v2"
+            | "no_killpriv_v2"
     )
 }
 
@@ -383,6 +386,26 @@ mod tests {
             ]
         );
         assert_eq!(log.as_deref(), Some(Path::new("/tmp/l")));
+    }
+
+    #[test]
+    fn the_daemons_xattrmap_and_killpriv_options_reach_it() {
+        let cmd = p(&[
+            "m",
+            "s",
+            "/mnt",
+            "-o",
+            "source=/srv,xattrmap=:prefix:all::user.v.::bad:all:::,killpriv_v2,nodev",
+        ])
+        .unwrap();
+        let HelperCommand::Mount { args, .. } = cmd else {
+            panic!("not a mount: {cmd:?}")
+        };
+        let last = args.last().unwrap().to_str().unwrap();
+        assert_eq!(
+            last,
+            "source=/srv,xattrmap=:prefix:all::user.v.::bad:all:::,killpriv_v2"
+        );
     }
 
     #[test]
