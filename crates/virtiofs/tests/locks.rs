@@ -392,3 +392,45 @@ fn posix_locks_belong_to_their_owner_across_opens_and_go_with_its_close() {
         0
     );
 }
+
+#[test]
+fn a_guest_cannot_make_the_daemon_hold_unbounded_lock_owner_files() {
+    const FLUSH: u32 = 25;
+    const MAX_OWNERS: u64 = 1024;
+    let (_t, daemon, mut g, _) = start(&["--posix-lock"]);
+    let node = g.lookup(1, b"f");
+    let fh = g.open(node, libc::O_RDWR);
+    // The serving process: the supervisor's child.
+    let sup = daemon.child.id();
+    let children = std::fs::read_to_string(format!("/proc/{sup}/task/{sup}/children")).unwrap();
+    let server: u32 = children
+        .split_whitespace()
+        .next()
+        .map_or(sup, |p| p.parse().unwrap());
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{server}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let before = fds();
+    // A hostile guest: a new lock owner per request, none ever closing.
+    for owner in 0..MAX_OWNERS {
+        let r = g.request(SETLK, node, &lk_in(fh, 1000 + owner, libc::F_RDLCK, 0));
+        assert_eq!(r.error, 0, "owner {owner}");
+    }
+    let r = g.request(SETLK, node, &lk_in(fh, 5000, libc::F_RDLCK, 0));
+    assert_eq!(
+        r.error,
+        -libc::ENOLCK,
+        "beyond the bound: ENOLCK, not another fd"
+    );
+    let grown = fds() - before;
+    assert!(
+        grown <= MAX_OWNERS as usize + 8,
+        "the daemon holds {grown} more fds for {MAX_OWNERS} owners"
+    );
+    // An owner's close gives its slot back.
+    assert_eq!(g.request(FLUSH, node, &flush_in(fh, 1000)).error, 0);
+    let r = g.request(SETLK, node, &lk_in(fh, 5000, libc::F_RDLCK, 0));
+    assert_eq!(r.error, 0, "a freed slot is used again");
+}
