@@ -78,7 +78,21 @@ impl FsDriver<VhostUserDevice> {
     /// # Panics
     /// When the backend cannot be connected to: the test cannot go on.
     pub fn over_vhost_user(socket: &Path, nqueues: usize) -> Self {
-        Self::new(nqueues, |ram, queues| {
+        Self::over_vhost_user_with_layout(socket, nqueues, QUEUE_SIZE, 8 << 20)
+    }
+
+    /// [`FsDriver::over_vhost_user`] with [`FsDriver::with_layout`]'s
+    /// queue size and memory: room for many requests in flight.
+    ///
+    /// # Panics
+    /// As [`FsDriver::over_vhost_user`] and [`FsDriver::with_layout`].
+    pub fn over_vhost_user_with_layout(
+        socket: &Path,
+        nqueues: usize,
+        queue_size: u16,
+        ram: usize,
+    ) -> Self {
+        Self::with_layout(nqueues, queue_size, ram, |ram, queues| {
             VhostUserDevice::connect_within(
                 socket,
                 ram,

@@ -166,6 +166,17 @@ impl VirtioFsBackend {
         queue: &str,
     ) -> Option<usize> {
         const IN: usize = std::mem::size_of::<InHeader>();
+        // Every request passes here while locks are offered: the opcode
+        // first, from the head descriptor, and the chain's segment lists
+        // only for the three opcodes this looks at.
+        let start = peek::<8>(mem, chain)?;
+        let opcode = u32::from_le_bytes([start[4], start[5], start[6], start[7]]);
+        if ![Opcode::Init, Opcode::Interrupt, Opcode::Setlkw]
+            .iter()
+            .any(|o| *o as u32 == opcode)
+        {
+            return None;
+        }
         let (readable, writable) = split_chain(chain)?;
         let header: InHeader = gather_obj(mem, &readable, 0)?;
         if header.opcode == Opcode::Init as u32 {

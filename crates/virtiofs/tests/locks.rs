@@ -112,6 +112,14 @@ fn open_rw(p: &Path) -> std::fs::File {
 /// The daemon on a fresh share with `extra`, INIT done with the lock
 /// flags offered; the flags it accepted.
 fn start(extra: &[&str]) -> (tempfile::TempDir, Backend, Driver, u32) {
+    start_with(extra, |sock| FsDriver::over_vhost_user(sock, 2))
+}
+
+/// [`start`] with the driver `connect` makes.
+fn start_with(
+    extra: &[&str],
+    connect: impl FnOnce(&Path) -> Driver,
+) -> (tempfile::TempDir, Backend, Driver, u32) {
     let t = tempfile::tempdir().unwrap();
     let share = t.path().join("share");
     std::fs::create_dir(&share).unwrap();
@@ -123,7 +131,7 @@ fn start(extra: &[&str]) -> (tempfile::TempDir, Backend, Driver, u32) {
     let mut args = vec!["--sandbox", "none"];
     args.extend_from_slice(extra);
     let daemon = Backend::start_logged(&[OURS.to_string()], &share, &sock, &args, &log);
-    let mut g = FsDriver::over_vhost_user(&daemon.socket, 2);
+    let mut g = connect(&daemon.socket);
     let r = g.request(
         opcode::INIT,
         0,
@@ -433,4 +441,55 @@ fn a_guest_cannot_make_the_daemon_hold_unbounded_lock_owner_files() {
     assert_eq!(g.request(FLUSH, node, &flush_in(fh, 1000)).error, 0);
     let r = g.request(SETLK, node, &lk_in(fh, 5000, libc::F_RDLCK, 0));
     assert_eq!(r.error, 0, "a freed slot is used again");
+}
+
+#[test]
+fn at_most_max_waiting_setlkws_are_kept_and_the_next_gets_enolck() {
+    /// `virtiofs`'s bound on kept requests.
+    const MAX_WAITING: u16 = 1024;
+    let (t, _daemon, mut g, _) = start_with(&["--posix-lock"], |sock| {
+        FsDriver::over_vhost_user_with_layout(sock, 2, 4096, 32 << 20)
+    });
+    let node = g.lookup(1, b"f");
+    let fh = g.open(node, libc::O_RDWR);
+    let host = open_rw(&t.path().join("share/f"));
+    host_ofd_lock(&host, libc::F_WRLCK).unwrap();
+    // One guest process asking for a read lock again and again (one owner:
+    // one open file on the host), each request waiting on the host's lock.
+    let mut replies = Vec::new();
+    for i in 0..=MAX_WAITING {
+        replies.push(
+            submit(
+                &mut g,
+                1,
+                2 * i,
+                SETLKW,
+                node,
+                &lk_in(fh, 7, libc::F_RDLCK, 0),
+            )
+            .1,
+        );
+    }
+    let (id, len) =
+        used_within(&mut g, 1, Duration::from_secs(10)).expect("the one over the bound");
+    assert_eq!(
+        id,
+        u32::from(2 * MAX_WAITING),
+        "the last request is the one refused"
+    );
+    let r = Reply::parse(
+        len,
+        &g.ram.read(replies[MAX_WAITING as usize], len as usize),
+    );
+    assert_eq!(r.error, -libc::ENOLCK);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!g.queues[1].has_used(&g.ram), "the others wait");
+    // The host lets go: every kept request is granted.
+    host_ofd_lock(&host, libc::F_UNLCK).unwrap();
+    for n in 0..MAX_WAITING {
+        let (id, len) = used_within(&mut g, 1, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("kept request {n} answered"));
+        let r = Reply::parse(len, &g.ram.read(replies[id as usize / 2], len as usize));
+        assert_eq!(r.error, 0, "chain {id}");
+    }
 }

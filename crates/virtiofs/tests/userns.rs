@@ -4,12 +4,10 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
-use std::time::Duration;
 
 use virtio_driver::fs::FsDriver;
 use virtio_driver::fuse::{self as fuse_wire, opcode};
 use virtio_driver::process::Backend;
-use virtio_driver::{VhostUserDevice, F_VERSION_1};
 
 const OURS: &str = env!("CARGO_BIN_EXE_virtiofsd-rs");
 /// The host ids the namespace's 0..65536 are (a rootless container's
@@ -21,6 +19,45 @@ const OVERFLOW: u32 = 65534;
 fn is_root() -> bool {
     // SAFETY: geteuid cannot fail.
     unsafe { libc::geteuid() == 0 }
+}
+
+type Driver = FsDriver<virtio_driver::VhostUserDevice>;
+
+/// Connects to the daemon at `sock` (its log at `log`), INITs, and checks
+/// its walls name the user namespace.
+fn in_namespace(sock: &std::path::Path, log: &std::path::Path) -> Driver {
+    let logged = || std::fs::read_to_string(log).unwrap_or_default();
+    let mut g = FsDriver::over_vhost_user(sock, 2);
+    let init = g.request(opcode::INIT, 0, &fuse_wire::init_body());
+    assert_eq!(init.error, 0, "INIT; daemon log: {}", logged());
+    assert!(
+        logged().contains("walls up: user namespace"),
+        "the walls name the namespace: {}",
+        logged()
+    );
+    g
+}
+
+/// The owner and group the guest is shown for `name` in the root.
+fn guest_ids(g: &mut Driver, name: &[u8]) -> (u32, u32) {
+    let attr = g
+        .request(opcode::LOOKUP, 1, &fuse_wire::name(name))
+        .entry()
+        .expect("entry")
+        .attr;
+    (attr.uid, attr.gid)
+}
+
+/// The guest's root creates `name` in the root; the host owner and group.
+fn create_as_guest_root(g: &mut Driver, share: &std::path::Path, name: &[u8]) -> (u32, u32) {
+    let r = g.request(
+        opcode::CREATE,
+        1,
+        &fuse_wire::create_in(libc::O_RDWR as u32, 0o100644, 0, name),
+    );
+    assert_eq!(r.error, 0, "CREATE");
+    let meta = std::fs::metadata(share.join(std::str::from_utf8(name).unwrap())).unwrap();
+    (meta.uid(), meta.gid())
 }
 
 #[test]
@@ -49,47 +86,21 @@ fn ids_are_the_user_namespaces_and_files_land_with_the_mapped_host_ids() {
     let map = format!("--uid-map=:0:{BASE}:65536:");
     let gmap = format!("--gid-map=:0:{BASE}:65536:");
     let daemon = Backend::start_logged(&[OURS.to_string()], &share, &sock, &[&map, &gmap], &log);
-    let mut g = FsDriver::over_vhost_user(&daemon.socket, 2);
-    let init = g.request(opcode::INIT, 0, &fuse_wire::init_body());
-    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
-    assert_eq!(init.error, 0, "INIT; daemon log: {}", logged());
-    assert!(
-        logged().contains("walls up: user namespace"),
-        "the walls name the namespace: {}",
-        logged()
-    );
-
+    let mut g = in_namespace(&daemon.socket, &log);
     // Host ids show as the namespace's; an unmapped one as the overflow id.
-    let e = g.request(opcode::LOOKUP, 1, &fuse_wire::name(b"seven"));
-    let attr = e.entry().expect("entry").attr;
     assert_eq!(
-        (attr.uid, attr.gid),
+        guest_ids(&mut g, b"seven"),
         (7, 8),
         "host {BASE}+7 is the guest's 7"
     );
-    let e = g.request(opcode::LOOKUP, 1, &fuse_wire::name(b"hosts"));
-    let attr = e.entry().expect("entry").attr;
     assert_eq!(
-        (attr.uid, attr.gid),
+        guest_ids(&mut g, b"hosts"),
         (OVERFLOW, OVERFLOW),
         "host root is unmapped"
     );
-
-    // The guest's root (uid 0) creates: the host sees the mapped id.
-    let r = g.request(
-        opcode::CREATE,
-        1,
-        &fuse_wire::create_in(libc::O_RDWR as u32, 0o100644, 0, b"made"),
-    );
-    assert_eq!(r.error, 0, "CREATE; daemon log: {}", logged());
-    let (entry, _) = r.created().expect("entry and open");
-    assert_eq!((entry.attr.uid, entry.attr.gid), (0, 0));
-    let meta = std::fs::metadata(share.join("made")).unwrap();
-    assert_eq!(
-        (meta.uid(), meta.gid()),
-        (BASE, BASE),
-        "the host sees the mapped ids"
-    );
+    // The guest's root (uid 0) creates: the host sees the mapped ids.
+    assert_eq!(create_as_guest_root(&mut g, &share, b"made"), (BASE, BASE));
+    assert_eq!(guest_ids(&mut g, b"made"), (0, 0), "and the guest its own");
     drop(g);
 }
 
@@ -167,35 +178,15 @@ fn an_unprivileged_daemon_maps_itself_with_newuidmap_as_libvirt_session_mode_run
         .stderr(logf)
         .spawn()
         .unwrap();
-    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
-    let mut g = FsDriver::new(2, |ram, queues| {
-        VhostUserDevice::connect_within(&sock, ram, queues, F_VERSION_1, Duration::from_secs(10))
-            .unwrap_or_else(|e| panic!("vhost-user setup: {e}; daemon log: {}", logged()))
-    });
-    let init = g.request(opcode::INIT, 0, &fuse_wire::init_body());
-    assert_eq!(init.error, 0, "INIT; daemon log: {}", logged());
-    assert!(
-        logged().contains("walls up: user namespace"),
-        "{}",
-        logged()
-    );
-    let e = g.request(opcode::LOOKUP, 1, &fuse_wire::name(b"sub"));
-    let attr = e.entry().expect("entry").attr;
+    let mut g = in_namespace(&sock, &log);
     assert_eq!(
-        (attr.uid, attr.gid),
+        guest_ids(&mut g, b"sub"),
         (7, 7),
         "subordinate id {} is the guest's 7",
         SUB + 6
     );
-    let r = g.request(
-        opcode::CREATE,
-        1,
-        &fuse_wire::create_in(libc::O_RDWR as u32, 0o100644, 0, b"made"),
-    );
-    assert_eq!(r.error, 0, "CREATE; daemon log: {}", logged());
-    let meta = std::fs::metadata(share.join("made")).unwrap();
     assert_eq!(
-        (meta.uid(), meta.gid()),
+        create_as_guest_root(&mut g, &share, b"made"),
         (uid, gid),
         "the guest's root is the user"
     );
