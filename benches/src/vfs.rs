@@ -323,6 +323,7 @@ impl VfsSession {
                 flags: 0,
                 max_write: 0,
                 max_pages: 0,
+                flags2: 0,
             },
             ctl_req,
             ctl_reply,

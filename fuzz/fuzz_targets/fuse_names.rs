@@ -1,7 +1,9 @@
-//! The virtio-fs edge check of FUSE name layouts: any body, any layout.
+//! The virtio-fs edge checks of a FUSE request's names and extensions:
+//! any body, any layout; any extension area, under any negotiated flags.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use passthrough::request_ext::init_flags;
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 2 {
@@ -14,5 +16,23 @@ fuzz_target!(|data: &[u8]| {
         let rest = &body[fixed..];
         assert_eq!(rest.iter().filter(|&&b| b == 0).count(), names);
         assert_eq!(rest.last(), Some(&0));
+    }
+    // The same bytes as a create's extension area.
+    let negotiated = match data[0] % 4 {
+        0 => 0,
+        1 => init_flags::SECURITY_CTX,
+        2 => init_flags::CREATE_SUPP_GROUP,
+        _ => init_flags::SECURITY_CTX | init_flags::CREATE_SUPP_GROUP,
+    };
+    if let Ok(ext) = virtiofs::extensions::parse(body, negotiated) {
+        if let Some(sec) = &ext.security {
+            assert_ne!(negotiated & init_flags::SECURITY_CTX, 0);
+            assert!(sec.name.as_bytes().starts_with(b"security."));
+            assert!(sec.value.len() <= 65536);
+        }
+        if !ext.groups.is_empty() {
+            assert_ne!(negotiated & init_flags::CREATE_SUPP_GROUP, 0);
+            assert!(ext.groups.len() <= virtiofs::extensions::MAX_GROUPS);
+        }
     }
 });

@@ -110,6 +110,23 @@ pub struct Config {
     /// `security.capability` itself, as the host kernel would for an
     /// unprivileged writer. Off by default, as upstream.
     pub killpriv_v2: bool,
+    /// Offer FUSE_SECURITY_CTX (virtiofsd's `--security-label`): the guest
+    /// kernel then sends the security context (an LSM's `security.*`
+    /// xattr, e.g. `security.selinux`) of each node it creates, and the
+    /// core sets it on the new node, through [`xattrmap`](Self::xattrmap)
+    /// where one is set, before the create is answered; a context that
+    /// cannot be set undoes the create. Needs [`xattr`](Self::xattr).
+    pub security_label: bool,
+    /// Offer FUSE_ALLOW_IDMAP (6.12 guests): the guest may then make
+    /// idmapped mounts of the share. Its kernel checks every permission
+    /// itself (`default_permissions`) and sends requests that create
+    /// nothing without an identity (uid and gid `u32::MAX`), which the core
+    /// serves with the daemon's own, as it serves the guest's root; creates
+    /// carry the idmapped owner. So it needs a guest root that is the
+    /// host's root ([`translate_uid`](Self::translate_uid) and
+    /// [`translate_gid`](Self::translate_gid) must let guest id 0 act as
+    /// host id 0). Off by default.
+    pub allow_idmap: bool,
     /// Offer READDIRPLUS (directory listing with attributes).
     pub readdirplus: bool,
     /// Pass `O_NOATIME` from the guest through (it fails with EPERM for
@@ -160,6 +177,8 @@ impl Config {
             posix_locks: false,
             flock_locks: false,
             killpriv_v2: false,
+            security_label: false,
+            allow_idmap: false,
             readdirplus: true,
             preserve_noatime: false,
             fd_reserve: 64,

@@ -119,6 +119,11 @@ impl CredGuard {
         if !enabled {
             return Ok(guard);
         }
+        // setresuid/setresgid read u32::MAX as "leave unchanged": acting
+        // "as" it would be acting as the daemon.
+        if uid == libc::uid_t::MAX || gid == libc::gid_t::MAX {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
         // The gid must change first: after the uid changes we lack CAP_SETGID.
         if gid != 0 {
             set_egid(gid)?;

@@ -9,7 +9,7 @@ use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +31,7 @@ use crate::file_handle::{self, FileHandle, MountFds};
 use crate::handle_table::{HandleData, HandleTable};
 use crate::inode_store::{InodeData, InodeFd, InodeKey, InodeSource, InodeStore, ROOT_ID};
 use crate::name::{check_name, check_name_for_removal, classify, NameKind};
+use crate::request_ext::{self, init_flags, INVALID_ID};
 use crate::sys::{self, cvt, errno, BorrowedFile, EMPTY};
 use crate::xattrmap::XattrOp;
 
@@ -94,6 +95,9 @@ pub struct PassthroughFs {
     /// A FUSE_INIT was served: a second one starts a new session (a guest
     /// rebooted, its driver reloaded) and ends the last one first.
     initialized: AtomicBool,
+    /// The INIT flags above bit 31 negotiated for this session
+    /// ([`negotiate_flags2`](Self::negotiate_flags2)).
+    flags2: AtomicU64,
     /// Per (inode, FUSE lock owner): the open file description that holds
     /// that owner's POSIX locks on the host (see [`owner_file`](Self::owner_file)).
     plocks: std::sync::Mutex<std::collections::HashMap<(u64, u64), Arc<File>>>,
@@ -327,6 +331,7 @@ impl PassthroughFs {
             dont_mask: AtomicBool::new(false),
             killpriv_v2: AtomicBool::new(false),
             initialized: AtomicBool::new(false),
+            flags2: AtomicU64::new(0),
             plocks: std::sync::Mutex::new(std::collections::HashMap::new()),
             fds,
             fd_cache: FdCache::default(),
@@ -389,8 +394,108 @@ impl PassthroughFs {
     /// translated by [`Config::translate_uid`] and
     /// [`Config::translate_gid`]; `EPERM` for a guest id a `forbid-guest`
     /// rule covers.
+    ///
+    /// A request without an identity (`FUSE_INVALID_UIDGID`, what a guest
+    /// sends for every request that creates nothing once FUSE_ALLOW_IDMAP
+    /// is negotiated) acts as the daemon, as the guest's root does: the
+    /// guest kernel checked its permission, and [`Config::allow_idmap`] is
+    /// only offered where the guest's root is the host's. Without
+    /// FUSE_ALLOW_IDMAP no guest kernel sends it, and it is `EINVAL`.
     fn host_ids(&self, ctx: &Context) -> io::Result<(libc::uid_t, libc::gid_t)> {
+        if ctx.uid == INVALID_ID || ctx.gid == INVALID_ID {
+            return match self.flags2.load(Ordering::Relaxed) & init_flags::ALLOW_IDMAP {
+                0 => Err(errno(libc::EINVAL)),
+                _ => Ok((0, 0)),
+            };
+        }
         Ok((self.host_uid(ctx.uid)?, self.host_gid(ctx.gid)?))
+    }
+
+    /// For a request that creates a node, owned by its requester: one
+    /// without an identity is `EOVERFLOW`, as the guest kernel answers
+    /// when a creator's ids have no mapping in the mount's idmap.
+    fn check_creator(&self, ctx: &Context) -> io::Result<()> {
+        if ctx.uid == INVALID_ID || ctx.gid == INVALID_ID {
+            return Err(errno(libc::EOVERFLOW));
+        }
+        Ok(())
+    }
+
+    /// The INIT flags above bit 31 ([`init_flags`]) that fuse-backend-rs
+    /// cannot negotiate: of `offered` (what the guest's FUSE_INIT offered
+    /// in `flags2`, shifted up by 32), those this core serves with its
+    /// configuration. Called by the front end for every FUSE_INIT, which
+    /// then adds them to the reply; what it returns holds for the session.
+    pub fn negotiate_flags2(&self, offered: u64) -> u64 {
+        let mut want = 0;
+        if self.cfg.security_label && self.cfg.xattr {
+            want |= init_flags::SECURITY_CTX;
+        }
+        // The group only matters where requests run with the requester's
+        // ids.
+        if self.switch_creds {
+            want |= init_flags::CREATE_SUPP_GROUP;
+        }
+        if self.cfg.allow_idmap {
+            want |= init_flags::ALLOW_IDMAP;
+        }
+        let got = want & offered;
+        self.flags2.store(got, Ordering::Relaxed);
+        if self.cfg.security_label && got & init_flags::SECURITY_CTX == 0 {
+            log::warn!("--security-label: the guest does not offer FUSE_SECURITY_CTX");
+        }
+        if self.cfg.allow_idmap && got & init_flags::ALLOW_IDMAP == 0 {
+            log::warn!("--allow-idmap: the guest does not offer FUSE_ALLOW_IDMAP");
+        }
+        got
+    }
+
+    /// The INIT flags above bit 31 negotiated for this session.
+    pub fn negotiated_flags2(&self) -> u64 {
+        self.flags2.load(Ordering::Relaxed)
+    }
+
+    /// Sets the security context the request being served carries
+    /// ([`request_ext`]) on `entry`, which the request just made as `name`
+    /// in `pfd` (a directory if `dir`). The name is mapped by the xattr map
+    /// as a SETXATTR's is, and the value set with the daemon's privilege
+    /// (the guest's root could set it as well). If it cannot be set, the
+    /// node is removed again and the create fails with that error: a node
+    /// the guest asked to be labelled is never left unlabelled.
+    fn label_new(
+        &self,
+        ctx: &Context,
+        pfd: &InodeFd<'_>,
+        name: &CStr,
+        entry: Entry,
+        dir: bool,
+    ) -> io::Result<Entry> {
+        let Some(sec) = request_ext::security_context() else {
+            return Ok(entry);
+        };
+        let daemon = Context {
+            uid: 0,
+            gid: 0,
+            pid: ctx.pid,
+        };
+        let labelled = self
+            .host_xattr_name(&sec.name, XattrOp::Set)
+            .and_then(|host| {
+                self.with_xattr_file(&daemon, entry.inode, |t| t.set(&host, &sec.value, 0))
+            });
+        let Err(e) = labelled else {
+            return Ok(entry);
+        };
+        self.inodes.forget(entry.inode, 1);
+        let removed = self.creds(ctx).and_then(|_c| {
+            let flags = if dir { libc::AT_REMOVEDIR } else { 0 };
+            // SAFETY: NUL-terminated name; pfd is held.
+            cvt(unsafe { libc::unlinkat(pfd.as_raw_fd(), name.as_ptr(), flags) })
+        });
+        if let Err(r) = removed {
+            log::warn!("{name:?}: its security context could not be set ({e}), nor could it be removed again ({r})");
+        }
+        Err(e)
     }
 
     /// The host uid that the guest's `uid` (a requester's, or a chown's)
@@ -1790,13 +1895,17 @@ impl FileSystem for PassthroughFs {
             if linkname.to_bytes().is_empty() {
                 return Err(errno(libc::ENOENT));
             }
+            self.check_creator(ctx)?;
             let parent = self.inodes.get(parent)?;
             let pfd = self.path_fd(&parent)?;
-            let _c = self.creds(ctx)?;
-            // The target is stored verbatim and never resolved by the host.
-            // SAFETY: both strings are NUL-terminated; pfd is held.
-            cvt(unsafe { libc::symlinkat(linkname.as_ptr(), pfd.as_raw_fd(), name.as_ptr()) })?;
-            self.do_lookup(&parent, &pfd, name, Hint::Created)
+            let entry = {
+                let _c = self.creds(ctx)?;
+                // The target is stored verbatim and never resolved by the host.
+                // SAFETY: both strings are NUL-terminated; pfd is held.
+                cvt(unsafe { libc::symlinkat(linkname.as_ptr(), pfd.as_raw_fd(), name.as_ptr()) })?;
+                self.do_lookup(&parent, &pfd, name, Hint::Created)?
+            };
+            self.label_new(ctx, &pfd, name, entry, false)
         })
     }
 
@@ -1812,20 +1921,24 @@ impl FileSystem for PassthroughFs {
         self.client_checked(ctx, || {
             self.check_writable()?;
             check_name(name)?;
+            self.check_creator(ctx)?;
             let parent = self.inodes.get(parent)?;
             let pfd = self.path_fd(&parent)?;
             let mode = self.creation_mode(&parent, &pfd, mode, umask);
-            let _c = self.creds(ctx)?;
-            // SAFETY: NUL-terminated name; pfd is held.
-            cvt(unsafe {
-                libc::mknodat(
-                    pfd.as_raw_fd(),
-                    name.as_ptr(),
-                    mode,
-                    libc::dev_t::from(rdev),
-                )
-            })?;
-            self.do_lookup(&parent, &pfd, name, Hint::Created)
+            let entry = {
+                let _c = self.creds(ctx)?;
+                // SAFETY: NUL-terminated name; pfd is held.
+                cvt(unsafe {
+                    libc::mknodat(
+                        pfd.as_raw_fd(),
+                        name.as_ptr(),
+                        mode,
+                        libc::dev_t::from(rdev),
+                    )
+                })?;
+                self.do_lookup(&parent, &pfd, name, Hint::Created)?
+            };
+            self.label_new(ctx, &pfd, name, entry, false)
         })
     }
 
@@ -1840,13 +1953,17 @@ impl FileSystem for PassthroughFs {
         self.client_checked(ctx, || {
             self.check_writable()?;
             check_name(name)?;
+            self.check_creator(ctx)?;
             let parent = self.inodes.get(parent)?;
             let pfd = self.path_fd(&parent)?;
             let mode = self.creation_mode(&parent, &pfd, mode, umask);
-            let _c = self.creds(ctx)?;
-            // SAFETY: NUL-terminated name; pfd is held.
-            cvt(unsafe { libc::mkdirat(pfd.as_raw_fd(), name.as_ptr(), mode) })?;
-            self.do_lookup(&parent, &pfd, name, Hint::Created)
+            let entry = {
+                let _c = self.creds(ctx)?;
+                // SAFETY: NUL-terminated name; pfd is held.
+                cvt(unsafe { libc::mkdirat(pfd.as_raw_fd(), name.as_ptr(), mode) })?;
+                self.do_lookup(&parent, &pfd, name, Hint::Created)?
+            };
+            self.label_new(ctx, &pfd, name, entry, true)
         })
     }
 
@@ -1954,6 +2071,7 @@ impl FileSystem for PassthroughFs {
         self.client_checked(ctx, || {
             self.check_writable()?;
             check_name(name)?;
+            self.check_creator(ctx)?;
             let parent = self.inodes.get(parent)?;
             let pfd = self.path_fd(&parent)?;
             let flags = self.open_flags(args.flags);
@@ -1961,6 +2079,7 @@ impl FileSystem for PassthroughFs {
             let kill = self.killpriv(args.fuse_flags & FOPEN_IN_KILL_SUIDGID != 0)
                 && flags & libc::O_TRUNC != 0;
             let mode = self.creation_mode(&parent, &pfd, args.mode, args.umask);
+            let mut created = false;
             let (entry, file) = {
                 let _c = self.creds(ctx)?;
                 // Only a new regular file is ever opened by name: an existing
@@ -1972,7 +2091,9 @@ impl FileSystem for PassthroughFs {
                     match sys::openat(pfd.as_raw_fd(), name, create, mode) {
                         Ok(fd) => {
                             let file = File::from(self.admit_guest_fd(fd)?);
-                            break (self.do_lookup(&parent, &pfd, name, Hint::Created)?, file);
+                            let entry = self.do_lookup(&parent, &pfd, name, Hint::Created)?;
+                            created = true;
+                            break (entry, file);
                         }
                         Err(e)
                             if e.raw_os_error() == Some(libc::EEXIST)
@@ -1998,6 +2119,11 @@ impl FileSystem for PassthroughFs {
                         Err(e) => return Err(e),
                     }
                 }
+            };
+            // Only a file this request made gets its security context.
+            let entry = match created {
+                true => self.label_new(ctx, &pfd, name, entry, false)?,
+                false => entry,
             };
             let handle = self.handles.insert(entry.inode, file);
             Ok((entry, Some(handle), self.open_options(false), None))

@@ -43,6 +43,7 @@ pub mod idmap;
 mod inode_store;
 pub mod io_buf;
 pub mod name;
+pub mod request_ext;
 mod sys;
 pub mod xattrmap;
 
@@ -52,4 +53,5 @@ pub use fs::{Access, PassthroughFs, LK_FLOCK};
 pub use handle_table::HandleData;
 pub use idmap::{IdMap, IdMapError};
 pub use inode_store::ROOT_ID;
+pub use request_ext::{with_create_ext, CreateExt, SecurityContext};
 pub use xattrmap::{XattrMap, XattrMapError};

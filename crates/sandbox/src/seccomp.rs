@@ -120,6 +120,9 @@ const COMMON: &[libc::c_long] = &[
     libc::SYS_getresgid,
     libc::SYS_setresuid,
     libc::SYS_setresgid,
+    // The requester's supplementary groups (9P's from the user database,
+    // FUSE's from a create's extension), on the serving thread only.
+    libc::SYS_setgroups,
     libc::SYS_capget,
     libc::SYS_getrlimit,
     // File descriptors.
@@ -220,9 +223,8 @@ const LEGACY: &[libc::c_long] = &[
 #[cfg(not(target_arch = "x86_64"))]
 const LEGACY: &[libc::c_long] = &[];
 
-/// 9P only: socket options of accepted connections, and the requester's
-/// supplementary groups on a worker thread (from the user database).
-const P9_EXTRA: &[libc::c_long] = &[libc::SYS_setsockopt, libc::SYS_setgroups];
+/// 9P only: socket options of accepted connections.
+const P9_EXTRA: &[libc::c_long] = &[libc::SYS_setsockopt];
 
 /// `fcntl` commands the daemons use: descriptor and status flags,
 /// duplication, and (OFD and classic) record locks.

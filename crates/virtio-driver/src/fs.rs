@@ -152,11 +152,33 @@ impl<L: Link> FsDriver<L> {
     pub fn request(&mut self, op: u32, nodeid: u64, body: &[u8]) -> Reply {
         self.unique += 1;
         let req = fuse::request(op, self.unique, nodeid, 0, body);
-        self.ram.write(self.req, &req);
+        self.request_bytes(&req)
+    }
+
+    /// Sends `req`, a whole FUSE request (header included; its unique
+    /// should be [`next_unique`](Self::next_unique)'s), on the current
+    /// request queue and waits (up to 10 s) for its reply.
+    ///
+    /// # Panics
+    /// When the device does not answer in time, or `req` does not fit the
+    /// request buffer.
+    pub fn request_bytes(&mut self, req: &[u8]) -> Reply {
+        let op = fuse::parse::<fuse::abi::InHeader>(req).map_or(0, |h| h.opcode);
+        assert!(
+            req.len() as u32 <= BUF_SIZE,
+            "request larger than its buffer"
+        );
+        self.ram.write(self.req, req);
         let bufs = Buf::request_reply(self.req, req.len() as u32, self.reply, BUF_SIZE);
         let used = self.send(self.queue, &bufs, Duration::from_secs(10));
         let (_, len) = used.unwrap_or_else(|| panic!("no reply to opcode {op}"));
         Reply::parse(len, &self.ram.read(self.reply, len as usize))
+    }
+
+    /// A unique for the next request built by hand.
+    pub fn next_unique(&mut self) -> u64 {
+        self.unique += 1;
+        self.unique
     }
 
     /// Publishes `bufs` as one chain on queue `qi`, notifies the device and

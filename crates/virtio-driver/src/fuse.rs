@@ -85,6 +85,92 @@ pub fn request(opcode: u32, unique: u64, nodeid: u64, uid: u32, body: &[u8]) -> 
     [h.as_slice(), body].concat()
 }
 
+/// A request as a guest kernel that negotiated request extensions sends
+/// it: `fuse_in_header` with `uid`, `gid` and `total_extlen` (the
+/// length of `ext` in 8-byte units, in what fuse-backend-rs calls
+/// `padding`), `body`, then `ext`.
+///
+/// # Panics
+/// If `ext`'s length is not a multiple of 8 (a test bug).
+pub fn request_ext(
+    opcode: u32,
+    unique: u64,
+    nodeid: u64,
+    (uid, gid): (u32, u32),
+    body: &[u8],
+    ext: &[u8],
+) -> Vec<u8> {
+    assert_eq!(ext.len() % 8, 0, "extensions are whole 8-byte units");
+    let h = abi::InHeader {
+        len: (IN_HEADER + body.len() + ext.len()) as u32,
+        opcode,
+        unique,
+        nodeid,
+        uid,
+        gid,
+        pid: 1,
+        padding: (ext.len() / 8) as u32,
+    };
+    [h.as_slice(), body, ext].concat()
+}
+
+/// Extension types and the INIT flags (`flags2`, shifted up by 32) that
+/// negotiate them.
+#[allow(missing_docs)]
+pub mod ext {
+    pub const INIT_EXT: u32 = 1 << 30;
+    pub const SECURITY_CTX: u64 = 1 << 32;
+    pub const CREATE_SUPP_GROUP: u64 = 1 << 34;
+    pub const ALLOW_IDMAP: u64 = 1 << 40;
+    /// `FUSE_EXT_GROUPS`.
+    pub const GROUPS: u32 = 32;
+}
+
+/// Rounds `n` up to a multiple of 8 (`FUSE_REC_ALIGN`).
+fn align8(n: usize) -> usize {
+    n.div_ceil(8) * 8
+}
+
+/// A security context extension as Linux builds it
+/// (`get_security_context`): one context, `name` (without its NUL) set
+/// to `value`.
+pub fn secctx_ext(name: &[u8], value: &[u8]) -> Vec<u8> {
+    let body_len = align8(8 + name.len() + 1 + value.len());
+    let mut b = u32s(&[(8 + body_len) as u32, 1, value.len() as u32, 0]);
+    b.extend_from_slice(name);
+    b.push(0);
+    b.extend_from_slice(value);
+    b.resize(8 + body_len, 0);
+    b
+}
+
+/// A supplementary-groups extension as Linux builds it
+/// (`get_create_supp_group`, which sends one).
+pub fn groups_ext(groups: &[u32]) -> Vec<u8> {
+    let len = align8(8 + 4 + 4 * groups.len());
+    let mut b = u32s(&[len as u32, ext::GROUPS, groups.len() as u32]);
+    b.extend(u32s(groups));
+    b.resize(len, 0);
+    b
+}
+
+/// The body of FUSE_INIT for protocol 7.40 (a 6.12 kernel's) with `flags`
+/// and, with FUSE_INIT_EXT, `flags2` (given shifted up by 32, as
+/// [`ext`]'s flags are).
+pub fn init_body_ext(flags: u32, flags2: u64) -> Vec<u8> {
+    let mut b = wire(abi::InitIn {
+        major: 7,
+        minor: 40,
+        max_readahead: 0x20000,
+        flags: flags | ext::INIT_EXT,
+    });
+    b.extend(wire(abi::InitIn2 {
+        flags2: (flags2 >> 32) as u32,
+        unused: [0; 11],
+    }));
+    b
+}
+
 /// The body of FUSE_INIT for protocol 7.31 (what a 6.1 kernel sends, minus flags).
 pub fn init_body() -> Vec<u8> {
     init_body_flags(0)
@@ -193,6 +279,9 @@ pub struct InitOut {
     pub max_write: u32,
     /// Pages per request (0 when the device did not set it).
     pub max_pages: u16,
+    /// `flags2` the device accepted, shifted up by 32 (0 without
+    /// FUSE_INIT_EXT in `flags`).
+    pub flags2: u64,
 }
 
 impl InitOut {
@@ -213,6 +302,10 @@ impl InitOut {
             flags: o.flags,
             max_write: o.max_write,
             max_pages: o.max_pages,
+            flags2: match o.flags & ext::INIT_EXT {
+                0 => 0,
+                _ => u64::from(o.flags2) << 32,
+            },
         })
     }
 }

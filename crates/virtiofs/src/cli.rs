@@ -282,9 +282,23 @@ pub struct Cli {
     #[arg(long, overrides_with = "killpriv_v2")]
     pub no_killpriv_v2: bool,
 
-    /// Security label support; only `never` is supported, other values are refused.
+    /// Security labels (FUSE_SECURITY_CTX): the security context the
+    /// guest's LSM gives each node it creates is set on the host's node,
+    /// under the name --xattrmap maps it to, before the create is answered
+    /// (a context the host refuses fails the create). Needs --xattr; no
+    /// value means always (auto is the same: offered, used if the guest
+    /// takes it). Also `-o security_label`. Not with --fuse-mount.
     #[arg(long, value_enum, num_args = 0..=1, default_value = "never", default_missing_value = "always", require_equals = true)]
     pub security_label: NegotiationArg,
+
+    /// Offer FUSE_ALLOW_IDMAP, so a 6.12 guest can make idmapped mounts of
+    /// the share (not in upstream virtiofsd). The guest's kernel then checks
+    /// every permission itself and sends requests that create nothing
+    /// without an identity: they run with the daemon's, as the guest
+    /// root's do, so this is refused where --translate-uid/--translate-gid
+    /// keep the guest's root from being the host's. Not with --fuse-mount.
+    #[arg(long)]
+    pub allow_idmap: bool,
 
     /// Capability changes to the kept set, e.g. +sys_admin:-chown (the set
     /// is chown, dac_override, fowner, fsetid, setgid, setuid, mknod,
@@ -367,10 +381,16 @@ pub enum CliError {
     /// Both --socket-path and --fd were given.
     #[error("--socket-path and --fd are mutually exclusive")]
     TwoListeners,
-    /// A flag whose behaviour we do not implement, and which would change
-    /// what the guest sees if silently ignored.
-    #[error("{0} is not supported by virtiofsd-rs")]
-    Unsupported(&'static str),
+    /// A feature served over vhost-user only, asked for with
+    /// `--fuse-mount`.
+    #[error("{0} is served over vhost-user only, not with --fuse-mount")]
+    VhostUserOnly(&'static str),
+    /// `--security-label` without extended attributes to keep labels in.
+    #[error("--security-label keeps labels in extended attributes: add --xattr (or --xattrmap)")]
+    SecurityLabelNeedsXattr,
+    /// `--allow-idmap` where the guest's root is not the host's root.
+    #[error("--allow-idmap serves requests without an identity as the guest's root: it cannot go with a --translate-uid/--translate-gid that keeps guest id 0 from being host id 0")]
+    AllowIdmapWithTranslation,
     /// A legacy `-o` option we do not know.
     #[error("unknown -o option {0:?}")]
     UnknownCompatOption(String),
@@ -527,9 +547,6 @@ impl Cli {
                 }
             }
         }
-        if self.security_label != NegotiationArg::Never {
-            return Err(CliError::Unsupported("--security-label"));
-        }
         let translate = |flag, rules: &[String]| {
             IdMap::parse_rules(rules).map_err(|error| CliError::TranslateIds { flag, error })
         };
@@ -542,6 +559,20 @@ impl Cli {
         }
         if (self.posix_lock || self.flock) && self.fuse_mount.is_some() {
             return Err(CliError::LocksFuseMount);
+        }
+        let security_label = self.security_label != NegotiationArg::Never;
+        if self.fuse_mount.is_some() {
+            if security_label {
+                return Err(CliError::VhostUserOnly("--security-label"));
+            }
+            if self.allow_idmap {
+                return Err(CliError::VhostUserOnly("--allow-idmap"));
+            }
+        }
+        if self.allow_idmap
+            && !(translate_uid.guest_can_become(0) && translate_gid.guest_can_become(0))
+        {
+            return Err(CliError::AllowIdmapWithTranslation);
         }
         let userns = sandbox::UserNamespace::from_flags(&self.uid_map, &self.gid_map)?;
         if userns.is_some() && self.fuse_mount.is_some() {
@@ -585,6 +616,11 @@ impl Cli {
         let posix_acl = self.posix_acl != NegotiationArg::Never;
         // As upstream, a map implies --xattr.
         fs.xattr = self.xattr || posix_acl || xattrmap.is_some();
+        if security_label && !fs.xattr {
+            return Err(CliError::SecurityLabelNeedsXattr);
+        }
+        fs.security_label = security_label;
+        fs.allow_idmap = self.allow_idmap;
         fs.xattrmap = xattrmap;
         fs.posix_acl = posix_acl;
         fs.translate_uid = translate_uid;
@@ -906,9 +942,48 @@ mod tests {
     }
 
     #[test]
-    fn semantics_changing_flags_are_refused_not_ignored() {
+    fn security_labels_need_xattrs_and_vhost_user() {
         let err = parse(&["--shared-dir", "/", "--fd", "3", "--security-label"]).unwrap_err();
-        assert_eq!(err, CliError::Unsupported("--security-label"));
+        assert_eq!(err, CliError::SecurityLabelNeedsXattr);
+        let cfg = parse(&["--shared-dir=/", "--fd=3", "--xattr", "--security-label"]).unwrap();
+        assert!(cfg.fs.security_label);
+        let cfg = parse(&["--fd=3", "-o", "source=/,xattr,security_label"]).unwrap();
+        assert!(cfg.fs.security_label);
+        let cfg = parse(&[
+            "--fd=3",
+            "--xattrmap=:prefix:all::user.vm.:",
+            "--shared-dir=/",
+        ])
+        .unwrap();
+        assert!(!cfg.fs.security_label, "off by default");
+        let err = parse(&[
+            "--fuse-mount=/m",
+            "--shared-dir=/",
+            "--xattr",
+            "--security-label",
+        ]);
+        assert_eq!(
+            err.unwrap_err(),
+            CliError::VhostUserOnly("--security-label")
+        );
+    }
+
+    #[test]
+    fn allow_idmap_needs_the_guest_root_to_be_the_hosts() {
+        let cfg = parse(&["--shared-dir=/", "--fd=3", "--allow-idmap"]).unwrap();
+        assert!(cfg.fs.allow_idmap);
+        assert!(!parse(&["--shared-dir=/", "--fd=3"]).unwrap().fs.allow_idmap);
+        for rule in [
+            "--translate-uid=squash-guest:0:65534:1",
+            "--translate-gid=forbid-guest:0:1",
+        ] {
+            let err = parse(&["--shared-dir=/", "--fd=3", "--allow-idmap", rule]).unwrap_err();
+            assert_eq!(err, CliError::AllowIdmapWithTranslation, "{rule}");
+        }
+        let shifted = "--translate-uid=map:1000:2000:10";
+        assert!(parse(&["--shared-dir=/", "--fd=3", "--allow-idmap", shifted]).is_ok());
+        let err = parse(&["--fuse-mount=/m", "--shared-dir=/", "--allow-idmap"]).unwrap_err();
+        assert_eq!(err, CliError::VhostUserOnly("--allow-idmap"));
     }
 
     #[test]

@@ -20,11 +20,12 @@ use device_queue::{
     device_protocol_features, gather_obj, peek, scatter, segs_len, split_chain, Chain, DataPath,
     DeviceCore, MemGuard, DEFERRED, DEVICE_FEATURES,
 };
-use fuse_backend_rs::abi::fuse_abi::{InHeader, InterruptIn, LkIn, Opcode, OutHeader};
+use fuse_backend_rs::abi::fuse_abi::{InHeader, InitOut, InterruptIn, LkIn, Opcode, OutHeader};
 use fuse_backend_rs::api::filesystem::FileLock;
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
 use log::{debug, error};
+use passthrough::request_ext::init_flags;
 use passthrough::PassthroughFs;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringRwLock};
@@ -32,7 +33,7 @@ use vm_memory::ByteValued;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
-use crate::fast_path;
+use crate::fast_path::{self, Route};
 use crate::locks::{LockWaiter, PendingLock};
 use crate::uring::FuseData;
 
@@ -258,16 +259,52 @@ impl VirtioFsBackend {
         }
         let reader =
             Reader::from_descriptor_chain(&**mem, chain.clone()).map_err(ChainError::Reader)?;
-        let writer = VirtioFsWriter::new(&**mem, chain).map_err(ChainError::Writer)?;
+        let writer = VirtioFsWriter::new(&**mem, chain.clone()).map_err(ChainError::Writer)?;
         let mut writer: Writer<_> = writer.into();
-        if let Some(n) = fast_path::try_handle(&self.fs, reader.clone(), &mut writer)
-            .map_err(ChainError::Fuse)?
-        {
-            return Ok(n);
+        let route = fast_path::try_handle(&self.fs, reader.clone(), &mut writer)
+            .map_err(ChainError::Fuse)?;
+        let serve = || {
+            self.server
+                .handle_message(reader, writer, None, None)
+                .map_err(ChainError::Fuse)
+        };
+        match route {
+            Route::Answered(n) => Ok(n),
+            Route::Server => serve(),
+            Route::Create(ext) => passthrough::with_create_ext(ext, serve),
+            Route::Init { offered } => {
+                let n = serve()?;
+                self.finish_init(mem, &chain, offered);
+                Ok(n)
+            }
         }
-        self.server
-            .handle_message(reader, writer, None, None)
-            .map_err(ChainError::Fuse)
+    }
+
+    /// Adds to the FUSE_INIT reply in `chain` the INIT flags above bit 31
+    /// the core negotiates of those the guest `offered` (fuse-backend-rs
+    /// 0.14 drops them), with FUSE_INIT_EXT, which tells the guest they
+    /// are there. A failed INIT, or a reply too short to hold `flags2` (a
+    /// guest older than 7.23), negotiates none.
+    fn finish_init(&self, mem: &MemGuard, chain: &Chain, offered: u64) {
+        const LEN: usize = OUT_HEADER + std::mem::size_of::<InitOut>();
+        let reply = split_chain(chain).and_then(|(_, writable)| {
+            let out: OutHeader = gather_obj(mem, &writable, 0)?;
+            let init: InitOut = gather_obj(mem, &writable, OUT_HEADER)?;
+            (out.error == 0 && out.len as usize >= LEN).then_some((writable, out, init))
+        });
+        let Some((writable, out, mut init)) = reply else {
+            self.fs.negotiate_flags2(0);
+            return;
+        };
+        let got = self.fs.negotiate_flags2(offered);
+        if got == 0 {
+            return;
+        }
+        init.flags |= init_flags::INIT_EXT as u32;
+        init.flags2 |= (got >> 32) as u32;
+        if scatter(mem, &writable, &[out.as_slice(), init.as_slice()].concat()).is_err() {
+            error!("virtio-fs: cannot write the FUSE_INIT reply's flags2");
+        }
     }
 }
 

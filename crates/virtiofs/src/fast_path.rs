@@ -6,6 +6,10 @@
 //! carries names must carry exactly that many NUL-terminated strings after
 //! its fixed part, each non-empty, or it gets `EINVAL`.
 //!
+//! Request extensions (`total_extlen`, [`crate::extensions`]) are parsed
+//! here too: fuse-backend-rs reads neither them nor INIT's `flags2`, which
+//! negotiates them; [`Route`] tells the device what to add.
+//!
 //! fuse-backend-rs 0.14 does not dispatch `FUSE_COPY_FILE_RANGE`; without it
 //! the guest falls back to reading and writing every byte through the queue.
 //! Serving it here lets the host copy (and reflink, where the filesystem can)
@@ -13,45 +17,96 @@
 
 use std::io::{self, Read, Write};
 
-use fuse_backend_rs::abi::fuse_abi::{CopyFileRangeIn, InHeader, Opcode, OutHeader, WriteOut};
+use fuse_backend_rs::abi::fuse_abi::{
+    CopyFileRangeIn, InHeader, InitIn, InitIn2, Opcode, OutHeader, WriteOut,
+};
 use fuse_backend_rs::api::filesystem::Context;
 use fuse_backend_rs::transport::{Reader, Writer};
 use fuse_backend_rs::Error;
-use passthrough::PassthroughFs;
+use passthrough::request_ext::init_flags;
+use passthrough::{CreateExt, PassthroughFs};
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::ByteValued;
 
-/// If the request in `r` is one this module serves, serves it and returns the
-/// reply length; otherwise returns `None` and leaves `w` untouched.
+/// Where a request goes after [`try_handle`].
+#[derive(Debug)]
+pub enum Route {
+    /// Answered here, with a reply of this many bytes.
+    Answered(usize),
+    /// To fuse-backend-rs's server, as it is.
+    Server,
+    /// A create whose extensions ask for something: to the server, inside
+    /// [`passthrough::with_create_ext`].
+    Create(CreateExt),
+    /// A FUSE_INIT: to the server, then its reply gets the `flags2` flags
+    /// the core negotiates ([`PassthroughFs::negotiate_flags2`]) of these,
+    /// the ones the guest offered (shifted up by 32; 0 without
+    /// FUSE_INIT_EXT).
+    Init {
+        /// What the guest offered in `flags2`, shifted up by 32.
+        offered: u64,
+    },
+}
+
+fn einval() -> io::Result<usize> {
+    Err(io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// If the request in `r` is one this module serves (or refuses), answers
+/// it in `w` ([`Route::Answered`]); otherwise says where it goes, leaving
+/// `w` untouched.
 pub fn try_handle<S: BitmapSlice>(
     fs: &PassthroughFs,
     mut r: Reader<'_, S>,
     w: &mut Writer<'_, S>,
-) -> Result<Option<usize>, Error> {
+) -> Result<Route, Error> {
     let header: InHeader = match r.read_obj() {
         Ok(h) => h,
         // Let the regular server produce its own error for short requests.
-        Err(_) => return Ok(None),
+        Err(_) => return Ok(Route::Server),
     };
+    // `fuse_in_header.total_extlen`: the low half of what fuse-backend-rs
+    // calls padding, in units of 8 bytes.
+    let ext_len = usize::from(header.padding as u16) * 8;
     if let Some((fixed, names)) = name_layout(header.opcode) {
         let body_len = (header.len as usize).saturating_sub(std::mem::size_of::<InHeader>());
-        if body_len > MAX_NAME_BODY {
-            // Longer than any valid name request: leave the refusal to the server.
-            return Ok(None);
+        if body_len > MAX_NAME_BODY + ext_len.min(crate::extensions::MAX_EXT_LEN) {
+            if ext_len == 0 {
+                // Longer than any valid name request: leave the refusal
+                // to the server.
+                return Ok(Route::Server);
+            }
+            return reply(w, header.unique, einval()).map(Route::Answered);
         }
         let mut body = vec![0u8; body_len];
-        if r.read_exact(&mut body).is_err() || !names_well_formed(&body, fixed, names) {
-            return reply(
-                w,
-                header.unique,
-                Err(io::Error::from_raw_os_error(libc::EINVAL)),
-            )
-            .map(Some);
-        }
-        return Ok(None);
+        let split = body_len.checked_sub(ext_len);
+        let well_formed = r.read_exact(&mut body).is_ok()
+            && split.is_some_and(|at| names_well_formed(&body[..at], fixed, names));
+        let route = match split {
+            Some(at) if well_formed && ext_len > 0 => creates(header.opcode)
+                .then(|| crate::extensions::parse(&body[at..], fs.negotiated_flags2()).ok())
+                .flatten()
+                .map(Route::Create),
+            _ if well_formed => Some(Route::Server),
+            _ => None,
+        };
+        return match route {
+            Some(route) => Ok(route),
+            None => reply(w, header.unique, einval()).map(Route::Answered),
+        };
+    }
+    if header.opcode == Opcode::Init as u32 {
+        return Ok(Route::Init {
+            offered: init_offered(&mut r),
+        });
+    }
+    if ext_len > 0 && header.opcode < Opcode::MaxOpcode as u32 {
+        // Only creates carry extensions; an opcode the server does not
+        // know gets its ENOSYS whatever it carries.
+        return reply(w, header.unique, einval()).map(Route::Answered);
     }
     if header.opcode != Opcode::CopyFileRange as u32 {
-        return Ok(None);
+        return Ok(Route::Server);
     }
     let result = match r.read_obj::<CopyFileRangeIn>() {
         Ok(args) => {
@@ -68,9 +123,35 @@ pub fn try_handle<S: BitmapSlice>(
                 args.flags,
             )
         }
-        Err(_) => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        Err(_) => einval(),
     };
-    reply(w, header.unique, result).map(Some)
+    reply(w, header.unique, result).map(Route::Answered)
+}
+
+/// The `flags2` a FUSE_INIT in `r` (past its header) offers, shifted up
+/// by 32: 0 where it has no FUSE_INIT_EXT, or is too short (the server
+/// answers that).
+fn init_offered<S: BitmapSlice>(r: &mut Reader<'_, S>) -> u64 {
+    let Ok(init) = r.read_obj::<InitIn>() else {
+        return 0;
+    };
+    if u64::from(init.flags) & init_flags::INIT_EXT == 0 {
+        return 0;
+    }
+    r.read_obj::<InitIn2>()
+        .map_or(0, |i| u64::from(i.flags2) << 32)
+}
+
+/// The opcodes that may carry extensions: those that make a node.
+fn creates(opcode: u32) -> bool {
+    [
+        Opcode::Mknod,
+        Opcode::Mkdir,
+        Opcode::Symlink,
+        Opcode::Create,
+    ]
+    .iter()
+    .any(|o| *o as u32 == opcode)
 }
 
 /// The largest body a name-carrying request can have (fixed part + two

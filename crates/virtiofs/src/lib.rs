@@ -44,6 +44,7 @@ pub struct ReadmeDoctests;
 pub mod cli;
 mod daemon;
 mod device;
+pub mod extensions;
 mod fast_path;
 mod fuse_mount;
 mod locks;
