@@ -26,7 +26,11 @@
 # E2E_LOG_DIR (default target/e2e), E2E_MACHINE (default for --machine),
 # E2E_CPUS (the guest's vCPUs, default 2), E2E_FS_QUEUES (the device's
 # request queues, default 1), E2E_MIN_QUEUES_USED (check that the daemon's
-# exit report shows at least that many request queues that served requests).
+# exit report shows at least that many request queues that served requests),
+# E2E_IDMAP=1 (the daemon was given --allow-idmap and the guest is
+# q35-6.12: the guest also makes an idmapped mount of the share with
+# vfs-idmap-mount, from target/release or E2E_IDMAP_TOOL, and works
+# through it; see the workload's idmap section).
 # Must run as root.
 #
 # Ends with "e2e-virtiofs: N passed, M failed" (or e2e-9p-qemu: ...;
@@ -63,7 +67,18 @@ console_log=$log_dir/console-workload-$mode$e2e_machine_suffix.log
 trap e2e_cleanup EXIT
 trap 'exit 130' INT TERM
 
-e2e_build_guest
+guest_programs=()
+workload_args=()
+if [[ ${E2E_IDMAP:-0} == 1 && $mode == virtiofs ]]; then
+    idmap_tool=${E2E_IDMAP_TOOL:-$repo_root/target/release/vfs-idmap-mount}
+    [[ -x $idmap_tool ]] || {
+        echo "$e2e_name: $idmap_tool is missing (cargo build --release -p guest-tools)" >&2
+        exit 2
+    }
+    guest_programs+=(--add-program "$idmap_tool")
+    workload_args+=(--args idmap)
+fi
+e2e_build_guest "${guest_programs[@]}"
 e2e_make_workdir
 "$e2e_dir/seed-host.sh" "$e2e_share"
 
@@ -74,7 +89,7 @@ if [[ $mode == virtiofs ]]; then
         echo "$e2e_name: $e2e_passed passed, $e2e_failed failed, $e2e_skipped skipped"
         exit 1
     fi
-    run_args+=(--fstype virtiofs --socket "$e2e_socket")
+    run_args+=(--fstype virtiofs --socket "$e2e_socket" "${workload_args[@]}")
 else
     # Known limits of QEMU's 9p server and the 9p client (see guest/workload).
     skips=skip:special-files,skip:reopen-unlinked,skip:ns-timestamps,skip:pre1970-timestamps

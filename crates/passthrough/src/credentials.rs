@@ -66,10 +66,17 @@ fn set_thread_groups(groups: &[libc::gid_t]) -> io::Result<()> {
 /// the requester's ids. For a request the client checked with groups the
 /// request does not carry (see `Config::client_checks_permissions`).
 pub fn with_dac_override<T>(f: impl FnOnce() -> T) -> T {
+    /// Ends the override however `f` ends: a panic caught further up must
+    /// not leave the thread's next requests with it.
+    struct End;
+    impl Drop for End {
+        fn drop(&mut self) {
+            DAC_OVERRIDE.with(|o| o.set(false));
+        }
+    }
     DAC_OVERRIDE.with(|o| o.set(true));
-    let out = f();
-    DAC_OVERRIDE.with(|o| o.set(false));
-    out
+    let _end = End;
+    f()
 }
 
 fn raise_dac_override() -> io::Result<()> {
@@ -109,8 +116,29 @@ fn set_egid(gid: libc::gid_t) -> io::Result<()> {
 
 impl CredGuard {
     /// Switches the calling thread to `uid`/`gid` when `enabled`; a no-op for
-    /// root requests or when switching is disabled.
+    /// root requests or when switching is disabled. The supplementary
+    /// groups are those [`set_request_groups`] gave the thread.
     pub fn new(enabled: bool, uid: libc::uid_t, gid: libc::gid_t) -> io::Result<CredGuard> {
+        GROUPS.with(|g| Self::acting(enabled, uid, gid, &g.borrow()))
+    }
+
+    /// [`new`](Self::new), with `groups` as the supplementary groups (a
+    /// FUSE create's, from its extension).
+    pub fn with_groups(
+        enabled: bool,
+        uid: libc::uid_t,
+        gid: libc::gid_t,
+        groups: &[libc::gid_t],
+    ) -> io::Result<CredGuard> {
+        Self::acting(enabled, uid, gid, groups)
+    }
+
+    fn acting(
+        enabled: bool,
+        uid: libc::uid_t,
+        gid: libc::gid_t,
+        groups: &[libc::gid_t],
+    ) -> io::Result<CredGuard> {
         let mut guard = CredGuard {
             switched_uid: false,
             switched_gid: false,
@@ -131,13 +159,10 @@ impl CredGuard {
         }
         if uid != 0 {
             // Groups before the uid, while CAP_SETGID is still effective.
-            guard.switched_groups = GROUPS.with(|g| {
-                let g = g.borrow();
-                if g.is_empty() {
-                    return Ok(false);
-                }
-                set_thread_groups(&g).map(|()| true)
-            })?;
+            if !groups.is_empty() {
+                set_thread_groups(groups)?;
+                guard.switched_groups = true;
+            }
             set_euid(uid)?;
             guard.switched_uid = true;
             // Back to euid 0 on drop makes the effective set the permitted

@@ -109,6 +109,14 @@ pub struct PassthroughFs {
     names_opened: std::sync::atomic::AtomicU64,
 }
 
+/// How [`PassthroughFs::label_new`] reaches the node a create made.
+enum NewNode<'a> {
+    /// The regular file CREATE made and opened.
+    Opened(&'a File),
+    /// By its name, a node of this type (`S_IFDIR`, `S_IFLNK`, ...).
+    Named(libc::mode_t),
+}
+
 fn fd_name(fd: RawFd) -> CString {
     // A decimal number never contains NUL.
     CString::new(fd.to_string()).unwrap_or_default()
@@ -450,6 +458,12 @@ impl PassthroughFs {
         got
     }
 
+    /// Forgets what [`negotiate_flags2`](Self::negotiate_flags2) agreed
+    /// (a new FUSE_INIT is on its way).
+    pub fn clear_flags2(&self) {
+        self.flags2.store(0, Ordering::Relaxed);
+    }
+
     /// The INIT flags above bit 31 negotiated for this session.
     pub fn negotiated_flags2(&self) -> u64 {
         self.flags2.load(Ordering::Relaxed)
@@ -457,40 +471,64 @@ impl PassthroughFs {
 
     /// Sets the security context the request being served carries
     /// ([`request_ext`]) on `entry`, which the request just made as `name`
-    /// in `pfd` (a directory if `dir`). The name is mapped by the xattr map
-    /// as a SETXATTR's is, and the value set with the daemon's privilege
-    /// (the guest's root could set it as well). If it cannot be set, the
-    /// node is removed again and the create fails with that error: a node
-    /// the guest asked to be labelled is never left unlabelled.
+    /// in `pfd`, reached as `node` says. The name is mapped by the xattr
+    /// map as a SETXATTR's is, and the value set with the daemon's
+    /// privilege (the guest kernel's LSM chose it; `security.capability`,
+    /// `security.ima` and `security.evm` never get here, see
+    /// `virtiofs::extensions`), after the requester's credentials are
+    /// gone. A node reached by name must still be the one made: the inode
+    /// the create's lookup found, of the type asked for, owned by the
+    /// requester. If the context cannot be set, the node is removed again
+    /// (if the name still holds it) and the create fails with that error:
+    /// a node the guest asked to be labelled is never left unlabelled.
     fn label_new(
         &self,
         ctx: &Context,
         pfd: &InodeFd<'_>,
         name: &CStr,
         entry: Entry,
-        dir: bool,
+        node: NewNode<'_>,
     ) -> io::Result<Entry> {
         let Some(sec) = request_ext::security_context() else {
             return Ok(entry);
         };
-        let daemon = Context {
-            uid: 0,
-            gid: 0,
-            pid: ctx.pid,
-        };
+        let ino = entry.attr.st_ino;
+        let here = || sys::stat_at(pfd.as_raw_fd(), name, libc::AT_SYMLINK_NOFOLLOW);
         let labelled = self
             .host_xattr_name(&sec.name, XattrOp::Set)
-            .and_then(|host| {
-                self.with_xattr_file(&daemon, entry.inode, |t| t.set(&host, &sec.value, 0))
+            .and_then(|host| match node {
+                NewNode::Opened(file) => {
+                    XattrTarget::File(file.try_clone()?).set(&host, &sec.value, 0)
+                }
+                NewNode::Named(kind) => {
+                    let st = here()?;
+                    let owner = self.host_ids(ctx)?.0;
+                    let ours = st.st_ino == ino
+                        && st.st_mode & libc::S_IFMT == kind
+                        && (!self.switch_creds || st.st_uid == owner);
+                    if !ours {
+                        log::warn!("{name:?} changed before its security context was set");
+                        return Err(errno(libc::EIO));
+                    }
+                    self.with_xattr_target(entry.inode, |t| t.set(&host, &sec.value, 0))
+                }
             });
         let Err(e) = labelled else {
             return Ok(entry);
         };
         self.inodes.forget(entry.inode, 1);
-        let removed = self.creds(ctx).and_then(|_c| {
-            let flags = if dir { libc::AT_REMOVEDIR } else { 0 };
+        let removed = here().and_then(|st| {
+            if st.st_ino != ino {
+                return Ok(());
+            }
+            let _c = self.creds(ctx)?;
+            let flags = if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                libc::AT_REMOVEDIR
+            } else {
+                0
+            };
             // SAFETY: NUL-terminated name; pfd is held.
-            cvt(unsafe { libc::unlinkat(pfd.as_raw_fd(), name.as_ptr(), flags) })
+            cvt(unsafe { libc::unlinkat(pfd.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
         });
         if let Err(r) = removed {
             log::warn!("{name:?}: its security context could not be set ({e}), nor could it be removed again ({r})");
@@ -531,9 +569,20 @@ impl PassthroughFs {
         self.host_ids(ctx).is_ok_and(|(uid, _)| uid != 0)
     }
 
+    /// The requester's credentials for the rest of the request, with the
+    /// supplementary groups a create's extension gave it, translated as
+    /// its gid is (a `forbid-guest` group is `EPERM`).
     fn creds(&self, ctx: &Context) -> io::Result<CredGuard> {
         let (uid, gid) = self.host_ids(ctx)?;
-        CredGuard::new(self.switch_creds, uid, gid)
+        let groups = request_ext::groups();
+        if groups.is_empty() {
+            return CredGuard::new(self.switch_creds, uid, gid);
+        }
+        let host = groups
+            .iter()
+            .map(|&g| self.host_gid(g))
+            .collect::<io::Result<Vec<_>>>()?;
+        CredGuard::with_groups(self.switch_creds, uid, gid, &host)
     }
 
     /// Runs the request `op`. Where the client kernel has checked
@@ -647,6 +696,9 @@ impl PassthroughFs {
     /// it, so they are dropped here, as for a flagged WRITE, when the
     /// requester is not the guest's root (the guest's own rule asks
     /// CAP_FSETID, which only its root holds here).
+    ///
+    /// (A request without an identity, under FUSE_ALLOW_IDMAP, may come
+    /// from anyone: the bits are dropped for it too.)
     fn kill_privs_unflagged(&self, ctx: &Context, fd: RawFd) -> io::Result<()> {
         if ctx.uid == 0 || !self.killpriv_v2.load(Ordering::Relaxed) {
             return Ok(());
@@ -1291,6 +1343,19 @@ impl PassthroughFs {
         inode: u64,
         f: impl FnOnce(&XattrTarget) -> io::Result<T>,
     ) -> io::Result<T> {
+        self.with_xattr_target(inode, |t| {
+            let _c = self.creds(ctx)?;
+            f(t)
+        })
+    }
+
+    /// [`with_xattr_file`](Self::with_xattr_file) with the calling
+    /// thread's credentials as they are.
+    fn with_xattr_target<T>(
+        &self,
+        inode: u64,
+        f: impl FnOnce(&XattrTarget) -> io::Result<T>,
+    ) -> io::Result<T> {
         self.check_xattr_enabled()?;
         let data = self.inodes.get(inode)?;
         let fd = self.path_fd(&data)?;
@@ -1310,7 +1375,6 @@ impl PassthroughFs {
                 name: fd_name(fd.as_raw_fd()),
             }
         };
-        let _c = self.creds(ctx)?;
         let out = f(&target);
         drop(fd);
         out
@@ -1905,7 +1969,7 @@ impl FileSystem for PassthroughFs {
                 cvt(unsafe { libc::symlinkat(linkname.as_ptr(), pfd.as_raw_fd(), name.as_ptr()) })?;
                 self.do_lookup(&parent, &pfd, name, Hint::Created)?
             };
-            self.label_new(ctx, &pfd, name, entry, false)
+            self.label_new(ctx, &pfd, name, entry, NewNode::Named(libc::S_IFLNK))
         })
     }
 
@@ -1938,7 +2002,7 @@ impl FileSystem for PassthroughFs {
                 })?;
                 self.do_lookup(&parent, &pfd, name, Hint::Created)?
             };
-            self.label_new(ctx, &pfd, name, entry, false)
+            self.label_new(ctx, &pfd, name, entry, NewNode::Named(mode & libc::S_IFMT))
         })
     }
 
@@ -1963,7 +2027,7 @@ impl FileSystem for PassthroughFs {
                 cvt(unsafe { libc::mkdirat(pfd.as_raw_fd(), name.as_ptr(), mode) })?;
                 self.do_lookup(&parent, &pfd, name, Hint::Created)?
             };
-            self.label_new(ctx, &pfd, name, entry, true)
+            self.label_new(ctx, &pfd, name, entry, NewNode::Named(libc::S_IFDIR))
         })
     }
 
@@ -2122,7 +2186,7 @@ impl FileSystem for PassthroughFs {
             };
             // Only a file this request made gets its security context.
             let entry = match created {
-                true => self.label_new(ctx, &pfd, name, entry, false)?,
+                true => self.label_new(ctx, &pfd, name, entry, NewNode::Opened(&file))?,
                 false => entry,
             };
             let handle = self.handles.insert(entry.inode, file);

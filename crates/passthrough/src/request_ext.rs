@@ -5,7 +5,8 @@
 //!
 //! fuse-backend-rs's `FileSystem` methods take no such argument, so the
 //! front end that parsed them runs the request inside [`with_create_ext`],
-//! which leaves them with the thread serving it: the groups go to the
+//! which leaves them with the thread serving it: the groups, translated as
+//! the requester's gid is, go to the
 //! [`CredGuard`](crate::credentials::CredGuard)s the request makes, the
 //! context to the create paths, which set it on the node they made. Both
 //! are gone when the request returns, whichever way it returns.
@@ -52,13 +53,16 @@ pub struct CreateExt {
     /// The new node's security context, set on it before the create is
     /// answered.
     pub security: Option<SecurityContext>,
-    /// Supplementary groups the requester acts with for the create.
+    /// Supplementary groups (guest gids, as the request carried them) the
+    /// requester acts with for the create, translated as its gid is.
     pub groups: Vec<libc::gid_t>,
 }
 
 thread_local! {
     /// The security context of the create this thread serves.
     static SECURITY: RefCell<Option<SecurityContext>> = const { RefCell::new(None) };
+    /// Its supplementary groups (guest gids).
+    static GROUPS: RefCell<Vec<libc::gid_t>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` (serving one create request) with `ext` left for it on the
@@ -68,13 +72,19 @@ pub fn with_create_ext<T>(ext: CreateExt, f: impl FnOnce() -> T) -> T {
     impl Drop for Clear {
         fn drop(&mut self) {
             SECURITY.with(|s| s.borrow_mut().take());
-            crate::credentials::set_request_groups(&[]);
+            GROUPS.with(|g| g.borrow_mut().clear());
         }
     }
     let _clear = Clear;
-    crate::credentials::set_request_groups(&ext.groups);
+    GROUPS.with(|g| *g.borrow_mut() = ext.groups);
     SECURITY.with(|s| *s.borrow_mut() = ext.security);
     f()
+}
+
+/// The supplementary groups (guest gids) of the create the calling thread
+/// serves; empty for any other request.
+pub(crate) fn groups() -> Vec<libc::gid_t> {
+    GROUPS.with(|g| g.borrow().clone())
 }
 
 /// The security context of the create the calling thread serves, if its
@@ -96,9 +106,10 @@ mod tests {
             }),
             groups: vec![100],
         };
-        let seen = with_create_ext(ext.clone(), security_context);
-        assert_eq!(seen, ext.security);
+        let seen = with_create_ext(ext.clone(), || (security_context(), groups()));
+        assert_eq!(seen, (ext.security.clone(), ext.groups.clone()));
         assert_eq!(security_context(), None, "cleared after the request");
+        assert!(groups().is_empty());
         let unwound = std::panic::catch_unwind(|| with_create_ext(ext, || panic!("a bug")));
         assert!(unwound.is_err());
         assert_eq!(security_context(), None, "cleared after a panic too");

@@ -273,6 +273,9 @@ impl VirtioFsBackend {
             Route::Server => serve(),
             Route::Create(ext) => passthrough::with_create_ext(ext, serve),
             Route::Init { offered } => {
+                // Nothing of the last session's holds until this one's
+                // reply says so (a malformed INIT negotiates nothing).
+                self.fs.clear_flags2();
                 let n = serve()?;
                 self.finish_init(mem, &chain, offered);
                 Ok(n)
@@ -290,10 +293,12 @@ impl VirtioFsBackend {
         let reply = split_chain(chain).and_then(|(_, writable)| {
             let out: OutHeader = gather_obj(mem, &writable, 0)?;
             let init: InitOut = gather_obj(mem, &writable, OUT_HEADER)?;
-            (out.error == 0 && out.len as usize >= LEN).then_some((writable, out, init))
+            // Major 7 only: to a newer guest the server answers with its
+            // version alone, and the guest asks again.
+            (out.error == 0 && out.len as usize >= LEN && init.major == 7)
+                .then_some((writable, out, init))
         });
         let Some((writable, out, mut init)) = reply else {
-            self.fs.negotiate_flags2(0);
             return;
         };
         let got = self.fs.negotiate_flags2(offered);

@@ -100,9 +100,12 @@ pub fn try_handle<S: BitmapSlice>(
             offered: init_offered(&mut r),
         });
     }
-    if ext_len > 0 && header.opcode < Opcode::MaxOpcode as u32 {
+    if ext_len > 0 && header.opcode < Opcode::MaxOpcode as u32 && answered(header.opcode) {
         // Only creates carry extensions; an opcode the server does not
-        // know gets its ENOSYS whatever it carries.
+        // know gets its ENOSYS whatever it carries, and FORGET and
+        // BATCH_FORGET no reply at all. (READ, WRITE and FSYNC served by
+        // the io_uring engine, and a SETLKW that waits, never get here:
+        // their fixed arguments are all they read.)
         return reply(w, header.unique, einval()).map(Route::Answered);
     }
     if header.opcode != Opcode::CopyFileRange as u32 {
@@ -140,6 +143,11 @@ fn init_offered<S: BitmapSlice>(r: &mut Reader<'_, S>) -> u64 {
     }
     r.read_obj::<InitIn2>()
         .map_or(0, |i| u64::from(i.flags2) << 32)
+}
+
+/// Whether `opcode` is answered (FORGET and BATCH_FORGET are not).
+fn answered(opcode: u32) -> bool {
+    opcode != Opcode::Forget as u32 && opcode != Opcode::BatchForget as u32
 }
 
 /// The opcodes that may carry extensions: those that make a node.

@@ -244,6 +244,10 @@ fn a_security_context_labels_each_new_node_or_its_create_fails() {
     );
     let not_security = fuse_wire::secctx_ext(b"trusted.x", LABEL);
     assert_eq!(s.create(b"bad1", ROOT, &not_security), -libc::EINVAL);
+    // The daemon sets a context with its own privilege: never file
+    // capabilities.
+    let caps = fuse_wire::secctx_ext(b"security.capability", &[1, 0, 0, 2]);
+    assert_eq!(s.create(b"bad5", ROOT, &caps), -libc::EINVAL);
     assert_eq!(
         s.create(b"bad2", ROOT, &fuse_wire::u32s(&[16, 40])),
         -libc::EINVAL
@@ -258,7 +262,7 @@ fn a_security_context_labels_each_new_node_or_its_create_fails() {
         -libc::EINVAL,
         "not negotiated"
     );
-    for name in ["bad1", "bad2", "bad3", "bad4"] {
+    for name in ["bad1", "bad2", "bad3", "bad4", "bad5"] {
         assert!(!s.share(name).exists(), "{name}");
     }
     assert_eq!(s.lookup_as(b"f", ROOT), 0, "the queue goes on");
@@ -275,8 +279,11 @@ fn a_creates_supplementary_group_reaches_the_host_and_goes_with_the_request() {
     const USER: (u32, u32) = (1000, 1000);
     // Without the DAC-override retry (no guest id acts as host root), a
     // group the request does not carry is a group the host does not see.
+    // The groups are the guest's: translated as its gid is.
     let squash = "--translate-uid=squash-guest:0:65534:1";
-    let mut s = Session::start(&[squash], ALL, |share| {
+    let shifted = "--translate-gid=guest:5000:4242:1";
+    let forbidden = "--translate-gid=forbid-guest:4242:1";
+    let mut s = Session::start(&[squash, shifted, forbidden], ALL, |share| {
         std::fs::set_permissions(share, std::fs::Permissions::from_mode(0o755)).unwrap();
         let team = share.join("team");
         std::fs::create_dir(&team).unwrap();
@@ -289,7 +296,8 @@ fn a_creates_supplementary_group_reaches_the_host_and_goes_with_the_request() {
         "CREATE_SUPP_GROUP negotiated"
     );
     let team = s.g.lookup(1, b"team");
-    let in_team = fuse_wire::groups_ext(&[TEAM]);
+    // Guest gid 5000 is host gid TEAM.
+    let in_team = fuse_wire::groups_ext(&[5000]);
 
     assert_eq!(
         s.mkdir(team, b"a", USER, &[]).error,
@@ -305,12 +313,14 @@ fn a_creates_supplementary_group_reaches_the_host_and_goes_with_the_request() {
         -libc::EACCES,
         "the group went with its request"
     );
+    let r = s.mkdir(team, b"d", USER, &fuse_wire::groups_ext(&[TEAM]));
+    assert_eq!(r.error, -libc::EPERM, "a forbidden guest group");
     s.init(0);
-    assert_eq!(
-        s.mkdir(team, b"d", USER, &in_team).error,
-        -libc::EINVAL,
-        "not negotiated"
-    );
+    let r = s.mkdir(team, b"e", USER, &in_team);
+    assert_eq!(r.error, -libc::EINVAL, "not negotiated");
+    for name in ["a", "c", "d", "e"] {
+        assert!(!s.share("team").join(name).exists(), "{name}");
+    }
 }
 
 #[test]
