@@ -30,7 +30,12 @@
 # E2E_IDMAP=1 (the daemon was given --allow-idmap and the guest is
 # q35-6.12: the guest also makes an idmapped mount of the share with
 # vfs-idmap-mount, from target/release or E2E_IDMAP_TOOL, and works
-# through it; see the workload's idmap section).
+# through it; see the workload's idmap section), E2E_LOCKS=1 (the daemon was
+# given --posix-lock and --flock: host processes hold an fcntl lock and a
+# flock on files under locks/ in the share while the guest starts, the
+# guest sees them, waits for them, and takes locks of its own that a host
+# process then sees; vfs-lock from target/release or E2E_LOCK_TOOL; see the
+# workload's locks section).
 # Must run as root.
 #
 # Ends with "e2e-virtiofs: N passed, M failed" (or e2e-9p-qemu: ...;
@@ -67,20 +72,84 @@ console_log=$log_dir/console-workload-$mode$e2e_machine_suffix.log
 trap e2e_cleanup EXIT
 trap 'exit 130' INT TERM
 
+# guest_tool VAR NAME: the guest-tools program NAME (target/release, or
+# the path in VAR) goes into the initramfs; its path in $tool.
 guest_programs=()
 workload_args=()
-if [[ ${E2E_IDMAP:-0} == 1 && $mode == virtiofs ]]; then
-    idmap_tool=${E2E_IDMAP_TOOL:-$repo_root/target/release/vfs-idmap-mount}
-    [[ -x $idmap_tool ]] || {
-        echo "$e2e_name: $idmap_tool is missing (cargo build --release -p guest-tools)" >&2
+guest_tool() {
+    tool=${!1:-$repo_root/target/release/$2}
+    [[ -x $tool ]] || {
+        echo "$e2e_name: $tool is missing (cargo build --release -p guest-tools)" >&2
         exit 2
     }
-    guest_programs+=(--add-program "$idmap_tool")
-    workload_args+=(--args idmap)
+    guest_programs+=(--add-program "$tool")
+}
+lock_tool=
+if [[ $mode == virtiofs ]]; then
+    if [[ ${E2E_IDMAP:-0} == 1 ]]; then
+        guest_tool E2E_IDMAP_TOOL vfs-idmap-mount
+        workload_args+=(idmap)
+    fi
+    if [[ ${E2E_LOCKS:-0} == 1 ]]; then
+        guest_tool E2E_LOCK_TOOL vfs-lock
+        lock_tool=$tool
+        workload_args+=(locks)
+    fi
 fi
 e2e_build_guest "${guest_programs[@]}"
 e2e_make_workdir
 "$e2e_dir/seed-host.sh" "$e2e_share"
+
+# The host's side of the workload's locks section: a host process holds an
+# fcntl lock and one a flock on locks/posix and locks/flock from before the
+# guest starts until the guest creates locks/release; another waits for
+# locks/guest-holds, then tries the locks the guest took on locks/guest and
+# locks/guest-flock and writes what it found to locks/host-saw.
+host_lock_pids=()
+start_host_locks() {
+    local d=$e2e_share/locks kind
+    mkdir -m 0777 "$d"
+    : >"$d/posix" && : >"$d/flock" && : >"$d/guest" && : >"$d/guest-flock"
+    for kind in posix flock; do
+        "$lock_tool" hold "$kind" "$d/$kind" "$d/release" &
+        host_lock_pids+=($!)
+    done
+    (
+        for _ in $(seq 1500); do
+            [[ -e $d/guest-holds ]] && break
+            sleep 0.2
+        done
+        saw=
+        for f in posix:guest flock:guest-flock; do
+            if "$lock_tool" try "${f%%:*}" "$d/${f#*:}"; then r=free; else r=conflict; fi
+            saw="$saw${saw:+ }${f%%:*}=$r"
+        done
+        echo "$saw" >"$d/host-saw.tmp" && mv "$d/host-saw.tmp" "$d/host-saw"
+    ) &
+    host_lock_pids+=($!)
+    for kind in posix flock; do
+        for _ in $(seq 100); do
+            [[ -e $d/$kind.held ]] && break
+            sleep 0.1
+        done
+        [[ -e $d/$kind.held ]] || e2e_fail "the host took its $kind lock on locks/$kind"
+    done
+}
+# Each host lock process ended by itself, as the guest asked it to.
+check_host_locks() {
+    local pid
+    for pid in "${host_lock_pids[@]}"; do
+        if kill -0 "$pid" 2>/dev/null; then
+            kill "$pid" 2>/dev/null || true
+            e2e_fail "host lock process $pid was still running after the guest"
+        elif wait "$pid"; then
+            e2e_pass "host lock process $pid ended as the guest asked"
+        else
+            e2e_fail "host lock process $pid failed"
+        fi
+    done
+}
+if [[ -n $lock_tool ]]; then start_host_locks; fi
 
 run_args=("${e2e_machine_args[@]}" --cmd workload --timeout "${E2E_TIMEOUT:-300}" --log "$console_log")
 if [[ ${E2E_QUIET:-0} == 1 ]]; then run_args+=(--quiet); fi
@@ -89,7 +158,10 @@ if [[ $mode == virtiofs ]]; then
         echo "$e2e_name: $e2e_passed passed, $e2e_failed failed, $e2e_skipped skipped"
         exit 1
     fi
-    run_args+=(--fstype virtiofs --socket "$e2e_socket" "${workload_args[@]}")
+    run_args+=(--fstype virtiofs --socket "$e2e_socket")
+    if ((${#workload_args[@]})); then
+        run_args+=(--args "$(IFS=,; echo "${workload_args[*]}")")
+    fi
 else
     # Known limits of QEMU's 9p server and the 9p client (see guest/workload).
     skips=skip:special-files,skip:reopen-unlinked,skip:ns-timestamps,skip:pre1970-timestamps
@@ -100,6 +172,7 @@ status=0
 "$e2e_dir/run-guest.sh" "${run_args[@]}" || status=$?
 e2e_judge_guest "$status" "$console_log"
 e2e_add_counts guest "$console_log"
+if [[ -n $lock_tool ]]; then check_host_locks; fi
 if [[ $mode == virtiofs ]]; then
     e2e_check_daemon_exit
     # Multi-queue: a guest with several vCPUs and queues (Linux 6.11 and
