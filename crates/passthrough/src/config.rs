@@ -7,6 +7,22 @@ use std::time::Duration;
 use crate::idmap::IdMap;
 use crate::xattrmap::XattrMap;
 
+/// Whether a feature the guest kernel must take part in is offered, and
+/// whether the session fails without it (virtiofsd's `--security-label`
+/// values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Negotiation {
+    /// Not offered.
+    #[default]
+    Never,
+    /// Offered; a guest that does not take it goes on without it (with a
+    /// warning).
+    Auto,
+    /// Offered; a guest that does not take it fails its FUSE_INIT
+    /// (`EPROTO`).
+    Always,
+}
+
 /// How the guest may cache data and metadata (virtiofsd's `--cache`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CachePolicy {
@@ -116,7 +132,13 @@ pub struct Config {
     /// core sets it on the new node, through [`xattrmap`](Self::xattrmap)
     /// where one is set, before the create is answered; a context that
     /// cannot be set undoes the create. Needs [`xattr`](Self::xattr).
-    pub security_label: bool,
+    pub security_label: Negotiation,
+    /// Offer FUSE_DIRECT_IO_ALLOW_MMAP (virtiofsd's `--allow-mmap`): the
+    /// guest may then map shared the files it opened for direct I/O
+    /// (`cache=never` and `cache=metadata`), which it otherwise refuses
+    /// with ENODEV. Only where the guest has the share to itself: its
+    /// mapping is not kept coherent with others' writes.
+    pub allow_mmap: bool,
     /// Offer FUSE_ALLOW_IDMAP (6.12 guests): the guest may then make
     /// idmapped mounts of the share. Its kernel checks every permission
     /// itself (`default_permissions`) and sends requests that create
@@ -177,7 +199,8 @@ impl Config {
             posix_locks: false,
             flock_locks: false,
             killpriv_v2: false,
-            security_label: false,
+            security_label: Negotiation::Never,
+            allow_mmap: false,
             allow_idmap: false,
             readdirplus: true,
             preserve_noatime: false,

@@ -22,7 +22,7 @@ use fuse_backend_rs::api::filesystem::{
     ZeroCopyWriter,
 };
 
-use crate::config::{CachePolicy, Config, InodeFileHandles};
+use crate::config::{CachePolicy, Config, InodeFileHandles, Negotiation};
 use crate::credentials::CredGuard;
 use crate::error::Error;
 use crate::fd_budget::FdBudget;
@@ -434,10 +434,16 @@ impl PassthroughFs {
     /// in `flags2`, shifted up by 32), those this core serves with its
     /// configuration. Called by the front end for every FUSE_INIT, which
     /// then adds them to the reply; what it returns holds for the session.
-    pub fn negotiate_flags2(&self, offered: u64) -> u64 {
+    /// `EPROTO` (the INIT must fail) where `--security-label=always` asks
+    /// for what the guest does not offer, as upstream.
+    pub fn negotiate_flags2(&self, offered: u64) -> io::Result<u64> {
         let mut want = 0;
-        if self.cfg.security_label && self.cfg.xattr {
+        let label = self.cfg.security_label;
+        if label != Negotiation::Never && self.cfg.xattr {
             want |= init_flags::SECURITY_CTX;
+        }
+        if self.cfg.allow_mmap {
+            want |= init_flags::DIRECT_IO_ALLOW_MMAP;
         }
         // The group only matters where requests run with the requester's
         // ids.
@@ -448,14 +454,29 @@ impl PassthroughFs {
             want |= init_flags::ALLOW_IDMAP;
         }
         let got = want & offered;
+        let missing = want & !got;
+        if missing & init_flags::SECURITY_CTX != 0 && label == Negotiation::Always {
+            log::error!("--security-label=always: the guest does not offer FUSE_SECURITY_CTX; its FUSE_INIT fails");
+            self.flags2.store(0, Ordering::Relaxed);
+            return Err(errno(libc::EPROTO));
+        }
         self.flags2.store(got, Ordering::Relaxed);
-        if self.cfg.security_label && got & init_flags::SECURITY_CTX == 0 {
-            log::warn!("--security-label: the guest does not offer FUSE_SECURITY_CTX");
+        for (flag, what) in [
+            (
+                init_flags::SECURITY_CTX,
+                "--security-label: FUSE_SECURITY_CTX",
+            ),
+            (
+                init_flags::DIRECT_IO_ALLOW_MMAP,
+                "--allow-mmap: FUSE_DIRECT_IO_ALLOW_MMAP",
+            ),
+            (init_flags::ALLOW_IDMAP, "--allow-idmap: FUSE_ALLOW_IDMAP"),
+        ] {
+            if missing & flag != 0 {
+                log::warn!("{what} is not offered by the guest; going on without it");
+            }
         }
-        if self.cfg.allow_idmap && got & init_flags::ALLOW_IDMAP == 0 {
-            log::warn!("--allow-idmap: the guest does not offer FUSE_ALLOW_IDMAP");
-        }
-        got
+        Ok(got)
     }
 
     /// Forgets what [`negotiate_flags2`](Self::negotiate_flags2) agreed
@@ -1194,12 +1215,13 @@ impl PassthroughFs {
     /// lists its 5,200 directories every run: without this, each listing
     /// was a READDIRPLUS with a lookup per entry.
     fn open_options(&self, is_dir: bool) -> OpenOptions {
-        match self.cfg.cache {
-            CachePolicy::Never if !is_dir => OpenOptions::DIRECT_IO,
-            CachePolicy::Never => OpenOptions::empty(),
-            _ if is_dir => OpenOptions::CACHE_DIR | OpenOptions::KEEP_CACHE,
-            CachePolicy::Always => OpenOptions::KEEP_CACHE,
-            CachePolicy::Auto | CachePolicy::Metadata => OpenOptions::empty(),
+        match (self.cfg.cache, is_dir) {
+            // Data is not cached with `metadata` either, as upstream.
+            (CachePolicy::Never | CachePolicy::Metadata, false) => OpenOptions::DIRECT_IO,
+            (CachePolicy::Never, true) => OpenOptions::empty(),
+            (_, true) => OpenOptions::CACHE_DIR | OpenOptions::KEEP_CACHE,
+            (CachePolicy::Always, false) => OpenOptions::KEEP_CACHE,
+            (CachePolicy::Auto, false) => OpenOptions::empty(),
         }
     }
 

@@ -47,7 +47,7 @@ pub mod request_ext;
 mod sys;
 pub mod xattrmap;
 
-pub use config::{CachePolicy, Config, InodeFileHandles};
+pub use config::{CachePolicy, Config, InodeFileHandles, Negotiation};
 pub use error::Error;
 pub use fs::{Access, PassthroughFs, LK_FLOCK};
 pub use handle_table::HandleData;

@@ -26,6 +26,9 @@ pub mod init_flags {
     pub const INIT_EXT: u64 = 1 << 30;
     /// `FUSE_SECURITY_CTX`: creates carry the new node's security context.
     pub const SECURITY_CTX: u64 = 1 << 32;
+    /// `FUSE_DIRECT_IO_ALLOW_MMAP`: files open for direct I/O may be mapped
+    /// shared.
+    pub const DIRECT_IO_ALLOW_MMAP: u64 = 1 << 36;
     /// `FUSE_CREATE_SUPP_GROUP`: creates carry the parent directory's
     /// group when the requester is in it only as a supplementary group.
     pub const CREATE_SUPP_GROUP: u64 = 1 << 34;

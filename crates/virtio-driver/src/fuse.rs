@@ -120,6 +120,7 @@ pub fn request_ext(
 pub mod ext {
     pub const INIT_EXT: u32 = 1 << 30;
     pub const SECURITY_CTX: u64 = 1 << 32;
+    pub const DIRECT_IO_ALLOW_MMAP: u64 = 1 << 36;
     pub const CREATE_SUPP_GROUP: u64 = 1 << 34;
     pub const ALLOW_IDMAP: u64 = 1 << 40;
     /// `FUSE_EXT_GROUPS`.

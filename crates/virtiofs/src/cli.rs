@@ -241,7 +241,10 @@ pub struct Cli {
     #[arg(long)]
     pub writeback: bool,
 
-    /// Let the guest mmap files with DAX (not supported: accepted, no DAX window is offered).
+    /// With --cache=never or metadata, let the guest map shared the files
+    /// it opened for direct I/O (FUSE_DIRECT_IO_ALLOW_MMAP; it refuses
+    /// with ENODEV otherwise). Only where the guest has the share to
+    /// itself: its mappings are not kept coherent with others' writes.
     #[arg(long)]
     pub allow_mmap: bool,
 
@@ -282,12 +285,12 @@ pub struct Cli {
     #[arg(long, overrides_with = "killpriv_v2")]
     pub no_killpriv_v2: bool,
 
-    /// Security labels (FUSE_SECURITY_CTX): the security context the
-    /// guest's LSM gives each node it creates is set on the host's node,
-    /// under the name --xattrmap maps it to, before the create is answered
-    /// (a context the host refuses fails the create). Needs --xattr; no
-    /// value means always (auto is the same: offered, used if the guest
-    /// takes it). Also `-o security_label`. Not with --fuse-mount.
+    /// Security labels (FUSE_SECURITY_CTX; implies --xattr): the security
+    /// context the guest's LSM gives each node it creates is set on the
+    /// host's node, under the name --xattrmap maps it to, before the create
+    /// is answered (a context the host refuses fails the create). `always`
+    /// (no value) fails a guest's FUSE_INIT that does not offer it, `auto`
+    /// goes on without. Also `-o security_label`. Not with --fuse-mount.
     #[arg(long, value_enum, num_args = 0..=1, default_value = "never", default_missing_value = "always", require_equals = true)]
     pub security_label: NegotiationArg,
 
@@ -385,9 +388,6 @@ pub enum CliError {
     /// `--fuse-mount`.
     #[error("{0} is served over vhost-user only, not with --fuse-mount")]
     VhostUserOnly(&'static str),
-    /// `--security-label` without extended attributes to keep labels in.
-    #[error("--security-label keeps labels in extended attributes: add --xattr (or --xattrmap)")]
-    SecurityLabelNeedsXattr,
     /// `--allow-idmap` where the guest's root is not the host's root.
     #[error("--allow-idmap serves requests without an identity as the guest's root: it cannot go with a --translate-uid/--translate-gid that keeps guest id 0 from being host id 0")]
     AllowIdmapWithTranslation,
@@ -614,12 +614,14 @@ impl Cli {
             CacheArg::Metadata => CachePolicy::Metadata,
         };
         let posix_acl = self.posix_acl != NegotiationArg::Never;
-        // As upstream, a map implies --xattr.
-        fs.xattr = self.xattr || posix_acl || xattrmap.is_some();
-        if security_label && !fs.xattr {
-            return Err(CliError::SecurityLabelNeedsXattr);
-        }
-        fs.security_label = security_label;
+        // As upstream, a map and security labels imply --xattr.
+        fs.xattr = self.xattr || posix_acl || xattrmap.is_some() || security_label;
+        fs.security_label = match self.security_label {
+            NegotiationArg::Never => passthrough::Negotiation::Never,
+            NegotiationArg::Auto => passthrough::Negotiation::Auto,
+            NegotiationArg::Always => passthrough::Negotiation::Always,
+        };
+        fs.allow_mmap = self.allow_mmap;
         fs.allow_idmap = self.allow_idmap;
         fs.xattrmap = xattrmap;
         fs.posix_acl = posix_acl;
@@ -942,20 +944,24 @@ mod tests {
     }
 
     #[test]
-    fn security_labels_need_xattrs_and_vhost_user() {
-        let err = parse(&["--shared-dir", "/", "--fd", "3", "--security-label"]).unwrap_err();
-        assert_eq!(err, CliError::SecurityLabelNeedsXattr);
-        let cfg = parse(&["--shared-dir=/", "--fd=3", "--xattr", "--security-label"]).unwrap();
-        assert!(cfg.fs.security_label);
-        let cfg = parse(&["--fd=3", "-o", "source=/,xattr,security_label"]).unwrap();
-        assert!(cfg.fs.security_label);
-        let cfg = parse(&[
-            "--fd=3",
-            "--xattrmap=:prefix:all::user.vm.:",
-            "--shared-dir=/",
-        ])
-        .unwrap();
-        assert!(!cfg.fs.security_label, "off by default");
+    fn security_labels_imply_xattrs_as_upstream_and_need_vhost_user() {
+        use passthrough::Negotiation;
+        let cfg = parse(&["--shared-dir", "/", "--fd", "3", "--security-label"]).unwrap();
+        assert_eq!(cfg.fs.security_label, Negotiation::Always);
+        assert!(cfg.fs.xattr, "implies --xattr");
+        let cfg = parse(&["--shared-dir=/", "--fd=3", "--security-label=auto"]).unwrap();
+        assert_eq!(cfg.fs.security_label, Negotiation::Auto);
+        let cfg = parse(&["--fd=3", "-o", "source=/,security_label"]).unwrap();
+        assert_eq!(cfg.fs.security_label, Negotiation::Always);
+        let cfg = parse(&["--fd=3", "--shared-dir=/"]).unwrap();
+        assert_eq!(cfg.fs.security_label, Negotiation::Never, "off by default");
+        assert!(!cfg.fs.xattr && !cfg.fs.allow_mmap);
+        assert!(
+            parse(&["--fd=3", "--shared-dir=/", "--allow-mmap"])
+                .unwrap()
+                .fs
+                .allow_mmap
+        );
         let err = parse(&[
             "--fuse-mount=/m",
             "--shared-dir=/",

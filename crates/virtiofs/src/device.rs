@@ -277,8 +277,7 @@ impl VirtioFsBackend {
                 // reply says so (a malformed INIT negotiates nothing).
                 self.fs.clear_flags2();
                 let n = serve()?;
-                self.finish_init(mem, &chain, offered);
-                Ok(n)
+                Ok(self.finish_init(mem, &chain, offered).unwrap_or(n))
             }
         }
     }
@@ -287,8 +286,10 @@ impl VirtioFsBackend {
     /// the core negotiates of those the guest `offered` (fuse-backend-rs
     /// 0.14 drops them), with FUSE_INIT_EXT, which tells the guest they
     /// are there. A failed INIT, or a reply too short to hold `flags2` (a
-    /// guest older than 7.23), negotiates none.
-    fn finish_init(&self, mem: &MemGuard, chain: &Chain, offered: u64) {
+    /// guest older than 7.23), negotiates none. Where the core refuses the
+    /// session (`--security-label=always` and a guest without it), the
+    /// reply becomes that error; its new length is returned.
+    fn finish_init(&self, mem: &MemGuard, chain: &Chain, offered: u64) -> Option<usize> {
         const LEN: usize = OUT_HEADER + std::mem::size_of::<InitOut>();
         let reply = split_chain(chain).and_then(|(_, writable)| {
             let out: OutHeader = gather_obj(mem, &writable, 0)?;
@@ -298,18 +299,27 @@ impl VirtioFsBackend {
             (out.error == 0 && out.len as usize >= LEN && init.major == 7)
                 .then_some((writable, out, init))
         });
-        let Some((writable, out, mut init)) = reply else {
-            return;
+        let (writable, mut out, mut init) = reply?;
+        let got = match self.fs.negotiate_flags2(offered) {
+            Ok(got) => got,
+            Err(e) => {
+                out.len = OUT_HEADER as u32;
+                out.error = -e.raw_os_error().unwrap_or(libc::EPROTO);
+                if scatter(mem, &writable, out.as_slice()).is_err() {
+                    error!("virtio-fs: cannot write the FUSE_INIT error reply");
+                }
+                return Some(OUT_HEADER);
+            }
         };
-        let got = self.fs.negotiate_flags2(offered);
         if got == 0 {
-            return;
+            return None;
         }
         init.flags |= init_flags::INIT_EXT as u32;
         init.flags2 |= (got >> 32) as u32;
         if scatter(mem, &writable, &[out.as_slice(), init.as_slice()].concat()).is_err() {
             error!("virtio-fs: cannot write the FUSE_INIT reply's flags2");
         }
+        None
     }
 }
 

@@ -17,7 +17,8 @@ const OURS: &str = env!("CARGO_BIN_EXE_virtiofsd-rs");
 /// `FUSE_INVALID_UIDGID`.
 const NO_ID: u32 = u32::MAX;
 const ROOT: (u32, u32) = (0, 0);
-const ALL: u64 = ext::SECURITY_CTX | ext::CREATE_SUPP_GROUP | ext::ALLOW_IDMAP;
+const ALL: u64 =
+    ext::SECURITY_CTX | ext::CREATE_SUPP_GROUP | ext::ALLOW_IDMAP | ext::DIRECT_IO_ALLOW_MMAP;
 /// The xattr map container hosts use: the guest's `security.*` names live
 /// under `user.virtiofs.` on the host.
 const MAP: &str = "--xattrmap=:prefix:all:security.:user.virtiofs.::ok:all:::";
@@ -116,16 +117,13 @@ fn host_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
 
 #[test]
 fn init_negotiates_what_fuse_backend_rs_drops_from_flags2() {
-    let mut s = Session::start(
-        &["--xattr", "--security-label", "--allow-idmap"],
-        ALL,
-        |_| {},
-    );
+    let every = ["--security-label=auto", "--allow-idmap", "--allow-mmap"];
+    let mut s = Session::start(&every, ALL, |_| {});
     let expected = if is_root() {
         ALL
     } else {
         // Requests run as the requester only under a root daemon.
-        ext::SECURITY_CTX | ext::ALLOW_IDMAP
+        ALL & !ext::CREATE_SUPP_GROUP
     };
     assert_eq!(s.flags2, expected, "flags2 with every option");
     assert_eq!(
@@ -133,7 +131,7 @@ fn init_negotiates_what_fuse_backend_rs_drops_from_flags2() {
         ext::SECURITY_CTX,
         "only what is offered"
     );
-    assert_eq!(s.init(0), 0, "nothing offered, nothing taken");
+    assert_eq!(s.init(0), 0, "nothing offered, nothing taken (auto)");
     // A 7.31 guest (a 6.1 kernel) has no flags2 at all.
     let r = s.g.request(opcode::INIT, 0, &fuse_wire::init_body_flags(0));
     assert_eq!(InitOut::parse(&r.body).unwrap().flags2, 0);
@@ -142,11 +140,24 @@ fn init_negotiates_what_fuse_backend_rs_drops_from_flags2() {
     let groups = if is_root() { ext::CREATE_SUPP_GROUP } else { 0 };
     assert_eq!(plain.flags2, groups, "without options: the groups alone");
     assert_eq!(plain.mkdir(1, b"d", ROOT, &[]).error, 0);
+
+    // --security-label (always, as upstream) fails a guest that cannot
+    // label, rather than serving it unlabelled.
+    let mut required = Session::start(&["--security-label"], ALL, |_| {});
+    assert_ne!(required.flags2 & ext::SECURITY_CTX, 0);
+    let r = required
+        .g
+        .request(opcode::INIT, 0, &fuse_wire::init_body_ext(0, 0));
+    assert_eq!(r.error, -libc::EPROTO, "INIT without SECURITY_CTX");
+    let r = required
+        .g
+        .request(opcode::INIT, 0, &fuse_wire::init_body_flags(0));
+    assert_eq!(r.error, -libc::EPROTO, "a 7.31 guest, which has none");
 }
 
 #[test]
 fn a_security_context_labels_each_new_node_or_its_create_fails() {
-    let mut s = Session::start(&["--security-label", MAP], ALL, |_| {});
+    let mut s = Session::start(&["--security-label=auto", MAP], ALL, |_| {});
     assert_ne!(s.flags2 & ext::SECURITY_CTX, 0, "SECURITY_CTX negotiated");
     let label = fuse_wire::secctx_ext(b"security.selinux", LABEL);
     let probe = std::ffi::CString::new(s.t.path().to_str().unwrap()).unwrap();
