@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(ext) = virtiofs::extensions::parse(body, negotiated) {
         if let Some(sec) = &ext.security {
             assert_ne!(negotiated & init_flags::SECURITY_CTX, 0);
-            assert!(sec.name.as_bytes().starts_with(b"security."));
+            assert!(passthrough::request_ext::is_label_name(&sec.name));
             assert!(sec.value.len() <= 65536);
         }
         if !ext.groups.is_empty() {

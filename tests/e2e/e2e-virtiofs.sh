@@ -105,34 +105,46 @@ e2e_make_workdir
 # guest starts until the guest creates locks/release; another waits for
 # locks/guest-holds, then tries the locks the guest took on locks/guest and
 # locks/guest-flock and writes what it found to locks/host-saw.
+# Each waits at most as long as the guest may run (E2E_TIMEOUT) and a
+# minute for its boot, then fails.
 host_lock_pids=()
 start_host_locks() {
-    local d=$e2e_share/locks kind
+    local d=$e2e_share/locks kind limit=$((${E2E_TIMEOUT:-300} + 60))
     mkdir -m 0777 "$d"
     : >"$d/posix" && : >"$d/flock" && : >"$d/guest" && : >"$d/guest-flock"
     for kind in posix flock; do
-        "$lock_tool" hold "$kind" "$d/$kind" "$d/release" &
+        "$lock_tool" hold "$kind" "$d/$kind" "$d/release" "$limit" &
         host_lock_pids+=($!)
     done
     (
-        for _ in $(seq 1500); do
+        for _ in $(seq $((limit * 5))); do
             [[ -e $d/guest-holds ]] && break
             sleep 0.2
         done
+        [[ -e $d/guest-holds ]] || exit 1
         saw=
         for f in posix:guest flock:guest-flock; do
-            if "$lock_tool" try "${f%%:*}" "$d/${f#*:}"; then r=free; else r=conflict; fi
+            status=0
+            "$lock_tool" try "${f%%:*}" "$d/${f#*:}" || status=$?
+            case $status in 0) r=free ;; 1) r=conflict ;; *) r=error ;; esac
             saw="$saw${saw:+ }${f%%:*}=$r"
         done
         echo "$saw" >"$d/host-saw.tmp" && mv "$d/host-saw.tmp" "$d/host-saw"
     ) &
     host_lock_pids+=($!)
+    trap 'stop_host_locks; e2e_cleanup' EXIT
     for kind in posix flock; do
         for _ in $(seq 100); do
             [[ -e $d/$kind.held ]] && break
             sleep 0.1
         done
         [[ -e $d/$kind.held ]] || e2e_fail "the host took its $kind lock on locks/$kind"
+    done
+}
+stop_host_locks() {
+    local pid
+    for pid in "${host_lock_pids[@]}"; do
+        kill "$pid" 2>/dev/null || true
     done
 }
 # Each host lock process ended by itself, as the guest asked it to.

@@ -117,6 +117,14 @@ enum NewNode<'a> {
     Named(libc::mode_t),
 }
 
+/// An `io::Error` again (they are not `Clone`).
+fn clone_error(e: &io::Error) -> io::Error {
+    e.raw_os_error().map_or_else(
+        || io::Error::new(e.kind(), e.to_string()),
+        io::Error::from_raw_os_error,
+    )
+}
+
 fn fd_name(fd: RawFd) -> CString {
     // A decimal number never contains NUL.
     CString::new(fd.to_string()).unwrap_or_default()
@@ -494,14 +502,16 @@ impl PassthroughFs {
     /// ([`request_ext`]) on `entry`, which the request just made as `name`
     /// in `pfd`, reached as `node` says. The name is mapped by the xattr
     /// map as a SETXATTR's is, and the value set with the daemon's
-    /// privilege (the guest kernel's LSM chose it; `security.capability`,
-    /// `security.ima` and `security.evm` never get here, see
-    /// `virtiofs::extensions`), after the requester's credentials are
-    /// gone. A node reached by name must still be the one made: the inode
-    /// the create's lookup found, of the type asked for, owned by the
-    /// requester. If the context cannot be set, the node is removed again
-    /// (if the name still holds it) and the create fails with that error:
-    /// a node the guest asked to be labelled is never left unlabelled.
+    /// privilege (the guest kernel's LSM chose it; only
+    /// [`request_ext::LABEL_NAMES`] are accepted, here and at the edge),
+    /// after the requester's credentials are gone. A node reached by name
+    /// must still be the one made: the name must hold the inode (device
+    /// and number) the create's lookup found, of the type asked for. If
+    /// the context cannot be set, the node is removed again (if the name
+    /// still holds it) and the create fails with that error: a node the
+    /// guest asked to be labelled is never left unlabelled. (Upstream sets
+    /// `security.selinux` through `/proc/thread-self/attr/fscreate` on
+    /// SELinux hosts, in one step with the create; not done here.)
     fn label_new(
         &self,
         ctx: &Context,
@@ -513,48 +523,81 @@ impl PassthroughFs {
         let Some(sec) = request_ext::security_context() else {
             return Ok(entry);
         };
-        let ino = entry.attr.st_ino;
         let here = || sys::stat_at(pfd.as_raw_fd(), name, libc::AT_SYMLINK_NOFOLLOW);
-        let labelled = self
-            .host_xattr_name(&sec.name, XattrOp::Set)
-            .and_then(|host| match node {
+        // What the create made, as the daemon holds it.
+        let made = match node {
+            NewNode::Opened(file) => sys::fstat(file.as_raw_fd()),
+            NewNode::Named(_) => self
+                .inodes
+                .get(entry.inode)
+                .and_then(|d| sys::fstat(self.path_fd(&d)?.as_raw_fd())),
+        };
+        let same =
+            |a: &libc::stat64, b: &libc::stat64| (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino);
+        let labelled = made.as_ref().map_err(clone_error).and_then(|made| {
+            if !request_ext::is_label_name(&sec.name) {
+                return Err(errno(libc::EINVAL));
+            }
+            let host = self.host_xattr_name(&sec.name, XattrOp::Set)?;
+            match node {
                 NewNode::Opened(file) => {
                     XattrTarget::File(file.try_clone()?).set(&host, &sec.value, 0)
                 }
                 NewNode::Named(kind) => {
-                    let st = here()?;
-                    let owner = self.host_ids(ctx)?.0;
-                    let ours = st.st_ino == ino
-                        && st.st_mode & libc::S_IFMT == kind
-                        && (!self.switch_creds || st.st_uid == owner);
-                    if !ours {
+                    if !same(&here()?, made) || made.st_mode & libc::S_IFMT != kind {
                         log::warn!("{name:?} changed before its security context was set");
                         return Err(errno(libc::EIO));
                     }
                     self.with_xattr_target(entry.inode, |t| t.set(&host, &sec.value, 0))
                 }
-            });
+            }
+        });
         let Err(e) = labelled else {
             return Ok(entry);
         };
         self.inodes.forget(entry.inode, 1);
-        let removed = here().and_then(|st| {
-            if st.st_ino != ino {
-                return Ok(());
+        if let Ok(made) = &made {
+            match self.creds(ctx) {
+                Ok(_c) => self.unmake(pfd, name, made, &e),
+                Err(c) => log::warn!("{name:?}: its security context could not be set ({e}), nor could it be removed again ({c})"),
             }
-            let _c = self.creds(ctx)?;
-            let flags = if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-                libc::AT_REMOVEDIR
-            } else {
-                0
-            };
-            // SAFETY: NUL-terminated name; pfd is held.
-            cvt(unsafe { libc::unlinkat(pfd.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
-        });
-        if let Err(r) = removed {
-            log::warn!("{name:?}: its security context could not be set ({e}), nor could it be removed again ({r})");
         }
         Err(e)
+    }
+
+    /// For a create that carries a security context and failed (`why`)
+    /// after it made `name` in `pfd`, before it could label it (its lookup
+    /// or its fd could not be had): removes `name` again, as
+    /// [`label_new`](Self::label_new) would. Call it as the requester.
+    fn unmake_unlabelled(&self, pfd: &InodeFd<'_>, name: &CStr, why: &io::Error) {
+        if request_ext::security_context().is_none() {
+            return;
+        }
+        if let Ok(made) = sys::stat_at(pfd.as_raw_fd(), name, libc::AT_SYMLINK_NOFOLLOW) {
+            self.unmake(pfd, name, &made, why);
+        }
+    }
+
+    /// Removes `name` from `pfd` again if it still holds `made` (the node a
+    /// create made and could not finish: `why`), with the calling thread's
+    /// credentials (the requester's); a failure is logged.
+    fn unmake(&self, pfd: &InodeFd<'_>, name: &CStr, made: &libc::stat64, why: &io::Error) {
+        let removed =
+            sys::stat_at(pfd.as_raw_fd(), name, libc::AT_SYMLINK_NOFOLLOW).and_then(|st| {
+                if (st.st_dev, st.st_ino) != (made.st_dev, made.st_ino) {
+                    return Ok(());
+                }
+                let flags = if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                    libc::AT_REMOVEDIR
+                } else {
+                    0
+                };
+                // SAFETY: NUL-terminated name; pfd is held.
+                cvt(unsafe { libc::unlinkat(pfd.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
+            });
+        if let Err(r) = removed {
+            log::warn!("{name:?}: the create could not be finished ({why}), nor undone ({r})");
+        }
     }
 
     /// The host uid that the guest's `uid` (a requester's, or a chown's)
@@ -1989,7 +2032,8 @@ impl FileSystem for PassthroughFs {
                 // The target is stored verbatim and never resolved by the host.
                 // SAFETY: both strings are NUL-terminated; pfd is held.
                 cvt(unsafe { libc::symlinkat(linkname.as_ptr(), pfd.as_raw_fd(), name.as_ptr()) })?;
-                self.do_lookup(&parent, &pfd, name, Hint::Created)?
+                self.do_lookup(&parent, &pfd, name, Hint::Created)
+                    .inspect_err(|e| self.unmake_unlabelled(&pfd, name, e))?
             };
             self.label_new(ctx, &pfd, name, entry, NewNode::Named(libc::S_IFLNK))
         })
@@ -2022,7 +2066,8 @@ impl FileSystem for PassthroughFs {
                         libc::dev_t::from(rdev),
                     )
                 })?;
-                self.do_lookup(&parent, &pfd, name, Hint::Created)?
+                self.do_lookup(&parent, &pfd, name, Hint::Created)
+                    .inspect_err(|e| self.unmake_unlabelled(&pfd, name, e))?
             };
             self.label_new(ctx, &pfd, name, entry, NewNode::Named(mode & libc::S_IFMT))
         })
@@ -2047,7 +2092,8 @@ impl FileSystem for PassthroughFs {
                 let _c = self.creds(ctx)?;
                 // SAFETY: NUL-terminated name; pfd is held.
                 cvt(unsafe { libc::mkdirat(pfd.as_raw_fd(), name.as_ptr(), mode) })?;
-                self.do_lookup(&parent, &pfd, name, Hint::Created)?
+                self.do_lookup(&parent, &pfd, name, Hint::Created)
+                    .inspect_err(|e| self.unmake_unlabelled(&pfd, name, e))?
             };
             self.label_new(ctx, &pfd, name, entry, NewNode::Named(libc::S_IFDIR))
         })
@@ -2176,10 +2222,20 @@ impl FileSystem for PassthroughFs {
                 loop {
                     match sys::openat(pfd.as_raw_fd(), name, create, mode) {
                         Ok(fd) => {
-                            let file = File::from(self.admit_guest_fd(fd)?);
-                            let entry = self.do_lookup(&parent, &pfd, name, Hint::Created)?;
-                            created = true;
-                            break (entry, file);
+                            let opened = self.admit_guest_fd(fd).and_then(|fd| {
+                                let entry = self.do_lookup(&parent, &pfd, name, Hint::Created)?;
+                                Ok((entry, File::from(fd)))
+                            });
+                            match opened {
+                                Ok(made) => {
+                                    created = true;
+                                    break made;
+                                }
+                                Err(e) => {
+                                    self.unmake_unlabelled(&pfd, name, &e);
+                                    return Err(e);
+                                }
+                            }
                         }
                         Err(e)
                             if e.raw_os_error() == Some(libc::EEXIST)

@@ -40,6 +40,17 @@ pub mod init_flags {
 /// identity (under FUSE_ALLOW_IDMAP, every request that creates nothing).
 pub const INVALID_ID: u32 = u32::MAX;
 
+/// The names a security context may have: those of the LSMs that label
+/// new nodes through FUSE (SELinux). The daemon sets a context with its own
+/// privilege, so no other `security.*` name (file capabilities, IMA/EVM
+/// data, Smack's, which need CAP_MAC_ADMIN) is taken.
+pub const LABEL_NAMES: &[&[u8]] = &[b"security.selinux"];
+
+/// Whether `name` is one of [`LABEL_NAMES`].
+pub fn is_label_name(name: &std::ffi::CStr) -> bool {
+    LABEL_NAMES.contains(&name.to_bytes())
+}
+
 /// A security context for a new node: the LSM's xattr name (always in the
 /// `security.` namespace) and its value, as the guest kernel sent them.
 #[derive(Debug, Clone, PartialEq, Eq)]

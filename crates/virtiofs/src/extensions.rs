@@ -31,10 +31,6 @@ pub const MAX_GROUPS: usize = 64;
 const XATTR_NAME_MAX: usize = 255;
 /// The longest xattr value (`XATTR_SIZE_MAX`).
 const XATTR_SIZE_MAX: usize = 65536;
-/// `security.*` names no LSM sends as a new node's context, and that
-/// the daemon, which sets a context with its own privilege, must not let
-/// a guest set that way: file capabilities and integrity data.
-const NOT_LABELS: [&[u8]; 3] = [b"security.capability", b"security.ima", b"security.evm"];
 /// The longest extension area a request may carry: one security context
 /// of the largest name and value, and [`MAX_GROUPS`] groups.
 pub const MAX_EXT_LEN: usize = 8 + 8 + XATTR_NAME_MAX + 1 + XATTR_SIZE_MAX + 8 + 8 + 4 * MAX_GROUPS;
@@ -55,9 +51,9 @@ pub enum ExtError {
     /// The same extension twice.
     #[error("extension type {0} given twice")]
     Twice(u32),
-    /// A security context that is not one `security.*` name (other than
-    /// `security.capability`, `.ima` and `.evm`) and a value of at most
-    /// `XATTR_SIZE_MAX` bytes filling its extension exactly.
+    /// A security context that is not one name of
+    /// [`LABEL_NAMES`](passthrough::request_ext::LABEL_NAMES) and a value
+    /// of at most `XATTR_SIZE_MAX` bytes filling its extension exactly.
     #[error("malformed security context")]
     BadSecurityContext,
     /// No group, or more than [`MAX_GROUPS`], or a count that does not
@@ -131,9 +127,7 @@ fn security_context(this: &[u8], nr: u32) -> Result<Option<SecurityContext>, Ext
     let name_len = after.iter().position(|&b| b == 0).ok_or(bad)?;
     let name = &after[..name_len];
     if name.len() > XATTR_NAME_MAX
-        || !name.starts_with(b"security.")
-        || name.len() == b"security.".len()
-        || NOT_LABELS.contains(&name)
+        || !passthrough::request_ext::LABEL_NAMES.contains(&name)
         || ctx_len > XATTR_SIZE_MAX
         || this.len() != 8 + align8(8 + name_len + 1 + ctx_len)
     {
@@ -215,6 +209,7 @@ mod tests {
             &b"security.capability"[..],
             b"security.ima",
             b"security.evm",
+            b"security.SMACK64",
         ] {
             assert_eq!(parse(&secctx(not_a_label, b"x"), BOTH), Err(sec));
         }

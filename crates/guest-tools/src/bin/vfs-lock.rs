@@ -7,9 +7,11 @@
 //! vfs-lock try  posix|flock FILE         exit 0: the lock was free (taken and released);
 //!                                        exit 1: someone else holds it (EAGAIN)
 //! vfs-lock wait posix|flock FILE         waits for the lock (at most 120 s), exit 0
-//! vfs-lock hold posix|flock FILE UNTIL   takes the lock (waiting, at most 120 s),
+//! vfs-lock hold posix|flock FILE UNTIL [SECONDS]
+//!                                        takes the lock (waiting, at most 120 s),
 //!                                        creates FILE.held, keeps the lock until
-//!                                        the file UNTIL exists (at most 300 s), exit 0
+//!                                        the file UNTIL exists, exit 0; exit 4 if
+//!                                        it did not within SECONDS (default 300)
 //! ```
 //!
 //! A write lock on the whole file either way. Any other failure is one line
@@ -25,8 +27,8 @@ use std::time::{Duration, Instant};
 
 /// How long `wait` and `hold` wait for the lock.
 const WAIT_LIMIT: u32 = 120;
-/// How long `hold` keeps it at most.
-const HOLD_LIMIT: Duration = Duration::from_secs(300);
+/// How long `hold` keeps it at most, by default.
+const HOLD_LIMIT: u64 = 300;
 
 /// Which kind of lock.
 #[derive(Clone, Copy)]
@@ -46,6 +48,8 @@ enum Error {
     Held,
     /// The lock was not granted in time (`wait`, `hold`).
     TimedOut,
+    /// `hold`: the file that ends it did not appear in time.
+    NotReleased,
     /// A call failed.
     Sys(&'static str, io::Error),
 }
@@ -59,6 +63,7 @@ impl fmt::Display for Error {
             ),
             Error::Held => write!(f, "the lock is held by someone else"),
             Error::TimedOut => write!(f, "the lock was not granted within {WAIT_LIMIT} s"),
+            Error::NotReleased => write!(f, "held the lock, but nobody asked for it back in time"),
             Error::Sys(what, e) => write!(f, "{what}: {e}"),
         }
     }
@@ -110,9 +115,13 @@ fn lock(file: &File, kind: Kind, wait: bool) -> Result<(), Error> {
 }
 
 fn run(args: &[String]) -> Result<(), Error> {
-    let (verb, kind, path, until) = match args {
-        [v, k, p] => (v.as_str(), k.as_str(), p, None),
-        [v, k, p, u] if v == "hold" => (v.as_str(), k.as_str(), p, Some(Path::new(u))),
+    let (verb, kind, path, until, limit) = match args {
+        [v, k, p] => (v.as_str(), k.as_str(), p, None, HOLD_LIMIT),
+        [v, k, p, u] if v == "hold" => (v.as_str(), k.as_str(), p, Some(Path::new(u)), HOLD_LIMIT),
+        [v, k, p, u, s] if v == "hold" => {
+            let limit = s.parse().map_err(|_| Error::Usage)?;
+            (v.as_str(), k.as_str(), p, Some(Path::new(u)), limit)
+        }
         _ => return Err(Error::Usage),
     };
     let kind = match kind {
@@ -133,7 +142,10 @@ fn run(args: &[String]) -> Result<(), Error> {
             std::fs::write(format!("{path}.held"), b"")
                 .map_err(|e| Error::Sys("creating FILE.held", e))?;
             let start = Instant::now();
-            while !until.exists() && start.elapsed() < HOLD_LIMIT {
+            while !until.exists() {
+                if start.elapsed() >= Duration::from_secs(limit) {
+                    return Err(Error::NotReleased);
+                }
                 std::thread::sleep(Duration::from_millis(100));
             }
             // Closing the file releases the lock.
@@ -150,7 +162,11 @@ fn main() -> ExitCode {
         Err(Error::Held) => ExitCode::from(1),
         Err(e) => {
             eprintln!("vfs-lock: {e}");
-            ExitCode::from(if matches!(e, Error::TimedOut) { 3 } else { 2 })
+            ExitCode::from(match e {
+                Error::TimedOut => 3,
+                Error::NotReleased => 4,
+                _ => 2,
+            })
         }
     }
 }
