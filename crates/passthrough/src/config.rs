@@ -79,8 +79,10 @@ pub struct Config {
     /// applied by getxattr, setxattr, removexattr and listxattr when
     /// `xattr` is on. `None` (the default): names pass unchanged.
     pub xattrmap: Option<Arc<XattrMap>>,
-    /// Whether POSIX ACLs are supported (implies `xattr`).
-    pub posix_acl: bool,
+    /// Whether POSIX ACLs are offered (FUSE_POSIX_ACL; implies `xattr`);
+    /// with [`Negotiation::Always`] a guest that does not take them fails
+    /// its FUSE_INIT (`EPROTO`), as upstream.
+    pub posix_acl: Negotiation,
     /// Refuse every operation that would modify the share.
     pub readonly: bool,
     /// Inode tracking by file handles.
@@ -184,7 +186,7 @@ impl Config {
             cache: CachePolicy::default(),
             xattr: false,
             xattrmap: None,
-            posix_acl: false,
+            posix_acl: Negotiation::Never,
             readonly: false,
             inode_file_handles: InodeFileHandles::default(),
             inode_fd_cache: None,

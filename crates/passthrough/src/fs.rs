@@ -1755,8 +1755,17 @@ impl FileSystem for PassthroughFs {
         if self.cfg.announce_submounts {
             want |= FsOptions::SUBMOUNTS;
         }
-        if self.cfg.posix_acl && self.cfg.xattr {
-            want |= FsOptions::POSIX_ACL | FsOptions::DONT_MASK;
+        if self.cfg.posix_acl != Negotiation::Never && self.cfg.xattr {
+            if capable.contains(FsOptions::POSIX_ACL) {
+                want |= FsOptions::POSIX_ACL | FsOptions::DONT_MASK;
+            } else if self.cfg.posix_acl == Negotiation::Always {
+                log::error!("--posix-acl=always: the guest does not offer FUSE_POSIX_ACL; its FUSE_INIT fails");
+                return Err(errno(libc::EPROTO));
+            } else {
+                log::warn!(
+                    "--posix-acl: FUSE_POSIX_ACL is not offered by the guest; going on without it"
+                );
+            }
         }
         if self.cfg.posix_locks {
             want |= FsOptions::POSIX_LOCKS;

@@ -1173,7 +1173,7 @@ fn a_default_acl_replaces_the_umask_with_posix_acls() {
     }
     let mut cfg = Config::new(dir.path());
     cfg.xattr = true;
-    cfg.posix_acl = true;
+    cfg.posix_acl = passthrough::Negotiation::Always;
     let fs = PassthroughFs::new(cfg).unwrap();
     let got = fs.init(FsOptions::all()).unwrap();
     assert!(got.contains(FsOptions::DONT_MASK | FsOptions::POSIX_ACL));

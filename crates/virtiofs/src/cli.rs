@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::{Parser, ValueEnum};
-use passthrough::{CachePolicy, Config, IdMap, InodeFileHandles, XattrMap};
+use passthrough::{CachePolicy, Config, IdMap, InodeFileHandles, Negotiation, XattrMap};
 
 use crate::daemon::{DaemonConfig, Listen};
 use sandbox::{Profile, SandboxConfig, SandboxMode, SeccompMode};
@@ -616,15 +616,11 @@ impl Cli {
         let posix_acl = self.posix_acl != NegotiationArg::Never;
         // As upstream, a map and security labels imply --xattr.
         fs.xattr = self.xattr || posix_acl || xattrmap.is_some() || security_label;
-        fs.security_label = match self.security_label {
-            NegotiationArg::Never => passthrough::Negotiation::Never,
-            NegotiationArg::Auto => passthrough::Negotiation::Auto,
-            NegotiationArg::Always => passthrough::Negotiation::Always,
-        };
+        fs.security_label = negotiation(self.security_label);
         fs.allow_mmap = self.allow_mmap;
         fs.allow_idmap = self.allow_idmap;
         fs.xattrmap = xattrmap;
-        fs.posix_acl = posix_acl;
+        fs.posix_acl = negotiation(self.posix_acl);
         fs.translate_uid = translate_uid;
         fs.translate_gid = translate_gid;
         fs.readonly = self.readonly;
@@ -675,6 +671,16 @@ impl Cli {
             ready: None,
             record_requests: self.record_requests,
         })
+    }
+}
+
+/// The core's [`Negotiation`] for a `--posix-acl` / `--security-label`
+/// value.
+fn negotiation(arg: NegotiationArg) -> Negotiation {
+    match arg {
+        NegotiationArg::Never => Negotiation::Never,
+        NegotiationArg::Auto => Negotiation::Auto,
+        NegotiationArg::Always => Negotiation::Always,
     }
 }
 
@@ -741,7 +747,7 @@ mod tests {
         // A map that leaves system.* alone goes with ACLs.
         let sec = ":prefix:all:security.:user.virtiofs.::ok:all:::";
         let cfg = parse(&["--fd=3", "--shared-dir=/", "--posix-acl", "--xattrmap", sec]).unwrap();
-        assert!(cfg.fs.posix_acl && cfg.fs.xattrmap.is_some());
+        assert!(cfg.fs.posix_acl == Negotiation::Always && cfg.fs.xattrmap.is_some());
     }
 
     #[test]
@@ -848,9 +854,11 @@ mod tests {
     #[test]
     fn posix_acl_takes_an_optional_mode() {
         let cfg = parse(&["--shared-dir", "/", "--fd", "3", "--posix-acl"]).unwrap();
-        assert!(cfg.fs.posix_acl && cfg.fs.xattr);
+        assert!(cfg.fs.posix_acl == Negotiation::Always && cfg.fs.xattr);
         let cfg = parse(&["--shared-dir", "/", "--fd", "3", "--posix-acl=never"]).unwrap();
-        assert!(!cfg.fs.posix_acl && !cfg.fs.xattr);
+        assert!(cfg.fs.posix_acl == Negotiation::Never && !cfg.fs.xattr);
+        let cfg = parse(&["--shared-dir", "/", "--fd", "3", "--posix-acl=auto"]).unwrap();
+        assert!(cfg.fs.posix_acl == Negotiation::Auto && cfg.fs.xattr);
     }
 
     #[test]
@@ -945,7 +953,6 @@ mod tests {
 
     #[test]
     fn security_labels_imply_xattrs_as_upstream_and_need_vhost_user() {
-        use passthrough::Negotiation;
         let cfg = parse(&["--shared-dir", "/", "--fd", "3", "--security-label"]).unwrap();
         assert_eq!(cfg.fs.security_label, Negotiation::Always);
         assert!(cfg.fs.xattr, "implies --xattr");
@@ -1168,7 +1175,7 @@ mod tests {
             "--translate-uid=map:0:1:1",
         ])
         .unwrap();
-        assert!(!cfg.fs.posix_acl && !cfg.fs.translate_uid.is_identity());
+        assert!(cfg.fs.posix_acl == Negotiation::Never && !cfg.fs.translate_uid.is_identity());
     }
 
     #[test]

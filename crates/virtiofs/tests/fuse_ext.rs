@@ -17,6 +17,8 @@ const OURS: &str = env!("CARGO_BIN_EXE_virtiofsd-rs");
 /// `FUSE_INVALID_UIDGID`.
 const NO_ID: u32 = u32::MAX;
 const ROOT: (u32, u32) = (0, 0);
+/// `FUSE_POSIX_ACL`, which every 6.x guest offers.
+const POSIX_ACL: u32 = 1 << 20;
 const ALL: u64 =
     ext::SECURITY_CTX | ext::CREATE_SUPP_GROUP | ext::ALLOW_IDMAP | ext::DIRECT_IO_ALLOW_MMAP;
 /// The xattr map container hosts use: the guest's `security.*` names live
@@ -65,9 +67,11 @@ impl Session {
 
     /// A FUSE_INIT (a new session) offering `offered`; what was accepted.
     fn init(&mut self, offered: u64) -> u64 {
-        let r = self
-            .g
-            .request(opcode::INIT, 0, &fuse_wire::init_body_ext(0, offered));
+        let r = self.g.request(
+            opcode::INIT,
+            0,
+            &fuse_wire::init_body_ext(POSIX_ACL, offered),
+        );
         assert_eq!(r.error, 0, "INIT");
         InitOut::parse(&r.body).expect("INIT reply").flags2
     }
@@ -388,4 +392,24 @@ fn requests_without_an_identity_are_served_only_under_allow_idmap() {
     // A new session that does not take it: no identity is refused again.
     s.init(0);
     assert_eq!(s.lookup_as(b"secret", (NO_ID, NO_ID)), -libc::EINVAL);
+}
+
+#[test]
+fn posix_acl_always_fails_a_guest_without_acls_as_upstream() {
+    let init = |s: &mut Session, flags: u32| {
+        let r =
+            s.g.request(opcode::INIT, 0, &fuse_wire::init_body_flags(flags));
+        (r.error, InitOut::parse(&r.body).map_or(0, |o| o.flags))
+    };
+    let mut always = Session::start(&["--posix-acl"], 0, |_| {});
+    assert_eq!(
+        init(&mut always, 0).0,
+        -libc::EPROTO,
+        "no POSIX_ACL offered"
+    );
+    let (error, flags) = init(&mut always, POSIX_ACL);
+    assert_eq!(error, 0);
+    assert_ne!(flags & POSIX_ACL, 0, "taken when offered");
+    let mut auto = Session::start(&["--posix-acl=auto"], 0, |_| {});
+    assert_eq!(init(&mut auto, 0), (0, 0), "auto goes on without");
 }
