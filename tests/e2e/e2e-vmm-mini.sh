@@ -44,8 +44,8 @@
 # are limits of the Linux 9p client (their reasons are printed).
 #
 # Environment: VMM_MINI (default target/release/vmm-mini), E2E_TIMEOUT (per
-# guest, default 300 s), E2E_WORKLOAD_SCALE=small or tiny (the workload's
-# scale:small or scale:tiny, for nested KVM), E2E_KEEP=1 (keep the temporary shares), E2E_QUIET=1
+# guest, default 300 s), E2E_WORKLOAD_SCALE=small (the workload's
+# scale:small, for nested KVM), E2E_KEEP=1 (keep the temporary shares), E2E_QUIET=1
 # (do not stream the guest console), E2E_LOG_DIR (default target/e2e),
 # E2E_SKIP_STATUS (exit status of a skip, default 0; scripts/test uses 77),
 # VMM_MINI_ASSUME_HARDWARE_KVM=1 (for testing this script itself: go on
